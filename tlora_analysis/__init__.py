@@ -1,0 +1,27 @@
+"""tlora_analysis: train, record and dissect tri-matrix low-rank adapters (TLoRA).
+
+TLoRA ("tri-matrix LoRA", arXiv 2504.18735) adapts a frozen linear layer with
+ΔW = α·(A B C)ᵀ: A and C fixed random matrices, B a trainable r × r matrix, α a trainable
+scalar. This package puts TLoRA, LoRA and full fine-tuning on Hugging Face models, records
+their updates during training and analyses them exactly from the factored form.
+"""
+
+__version__ = "0.1.0"
+
+from .adapters import (  # noqa: E402
+    FullConfig,
+    LoRAConfig,
+    TLoRAConfig,
+    adapted_layers,
+    apply_adapters,
+    count_parameters,
+    load_adapter,
+    merge_and_unload,
+    save_adapter,
+)
+from .lowrank import FactoredUpdate  # noqa: E402
+
+__all__ = [
+    "FactoredUpdate", "FullConfig", "LoRAConfig", "TLoRAConfig", "adapted_layers", "apply_adapters",
+    "count_parameters", "load_adapter", "merge_and_unload", "save_adapter", "__version__",
+]

@@ -1,0 +1,86 @@
+"""The TLoRA layer: h = W0 x + b + Dropout(α · ((x A) B) C)  (shared/PAPER.md §1)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..fileio import fingerprint
+from ..lowrank import FactoredUpdate
+from .base import AdaptedLinear, layer_generator
+from .config import TLoRAConfig
+
+__all__ = ["TLoRALinear", "init_frozen_factors"]
+
+
+def init_frozen_factors(
+    in_features: int, out_features: int, config: TLoRAConfig, layer_name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen A (in × r) and C (r × out) in float32, from the (seed, layer name) generator."""
+    g = layer_generator(config.seed, layer_name)
+    r = config.rank
+    a = torch.empty(in_features, r)
+    c = torch.empty(r, out_features)
+    if config.init == "paper":
+        # kaiming_normal_(a=√5) on the stored layouts: fan_in = size(1), std = 1/√(3·fan_in)
+        nn.init.kaiming_normal_(a, a=math.sqrt(5), generator=g)
+        nn.init.kaiming_normal_(c, a=math.sqrt(5), generator=g)
+    elif config.init == "gaussian":
+        nn.init.normal_(a, std=1.0 / math.sqrt(r), generator=g)
+        nn.init.normal_(c, std=1.0 / math.sqrt(r), generator=g)
+    else:  # orthogonal: orthonormal columns of A, orthonormal rows of C
+        nn.init.orthogonal_(a, generator=g)
+        nn.init.orthogonal_(c, generator=g)
+    return a, c
+
+
+class TLoRALinear(AdaptedLinear):
+    """A frozen linear layer plus α·(A B C)ᵀ with A, C frozen buffers and B, α trainable."""
+
+    method = "tlora"
+
+    def __init__(self, base_layer: nn.Linear, layer_name: str, config: TLoRAConfig) -> None:
+        super().__init__(base_layer, layer_name)
+        w = base_layer.weight
+        a, c = init_frozen_factors(base_layer.in_features, base_layer.out_features, config, layer_name)
+        dtype = w.dtype if w.dtype.is_floating_point else torch.float32
+        a, c = a.to(dtype), c.to(dtype)
+        # Fingerprints of the stored values, taken on the CPU (works for meta-device models too).
+        self.fingerprints = {"A": fingerprint(a), "C": fingerprint(c)}
+        self.register_buffer("tlora_A", a.to(w.device))
+        self.register_buffer("tlora_C", c.to(w.device))
+        self.tlora_B = nn.Parameter(torch.zeros(config.rank, config.rank, device=w.device, dtype=dtype))
+        alpha = torch.tensor(float(config.alpha_init), device=w.device, dtype=dtype)
+        if config.train_alpha:
+            self.tlora_alpha = nn.Parameter(alpha)
+        else:
+            self.register_buffer("tlora_alpha", alpha)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.dropout_position = config.dropout_position
+        self.rank = config.rank
+
+    def adapter_output(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.tlora_A.dtype)
+        if self.dropout_position == "input":
+            return self.tlora_alpha * (((self.dropout(x) @ self.tlora_A) @ self.tlora_B) @ self.tlora_C)
+        return self.dropout(self.tlora_alpha * (((x @ self.tlora_A) @ self.tlora_B) @ self.tlora_C))
+
+    @torch.no_grad()
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = α · (A B C)ᵀ  (out × in)."""
+        return (self.tlora_alpha * (self.tlora_A @ self.tlora_B @ self.tlora_C)).T.to(self.base_layer.weight.dtype)
+
+    def factored_update(self) -> FactoredUpdate:
+        """ΔW = α · Cᵀ Bᵀ Aᵀ as (left = Cᵀ, core = Bᵀ, right = Aᵀ, scale = α)."""
+        return FactoredUpdate(self.tlora_C.T, self.tlora_B.T, self.tlora_A.T, self.tlora_alpha)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {"tlora_B": self.tlora_B, "tlora_alpha": self.tlora_alpha}
+
+    def frozen_state(self) -> dict[str, torch.Tensor]:
+        return {"tlora_A": self.tlora_A, "tlora_C": self.tlora_C}
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rank={self.rank}, dropout_position={self.dropout_position}"

@@ -1,0 +1,1 @@
+"""Experiments: models, data and the training runner."""
