@@ -107,7 +107,7 @@ class FactoredUpdate:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def dense(cls, delta: ArrayLike, scale: ArrayLike = 1.0) -> "FactoredUpdate":
+    def from_dense(cls, delta: ArrayLike, scale: ArrayLike = 1.0) -> "FactoredUpdate":
         """A dense update (full fine-tuning's W_t − W0): the slow path of every method."""
         return cls(None, delta, None, scale)
 
@@ -305,7 +305,7 @@ class FactoredUpdate:
         """The exact sum, still factored: [L₁ L₂] · blockdiag(s₁M₁, s₂M₂) · [R₁; R₂]."""
         self._check_same_shape(other)
         if self.is_dense or other.is_dense:
-            return FactoredUpdate.dense(self.dense() + other.dense())
+            return FactoredUpdate.from_dense(self.dense() + other.dense())
         l1, m1, r1 = self._full_factors()
         l2, m2, r2 = other._full_factors()
         core = np.zeros((m1.shape[0] + m2.shape[0], m1.shape[1] + m2.shape[1]))
