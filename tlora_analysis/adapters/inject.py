@@ -140,7 +140,9 @@ def apply_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
         for name, module in targets.items():
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, cls(module, name, config))
+            layer = cls(module, name, config)
+            layer.train(module.training)  # an eval-mode model stays in eval mode
+            setattr(parent, child, layer)
     for name in config.modules_to_save:
         for module in match_targets(model, (name,)).values():
             for p in module.parameters():
