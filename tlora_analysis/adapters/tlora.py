@@ -11,6 +11,7 @@ from ..fileio import fingerprint
 from ..lowrank import FactoredUpdate
 from .base import AdaptedLinear, layer_generator
 from .config import TLoRAConfig
+from .fast import IMPLEMENTATIONS, TLoRAAdapterFunction, TLoRALinearFunction, plain_adapter_output
 
 __all__ = ["TLoRALinear", "init_frozen_factors"]
 
@@ -60,12 +61,61 @@ class TLoRALinear(AdaptedLinear):
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.dropout_position = config.dropout_position
         self.rank = config.rank
+        self.impl = "fused"
+
+    @property
+    def impl(self) -> str:
+        """How the layer computes its output: "fused" (default), "adapter" or "plain" (see adapters/fast.py).
+
+        All three compute the same function; the fast ones fall back to "plain" where they do not
+        apply (autocast, mixed dtypes, a trainable or hooked base layer).
+        """
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        if value not in IMPLEMENTATIONS:
+            raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {value!r}")
+        self._impl = value
+
+    def _dropout_probabilities(self) -> tuple[float, float]:
+        p = self.dropout.p if isinstance(self.dropout, nn.Dropout) and self.dropout.training else 0.0
+        return (p, 0.0) if self.dropout_position == "input" else (0.0, p)
+
+    def _adapter_fast_ok(self, x: torch.Tensor) -> bool:
+        if self._impl == "plain" or torch.is_autocast_enabled(x.device.type):
+            return False
+        dtype = self.tlora_A.dtype
+        return all(t.dtype == dtype for t in (x, self.tlora_B, self.tlora_C, self.tlora_alpha))
+
+    def _fused_ok(self, x: torch.Tensor) -> bool:
+        base = self.base_layer
+        return (
+            self._impl == "fused"
+            and type(base) is nn.Linear
+            and not (base._forward_hooks or base._forward_pre_hooks)
+            and not any(p.requires_grad for p in base.parameters())
+            and base.weight.dtype == self.tlora_A.dtype
+            and self._adapter_fast_ok(x)
+        )
 
     def adapter_output(self, x: torch.Tensor) -> torch.Tensor:
+        """α·((x A) B) C with this layer's dropout, in A's dtype."""
         x = x.to(self.tlora_A.dtype)
-        if self.dropout_position == "input":
-            return self.tlora_alpha * (((self.dropout(x) @ self.tlora_A) @ self.tlora_B) @ self.tlora_C)
-        return self.dropout(self.tlora_alpha * (((x @ self.tlora_A) @ self.tlora_B) @ self.tlora_C))
+        if self._adapter_fast_ok(x):
+            p_in, p_out = self._dropout_probabilities()
+            return TLoRAAdapterFunction.apply(
+                x, self.tlora_A, self.tlora_B, self.tlora_C, self.tlora_alpha, p_in, p_out)
+        return plain_adapter_output(x, self.tlora_A, self.tlora_B, self.tlora_C, self.tlora_alpha,
+                                    self.dropout, self.dropout_position)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.merged and self._fused_ok(x):
+            p_in, p_out = self._dropout_probabilities()
+            base = self.base_layer
+            return TLoRALinearFunction.apply(x, base.weight, base.bias, self.tlora_A, self.tlora_B,
+                                             self.tlora_C, self.tlora_alpha, p_in, p_out)
+        return super().forward(x)
 
     @torch.no_grad()
     def delta_weight(self) -> torch.Tensor:
@@ -83,4 +133,5 @@ class TLoRALinear(AdaptedLinear):
         return {"tlora_A": self.tlora_A, "tlora_C": self.tlora_C}
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rank={self.rank}, dropout_position={self.dropout_position}"
+        return (f"{super().extra_repr()}, rank={self.rank}, dropout_position={self.dropout_position}, "
+                f"impl={self._impl}")

@@ -1,0 +1,213 @@
+"""The fast TLoRA paths compute the plain formula W0 x + b + Dropout(α·((x A) B) C) exactly.
+
+The reference is written out here with torch.nn.functional (not the package's code); forward
+outputs and gradients of x, B and α are compared in float64 and float32, with dropout off and
+on at both positions. Dropout masks match because the fast paths draw them with the kernel
+nn.Dropout uses (checked below), so one seed gives one mask.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, adapted_layers, apply_adapters
+from tlora_analysis.adapters.fast import IMPLEMENTATIONS
+
+FAST = ("adapter", "fused")
+TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=2e-5, atol=2e-5)}
+
+
+def make_layer(dtype, impl, dropout=0.0, position="output", rank=4, bias=True, seed=0, train_alpha=True):
+    torch.manual_seed(seed)
+    base = nn.Linear(12, 10, bias=bias).to(dtype)
+    config = TLoRAConfig(rank=rank, dropout=dropout, dropout_position=position, alpha_init=0.8,
+                         seed=seed, train_alpha=train_alpha)
+    layer = TLoRALinear(base, "layer", config)
+    with torch.no_grad():
+        layer.tlora_B.normal_()  # B starts at zero; a random B exercises every term
+    layer.impl = impl
+    return layer
+
+
+def reference(layer: TLoRALinear, x: torch.Tensor, p: float, position: str, training: bool) -> torch.Tensor:
+    """W0 x + b + Dropout(α·((x A) B) C), written from the paper's formula."""
+    a, b, c, alpha = layer.tlora_A, layer.tlora_B, layer.tlora_C, layer.tlora_alpha
+    base = F.linear(x, layer.base_layer.weight, layer.base_layer.bias)
+    if position == "input":
+        return base + alpha * (((F.dropout(x, p, training) @ a) @ b) @ c)
+    return base + F.dropout(alpha * (((x @ a) @ b) @ c), p, training)
+
+
+def outputs_and_grads(fn, layer, x, seed):
+    torch.manual_seed(seed)
+    x = x.detach().clone().requires_grad_(True)
+    for t in layer.trainable_state().values():
+        t.grad = None
+    y = fn(x)
+    weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
+    (y * weights).sum().backward()  # a loss whose gradient differs per element
+    grads = {"x": x.grad.clone()}
+    for name, t in layer.trainable_state().items():
+        if t.requires_grad:
+            grads[name] = t.grad.clone()
+    return y.detach(), grads
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("position", ["output", "input"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_plain_formula(impl, dtype, dropout, position, bias):
+    layer = make_layer(dtype, impl, dropout, position, bias=bias)
+    x = torch.randn(3, 5, 12, dtype=dtype)
+    y_fast, g_fast = outputs_and_grads(layer, layer, x, seed=7)
+    y_ref, g_ref = outputs_and_grads(lambda t: reference(layer, t, dropout, position, True), layer, x, seed=7)
+    torch.testing.assert_close(y_fast, y_ref, **TOL[dtype])
+    assert g_fast.keys() == g_ref.keys() == {"x", "tlora_B", "tlora_alpha"}
+    for name in g_ref:
+        torch.testing.assert_close(g_fast[name], g_ref[name], **TOL[dtype], msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_eval_mode_has_no_dropout(impl):
+    layer = make_layer(torch.float64, impl, dropout=0.5).eval()
+    x = torch.randn(4, 12, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), reference(layer, x, 0.5, "output", False), rtol=1e-12, atol=1e-12)
+
+
+def test_dropout_actually_drops():
+    layer = make_layer(torch.float64, "fused", dropout=0.5)
+    x = torch.randn(64, 12, dtype=torch.float64)
+    adapter = layer(x) - layer.base_layer(x)
+    zero = adapter.abs() < 1e-12
+    assert 0.3 < zero.double().mean().item() < 0.7
+    full = reference(layer, x, 0.0, "output", False) - layer.base_layer(x)
+    torch.testing.assert_close(adapter[~zero], 2.0 * full[~zero], rtol=1e-10, atol=1e-10)
+
+
+def test_mask_is_drawn_like_nn_dropout():
+    # The fast paths rely on torch.native_dropout drawing the mask nn.Dropout draws (one seed, one mask).
+    x = torch.randn(20, 30, dtype=torch.float32)
+    torch.manual_seed(3)
+    expected = F.dropout(x, 0.4, True)
+    torch.manual_seed(3)
+    got, mask = torch.native_dropout(x, 0.4, True)
+    assert torch.equal(got, expected) and mask.dtype == torch.bool
+
+
+@pytest.mark.parametrize("impl", FAST)
+def test_fixed_alpha_gets_no_gradient(impl):
+    layer = make_layer(torch.float64, impl, train_alpha=False)
+    x = torch.randn(5, 12, dtype=torch.float64)
+    _, g_fast = outputs_and_grads(layer, layer, x, seed=0)
+    _, g_ref = outputs_and_grads(lambda t: reference(layer, t, 0.0, "output", True), layer, x, seed=0)
+    assert set(g_fast) == {"x", "tlora_B"}
+    for name in g_ref:
+        torch.testing.assert_close(g_fast[name], g_ref[name], rtol=1e-12, atol=1e-12)
+
+
+def test_input_without_grad_still_trains_b():
+    layer = make_layer(torch.float64, "fused")
+    x = torch.randn(6, 12, dtype=torch.float64)  # no requires_grad: the first layer of a model
+    layer(x).square().sum().backward()
+    b_fast = layer.tlora_B.grad.clone()
+    layer.tlora_B.grad = None
+    reference(layer, x, 0.0, "output", True).square().sum().backward()
+    torch.testing.assert_close(b_fast, layer.tlora_B.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_trainable_base_weight_falls_back_and_gets_its_gradient():
+    layer = make_layer(torch.float64, "fused")
+    layer.base_layer.weight.requires_grad_(True)
+    x = torch.randn(6, 12, dtype=torch.float64)
+    layer(x).sum().backward()
+    g = layer.base_layer.weight.grad.clone()
+    layer.base_layer.weight.grad = None
+    reference(layer, x, 0.0, "output", True).sum().backward()
+    torch.testing.assert_close(g, layer.base_layer.weight.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_hooks_on_base_layer_still_fire():
+    layer = make_layer(torch.float64, "fused")
+    seen = []
+    layer.base_layer.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    x = torch.randn(2, 12, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), reference(layer, x, 0.0, "output", False), rtol=1e-12, atol=1e-12)
+    assert seen == [torch.Size([2, 10])]
+
+
+def test_autocast_uses_the_plain_path():
+    layer = make_layer(torch.float32, "fused")
+    x = torch.randn(4, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    torch.testing.assert_close(y.float(), reference(layer, x, 0.0, "output", False), rtol=3e-2, atol=3e-2)
+
+
+def test_merged_layer_skips_the_adapter():
+    layer = make_layer(torch.float64, "fused")
+    x = torch.randn(3, 12, dtype=torch.float64)
+    before = layer(x)
+    layer.merge()
+    torch.testing.assert_close(layer(x), before, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer(x), layer.base_layer(x), rtol=0, atol=0)
+
+
+def test_unknown_impl_is_rejected():
+    layer = make_layer(torch.float64, "fused")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        layer.impl = "triton"
+    assert "impl=fused" in repr(layer)
+
+
+def test_whole_model_fast_equals_plain():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, vocab_size=100, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = transformers.BertModel(config).double()
+    apply_adapters(model, TLoRAConfig(rank=4, target_modules=r"encoder\..*\.(query|value|dense)", dropout=0.2))
+    for layer in adapted_layers(model).values():
+        with torch.no_grad():
+            layer.tlora_B.normal_()
+    ids = torch.randint(0, 100, (2, 7))
+    results = {}
+    for impl in IMPLEMENTATIONS:
+        for layer in adapted_layers(model).values():
+            layer.impl = impl
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(11)
+        out = model(input_ids=ids).last_hidden_state
+        out.pow(2).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results[impl] = (out.detach(), grads)
+    y_plain, g_plain = results["plain"]
+    for impl in FAST:
+        y, g = results[impl]
+        torch.testing.assert_close(y, y_plain, rtol=1e-12, atol=1e-12)
+        for name in g_plain:
+            torch.testing.assert_close(g[name], g_plain[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("position", ["output", "input"])
+def test_cuda_bf16_close_to_float64(impl, position):
+    layer64 = make_layer(torch.float64, "plain", dropout=0.0, position=position, rank=8)
+    layer = make_layer(torch.bfloat16, impl, dropout=0.0, position=position, rank=8).cuda()
+    with torch.no_grad():
+        layer.tlora_B.copy_(layer64.tlora_B)
+        layer.base_layer.weight.copy_(layer64.base_layer.weight)
+        layer.base_layer.bias.copy_(layer64.base_layer.bias)
+    x = torch.randn(256, 12, dtype=torch.float64)
+    y_ref, g_ref = outputs_and_grads(layer64, layer64, x, seed=0)
+    y, g = outputs_and_grads(layer, layer, x.to("cuda", torch.bfloat16), seed=0)
+    rel = lambda a, b: ((a.double().cpu() - b).norm() / b.norm()).item()  # noqa: E731
+    assert rel(y, y_ref) < 2e-2
+    for name in g_ref:
+        assert rel(g[name], g_ref[name]) < 3e-2, name
