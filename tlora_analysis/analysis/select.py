@@ -1,0 +1,184 @@
+"""Layer and step selection, identity columns, and a columnar table builder shared by analyzers.
+
+Every analyzer takes ``layers=`` (None = all, a regular expression, or a list of full names
+or dotted suffixes) and ``steps=`` ("all", "last", an int k = every k-th recorded step, or a
+list of steps). Selections that match nothing, and named steps a run lacks, raise
+:class:`SelectionError` naming what exists.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any, Union
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "SelectionError", "LayerSelection", "StepSelection", "select_layers", "select_steps",
+    "pick_steps", "layer_index", "module_name", "Identity", "sweep", "TableBuilder", "IDENTITY_COLUMNS",
+]
+
+LayerSelection = Union[None, str, Sequence[str]]
+StepSelection = Union[str, int, Sequence[int]]
+
+IDENTITY_COLUMNS = ("run", "method", "layer", "layer_index", "module", "step", "epoch")
+
+_INT_RE = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+
+
+class SelectionError(ValueError):
+    """A layer or step selection that matches nothing, or names something a run lacks."""
+
+
+def _shorten(items: Sequence[Any], n: int = 8) -> str:
+    shown = ", ".join(map(str, items[:n]))
+    return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def select_layers(available: Sequence[str], layers: LayerSelection, what: str = "the run") -> list[str]:
+    """The layers of ``available`` (kept in their order) that ``layers`` selects."""
+    available = list(available)
+    if layers is None:
+        chosen = available
+    elif isinstance(layers, str):
+        try:
+            pattern = re.compile(layers)
+        except re.error as exc:
+            raise SelectionError(f"layers={layers!r} is not a valid regular expression ({exc})") from exc
+        chosen = [name for name in available if pattern.search(name)]
+    elif isinstance(layers, Iterable):
+        wanted = list(layers)
+        for item in wanted:
+            if not isinstance(item, str):
+                raise TypeError(f"layers must be None, a regex string or a list of names; got item {item!r}")
+            if not any(_matches(name, item) for name in available):
+                raise SelectionError(
+                    f"layer {item!r} matches no layer of {what}; it has: {_shorten(available)}")
+        chosen = [name for name in available if any(_matches(name, item) for item in wanted)]
+    else:
+        raise TypeError(f"layers must be None, a regex string or a list of names, got {type(layers).__name__}")
+    if not chosen:
+        raise SelectionError(f"layers={layers!r} matches no layer of {what}; it has: {_shorten(available)}")
+    return chosen
+
+
+def _matches(name: str, item: str) -> bool:
+    return name == item or name.endswith("." + item)
+
+
+def pick_steps(available: Sequence[int], steps: StepSelection, what: str = "the run") -> list[int]:
+    """The steps of the sorted ``available`` that ``steps`` selects (see module docstring)."""
+    available = sorted(int(s) for s in available)
+    if not available:
+        raise SelectionError(f"{what} has no recorded steps")
+    if isinstance(steps, str):
+        if steps == "all":
+            return available
+        if steps == "last":
+            return [available[-1]]
+        raise SelectionError(f"steps={steps!r} is not understood; use 'all', 'last', an int k or a list of steps")
+    if isinstance(steps, bool):
+        raise TypeError("steps must be 'all', 'last', an int k (every k-th step) or a list of steps, not a bool")
+    if isinstance(steps, (int, np.integer)):
+        if steps < 1:
+            raise SelectionError(f"steps={steps} must be ≥ 1 (every k-th recorded step)")
+        return available[:: int(steps)]
+    if isinstance(steps, Iterable):
+        wanted = [int(s) for s in steps]
+        have = set(available)
+        missing = [s for s in wanted if s not in have]
+        if missing:
+            raise SelectionError(f"step(s) {missing} not recorded in {what}; recorded steps: {_shorten(available)}")
+        if not wanted:
+            raise SelectionError("steps=[] selects nothing; pass 'all', 'last', an int k or some steps")
+        return sorted(set(wanted))
+    raise TypeError(f"steps must be 'all', 'last', an int or a list of ints, got {type(steps).__name__}")
+
+
+def select_steps(run: Any, steps: StepSelection) -> list[int]:
+    """The recorded steps of ``run`` that ``steps`` selects."""
+    return pick_steps(run.steps, steps, what=f"run {run.name!r}")
+
+
+def layer_index(name: str) -> int:
+    """The first integer component of a dotted module name (-1 if none)."""
+    m = _INT_RE.search(name)
+    return int(m.group(1)) if m else -1
+
+
+def module_name(name: str) -> str:
+    """The last component of a dotted module name ("query" for "...self.query")."""
+    return name.rsplit(".", 1)[-1]
+
+
+class Identity:
+    """Identity columns for one run; reads each step's epoch once (NaN when unknown)."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        self._epochs: dict[int, float] = {}
+
+    def epoch(self, step: int) -> float:
+        if step not in self._epochs:
+            epoch = (self.run.snapshot_info(step) or {}).get("epoch")
+            self._epochs[step] = float(epoch) if epoch is not None else math.nan
+        return self._epochs[step]
+
+    def __call__(self, layer: str, step: int) -> dict[str, Any]:
+        """The identity columns of one (layer, step) of this run."""
+        return {
+            "run": self.run.name, "method": self.run.method, "layer": layer,
+            "layer_index": layer_index(layer), "module": module_name(layer),
+            "step": int(step), "epoch": self.epoch(step),
+        }
+
+
+class TableBuilder:
+    """Collects rows column-wise (scalars repeat, arrays extend) and makes one DataFrame.
+
+    Much faster than a list of per-row dicts or concatenating many small frames, which
+    matters when a sweep yields hundreds of thousands of rows.
+    """
+
+    def __init__(self, columns: Sequence[str]) -> None:
+        self.columns = list(columns)
+        self._data: dict[str, list[np.ndarray]] = {c: [] for c in self.columns}
+
+    def add(self, n: int = 1, **values: Any) -> None:
+        """Append ``n`` rows; each value is a scalar (repeated) or an array of length n."""
+        unknown = set(values) - set(self.columns)
+        missing = set(self.columns) - set(values)
+        if unknown or missing:
+            raise KeyError(f"row columns differ from the table's: unknown {sorted(unknown)}, missing {sorted(missing)}")
+        for col, val in values.items():
+            arr = np.asarray(val)
+            if arr.ndim == 0:
+                arr = np.repeat(arr[None], n)
+            elif arr.shape != (n,):
+                raise ValueError(f"column {col!r} got {arr.shape[0]} values for {n} rows")
+            self._data[col].append(arr)
+
+    def frame(self) -> pd.DataFrame:
+        """The collected rows as a DataFrame with exactly the declared columns, in order."""
+        data = {c: (np.concatenate(parts) if parts else np.array([])) for c, parts in self._data.items()}
+        df = pd.DataFrame(data, columns=self.columns)
+        for col in ("layer_index", "step"):
+            if col in df and len(df):
+                df[col] = df[col].astype("int64")
+        return df
+
+
+def sweep(run: Any, layers: LayerSelection = None, steps: StepSelection = "all"):
+    """Yield (layer, step, identity columns) over the selection, layers outer, steps inner.
+
+    Layers outer keeps per-layer caches (frozen factors, W0) hot while steps stream by.
+    """
+    chosen_layers = select_layers(run.layers, layers, what=f"run {run.name!r}")
+    chosen_steps = select_steps(run, steps)
+    ident = Identity(run)
+    for layer in chosen_layers:
+        for step in chosen_steps:
+            yield layer, step, ident(layer, step)
