@@ -85,7 +85,12 @@ class FactoredUpdate:
         core: ArrayLike | None,
         right: ArrayLike | None,
         scale: ArrayLike = 1.0,
+        *,
+        qr: tuple[tuple[np.ndarray, np.ndarray] | None, tuple[np.ndarray, np.ndarray] | None] | None = None,
     ) -> None:
+        # qr: optional precomputed thin QR of left and of rightᵀ, ((Q_L, R_L), (Q_R, R_R)),
+        # so frozen outer factors (TLoRA's A and C) are decomposed once, not at every step.
+        self._qr = qr
         self.left = as_float64(left)
         self.core = as_float64(core)
         self.right = as_float64(right)
@@ -138,9 +143,14 @@ class FactoredUpdate:
     @cached_property
     def _compressed(self) -> _Compressed:
         q_left = r_left = q_right = r_right = None
-        if self.left is not None:
+        given_left, given_right = self._qr if self._qr is not None else (None, None)
+        if given_left is not None:
+            q_left, r_left = given_left
+        elif self.left is not None:
             q_left, r_left = np.linalg.qr(self.left, mode="reduced")
-        if self.right is not None:
+        if given_right is not None:
+            q_right, r_right = given_right
+        elif self.right is not None:
             q_right, r_right = np.linalg.qr(self.right.T, mode="reduced")
         k = self.core
         if k is None:
@@ -294,10 +304,10 @@ class FactoredUpdate:
         return left, self.scale * core, right
 
     def __neg__(self) -> "FactoredUpdate":
-        return FactoredUpdate(self.left, self.core, self.right, -self.scale)
+        return FactoredUpdate(self.left, self.core, self.right, -self.scale, qr=self._qr)
 
     def __mul__(self, factor: float) -> "FactoredUpdate":
-        return FactoredUpdate(self.left, self.core, self.right, self.scale * float(factor))
+        return FactoredUpdate(self.left, self.core, self.right, self.scale * float(factor), qr=self._qr)
 
     __rmul__ = __mul__
 
