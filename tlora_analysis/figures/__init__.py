@@ -1,0 +1,27 @@
+"""Figures: every paper figure (shared/PAPER.md §4) and its corrected companion.
+
+Each drawing function takes the tidy DataFrames :mod:`tlora_analysis.analysis` returns and
+gives back a matplotlib Figure; none computes a statistic. :func:`render_all` draws every
+figure a set of runs supports; :func:`save` writes PDF + PNG. See docs/figures.md.
+"""
+
+from . import distributions, norms, similarity, spectra, style, training
+from .distributions import entry_histograms, qq_panels
+from .norms import alpha_heatmaps, fro_norm_B_heatmaps, layer_step_heatmaps, layer_trajectories, spectral_norm_heatmap
+from .render import RenderResult, render, render_all
+from .runs import RunRoles, difference_table, metrics_table, outcome_table, parameter_table
+from .similarity import cosine_heatmap, difference_heatmap, null_band, phi_heatmaps
+from .spectra import eigenvalue_densities, singular_value_spectra
+from .style import save
+from .training import loss_curves, method_curves, parameter_bars, params_vs_accuracy
+
+__all__ = [
+    "distributions", "norms", "similarity", "spectra", "style", "training",
+    "parameter_bars", "loss_curves", "method_curves", "params_vs_accuracy",
+    "entry_histograms", "qq_panels",
+    "fro_norm_B_heatmaps", "alpha_heatmaps", "spectral_norm_heatmap", "layer_step_heatmaps", "layer_trajectories",
+    "eigenvalue_densities", "singular_value_spectra",
+    "difference_heatmap", "cosine_heatmap", "null_band", "phi_heatmaps",
+    "RunRoles", "parameter_table", "metrics_table", "outcome_table", "difference_table",
+    "render", "render_all", "RenderResult", "save",
+]

@@ -1,0 +1,77 @@
+"""Checks and selections on the analysis tables a figure draws (no statistics here)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["require_columns", "pick_step", "pick_layer", "module_order", "short_module", "finite"]
+
+_MODULE_ORDER = ("query", "key", "value", "dense", "output")
+_SHORT = {"query": "q", "key": "k", "value": "v"}
+
+
+def require_columns(frame: pd.DataFrame, columns: Iterable[str], source: str) -> None:
+    """Raise a clear error if ``frame`` is not a DataFrame with ``columns`` and at least one row.
+
+    ``source`` names the analyzer that makes such a table, for the message.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame from {source}, got {type(frame).__name__}")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"the table lacks column(s) {missing}; pass the DataFrame that {source} returns "
+                         f"(it has {list(frame.columns)})")
+    if frame.empty:
+        raise ValueError(f"the table from {source} has no rows; check the layers=/steps= selection")
+
+
+def pick_step(frame: pd.DataFrame, step: int | str | None) -> tuple[pd.DataFrame, int]:
+    """Rows of one step: ``"last"``/None = the largest step present, an int = that step."""
+    steps = sorted(int(s) for s in frame["step"].dropna().unique())
+    if not steps:
+        raise ValueError("the table has no step values")
+    if step is None or step == "last":
+        chosen = steps[-1]
+    elif step == "first":
+        chosen = steps[0]
+    else:
+        chosen = int(step)
+        if chosen not in steps:
+            raise ValueError(f"step {chosen} is not in the table; steps present: {steps}")
+    return frame[frame["step"] == chosen], chosen
+
+
+def pick_layer(frame: pd.DataFrame, layer: str | None) -> tuple[pd.DataFrame, str]:
+    """Rows of one layer: an exact name, a unique suffix, or None = the first layer in model order."""
+    names = list(dict.fromkeys(frame.sort_values(["layer_index"], kind="stable")["layer"]))
+    if layer is None:
+        chosen = names[0]
+    elif layer in names:
+        chosen = layer
+    else:
+        hits = [n for n in names if n.endswith(layer)]
+        if len(hits) != 1:
+            raise ValueError(f"layer {layer!r} matches {len(hits)} layers; give one of {names}")
+        chosen = hits[0]
+    return frame[frame["layer"] == chosen], chosen
+
+
+def module_order(modules: Sequence[str]) -> list[str]:
+    """Modules in a stable, readable order: query, key, value first, then the rest alphabetically."""
+    unique = list(dict.fromkeys(modules))
+    known = [m for m in _MODULE_ORDER if m in unique]
+    return known + sorted(m for m in unique if m not in known)
+
+
+def short_module(module: str) -> str:
+    """q, k, v for attention projections, else the module name."""
+    return _SHORT.get(module, module)
+
+
+def finite(values) -> np.ndarray:
+    """The finite entries of an array-like, as float."""
+    arr = np.asarray(values, dtype=float)
+    return arr[np.isfinite(arr)]

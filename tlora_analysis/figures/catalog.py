@@ -1,0 +1,221 @@
+"""Every figure :func:`~tlora_analysis.figures.render.render_all` can make: what it needs, how
+it is drawn from the runs (analysis call, then a drawing function), its caption.
+
+A figure the runs cannot support is skipped with the reason (no LoRA run, no base weights,
+no eval metrics...), never drawn from partial data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .. import analysis
+from . import distributions, norms, similarity, spectra, training
+from .runs import RunRoles, difference_table, metrics_table, outcome_table, parameter_table
+
+__all__ = ["FigureSpec", "FigureContext", "CATALOG", "catalog_names"]
+
+_EVAL_METRICS = ("accuracy", "pearson", "f1", "mcc", "spearman")
+
+
+class FigureContext:
+    """The runs sorted into roles plus a cache, so figures sharing an analysis compute it once."""
+
+    def __init__(self, roles: RunRoles) -> None:
+        self.roles = roles
+        self._cache: dict[str, Any] = {}
+
+    def cached(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    # ---------------------------------------------------------------- shared analyses
+    def norms(self) -> pd.DataFrame:
+        return self.cached("norms", lambda: analysis.norms(self.roles.tlora))
+
+    def similarity(self):
+        r = self.roles
+        return self.cached("similarity", lambda: analysis.similarity(r.tlora, r.lora, null_runs=r.null or None,
+                                                                     steps="last"))
+
+    def metrics(self) -> pd.DataFrame:
+        return self.cached("metrics", lambda: metrics_table(self.roles.all_runs))
+
+    def common_square_layer(self) -> str:
+        t, lo = self.roles.tlora, self.roles.lora
+        shared = [n for n in t.layers if n in set(lo.layers) and t.layer_shapes[n][0] == t.layer_shapes[n][1]]
+        if not shared:
+            raise ValueError("the TLoRA and LoRA runs share no square layer (eigenvalues need out == in)")
+        return shared[0]
+
+    def eval_metric(self) -> str:
+        m = self.metrics()
+        for name in _EVAL_METRICS:
+            if name in m and m.loc[m["event"] == "eval", name].notna().any():
+                return name
+        raise ValueError("no run logged an evaluation metric (accuracy, pearson, ...): train with evaluation on")
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One figure: file stem, title, caption, the Python that draws it, and what it needs."""
+
+    name: str
+    title: str
+    caption: str
+    code: str
+    needs: tuple[str, ...]
+    draw: Callable[[FigureContext], Figure]
+
+    def missing(self, roles: RunRoles) -> str | None:
+        """Why the runs cannot support this figure, or None."""
+        for need in self.needs:
+            if need in ("tlora", "lora") and getattr(roles, need) is None:
+                return f"needs a {need.upper() if need == 'lora' else 'TLoRA'} run among the runs given"
+            if need == "base_weights":
+                lacking = [r.name for r in (roles.tlora, roles.lora) if r is not None and not r.has_base_weights]
+                if lacking:
+                    return (f"needs base weights W0, which {', '.join(lacking)} did not store "
+                            f"(record with store_base_weights=True)")
+            if need == "two_methods" and len(roles.by_method) < 2:
+                return "needs runs of at least two methods (e.g. TLoRA and LoRA)"
+        return None
+
+
+def _histograms(ctx: FigureContext) -> Figure:
+    run = ctx.roles.tlora
+    mats = ("W0", "A", "B", "C") if run.has_base_weights else ("A", "B", "C")
+    tables = analysis.distributions(run, matrices=mats, bins=50, layers=[run.layers[0]], steps="last")
+    return distributions.entry_histograms(tables.histogram, tables.stats)
+
+
+def _qq(ctx: FigureContext) -> Figure:
+    run = ctx.roles.tlora
+    tables = analysis.distributions(run, matrices=("B",), qq=True, layers=run.layers[:8], steps="last")
+    return distributions.qq_panels(tables.qq, tables.stats)
+
+
+def _eigenvalues(ctx: FigureContext) -> Figure:
+    layer = ctx.common_square_layer()
+    pair = (ctx.roles.tlora, ctx.roles.lora)
+    merged = None
+    if all(r.has_base_weights for r in pair):
+        merged = pd.concat([analysis.merged_eigenvalues(r, layers=[layer], steps="last", paper_faithful=True)
+                            for r in pair], ignore_index=True)
+    update = pd.concat([analysis.eigenvalues(r, layers=[layer], steps="last") for r in pair], ignore_index=True)
+    return spectra.eigenvalue_densities(merged=merged, update=update)
+
+
+def _spectra(ctx: FigureContext) -> Figure:
+    runs = list(ctx.roles.by_method.values())
+    first = [n for n in runs[0].layers if all(n in r.layers for r in runs)][:4]
+    if not first:
+        raise ValueError("the runs share no adapted layer")
+    return spectra.singular_value_spectra(pd.concat([analysis.spectra(r, layers=first) for r in runs],
+                                                    ignore_index=True))
+
+
+def _loss(ctx: FigureContext) -> Figure:
+    return training.loss_curves(ctx.metrics())
+
+
+def _method_curves(ctx: FigureContext) -> Figure:
+    return training.method_curves(ctx.metrics(), metric=ctx.eval_metric())
+
+
+def _params_vs_metric(ctx: FigureContext) -> Figure:
+    metric = ctx.eval_metric()
+    return training.params_vs_accuracy(outcome_table(ctx.roles.all_runs, metric=metric), metric=metric)
+
+
+CATALOG: tuple[FigureSpec, ...] = (
+    FigureSpec("fig02_trainable_parameters", "Trainable parameters",
+               "Paper Fig. 2: trainable parameters of each run (log scale), from run.json's `parameters`.",
+               "figures.training.parameter_bars(figures.runs.parameter_table(runs))", (),
+               lambda ctx: training.parameter_bars(parameter_table(ctx.roles.all_runs))),
+    FigureSpec("fig03_loss", "Train and validation loss",
+               "Paper Fig. 3: training loss (solid) and validation loss (dashed) of every run against the step.",
+               "figures.training.loss_curves(figures.runs.metrics_table(runs))", (), _loss),
+    FigureSpec("fig04_entry_histograms", "Entry histograms (TLoRA, first layer)",
+               "Paper Fig. 4: 50-bin density histograms of the entries of W0 (when stored), A, B and C of the first "
+               "adapted layer at the last step, with skew, excess kurtosis and KS distance printed.",
+               "t = analysis.distributions(run, matrices=('W0', 'A', 'B', 'C'), bins=50, layers=[run.layers[0]], "
+               "steps='last'); figures.distributions.entry_histograms(t.histogram, t.stats)", ("tlora",), _histograms),
+    FigureSpec("fig05_fro_norm_B", "Frobenius norm of B (TLoRA)",
+               "Paper Fig. 5: Frobenius norm of B per layer and recorded step, one panel per module.",
+               "figures.norms.fro_norm_B_heatmaps(analysis.norms(run), modules=None)", ("tlora",),
+               lambda ctx: norms.fro_norm_B_heatmaps(ctx.norms(), modules=None)),
+    FigureSpec("fig06_alpha", "TLoRA scale α",
+               "Paper Fig. 6: α per layer and recorded step, one panel per module (α starts at 1).",
+               "figures.norms.alpha_heatmaps(analysis.norms(run), modules=None)", ("tlora",),
+               lambda ctx: norms.alpha_heatmaps(ctx.norms(), modules=None)),
+    FigureSpec("fig07_spectral_norms", "Spectral norms of A, B, C (TLoRA)",
+               "Paper Fig. 7: spectral norm of A, B and C of every adapted layer at the last step (log colour "
+               "scale; the paper called these 'layer normalization values').",
+               "figures.norms.spectral_norm_heatmap(analysis.norms(run))", ("tlora",),
+               lambda ctx: norms.spectral_norm_heatmap(ctx.norms())),
+    FigureSpec("fig08_eigenvalues", "Eigenvalues TLoRA vs LoRA",
+               "Paper Fig. 8 (top, when both runs stored W0): KDE of the real parts of the eigenvalues of the "
+               "paper-faithful merged weights, positive and negative panels. Corrected (bottom): the nonzero "
+               "eigenvalues of ΔW itself, complex plane and modulus. First common square layer, last step.",
+               "figures.spectra.eigenvalue_densities(merged=analysis.merged_eigenvalues(..., paper_faithful=True), "
+               "update=analysis.eigenvalues(...))", ("tlora", "lora"), _eigenvalues),
+    FigureSpec("fig09_difference", "LoRA − TLoRA difference (one layer)",
+               "Paper Fig. 9: entry-wise LoRA − TLoRA of the first common layer at the last step, paper-faithful "
+               "(transposed, LoRA scale dropped) beside corrected (ΔW_LoRA − ΔW_TLoRA).",
+               "figures.similarity.difference_heatmap(figures.runs.difference_table(lora, tlora))",
+               ("tlora", "lora"), lambda ctx: similarity.difference_heatmap(difference_table(ctx.roles.lora,
+                                                                                             ctx.roles.tlora))),
+    FigureSpec("fig10_cosine", "Cosine TLoRA vs LoRA per layer",
+               "Paper Fig. 10: cosine per layer and module at the last step; left the paper-faithful cosine of "
+               "merged weights (near 1 for any small updates), right the cosine of the updates themselves.",
+               "figures.similarity.cosine_heatmap(analysis.similarity(tlora, lora, steps='last').per_layer)",
+               ("tlora", "lora"), lambda ctx: similarity.cosine_heatmap(ctx.similarity().per_layer)),
+    FigureSpec("cosine_null_band", "Update cosine against the null",
+               "Corrected Fig. 10: cos(ΔW_TLoRA, ΔW_LoRA) per layer with the null baseline's 95% band "
+               "(independent-seed runs if given, else norm-matched random updates).",
+               "figures.similarity.null_band(analysis.similarity(tlora, lora, null_runs=...).per_layer, 'cosine_dW')",
+               ("tlora", "lora"), lambda ctx: similarity.null_band(ctx.similarity().per_layer, "cosine_dW")),
+    FigureSpec("subspace_overlap_null_band", "Subspace overlap φ(r, r) against the null",
+               "φ(r, r) between the TLoRA and LoRA updates' top-r left singular subspaces per layer, with the "
+               "null baseline's 95% band.",
+               "figures.similarity.null_band(analysis.similarity(...).per_layer, 'phi_rr')",
+               ("tlora", "lora"), lambda ctx: similarity.null_band(ctx.similarity().per_layer, "phi_rr")),
+    FigureSpec("phi_heatmaps", "Subspace overlap φ(i, j)",
+               "φ(i, j) between the top-i singular directions of ΔW_TLoRA and the top-j of ΔW_LoRA for the first "
+               "layers at the last step.",
+               "figures.similarity.phi_heatmaps(analysis.similarity(tlora, lora).phi)", ("tlora", "lora"),
+               lambda ctx: similarity.phi_heatmaps(ctx.similarity().phi)),
+    FigureSpec("singular_values", "Singular values of ΔW over training",
+               "Singular values σ_k of ΔW for the first four common layers, one line per recorded step, per method.",
+               "figures.spectra.singular_value_spectra(analysis.spectra(run, layers=...))", (), _spectra),
+    FigureSpec("alpha_trajectories", "α over training",
+               "α of every TLoRA layer against the training step, coloured by layer depth.",
+               "figures.norms.layer_trajectories(analysis.norms(run), 'alpha')", ("tlora",),
+               lambda ctx: norms.layer_trajectories(ctx.norms(), "alpha")),
+    FigureSpec("fro_norm_B_trajectories", "‖B‖_F over training",
+               "Frobenius norm of B of every TLoRA layer against the training step, coloured by layer depth.",
+               "figures.norms.layer_trajectories(analysis.norms(run), 'fro_norm_B')", ("tlora",),
+               lambda ctx: norms.layer_trajectories(ctx.norms(), "fro_norm_B")),
+    FigureSpec("qq_B", "Normal Q-Q plots of B",
+               "Normal Q-Q plots of the entries of B for up to eight TLoRA layers at the last step, with skew, "
+               "excess kurtosis, KS distance and Shapiro-Wilk p printed (effect sizes, not p-values alone).",
+               "t = analysis.distributions(run, matrices=('B',), qq=True, steps='last'); "
+               "figures.distributions.qq_panels(t.qq, t.stats)", ("tlora",), _qq),
+    FigureSpec("method_curves", "TLoRA vs LoRA vs full: loss and accuracy",
+               "Training loss and validation metric of every run, coloured by method.",
+               "figures.training.method_curves(figures.runs.metrics_table(runs))", ("two_methods",), _method_curves),
+    FigureSpec("params_vs_accuracy", "Trainable parameters vs accuracy",
+               "Best validation metric of each run against its trainable parameters (log scale).",
+               "figures.training.params_vs_accuracy(figures.runs.outcome_table(runs))", (), _params_vs_metric),
+)
+
+
+def catalog_names() -> list[str]:
+    """The file stems of every figure in the catalog, in drawing order."""
+    return [spec.name for spec in CATALOG]

@@ -1,0 +1,171 @@
+"""Tables drawn straight from runs (records, not statistics) and the run-level roles.
+
+- :func:`parameter_table`, :func:`metrics_table`, :func:`outcome_table`: run.json's
+  ``parameters`` and ``run.metrics``, with ``run`` and ``method`` columns.
+- :func:`difference_table`: the entries of ΔW_LoRA − ΔW_TLoRA for one layer, in the corrected
+  construction and the paper-faithful one (transposed, LoRA scale dropped), for paper figure 9.
+- :class:`RunRoles`: which run is the TLoRA run, the LoRA run, the full fine-tuning run, read
+  from each run's ``run.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..analysis.merged import paper_faithful_update
+from ..store import Run
+
+__all__ = ["as_run", "RunRoles", "parameter_table", "metrics_table", "outcome_table", "difference_table"]
+
+RunLike = Run | str | os.PathLike
+
+
+def as_run(run: RunLike) -> Run:
+    """A :class:`Run` from a Run or a path (a clear error for anything else)."""
+    if isinstance(run, Run):
+        return run
+    if isinstance(run, (str, os.PathLike)):
+        return Run(run)
+    raise TypeError(f"expected a Run or a run directory path, got {type(run).__name__}")
+
+
+@dataclass
+class RunRoles:
+    """The runs of one figure set, sorted into roles by their recorded method.
+
+    The first run of each method is its main run; ``extra`` holds further runs (e.g. more
+    seeds), drawn in curves and scatter plots; ``null`` the runs given as null baselines.
+    """
+
+    runs: list[Run]
+    null: list[Run] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise ValueError("give at least one run directory")
+        self.by_method: dict[str, Run] = {}
+        self.extra: list[Run] = []
+        for run in self.runs:
+            if run.method in self.by_method:
+                self.extra.append(run)
+            else:
+                self.by_method[run.method] = run
+
+    @classmethod
+    def from_paths(cls, runs: Iterable[RunLike], null: Iterable[RunLike] = ()) -> "RunRoles":
+        return cls([as_run(r) for r in runs], [as_run(r) for r in null])
+
+    @property
+    def tlora(self) -> Run | None:
+        return self.by_method.get("tlora")
+
+    @property
+    def lora(self) -> Run | None:
+        return self.by_method.get("lora")
+
+    @property
+    def full(self) -> Run | None:
+        return self.by_method.get("full")
+
+    @property
+    def all_runs(self) -> list[Run]:
+        return list(self.runs)
+
+    def describe(self) -> str:
+        """One line per run and its role, for the CLI and the index."""
+        lines = [f"{run.method:>5}  {run.name}  ({run.path})" + ("" if self.by_method[run.method] is run else "  [extra]")
+                 for run in self.runs]
+        lines += [f" null  {run.name}  ({run.path})" for run in self.null]
+        return "\n".join(lines)
+
+
+def parameter_table(runs: Sequence[RunLike]) -> pd.DataFrame:
+    """One row per run: ``run``, ``method``, ``rank``, ``trainable``, ``frozen``, ``total`` (run.json)."""
+    rows = []
+    for run in map(as_run, runs):
+        params = run.config.get("parameters")
+        if not params or "trainable" not in params:
+            raise ValueError(f"{run.name}: run.json has no 'parameters' record; it was written by an old recorder "
+                             f"- re-record the run or pass run_info={{'parameters': ...}}")
+        rows.append({"run": run.name, "method": run.method, "rank": run.rank, "trainable": int(params["trainable"]),
+                     "frozen": params.get("frozen"), "total": params.get("total")})
+    return pd.DataFrame(rows)
+
+
+def metrics_table(runs: Sequence[RunLike]) -> pd.DataFrame:
+    """All runs' ``run.metrics`` events stacked, with ``run`` and ``method`` columns in front."""
+    frames = []
+    for run in map(as_run, runs):
+        m = run.metrics
+        frames.append(m.assign(run=run.name, method=run.method)[["run", "method", *m.columns]])
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        raise ValueError("none of the runs has logged metrics (metrics.jsonl is empty)")
+    return pd.concat(frames, ignore_index=True)
+
+
+def outcome_table(runs: Sequence[RunLike], metric: str = "accuracy", split: str = "validation") -> pd.DataFrame:
+    """One row per run: trainable parameters and the best ``split`` ``metric`` (the paper's "best epoch")."""
+    params = parameter_table(runs)
+    metrics = metrics_table(runs)
+    if metric not in metrics:
+        raise ValueError(f"no run logged {metric!r}; logged columns: {sorted(metrics.columns)}")
+    ev = metrics[(metrics["event"] == "eval")]
+    if "split" in ev:
+        ev = ev[ev["split"] == split]
+    best = ev.groupby("run")[metric].max()
+    return params.assign(**{metric: params["run"].map(best).astype(float)})
+
+
+def _dense_pair(run: Run, layer: str, step: int, construction: str) -> np.ndarray:
+    update = run.update(layer, step)
+    if construction == "paper_faithful":
+        update = paper_faithful_update(update, run.method)
+    return update.dense()
+
+
+def difference_table(
+    run_lora: RunLike,
+    run_tlora: RunLike,
+    layer: str | None = None,
+    step: int | str = "last",
+    constructions: Sequence[str] = ("paper_faithful", "corrected"),
+) -> pd.DataFrame:
+    """Entries of ΔW_LoRA − ΔW_TLoRA of one layer (W0 cancels in the merged difference).
+
+    ``layer``: a name or unique suffix present in both runs (default: the first common layer,
+    the paper's layer 0 query). ``step``: "last" takes each run's last recorded step; an int
+    must be recorded in both. "paper_faithful" needs a square layer and is left out otherwise.
+    """
+    lora, tlora = as_run(run_lora), as_run(run_tlora)
+    common = [n for n in tlora.layers if n in set(lora.layers)]
+    if not common:
+        raise ValueError(f"{lora.name} and {tlora.name} share no adapted layer")
+    if layer is None:
+        chosen = common[0]
+    else:
+        hits = [n for n in common if n == layer or n.endswith(layer)]
+        if len(hits) != 1:
+            raise ValueError(f"layer {layer!r} matches {len(hits)} common layers; give one of {common}")
+        chosen = hits[0]
+    steps = (lora.steps[-1], tlora.steps[-1]) if step == "last" else (int(step), int(step))
+    unknown = [c for c in constructions if c not in ("paper_faithful", "corrected")]
+    if unknown:
+        raise ValueError(f"unknown construction(s) {unknown}; use 'paper_faithful' and/or 'corrected'")
+    out, inn = tlora.layer_shapes[chosen]
+    frames = []
+    for kind in constructions:
+        if kind == "paper_faithful" and out != inn:
+            continue
+        diff = _dense_pair(lora, chosen, steps[0], kind) - _dense_pair(tlora, chosen, steps[1], kind)
+        o, i = np.indices(diff.shape)
+        frames.append(pd.DataFrame({"construction": kind, "layer": chosen, "step": steps[1], "step_lora": steps[0],
+                                    "out_index": o.ravel(), "in_index": i.ravel(), "difference": diff.ravel()}))
+    if not frames:
+        raise ValueError(f"layer {chosen} is {out} × {inn}: the paper-faithful construction needs a square layer")
+    return pd.concat(frames, ignore_index=True)

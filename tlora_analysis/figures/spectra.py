@@ -1,0 +1,163 @@
+"""Spectral figures: paper figure 8 (eigenvalue densities TLoRA vs LoRA, paper-faithful and
+corrected) and singular-value spectra of ΔW over training.
+
+The paper took eigenvalues of the merged, non-symmetric W0 + ΔWᵀ, split them by the sign of
+the real part and drew a KDE for one layer. The corrected row shows what describes the update:
+the nonzero eigenvalues of ΔW itself, which are complex, in the complex plane and by modulus.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib.colors as mcolors
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.figure import Figure
+
+from ._frames import pick_layer, pick_step, require_columns, short_module
+from .style import SEQUENTIAL_CMAP, method_color, method_label, new_figure, styled
+
+__all__ = ["eigenvalue_densities", "singular_value_spectra"]
+
+_EIG = ("run", "method", "layer", "layer_index", "module", "step", "eig_real", "eig_imag", "eig_abs")
+_CONSTRUCTION_TEXT = {
+    "paper_faithful": r"paper-faithful merged $W_0 + \Delta W^\top$",
+    "corrected": r"merged $W_0 + \Delta W$",
+}
+
+
+def _one_layer_step(frame: pd.DataFrame, layer: str | None, step: int | str | None) -> tuple[pd.DataFrame, str, int]:
+    at, chosen_step = pick_step(frame, step)
+    at, chosen_layer = pick_layer(at, layer)
+    return at, chosen_layer, chosen_step
+
+
+def _density(ax: Axes, values: np.ndarray, method: str, log_x: bool = False) -> None:
+    values = values[np.isfinite(values)]
+    color = method_color(method)
+    if values.size == 0:
+        return
+    if values.size >= 3 and np.ptp(values) > 0:
+        sns.kdeplot(x=values, ax=ax, color=color, fill=True, alpha=0.25, linewidth=1.0,
+                    label=f"{method_label(method)} (n={values.size})", warn_singular=False, log_scale=log_x,
+                    cut=0)
+    else:
+        ax.plot([], [], color=color, label=f"{method_label(method)} (n={values.size})")
+    sns.rugplot(x=values, ax=ax, color=color, height=0.05, alpha=0.6, linewidth=0.5)
+
+
+def _methods(frame: pd.DataFrame) -> list[str]:
+    order = ["tlora", "lora", "full"]
+    present = list(dict.fromkeys(frame["method"].astype(str)))
+    return [m for m in order if m in present] + [m for m in present if m not in order]
+
+
+@styled
+def eigenvalue_densities(
+    merged: pd.DataFrame | None = None,
+    update: pd.DataFrame | None = None,
+    layer: str | None = None,
+    step: int | str | None = "last",
+) -> Figure:
+    """Paper figure 8 and its correction, TLoRA vs LoRA for one layer at one step.
+
+    ``merged``: ``analysis.merged_eigenvalues(..., paper_faithful=True)`` rows of both runs
+    (concatenated); drawn as the paper did, KDEs of the real parts, positive and negative panels.
+    ``update``: ``analysis.eigenvalues(...)`` rows of both runs (eigenvalues of ΔW); drawn in the
+    complex plane and as a density of |λ|. Give either or both.
+    """
+    if merged is None and update is None:
+        raise ValueError("give merged= (analysis.merged_eigenvalues) and/or update= (analysis.eigenvalues) tables")
+    rows = [f for f in (merged, update) if f is not None]
+    fig, axes = new_figure("double", height=0.4 + 2.0 * len(rows), nrows=len(rows), ncols=2)
+    r = 0
+    titles = []
+    if merged is not None:
+        require_columns(merged, (*_EIG, "construction"), "analysis.merged_eigenvalues")
+        at, name, chosen = _one_layer_step(merged, layer, step)
+        kind = str(at["construction"].iloc[0])
+        for ax, sign in zip(axes[r], ("positive", "negative")):
+            for method in _methods(at):
+                re = at.loc[at["method"] == method, "eig_real"].to_numpy(float)
+                _density(ax, re[re > 0] if sign == "positive" else re[re < 0], method)
+            ax.set_title(("Re λ > 0, " if sign == "positive" else "Re λ < 0, ") + _CONSTRUCTION_TEXT.get(kind, kind))
+            ax.set_xlabel(r"Re $\lambda$")
+            ax.set_ylabel("density (KDE)")
+            ax.legend(loc="upper right", title="LoRA without its scale" if kind == "paper_faithful" else None)
+        titles.append(f"{name}, step {chosen}")
+        r += 1
+    if update is not None:
+        require_columns(update, _EIG, "analysis.eigenvalues")
+        at, name, chosen = _one_layer_step(update, layer, step)
+        plane, modulus = axes[r]
+        for method in _methods(at):
+            part = at[at["method"] == method]
+            plane.scatter(part["eig_real"], part["eig_imag"], s=8, color=method_color(method), alpha=0.8,
+                          linewidths=0, label=method_label(method))
+            _density(modulus, part["eig_abs"].to_numpy(float), method, log_x=bool((part["eig_abs"] > 0).all()))
+        plane.axhline(0, color="0.6", lw=0.5)
+        plane.axvline(0, color="0.6", lw=0.5)
+        plane.set_xlabel(r"Re $\lambda(\Delta W)$")
+        plane.set_ylabel(r"Im $\lambda(\Delta W)$")
+        plane.set_title(r"corrected: nonzero eigenvalues of $\Delta W$ (complex)")
+        plane.legend(loc="best")
+        modulus.set_xlabel(r"$|\lambda(\Delta W)|$")
+        modulus.set_ylabel("density (KDE)")
+        modulus.set_title(r"corrected: $|\lambda|$ of $\Delta W$")
+        modulus.legend(loc="upper right")
+        titles.append(f"{name}, step {chosen}")
+        plane.ticklabel_format(axis="both", style="sci", scilimits=(-2, 3))
+    fig.suptitle("Eigenvalues, TLoRA vs LoRA (paper Fig. 8 and corrected): " + "; ".join(dict.fromkeys(titles)))
+    return fig
+
+
+@styled
+def singular_value_spectra(
+    spectra: pd.DataFrame,
+    layers: Sequence[str] | None = None,
+    max_layers: int = 4,
+    logy: bool = True,
+) -> Figure:
+    """Singular values σ_k of ΔW against k, one line per recorded step coloured by step.
+
+    One panel per (method, layer): rows are methods, columns are layers (the first
+    ``max_layers`` in model order unless ``layers`` names them).
+    """
+    require_columns(spectra, ("run", "method", "layer", "layer_index", "module", "step", "rank_order", "sigma"),
+                    "analysis.spectra")
+    names = spectra.drop_duplicates("layer").sort_values(["layer_index", "layer"])["layer"].tolist()
+    chosen = [pick_layer(spectra, n)[1] for n in layers] if layers is not None else names[:max_layers]
+    methods = _methods(spectra)
+    steps = np.array(sorted(spectra["step"].unique()), dtype=float)
+    positive = steps[steps > 0]
+    norm = (mcolors.LogNorm(vmin=positive.min(), vmax=max(positive.max(), positive.min() * 10))
+            if positive.size >= 2 else mcolors.Normalize(vmin=steps.min(), vmax=max(steps.max(), steps.min() + 1)))
+    cmap = sns.color_palette(SEQUENTIAL_CMAP, as_cmap=True)
+    fig, axes = new_figure("double", height=0.4 + 1.7 * len(methods), nrows=len(methods), ncols=len(chosen),
+                           sharey="row")
+    for i, method in enumerate(methods):
+        for j, name in enumerate(chosen):
+            ax = axes[i, j]
+            part = spectra[(spectra["method"] == method) & (spectra["layer"] == name)]
+            for step_value, rows in part.sort_values("rank_order").groupby("step"):
+                sig = rows["sigma"].to_numpy(float)
+                ok = np.isfinite(sig) & ((sig > 0) if logy else True)
+                if ok.any():
+                    color = cmap(norm(max(float(step_value), norm.vmin)))
+                    ax.plot(rows["rank_order"].to_numpy()[ok], sig[ok], color=color, lw=0.9)
+            idx = int(part["layer_index"].iloc[0]) if not part.empty else -1
+            mod = str(part["module"].iloc[0]) if not part.empty else ""
+            ax.set_title(f"{method_label(method)}: layer {idx} {short_module(mod)}" if idx >= 0 else name)
+            if logy and not part.empty and (part["sigma"] > 0).any():
+                ax.set_yscale("log")
+            ax.grid(True)
+            if i == len(methods) - 1:
+                ax.set_xlabel("index k")
+        axes[i, 0].set_ylabel(r"$\sigma_k(\Delta W)$")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(), label="training step", pad=0.02)
+    fig.suptitle(r"Singular values of $\Delta W$ over training")
+    return fig

@@ -1,0 +1,169 @@
+"""Training figures: paper figures 2 (trainable-parameter bars) and 3 (train and validation
+loss), and the comparisons TLoRA vs LoRA vs full fine-tuning (curves, parameters vs accuracy).
+
+They draw the runs' own records: ``run.json``'s ``parameters`` and ``run.metrics`` events (see
+:mod:`tlora_analysis.figures.runs` for the frames built from runs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from ._frames import require_columns
+from .style import method_color, method_label, new_figure, styled
+
+__all__ = ["parameter_bars", "loss_curves", "method_curves", "params_vs_accuracy"]
+
+_METHOD_ORDER = {"full": 0, "lora": 1, "tlora": 2}
+
+
+def _run_label(row: pd.Series) -> str:
+    rank = row.get("rank")
+    r = f", r={int(rank)}" if rank is not None and pd.notna(rank) else ""
+    return f"{method_label(row['method'])}{r}"
+
+
+@styled
+def parameter_bars(parameters: pd.DataFrame) -> Figure:
+    """Paper figure 2: trainable parameters per method on a log scale, counts printed on the bars.
+
+    ``parameters``: one row per run/method with ``method`` and ``trainable`` (optionally
+    ``rank`` and ``run``). The ratios to TLoRA are printed on the other bars.
+    """
+    require_columns(parameters, ("method", "trainable"), "figures.runs.parameter_table")
+    rows = parameters.assign(_o=parameters["method"].map(_METHOD_ORDER).fillna(9)).sort_values(["_o", "trainable"],
+                                                                                               ascending=[True, False])
+    labels = [_run_label(r) for _, r in rows.iterrows()]
+    if len(set(labels)) < len(labels) and "run" in rows:
+        labels = [f"{lab}\n{r}" for lab, r in zip(labels, rows["run"])]
+    counts = rows["trainable"].to_numpy(dtype=float)
+    fig, axes = new_figure("single", height=2.3)
+    ax = axes[0, 0]
+    x = np.arange(len(rows))
+    ax.bar(x, counts, color=[method_color(m) for m in rows["method"]], width=0.6)
+    ax.set_yscale("log")
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("trainable parameters (log scale)")
+    tlora = rows.loc[rows["method"] == "tlora", "trainable"]
+    base = float(tlora.min()) if not tlora.empty else None
+    for xi, c, m in zip(x, counts, rows["method"]):
+        text = f"{int(c):,}"
+        if base and m != "tlora":
+            text += f"\n({c / base:,.0f}× TLoRA)"
+        ax.text(xi, c * 1.3, text, ha="center", va="bottom", fontsize=5.5)
+    top = np.nanmax(counts) if np.isfinite(counts).any() else 10
+    ax.set_ylim(top=top * 60)
+    ax.set_title("Trainable parameters (paper Fig. 2)")
+    return fig
+
+
+def _x_column(metrics: pd.DataFrame, x: str) -> str:
+    if x not in ("step", "epoch"):
+        raise ValueError(f"x must be 'step' or 'epoch', got {x!r}")
+    if x == "epoch" and metrics["epoch"].isna().all():
+        raise ValueError("the metrics have no epoch values; use x='step'")
+    return x
+
+
+def _curve(ax: Axes, rows: pd.DataFrame, x: str, y: str, **kw) -> bool:
+    rows = rows[np.isfinite(rows[y].to_numpy(dtype=float)) & rows[x].notna()].sort_values(x)
+    if rows.empty:
+        return False
+    ax.plot(rows[x].to_numpy(float), rows[y].to_numpy(float), **kw)
+    return True
+
+
+def _eval_rows(metrics: pd.DataFrame, split: str) -> pd.DataFrame:
+    ev = metrics[metrics["event"] == "eval"]
+    return ev[ev["split"] == split] if "split" in ev else ev
+
+
+@styled
+def loss_curves(metrics: pd.DataFrame, x: str = "step", split: str = "validation") -> Figure:
+    """Paper figure 3: training loss (solid) and ``split`` loss (dashed, markers) against ``x``.
+
+    ``metrics``: ``run.metrics`` events, with ``run`` and ``method`` columns when several runs
+    are concatenated (one colour per method).
+    """
+    require_columns(metrics, ("step", "epoch", "event"), "run.metrics")
+    x = _x_column(metrics, x)
+    frame = metrics if "run" in metrics else metrics.assign(run="run")
+    if "method" not in frame:
+        frame = frame.assign(method="run")
+    fig, axes = new_figure("single", height=2.3)
+    ax = axes[0, 0]
+    drawn = False
+    for (run, method), rows in frame.groupby(["run", "method"], sort=False):
+        color = method_color(method)
+        if "loss" in rows:
+            drawn |= _curve(ax, rows[rows["event"] == "train"], x, "loss", color=color, lw=0.9, alpha=0.9)
+        if "eval_loss" in rows:
+            drawn |= _curve(ax, _eval_rows(rows, split), x, "eval_loss", color=color, ls="--", marker="o")
+    if not drawn:
+        raise ValueError("the metrics hold no finite train 'loss' or eval 'eval_loss' values to draw")
+    methods = list(dict.fromkeys(frame["method"]))
+    handles = [Line2D([], [], color=method_color(m), label=method_label(m)) for m in methods if len(methods) > 1]
+    handles += [Line2D([], [], color="0.3", label="train"),
+                Line2D([], [], color="0.3", ls="--", marker="o", label=split)]
+    ax.legend(handles=handles, loc="upper right")
+    ax.set_xlabel("training step" if x == "step" else "epoch")
+    ax.set_ylabel("cross-entropy loss")
+    ax.grid(True)
+    single = method_label(methods[0]) + ": " if len(methods) == 1 else ""
+    ax.set_title(f"{single}train and {split} loss (paper Fig. 3)")
+    return fig
+
+
+@styled
+def method_curves(metrics: pd.DataFrame, metric: str = "accuracy", split: str = "validation", x: str = "step") -> Figure:
+    """TLoRA vs LoRA vs full fine-tuning: training loss (left) and ``split`` ``metric`` (right).
+
+    One line per run, coloured by method; several runs of one method (seeds) share its colour.
+    """
+    require_columns(metrics, ("run", "method", "step", "epoch", "event"), "run.metrics (with run and method columns)")
+    x = _x_column(metrics, x)
+    if metric not in metrics:
+        raise ValueError(f"the metrics have no {metric!r} column; evaluated metrics present: "
+                         f"{[c for c in ('accuracy', 'f1', 'mcc', 'pearson', 'spearman') if c in metrics]}")
+    fig, axes = new_figure("double", height=2.3, ncols=2)
+    loss_ax, metric_ax = axes[0]
+    for (run, method), rows in metrics.groupby(["run", "method"], sort=False):
+        color = method_color(method)
+        if "loss" in rows:
+            _curve(loss_ax, rows[rows["event"] == "train"], x, "loss", color=color, lw=0.9)
+        _curve(metric_ax, _eval_rows(rows, split), x, metric, color=color, marker="o")
+    handles = [Line2D([], [], color=method_color(m), label=method_label(m)) for m in dict.fromkeys(metrics["method"])]
+    metric_ax.legend(handles=handles, loc="lower right")
+    for ax, label in ((loss_ax, "training loss"), (metric_ax, f"{split} {metric}")):
+        ax.set_xlabel("training step" if x == "step" else "epoch")
+        ax.set_ylabel(label)
+        ax.grid(True)
+    fig.suptitle(f"TLoRA vs LoRA vs full fine-tuning: loss and {split} {metric}")
+    return fig
+
+
+@styled
+def params_vs_accuracy(frame: pd.DataFrame, metric: str = "accuracy") -> Figure:
+    """Trainable parameters (log x) against the best ``metric`` of each run, labelled by run."""
+    require_columns(frame, ("run", "method", "trainable", metric), "figures.runs.outcome_table")
+    fig, axes = new_figure("single", height=2.3)
+    ax = axes[0, 0]
+    ok = frame[np.isfinite(frame[metric].to_numpy(float)) & (frame["trainable"] > 0)]
+    if ok.empty:
+        raise ValueError(f"no run has both a positive trainable count and a finite {metric}")
+    for _, row in ok.iterrows():
+        ax.scatter(row["trainable"], row[metric], color=method_color(row["method"]), s=22, zorder=3)
+        ax.annotate(f"{method_label(row['method'])}\n{row['run']}", (row["trainable"], row[metric]),
+                    textcoords="offset points", xytext=(4, 3), fontsize=5.5)
+    ax.set_xscale("log")
+    lo, hi = ok["trainable"].min(), ok["trainable"].max()
+    ax.set_xlim(lo / 3, hi * 30)
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel(f"best validation {metric}")
+    ax.grid(True)
+    ax.set_title(f"Trainable parameters vs {metric}")
+    return fig
