@@ -1,0 +1,332 @@
+"""``SnapshotRecorder``: snapshots of the adapter state during training, into a run directory.
+
+The recorder counts optimizer steps through ``Optimizer.register_step_post_hook`` (so it works
+in any training loop), copies only the adapter tensors off the device when the schedule says
+so, and hands the file writes to a background thread. Under ``torch.distributed`` only the
+process of rank 0 writes; the others count steps and do nothing else.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import subprocess
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..adapters import adapter_config, count_parameters, tracked_linears
+from ..adapters.tlora import TLoRALinear
+from ..adapters.lora import LoRALinear
+from ..store.format import BASE_WEIGHT_KEY, RUN_FORMAT, SCHEMA_VERSION, tensor_key
+from ..store.writer import RunWriter, json_safe
+from .background import BackgroundWriter
+from .schedule import Schedule, as_schedule
+
+__all__ = ["SnapshotRecorder", "DENSE_WARN_BYTES", "BASE_WEIGHTS_MAX_PARAMS"]
+
+DENSE_WARN_BYTES = 512 * 2**20  # warn when one full-fine-tuning snapshot exceeds this
+BASE_WEIGHTS_MAX_PARAMS = 1_000_000_000  # store W0 by default below this model size
+
+_RESERVED = {"format", "schema_version", "method", "adapter_config", "rank", "layers", "parameters",
+             "store_base_weights", "schedule", "created", "created_unix", "status", "package_version"}
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel wrappers (names match the bare model)."""
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    return model
+
+
+def process_rank() -> int:
+    """This process's rank under torch.distributed, 0 when it is not initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _copy_off_device(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
+    """Detached CPU copies; CUDA tensors go non-blocking into pinned memory behind an event."""
+    out, event = {}, None
+    for key, t in tensors.items():
+        t = t.detach()
+        if t.is_cuda:
+            buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            buf.copy_(t, non_blocking=True)
+            out[key] = buf
+        else:
+            out[key] = t.clone()
+    if any(t.is_cuda for t in tensors.values()):
+        event = torch.cuda.Event()
+        event.record()
+    return out, event
+
+
+class SnapshotRecorder:
+    """Record an adapted model's updates during training into ``run_dir``.
+
+    Parameters
+    ----------
+    model : a model adapted with :func:`~tlora_analysis.apply_adapters` (DDP-wrapped is fine).
+    run_dir : the run directory to create (or continue with ``resume=True``).
+    schedule : EveryN / LogSpaced / Explicit, an int (every N steps) or a list of steps.
+        Step 0 (the state now) and the final step (at ``close``) are always recorded.
+    total_steps : the run's length, needed by LogSpaced schedules given without it.
+    run_info : extra run.json entries (e.g. {"model": ..., "task": ..., "hyperparameters": {...}}).
+    store_base_weights : store W0 of the adapted layers (default: when the model has < 1e9 parameters).
+    overwrite : replace whatever ``run_dir`` holds.
+    resume : continue the run in ``run_dir`` from ``start_step`` (default: its last recorded step);
+        later snapshots and metrics are dropped, since training redoes those steps.
+    background : write files from a background thread (True) or inline (False).
+    max_pending : the background queue's bound; a full queue blocks the training step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        run_dir: str | os.PathLike,
+        schedule: Schedule | int | Iterable[int] = 1,
+        total_steps: int | None = None,
+        run_info: Mapping[str, Any] | None = None,
+        store_base_weights: bool | None = None,
+        overwrite: bool = False,
+        resume: bool = False,
+        *,
+        start_step: int | None = None,
+        background: bool = True,
+        max_pending: int = 16,
+    ) -> None:
+        self.model = unwrap_model(model)
+        self.config = adapter_config(self.model)
+        self.layers = tracked_linears(self.model) if self.config is not None else {}
+        if self.config is None or not self.layers:
+            raise ValueError(
+                "this model has no adapters to record; call apply_adapters(model, TLoRAConfig(...)) "
+                "(or LoRAConfig / FullConfig) before creating the recorder"
+            )
+        self.schedule = as_schedule(schedule).bind(total_steps)
+        self.total_steps = total_steps
+        self.run_dir = Path(run_dir)
+        unknown = set(run_info or {}) & _RESERVED
+        if unknown:
+            raise ValueError(f"run_info may not set {sorted(unknown)}: the recorder writes those itself")
+        if store_base_weights is None:
+            store_base_weights = count_parameters(self.model).total < BASE_WEIGHTS_MAX_PARAMS
+        self.store_base_weights = bool(store_base_weights)
+        self.is_writer = process_rank() == 0
+        self.epoch: float | None = None
+        self._hook = None
+        self._closed = False
+        self._writer: RunWriter | None = None
+        self._thread: BackgroundWriter | None = None
+        self.step = 0
+        self._recorded: list[int] = []
+        if not self.is_writer:
+            self.step = start_step or 0
+            return
+        self._warn_if_dense()
+        header = self._header(dict(run_info or {}))
+        if resume and (self.run_dir / "run.json").is_file() and not overwrite:
+            self._writer = RunWriter.resume(self.run_dir, header, start_step)
+            self._recorded = list(self._writer.recorded_steps)
+            self.step = start_step if start_step is not None else (self._recorded[-1] if self._recorded else 0)
+        else:
+            self._writer = RunWriter.create(
+                self.run_dir, header, self._frozen_tensors(),
+                (0, self._snapshot_tensors(), {"epoch": None, "wall_time": 0.0}), overwrite=overwrite,
+            )
+            self._recorded = [0]
+        self._created_unix = float(self._writer.header["created_unix"])
+        self._thread = BackgroundWriter(max_pending) if background else None
+
+    # ------------------------------------------------------------------ what is recorded
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    def _snapshot_tensors(self) -> dict[str, torch.Tensor]:
+        if self.method == "full":
+            return {tensor_key(n, "weight"): m.weight for n, m in self.layers.items()}
+        return {tensor_key(n, k): t for n, layer in self.layers.items() for k, t in layer.trainable_state().items()}
+
+    def _frozen_tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, layer in self.layers.items():
+            if self.method != "full":
+                out.update({tensor_key(name, k): t for k, t in layer.frozen_state().items()})
+                if self.store_base_weights:
+                    out[tensor_key(name, BASE_WEIGHT_KEY)] = layer.base_layer.weight
+        return {k: v.detach().cpu() for k, v in out.items()}
+
+    def _warn_if_dense(self) -> None:
+        if self.method != "full":
+            return
+        size = sum(m.weight.numel() * m.weight.element_size() for m in self.layers.values())
+        if size > DENSE_WARN_BYTES:
+            warnings.warn(
+                f"full fine-tuning snapshots are dense: {size / 2**20:.0f} MiB each for {len(self.layers)} layers. "
+                "Use a sparser schedule (LogSpaced) or fewer target_modules to save disk", stacklevel=3,
+            )
+
+    def _layer_info(self, name: str, module: nn.Module) -> dict[str, Any]:
+        info: dict[str, Any] = {"shape": [module.out_features, module.in_features], "dtype": str(module.weight.dtype).removeprefix("torch.")}
+        if isinstance(module, TLoRALinear):
+            info["fingerprints"] = module.fingerprints
+        if isinstance(module, LoRALinear):
+            info["rank"], info["scaling"] = module.rank, module.scaling
+        return info
+
+    def _header(self, run_info: dict[str, Any]) -> dict[str, Any]:
+        counts = count_parameters(self.model)
+        now = time.time()
+        model_cfg = getattr(self.model, "config", None)
+        try:
+            import transformers
+            tf_version = transformers.__version__
+        except ImportError:
+            tf_version = None
+        return json_safe({
+            "format": RUN_FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "name": self.run_dir.name,
+            "method": self.method,
+            "adapter_config": self.config.to_dict(),
+            "rank": getattr(self.config, "rank", None),
+            "layers": {n: self._layer_info(n, m) for n, m in self.layers.items()},
+            "parameters": {"trainable": counts.trainable, "frozen": counts.frozen, "total": counts.total,
+                           "adapter_buffers": counts.adapter_buffers},
+            "store_base_weights": self.store_base_weights,
+            "schedule": self.schedule.to_dict(),
+            "total_steps": self.total_steps,
+            "model_class": type(self.model).__name__,
+            "model_name_or_path": getattr(model_cfg, "_name_or_path", None) or None,
+            "package_version": __version__,
+            "torch_version": torch.__version__,
+            "transformers_version": tf_version,
+            "git_revision": _git_revision(),
+            "created": _dt.datetime.fromtimestamp(now, _dt.timezone.utc).isoformat(),
+            "created_unix": now,
+            "status": "running",
+            **run_info,
+        })
+
+    # ------------------------------------------------------------------ training-loop API
+    def attach(self, optimizer: torch.optim.Optimizer) -> "SnapshotRecorder":
+        """Count this optimizer's steps and snapshot on schedule (one optimizer per recorder)."""
+        if self._hook is not None:
+            raise ValueError("this recorder is already attached to an optimizer; create one recorder per optimizer")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"attach needs a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self._hook = optimizer.register_step_post_hook(self._after_optimizer_step)
+        return self
+
+    def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.advance()
+
+    def advance(self) -> None:
+        """Count one optimizer step and snapshot if the schedule includes it."""
+        self.step += 1
+        if self.schedule.includes(self.step):
+            self.snapshot(self.step)
+
+    def set_epoch(self, epoch: float | None) -> None:
+        """The epoch stamped on later snapshots and metrics events."""
+        self.epoch = epoch
+
+    def snapshot(self, step: int, epoch: float | None = None) -> None:
+        """Record the adapter state now as ``step`` (a step already recorded is skipped)."""
+        self._check_open()
+        if not self.is_writer or step in self._recorded:
+            return
+        if self._recorded and step < self._recorded[-1]:
+            raise ValueError(f"snapshot steps must increase: {step} comes after {self._recorded[-1]}")
+        tensors, event = _copy_off_device(self._snapshot_tensors())
+        meta = {"epoch": self.epoch if epoch is None else epoch, "wall_time": time.time() - self._created_unix}
+        self._recorded.append(step)
+        self._submit(self._write_snapshot, step, tensors, meta, event)
+
+    def _write_snapshot(self, step: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any], event: Any) -> None:
+        if event is not None:
+            event.synchronize()
+        self._writer.write_snapshot(step, tensors, meta)
+
+    def log(self, step: int, **metrics: Any) -> None:
+        """Append one event to metrics.jsonl (event defaults to "train", epoch to the current one)."""
+        self._check_open()
+        if not self.is_writer:
+            return
+        record = {"step": int(step), "epoch": metrics.pop("epoch", self.epoch), "event": metrics.pop("event", "train"),
+                  "wall_time": metrics.pop("wall_time", time.time() - self._created_unix), **metrics}
+        self._submit(self._writer.append_metrics, json_safe(record))
+
+    def _submit(self, fn, *args) -> None:
+        if self._thread is None:
+            fn(*args)
+        else:
+            self._thread.submit(fn, *args)
+
+    def flush(self) -> None:
+        """Wait until everything submitted is on disk; raise if a write failed."""
+        if self._thread is not None:
+            self._thread.flush()
+
+    @property
+    def recorded_steps(self) -> list[int]:
+        """Steps recorded or queued for writing, in order."""
+        return list(self._recorded)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("this recorder is closed; create a new one (resume=True continues the run)")
+        if self._thread is not None:
+            self._thread.check()
+
+    def close(self, summary: Mapping[str, Any] | None = None) -> None:
+        """Record the final step if not yet recorded, write everything, mark run.json complete."""
+        self._finish("complete", summary)
+
+    def _finish(self, status: str, summary: Mapping[str, Any] | None) -> None:
+        if self._closed:
+            return
+        try:
+            if self.is_writer and self.step not in self._recorded and (not self._recorded or self.step > self._recorded[-1]):
+                self.snapshot(self.step)
+        finally:
+            if self._hook is not None:
+                self._hook.remove()
+                self._hook = None
+            self._closed = True
+            if self._thread is not None:
+                self._thread.close()
+        if self.is_writer:
+            fields = {"status": status, "final_step": self.step}
+            if summary:
+                fields["summary"] = dict(summary)
+            self._writer.update_header(**fields)
+
+    def __enter__(self) -> "SnapshotRecorder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # keep what was recorded, but let the training error be the one that shows
+            self._finish("interrupted", None)
+        except Exception:  # noqa: BLE001
+            pass

@@ -1,0 +1,79 @@
+"""The run directory's names and versions, shared by the writer and the reader (docs/run-format.md).
+
+    <run>/run.json                        header: schema version, method, config, layers, ...
+    <run>/frozen.safetensors              TLoRA's A and C per layer; W0 per layer when stored
+    <run>/snapshots/<step>.safetensors    the trainable state at that optimizer step
+    <run>/metrics.jsonl                   one JSON object per logged event
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+__all__ = [
+    "RUN_FORMAT", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "RUN_JSON", "FROZEN_FILE",
+    "SNAPSHOT_DIR", "METRICS_FILE", "TRAINABLE_KEYS", "FROZEN_KEYS", "BASE_WEIGHT_KEY",
+    "snapshot_name", "snapshot_step", "tensor_key", "NotARunError", "SchemaVersionError",
+    "UnknownLayerError", "UnknownStepError", "RunExistsError",
+]
+
+RUN_FORMAT = "tlora_analysis.run"
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+
+RUN_JSON = "run.json"
+FROZEN_FILE = "frozen.safetensors"
+SNAPSHOT_DIR = "snapshots"
+METRICS_FILE = "metrics.jsonl"
+SNAPSHOT_FORMAT = "tlora_analysis.snapshot"
+FROZEN_FORMAT = "tlora_analysis.frozen"
+
+# Per-layer tensor names in a snapshot file, by method.
+TRAINABLE_KEYS = {"tlora": ("tlora_B", "tlora_alpha"), "lora": ("lora_A", "lora_B"), "full": ("weight",)}
+# Per-layer tensor names in frozen.safetensors (besides BASE_WEIGHT_KEY), by method.
+FROZEN_KEYS = {"tlora": ("tlora_A", "tlora_C"), "lora": (), "full": ()}
+BASE_WEIGHT_KEY = "base_weight"
+
+_SNAPSHOT_RE = re.compile(r"^(\d+)\.safetensors$")
+
+
+def snapshot_name(step: int) -> str:
+    """``snapshots/<step>.safetensors`` with the step zero-padded so names sort by step."""
+    return f"{step:09d}.safetensors"
+
+
+def snapshot_step(path: Path) -> int | None:
+    """The step a snapshot file name encodes, or None for any other file."""
+    m = _SNAPSHOT_RE.match(path.name)
+    return int(m.group(1)) if m else None
+
+
+def tensor_key(layer: str, name: str) -> str:
+    """The key of one layer's tensor inside a safetensors file of the run."""
+    return f"{layer}.{name}"
+
+
+class NotARunError(ValueError):
+    """The path exists but holds no run (no run.json, PEFT adapter or Trainer checkpoints)."""
+
+
+class SchemaVersionError(ValueError):
+    """run.json has a schema version this package cannot read."""
+
+
+class RunExistsError(FileExistsError):
+    """A recorder was pointed at a folder that already holds a run or other files."""
+
+
+class _NamedKeyError(KeyError):
+    def __str__(self) -> str:  # KeyError's default repr-quotes the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownLayerError(_NamedKeyError):
+    """A layer name the run does not have; the message lists the ones it has."""
+
+
+class UnknownStepError(_NamedKeyError):
+    """A step the run did not record; the message lists the recorded ones."""

@@ -1,0 +1,247 @@
+"""``Run``: the lazy reader every analysis stands on.
+
+Opening a run reads run.json and lists the snapshot folder; no tensor is read until one is
+asked for. The first read of a snapshot file checks its checksum (once per file per Run);
+a damaged file raises :class:`~tlora_analysis.fileio.CorruptFileError` naming it, and every
+other snapshot still reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from ..fileio import CorruptFileError, load_tensors, open_tensors
+from ..lowrank import FactoredUpdate
+from .format import BASE_WEIGHT_KEY, FROZEN_KEYS, TRAINABLE_KEYS, UnknownLayerError, UnknownStepError
+from .sources import Source, open_source
+
+__all__ = ["Run", "read_metrics", "METRIC_COLUMNS"]
+
+METRIC_COLUMNS = ("step", "epoch", "event", "wall_time")
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """The events of a metrics.jsonl and whether its last line was torn (and skipped).
+
+    A torn last line is what a kill during an append leaves; a bad line anywhere else means
+    the file was damaged and raises :class:`CorruptFileError` naming the line.
+    """
+    if not path.is_file():
+        return [], False
+    lines = path.read_bytes().split(b"\n")
+    records, torn = [], False
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            if i == len(lines) - 1:  # no newline after it: an append cut short
+                torn = True
+                continue
+            raise CorruptFileError(f"{path} line {i + 1} is not valid JSON ({exc}); the file is damaged") from exc
+    return records, torn
+
+
+def _list_some(items: list[Any], limit: int = 12) -> str:
+    shown = ", ".join(map(str, items[:limit]))
+    return shown + (f", … ({len(items)} in all)" if len(items) > limit else "")
+
+
+class Run:
+    """A recorded run, opened lazily: ``Run(path)``.
+
+    ``path`` is a run directory written by :class:`~tlora_analysis.SnapshotRecorder`, a PEFT
+    LoRA adapter folder (one snapshot), or a Trainer ``output_dir`` of ``checkpoint-*/``
+    folders of a PEFT LoRA model (one snapshot per checkpoint).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._source: Source = open_source(self.path)
+        self._verified: set[int] = set()
+        self._frozen_verified = False
+
+    # ------------------------------------------------------------------ header
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run.json dict (synthesised from adapter_config.json for imported runs)."""
+        return self._source.header
+
+    @property
+    def kind(self) -> str:
+        """"run", "peft_adapter" or "trainer_checkpoints"."""
+        return self._source.kind
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or self.path.resolve().name)
+
+    @property
+    def method(self) -> str:
+        return self.config["method"]
+
+    @property
+    def adapter_config(self) -> dict[str, Any]:
+        return self.config["adapter_config"]
+
+    @property
+    def rank(self) -> int | None:
+        return self.config.get("rank")
+
+    @property
+    def layers(self) -> list[str]:
+        """Full module names of the tracked layers, in model order."""
+        return list(self.config["layers"])
+
+    @property
+    def layer_shapes(self) -> dict[str, tuple[int, int]]:
+        """Layer name → (out, in) of its weight."""
+        return {n: tuple(info["shape"]) for n, info in self.config["layers"].items()}
+
+    @property
+    def steps(self) -> list[int]:
+        """The recorded steps, sorted (0 is the state before the first optimizer step)."""
+        return sorted(self._source.snapshot_files)
+
+    @property
+    def has_base_weights(self) -> bool:
+        if self.method == "full":
+            return 0 in self._source.snapshot_files
+        return bool(self.config.get("store_base_weights")) and self._source.frozen_file is not None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, method={self.method!r}, layers={len(self.layers)}, steps={len(self.steps)})"
+
+    # ------------------------------------------------------------------ metrics
+    @cached_property
+    def metrics(self) -> pd.DataFrame:
+        """One row per logged event; always has the columns step, epoch, event, wall_time."""
+        if self._source.metrics_file is not None:
+            records, _ = read_metrics(self._source.metrics_file)
+        else:
+            records = self._source.metrics_records
+        frame = pd.DataFrame.from_records(records)
+        for col in METRIC_COLUMNS:
+            if col not in frame.columns:
+                frame[col] = pd.Series(dtype="float64" if col != "event" else "object")
+        rest = [c for c in frame.columns if c not in METRIC_COLUMNS]
+        return frame[list(METRIC_COLUMNS) + rest]
+
+    # ------------------------------------------------------------------ lookups
+    def _check_layer(self, layer: str) -> None:
+        if layer not in self.config["layers"]:
+            raise UnknownLayerError(f"{self.name} has no layer {layer!r}; its layers are: {_list_some(self.layers)}")
+
+    def snapshot_path(self, step: int) -> Path:
+        """The file holding the snapshot of ``step``."""
+        try:
+            return self._source.snapshot_files[step]
+        except (KeyError, TypeError):
+            raise UnknownStepError(f"{self.name} has no snapshot at step {step!r}; recorded steps: {_list_some(self.steps)}") from None
+
+    def check_snapshot(self, step: int) -> dict[str, Any]:
+        """Read the whole snapshot, verify checksum, step and every layer's tensors; return its metadata."""
+        path = self.snapshot_path(step)
+        tensors, meta = load_tensors(path, verify=self._source.checksummed)
+        if self._source.checksummed:
+            stored = meta.get("step")
+            if stored is None or int(stored) != step:
+                raise CorruptFileError(f"{path} says it holds step {stored!r}, not {step}: the file was renamed or mixed up")
+        for layer, (out, inn) in self.layer_shapes.items():
+            for name in TRAINABLE_KEYS[self.method]:
+                key = self._source.key(layer, name)
+                if key not in tensors:
+                    raise CorruptFileError(f"{path} lacks tensor {key!r}: the snapshot is incomplete")
+        self._verified.add(step)
+        return meta
+
+    def snapshot_info(self, step: int) -> dict[str, Any]:
+        """Metadata of one snapshot (step, epoch, wall_time, …) from the file header only."""
+        path = self.snapshot_path(step)
+        info: dict[str, Any] = {"step": step, "epoch": self._source.epochs.get(step), "wall_time": None, "path": str(path)}
+        if self._source.checksummed:
+            with open_tensors(path) as fh:
+                meta = fh.metadata() or {}
+            for k, v in meta.items():
+                if k not in ("format", "step"):
+                    info[k] = _decode(v)
+        return info
+
+    def trainable(self, layer: str, step: int) -> dict[str, torch.Tensor]:
+        """The layer's trainable tensors at ``step`` (TLoRA: tlora_B, tlora_alpha; LoRA: lora_A, lora_B; full: weight)."""
+        self._check_layer(layer)
+        path = self.snapshot_path(step)
+        if step not in self._verified:
+            self.check_snapshot(step)
+        with open_tensors(path) as fh:
+            return {name: fh.get_tensor(self._source.key(layer, name)) for name in TRAINABLE_KEYS[self.method]}
+
+    def frozen(self, layer: str) -> dict[str, torch.Tensor]:
+        """The layer's frozen adapter tensors (TLoRA: tlora_A, tlora_C; otherwise empty)."""
+        self._check_layer(layer)
+        names = FROZEN_KEYS[self.method]
+        if not names:
+            return {}
+        return self._frozen_tensors([self._source.key(layer, n) for n in names], names)
+
+    def _frozen_tensors(self, keys: list[str], names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        tensors, _ = load_tensors(self._source.frozen_file, keys=keys, verify=not self._frozen_verified)
+        self._frozen_verified = True
+        return dict(zip(names, (tensors[k] for k in keys)))
+
+    def base_weight(self, layer: str) -> torch.Tensor:
+        """W0 (out × in) of the layer: stored with the run, or step 0's weight for full fine-tuning."""
+        self._check_layer(layer)
+        if self.method == "full":
+            if 0 not in self._source.snapshot_files:
+                raise ValueError(f"{self.name} has no step-0 snapshot, which holds W0 for full fine-tuning")
+            return self.trainable(layer, 0)["weight"]
+        if not self.has_base_weights:
+            raise ValueError(
+                f"{self.name} does not store base weights W0; record it with "
+                "SnapshotRecorder(..., store_base_weights=True) to run merged-weight analyses"
+            )
+        key = self._source.key(layer, BASE_WEIGHT_KEY)
+        return self._frozen_tensors([key], (BASE_WEIGHT_KEY,))[BASE_WEIGHT_KEY]
+
+    def update(self, layer: str, step: int) -> FactoredUpdate:
+        """ΔW of the layer at ``step`` as a :class:`FactoredUpdate` (exact, nothing dense for adapters)."""
+        t = self.trainable(layer, step)
+        if self.method == "tlora":
+            f = self.frozen(layer)
+            return FactoredUpdate(f["tlora_C"].T, t["tlora_B"].T, f["tlora_A"].T, t["tlora_alpha"])
+        if self.method == "lora":
+            return FactoredUpdate(t["lora_B"], None, t["lora_A"], self.lora_scaling(layer))
+        w0 = self.base_weight(layer).double()
+        return FactoredUpdate.from_dense(t["weight"].double() - w0)
+
+    def lora_scaling(self, layer: str) -> float:
+        """LoRA's lora_alpha / r (or / √r with rsLoRA) for this layer."""
+        self._check_layer(layer)
+        scaling = self.config["layers"][layer].get("scaling")
+        if scaling is None:
+            raise ValueError(f"{self.name} is a {self.method} run; only LoRA layers have a scaling")
+        return float(scaling)
+
+    def verify(self):
+        """Check every file of the run; returns a :class:`~tlora_analysis.store.VerifyReport`."""
+        from .verify import verify_run
+
+        return verify_run(self)
+
+
+def _decode(value: str) -> Any:
+    try:
+        out = json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        return value
+    return None if isinstance(out, float) and math.isnan(out) else out

@@ -1,0 +1,195 @@
+"""Writing a run directory: atomic creation, snapshots, metrics lines, resume.
+
+Every file goes through :mod:`tlora_analysis.fileio` (temporary name, fsync, rename). A new
+run is assembled in a hidden sibling folder and renamed into place in one step, so a run
+directory either does not exist or holds a readable run.json, frozen.safetensors and the
+step-0 snapshot. Metrics lines are appended with flush + fsync each; a torn last line (a
+kill mid-write) is cut off before the next append.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..fileio import _fsync_dir, atomic_write_bytes, read_json, save_tensors, write_json
+from .format import (
+    FROZEN_FILE, FROZEN_FORMAT, METRICS_FILE, RUN_FORMAT, RUN_JSON, SCHEMA_VERSION, SNAPSHOT_DIR,
+    SNAPSHOT_FORMAT, RunExistsError, snapshot_name, snapshot_step,
+)
+
+__all__ = ["RunWriter", "json_safe", "COMPATIBILITY_KEYS"]
+
+# run.json fields that must agree for a resume to continue the same run.
+COMPATIBILITY_KEYS = ("method", "adapter_config", "layers")
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON values: tensors and numpy scalars become numbers, NaN/inf become None."""
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    elif isinstance(value, (np.generic, np.ndarray)):
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)
+
+
+def _remove_temporaries(folder: Path) -> None:
+    """Delete temporary files a killed atomic write left behind (``.<name>.*.tmp``)."""
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+
+
+class RunWriter:
+    """The file side of a recorder: owns one run directory while it is being written."""
+
+    def __init__(self, run_dir: Path, header: dict[str, Any], recorded_steps: list[int]) -> None:
+        self.run_dir = run_dir
+        self.header = header
+        self.recorded_steps = recorded_steps
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def create(
+        cls,
+        run_dir: str | os.PathLike,
+        header: dict[str, Any],
+        frozen: Mapping[str, torch.Tensor],
+        initial_snapshot: tuple[int, Mapping[str, torch.Tensor], dict[str, Any]],
+        overwrite: bool = False,
+    ) -> "RunWriter":
+        """Write a new run in one atomic rename: run.json, frozen.safetensors, the first snapshot."""
+        run_dir = Path(run_dir)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunExistsError(f"{run_dir} is a file, not a folder; give a folder path for the run")
+        occupied = run_dir.is_dir() and any(run_dir.iterdir())
+        if occupied and not overwrite:
+            what = "a run" if (run_dir / RUN_JSON).is_file() else "other files"
+            raise RunExistsError(
+                f"{run_dir} already holds {what}; pass resume=True to continue that run, "
+                "overwrite=True to replace it, or choose another folder"
+            )
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.parent.glob(f".{run_dir.name}.creating-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = run_dir.parent / f".{run_dir.name}.creating-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            save_tensors(staging / FROZEN_FILE, frozen, {"format": FROZEN_FORMAT, "schema_version": SCHEMA_VERSION})
+            step, tensors, meta = initial_snapshot
+            (staging / SNAPSHOT_DIR).mkdir()
+            _save_snapshot(staging, step, tensors, meta)
+            write_json(staging / RUN_JSON, header)
+            (staging / METRICS_FILE).touch()
+            _fsync_dir(staging)
+            if occupied:
+                trash = run_dir.parent / f".{run_dir.name}.replaced-{uuid.uuid4().hex[:8]}"
+                os.replace(run_dir, trash)
+                os.replace(staging, run_dir)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                if run_dir.is_dir():
+                    run_dir.rmdir()
+                os.replace(staging, run_dir)
+            _fsync_dir(run_dir.parent)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return cls(run_dir, header, [step])
+
+    @classmethod
+    def resume(cls, run_dir: str | os.PathLike, header: dict[str, Any], start_step: int | None) -> "RunWriter":
+        """Continue an existing run after ``start_step`` (default: its last recorded step).
+
+        Snapshots and metrics lines after ``start_step`` belong to a trajectory that training
+        will redo, so they are removed; a torn last metrics line is cut off.
+        """
+        run_dir = Path(run_dir)
+        path = run_dir / RUN_JSON
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: nothing to resume; drop resume=True to start a new run")
+        old = read_json(path)
+        if old.get("format") != RUN_FORMAT:
+            raise RunExistsError(f"{path} was not written by tlora_analysis' recorder; it cannot be resumed")
+        for key in COMPATIBILITY_KEYS:
+            if json.dumps(old.get(key), sort_keys=True) != json.dumps(header.get(key), sort_keys=True):
+                raise RunExistsError(
+                    f"{run_dir} holds a different run: its '{key}' differs from this model's "
+                    f"({str(old.get(key))[:120]} vs {str(header.get(key))[:120]}); "
+                    "pass overwrite=True to replace it or choose another folder"
+                )
+        snap_dir = run_dir / SNAPSHOT_DIR
+        _remove_temporaries(run_dir)
+        _remove_temporaries(snap_dir)
+        steps = sorted(s for p in snap_dir.iterdir() if (s := snapshot_step(p)) is not None)
+        if start_step is None:
+            start_step = steps[-1] if steps else 0
+        for s in steps:
+            if s > start_step:
+                (snap_dir / snapshot_name(s)).unlink()
+        _truncate_metrics(run_dir / METRICS_FILE, start_step)
+        merged = {**old, **{k: v for k, v in header.items() if k not in ("created", "created_unix", "name")}}
+        merged["status"] = "running"
+        merged["resumed_at_steps"] = [*old.get("resumed_at_steps", []), start_step]
+        write_json(path, merged)
+        return cls(run_dir, merged, [s for s in steps if s <= start_step])
+
+    # ------------------------------------------------------------------ writing
+    def write_snapshot(self, step: int, tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        _save_snapshot(self.run_dir, step, tensors, meta)
+        self.recorded_steps.append(step)
+
+    def append_metrics(self, record: Mapping[str, Any]) -> None:
+        line = json.dumps(json_safe(dict(record)), allow_nan=False) + "\n"
+        with open(self.run_dir / METRICS_FILE, "ab") as fh:
+            fh.write(line.encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def update_header(self, **fields: Any) -> None:
+        self.header.update(json_safe(fields))
+        write_json(self.run_dir / RUN_JSON, self.header)
+
+
+def _save_snapshot(run_dir: Path, step: int, tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    meta = {"format": SNAPSHOT_FORMAT, "schema_version": SCHEMA_VERSION, **json_safe(meta), "step": step}
+    save_tensors(run_dir / SNAPSHOT_DIR / snapshot_name(step), tensors, meta)
+
+
+def _truncate_metrics(path: Path, start_step: int) -> None:
+    """Keep the complete lines whose step ≤ start_step (atomically rewritten when anything goes)."""
+    if not path.is_file():
+        path.touch()
+        return
+    raw = path.read_bytes()
+    kept, changed = [], not raw.endswith(b"\n") and bool(raw)
+    for line in raw.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            step = json.loads(line).get("step")
+        except json.JSONDecodeError:
+            changed = True
+            continue
+        if isinstance(step, (int, float)) and step > start_step:
+            changed = True
+            continue
+        kept.append(line)
+    if changed:
+        atomic_write_bytes(path, b"".join(line + b"\n" for line in kept))
