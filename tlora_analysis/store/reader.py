@@ -155,7 +155,7 @@ class Run:
         if self._source.checksummed:
             stored = meta.get("step")
             if stored is None or int(stored) != step:
-                raise CorruptFileError(f"{path} says it holds step {stored!r}, not {step}: the file was renamed or mixed up")
+                raise CorruptFileError(f"{path} says it holds step {stored}, not {step}: the file was renamed or mixed up")
         for layer, (out, inn) in self.layer_shapes.items():
             for name in TRAINABLE_KEYS[self.method]:
                 key = self._source.key(layer, name)

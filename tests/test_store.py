@@ -1,0 +1,201 @@
+"""The run directory reader: contents against the live model, laziness, damage, bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from helpers_runs import make_tiny_run, one_torch_thread, tiny_batch, tiny_config, tiny_model
+from tlora_analysis import Run, SnapshotRecorder, apply_adapters
+from tlora_analysis.adapters import adapted_layers, tracked_linears
+from tlora_analysis.fileio import CorruptFileError
+from tlora_analysis.store import (
+    NotARunError, SchemaVersionError, UnknownLayerError, UnknownStepError,
+)
+from tlora_analysis.store import reader as reader_module
+
+
+def _train(tmp_path, method, steps=3, **kw):
+    """Train a tiny model with a recorder; return (model, Run)."""
+    with one_torch_thread():
+        model = apply_adapters(tiny_model(0), tiny_config(method)).train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        with SnapshotRecorder(model, tmp_path / method, **kw) as rec:
+            rec.attach(opt)
+            for s in range(steps):
+                model(**tiny_batch(s)).loss.backward()
+                opt.step()
+                opt.zero_grad()
+    return model, Run(tmp_path / method)
+
+
+@pytest.mark.parametrize("method", ["tlora", "lora", "full"])
+def test_update_at_last_step_equals_the_model_delta(tmp_path, method):
+    model, run = _train(tmp_path, method)
+    assert run.steps == [0, 1, 2, 3]
+    assert run.method == method and run.layers == list(tracked_linears(model))
+    for name, layer in tracked_linears(model).items():
+        if method == "full":
+            w0 = run.base_weight(name).double()
+            expected = layer.weight.detach().double() - w0
+        else:
+            expected = layer.delta_weight().double()
+        np.testing.assert_allclose(run.update(name, 3).dense(), expected.numpy(), atol=1e-6)
+        assert run.update(name, 0).fro_norm() == 0.0
+        assert run.layer_shapes[name] == (layer.out_features, layer.in_features)
+
+
+def test_tlora_tensors_and_dense_update_by_hand(tmp_path):
+    model, run = _train(tmp_path, "tlora")
+    layers = adapted_layers(model)
+    name = run.layers[1]
+    t, f = run.trainable(name, 3), run.frozen(name)
+    assert set(t) == {"tlora_B", "tlora_alpha"} and set(f) == {"tlora_A", "tlora_C"}
+    torch.testing.assert_close(t["tlora_B"], layers[name].tlora_B.detach())
+    torch.testing.assert_close(f["tlora_A"], layers[name].tlora_A)
+    a, b, c = (x.double().numpy() for x in (f["tlora_A"], t["tlora_B"], f["tlora_C"]))
+    dense = float(t["tlora_alpha"]) * (a @ b @ c).T  # ΔW = α (A B C)ᵀ, independently
+    np.testing.assert_allclose(run.update(name, 3).dense(), dense, atol=1e-12)
+    torch.testing.assert_close(run.base_weight(name), layers[name].base_layer.weight.detach())
+    assert run.rank == 4 and run.adapter_config["method"] == "tlora"
+    params = run.config["parameters"]
+    assert set(params) == {"trainable", "frozen", "total", "adapter_buffers"} and params["trainable"] == 4 * (16 + 1)
+
+
+def test_lora_scaling_and_keys(tmp_path):
+    run = make_tiny_run(tmp_path, "lora", steps=2, rank=4)
+    name = run.layers[0]
+    t = run.trainable(name, 2)
+    assert set(t) == {"lora_A", "lora_B"}
+    assert run.frozen(name) == {}
+    u = run.update(name, 2)
+    assert u.scale == pytest.approx(2.0)  # lora_alpha = 2r
+    np.testing.assert_allclose(u.dense(), 2.0 * (t["lora_B"].double() @ t["lora_A"].double()).numpy(), atol=1e-12)
+
+
+def test_run_json_and_metrics_contract(tmp_path):
+    run = make_tiny_run(tmp_path, "tlora", steps=3)
+    cfg = run.config
+    assert cfg["schema_version"] == 1 and cfg["status"] == "complete" and cfg["final_step"] == 3
+    assert cfg["model"] == "tiny-bert" and cfg["hyperparameters"]["steps"] == 3
+    assert run.name == "tlora-r4-s0"
+    m = run.metrics
+    assert list(m.columns[:4]) == ["step", "epoch", "event", "wall_time"]
+    assert (m.event == "train").sum() == 3 and (m.event == "eval").sum() == 1
+    assert {"loss", "lr", "examples_per_s", "split", "eval_loss", "accuracy"} <= set(m.columns)
+    info = run.snapshot_info(2)
+    assert info["step"] == 2 and info["epoch"] == pytest.approx(1 / 3) and info["wall_time"] >= 0
+
+
+def test_no_base_weights_error_names_the_flag(tmp_path):
+    run = make_tiny_run(tmp_path, "tlora", steps=1, store_base_weights=False)
+    assert not run.has_base_weights
+    with pytest.raises(ValueError, match="store_base_weights=True"):
+        run.base_weight(run.layers[0])
+
+
+def test_opening_reads_no_tensor_even_with_10000_snapshots(tmp_path, monkeypatch):
+    run = make_tiny_run(tmp_path, "tlora", steps=1)
+    snap = run.snapshot_path(1)
+    for step in range(2, 10_002):  # hard links: 10,000 more snapshot files at no disk cost
+        os.link(snap, snap.parent / f"{step:09d}.safetensors")
+    calls = []
+    for name in ("load_tensors", "open_tensors"):
+        real = getattr(reader_module, name)
+        monkeypatch.setattr(reader_module, name, lambda *a, _real=real, **k: calls.append(a) or _real(*a, **k))
+    opened = Run(run.path)
+    assert len(opened.steps) == 10_002 and opened.layers == run.layers
+    assert calls == []
+    opened.trainable(opened.layers[0], 0)
+    assert calls  # reading is what touches files
+
+
+def _corrupt(path, how):
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    elif how == "flip_data":
+        data[-3] ^= 0x40
+        path.write_bytes(bytes(data))
+    elif how == "flip_header":
+        data[12] ^= 0x7F
+        path.write_bytes(bytes(data))
+    elif how == "empty":
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip_data", "flip_header", "empty"])
+def test_damaged_snapshot_is_named_and_others_still_read(tmp_path, how):
+    run = make_tiny_run(tmp_path, "tlora", steps=3)
+    bad = run.snapshot_path(2)
+    _corrupt(bad, how)
+    fresh = Run(run.path)
+    with pytest.raises(CorruptFileError, match=bad.name):
+        fresh.trainable(fresh.layers[0], 2)
+    for step in (0, 1, 3):
+        fresh.update(fresh.layers[0], step).fro_norm()
+    report = fresh.verify()
+    assert not report.ok
+    assert [p.path for p in report.problems] == [str(bad)]
+
+
+def test_renamed_snapshot_fails_its_step_check(tmp_path):
+    run = make_tiny_run(tmp_path, "tlora", steps=2)
+    os.replace(run.snapshot_path(1), run.path / "snapshots" / "000000007.safetensors")
+    with pytest.raises(CorruptFileError, match="step 1, not 7"):
+        Run(run.path).trainable(run.layers[0], 7)
+
+
+def test_damaged_frozen_file_fails_verify(tmp_path):
+    run = make_tiny_run(tmp_path, "tlora", steps=1)
+    _corrupt(run.path / "frozen.safetensors", "flip_data")
+    report = Run(run.path).verify()
+    assert [p.path for p in report.problems] == [str(run.path / "frozen.safetensors")]
+    with pytest.raises(CorruptFileError, match="frozen.safetensors"):
+        Run(run.path).frozen(run.layers[0])
+
+
+def test_metrics_torn_last_line_is_skipped_but_bad_middle_line_raises(tmp_path):
+    run = make_tiny_run(tmp_path, "tlora", steps=2)
+    path = run.path / "metrics.jsonl"
+    good = path.read_bytes()
+    path.write_bytes(good + b'{"step": 3, "ev')
+    torn = Run(run.path)
+    assert len(torn.metrics) == 3
+    report = torn.verify()
+    assert report.ok and any("torn" in c.message for c in report.checks)
+    path.write_bytes(b'{"step": 1, "ev\n' + good)
+    with pytest.raises(CorruptFileError, match="line 1"):
+        Run(run.path).metrics
+
+
+def test_unknown_layer_and_step_list_what_exists(tmp_path):
+    run = make_tiny_run(tmp_path, "tlora", steps=2)
+    with pytest.raises(UnknownLayerError, match="attention.self.query") as e:
+        run.trainable("nope", 1)
+    assert isinstance(e.value, KeyError)
+    with pytest.raises(UnknownStepError, match=r"recorded steps: 0, 1, 2"):
+        run.update(run.layers[0], 99)
+
+
+def test_bad_paths(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Run(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotARunError, match="not a run"):
+        Run(tmp_path / "empty")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(NotARunError, match="is a file"):
+        Run(tmp_path / "file.txt")
+
+
+@pytest.mark.parametrize("version, match", [(2, "upgrade"), ("x", r"reads versions \[1\]"), (None, r"reads versions \[1\]")])
+def test_schema_versions(tmp_path, version, match):
+    run = make_tiny_run(tmp_path, "tlora", steps=1)
+    cfg = json.loads((run.path / "run.json").read_text())
+    cfg["schema_version"] = version
+    (run.path / "run.json").write_text(json.dumps(cfg))
+    with pytest.raises(SchemaVersionError, match=match):
+        Run(run.path)
