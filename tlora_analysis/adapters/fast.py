@@ -12,8 +12,8 @@ Three implementations, selected per layer by ``TLoRALinear.impl``:
   once per forward (M = α B C, r × out) so the forward is two products, and only u = x A
   (tokens × r) is saved for the backward.
 - ``"fused"`` (default): :class:`TLoRALinearFunction`, base layer and adapter in one node:
-  the adapter product is added in the base output's GEMM epilogue (``addmm_`` with β = 1) and
-  the adapter's input gradient in the base input-gradient's epilogue.
+  the base product accumulates onto the adapter's output in its GEMM epilogue (``addmm_``
+  with β = 1), and the base input-gradient onto the adapter's input-gradient the same way.
 
 Gradients are exact for B, α and x: with gc = g Cᵀ (tokens × r) and G = uᵀ gc (r × r),
 ∂L/∂B = α G, ∂L/∂α = Σ B ∘ G, ∂L/∂u = gc (α B)ᵀ, ∂L/∂x = ∂L/∂u Aᵀ (+ g W0 for the base).
@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 __all__ = ["IMPLEMENTATIONS", "TLoRAAdapterFunction", "TLoRALinearFunction", "plain_adapter_output"]
 
@@ -73,16 +72,10 @@ def _forward_u(x2: torch.Tensor, a: torch.Tensor, p_in: float) -> tuple[torch.Te
     return x2 @ a, None
 
 
-def _input_grad_from_u(
-    grad_u: torch.Tensor, a: torch.Tensor, mask: torch.Tensor | None, p_in: float, into: torch.Tensor | None
-) -> torch.Tensor:
-    """∂L/∂x of the adapter branch, added in a GEMM epilogue to ``into`` when there is no mask."""
-    if mask is None:
-        if into is None:
-            return grad_u @ a.T
-        return into.addmm_(grad_u, a.T)
-    gx = _undrop(grad_u @ a.T, mask, p_in)
-    return gx if into is None else into.add_(gx)
+def _input_grad_from_u(grad_u: torch.Tensor, a: torch.Tensor, mask: torch.Tensor | None, p_in: float) -> torch.Tensor:
+    """∂L/∂x of the adapter branch (tokens × in)."""
+    gx = grad_u @ a.T
+    return gx if mask is None else _undrop(gx, mask, p_in)
 
 
 class TLoRAAdapterFunction(torch.autograd.Function):
@@ -111,7 +104,7 @@ class TLoRAAdapterFunction(torch.autograd.Function):
         grad_u, grad_b, grad_alpha = _core_grads(ctx, go, u, a, b, c, alpha)
         grad_x = None
         if grad_u is not None:
-            grad_x = _input_grad_from_u(grad_u, a, in_mask, ctx.p_in, None).view(ctx.x_shape)
+            grad_x = _input_grad_from_u(grad_u, a, in_mask, ctx.p_in).view(ctx.x_shape)
         return grad_x, None, grad_b, None, grad_alpha, None, None
 
 
@@ -125,13 +118,16 @@ class TLoRALinearFunction(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])
         u, in_mask = _forward_u(x2, a, p_in)
         m = (alpha * b) @ c  # r × out: α and B folded into C once per forward
-        out = F.linear(x2, weight, bias)
         out_mask = None
         if p_out > 0:
-            dropped, out_mask = _drop(u @ m, p_out)
-            out.add_(dropped)
+            out, out_mask = _drop(u @ m, p_out)
+            if bias is not None:
+                out.add_(bias)
         else:
-            out.addmm_(u, m)  # the adapter lands in the GEMM epilogue: no extra pass
+            out = u @ m if bias is None else torch.addmm(bias, u, m)
+        # The large product accumulates onto the adapter's output in its GEMM epilogue (β = 1):
+        # the adapter costs one write of (tokens × out), not a separate add pass.
+        out.addmm_(x2, weight.T)
         ctx.save_for_backward(weight, u, a, b, c, alpha, in_mask, out_mask)
         ctx.p_in, ctx.p_out, ctx.x_shape = p_in, p_out, x.shape
         ctx.needs_u, ctx.b_index = ctx.needs_input_grad[0], 4
@@ -144,6 +140,6 @@ class TLoRALinearFunction(torch.autograd.Function):
         go = _undrop(g, out_mask, ctx.p_out) if out_mask is not None else g
         grad_u, grad_b, grad_alpha = _core_grads(ctx, go, u, a, b, c, alpha)
         grad_x = None
-        if grad_u is not None:
-            grad_x = _input_grad_from_u(grad_u, a, in_mask, ctx.p_in, g @ weight).view(ctx.x_shape)
+        if ctx.needs_input_grad[0]:
+            grad_x = _input_grad_from_u(grad_u, a, in_mask, ctx.p_in).addmm_(g, weight).view(ctx.x_shape)
         return grad_x, None, None, None, grad_b, None, grad_alpha, None, None

@@ -1,0 +1,353 @@
+"""Train-step time and memory: TLoRA against our LoRA, PEFT's LoRA, full fine-tuning and the floor.
+
+One command each (results are JSON, plus a markdown table on stdout):
+
+    PYTHONPATH=. python benchmarks/bench_train_step.py --device cpu  --out bench_cpu.json
+    PYTHONPATH=. python benchmarks/bench_train_step.py --device cuda --out bench_gpu.json
+
+CPU: the bundled all-MiniLM-L6-v2 with a 2-class head, float32, batch 16 × 128 tokens; arms are
+timed round-robin (one step of each arm per round) so that load from other processes hits
+every arm alike. GPU: a LLaMA-shaped ~1B model from a config with random weights (hidden
+2048, 16 layers, intermediate 5632), bf16, batch 8 × 1024 tokens, fused AdamW, CUDA events;
+arms run one after another and the floor is measured at the start, middle and end.
+
+Arms: ``floor`` (frozen base, one trainable scalar scaling the embeddings: a full backward
+pass with no weight gradients), ``full``, and per rank and target set ``tlora`` (the default
+fused path), ``lora`` (ours), ``peft`` (PEFT's LoRA, default: adapter weights in float32) and
+``peft-bf16`` (``autocast_adapter_dtype=False``; GPU only, on a float32 CPU model it is the
+same as ``peft``). Ablations at the largest rank: ``tlora-plain`` (the formula in autograd),
+``tlora-folded`` ((x A)(α B C) in autograd), ``tlora-adapter`` (adapter Function, unfused add),
+TLoRA with dropout 0.1 at each position (on "all"), and ``tlora+recorder`` (snapshots every step) when
+``tlora_analysis.recording`` exists. Every adapter uses dropout 0 unless named.
+
+Memory: GPU peak allocated bytes per arm; on both, the bytes autograd saves for the backward
+(counted with saved_tensors_hooks, parameters excluded) and the trainable parameter count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from tlora_analysis.adapters import LoRAConfig, TLoRAConfig, adapted_layers, apply_adapters
+
+CPU_TARGETS = {"qv": r".*\.(query|value)", "all": r".*encoder\.layer\.\d+\..*(query|key|value|dense)"}
+GPU_TARGETS = {"qv": r".*\.(q_proj|v_proj)", "all": r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"}
+
+
+@dataclass
+class Arm:
+    """One configuration to time."""
+
+    name: str
+    rank: int | None = None
+    targets: str | None = None  # "qv" | "all"
+    options: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name if self.rank is None else f"{self.name} r={self.rank} {self.targets}"
+
+
+def plan_arms(device: str, ranks: list[int], targets: list[str], recorder: bool) -> list[Arm]:
+    """The arms in run order (GPU: the floor three times, to see drift)."""
+    top = max(ranks)
+    arms = [Arm("floor", options={"repeat": 0}), Arm("full")]
+    methods = ["tlora", "lora", "peft"] + (["peft-bf16"] if device == "cuda" else [])
+    for t in targets:
+        for r in ranks:
+            arms += [Arm(m, r, t) for m in methods]
+    if device == "cuda":
+        arms.append(Arm("floor", options={"repeat": 1}))
+    for t in targets if device == "cuda" else targets[-1:]:  # the CPU is slow: ablations on one target set
+        arms += [Arm(f"tlora-{impl}", top, t) for impl in ("plain", "folded", "adapter")]
+    arms += [Arm("tlora", top, "all", {"dropout": 0.1, "position": pos}) for pos in ("output", "input")]
+    if recorder:
+        arms.append(Arm("tlora+recorder", top, "all"))
+    if device == "cuda":
+        arms.append(Arm("floor", options={"repeat": 2}))
+    return arms
+
+
+# ----------------------------------------------------------------------------- models and data
+def build_base(device: str) -> tuple[nn.Module, dict[str, torch.Tensor], dict]:
+    """The base model (trainable nothing yet), one batch, and a description."""
+    import transformers
+
+    torch.manual_seed(0)
+    if device == "cpu":
+        from tlora_analysis.experiments.bundled import bundled_model_dir
+
+        transformers.logging.set_verbosity_error()
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(bundled_model_dir(), num_labels=2)
+        batch, length = 16, 128
+        ids = torch.randint(1000, model.config.vocab_size, (batch, length))
+        data = {"input_ids": ids, "labels": torch.randint(0, 2, (batch,))}
+        info = {"model": "all-MiniLM-L6-v2 + 2-class head", "dtype": "float32", "batch": batch, "length": length}
+        return model, data, info
+    config = transformers.LlamaConfig(
+        hidden_size=2048, num_hidden_layers=16, intermediate_size=5632, num_attention_heads=16,
+        num_key_value_heads=16, vocab_size=32000, max_position_embeddings=2048)
+    config._attn_implementation = "sdpa"
+    with torch.device("cuda"):
+        model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
+    batch, length = 8, 1024
+    ids = torch.randint(0, config.vocab_size, (batch, length), device="cuda")
+    info = {"model": "LLaMA-shaped, random weights (hidden 2048, 16 layers, intermediate 5632, vocab 32000)",
+            "dtype": "bfloat16", "batch": batch, "length": length,
+            "parameters": sum(p.numel() for p in model.parameters())}
+    return model.cpu(), {"input_ids": ids, "labels": ids}, info
+
+
+class Floor(nn.Module):
+    """The frozen model behind one trainable scalar at the embeddings: backward reaches every layer."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        dtype = model.get_input_embeddings().weight.dtype
+        self.scale = nn.Parameter(torch.ones((), dtype=dtype, device=model.get_input_embeddings().weight.device))
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor):
+        embeds = self.model.get_input_embeddings()(input_ids) * self.scale
+        return self.model(inputs_embeds=embeds, labels=labels)
+
+
+def folded_adapter_output(layer) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The "fold α and B into C" idea alone, in plain autograd: (x A)(α B C)."""
+    def adapter_output(x: torch.Tensor) -> torch.Tensor:
+        return (x.to(layer.tlora_A.dtype) @ layer.tlora_A) @ ((layer.tlora_alpha * layer.tlora_B) @ layer.tlora_C)
+    return adapter_output
+
+
+def build_arm(arm: Arm, base: nn.Module, device: str) -> nn.Module:
+    """A fresh copy of the base model set up as the arm says."""
+    model = copy.deepcopy(base).to(device).train()  # the GPU base waits on the host: peaks count one model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    targets = (GPU_TARGETS if device == "cuda" else CPU_TARGETS).get(arm.targets)
+    if arm.name == "floor":
+        return Floor(model)
+    if arm.name == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if arm.name.startswith("tlora"):
+        config = TLoRAConfig(rank=arm.rank, target_modules=targets, dropout=arm.options.get("dropout", 0.0),
+                             dropout_position=arm.options.get("position", "output"))
+        apply_adapters(model, config)
+        impl = arm.name.split("-", 1)[1] if "-" in arm.name else "fused"
+        for layer in adapted_layers(model).values():
+            with torch.no_grad():
+                layer.tlora_B.normal_(std=0.01)  # a nonzero B, as after some training
+            if impl == "folded":
+                layer.impl = "plain"
+                layer.adapter_output = folded_adapter_output(layer)
+            else:
+                layer.impl = impl
+        return model
+    if arm.name == "lora":
+        return apply_adapters(model, LoRAConfig(rank=arm.rank, target_modules=targets, dropout=0.0))
+    import peft
+
+    config = peft.LoraConfig(r=arm.rank, lora_alpha=arm.rank, lora_dropout=0.0, target_modules=targets)
+    return peft.get_peft_model(model, config, autocast_adapter_dtype=(arm.name == "peft"))
+
+
+# ----------------------------------------------------------------------------- measuring
+class Trainer:
+    """One arm's model, optimizer and step; optionally a recorder with snapshots every step."""
+
+    def __init__(self, arm: Arm, model: nn.Module, data: dict, device: str, tmp: Path) -> None:
+        self.arm, self.model, self.data = arm, model, data
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=1e-5, fused=(device == "cuda"))
+        self.recorder = None
+        if arm.name == "tlora+recorder":
+            from tlora_analysis.recording import SnapshotRecorder
+
+            self.recorder = SnapshotRecorder(model, tmp / "run", schedule=1, store_base_weights=False, overwrite=True)
+            self.recorder.attach(self.opt)
+
+    def step(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.model(**self.data).loss.backward()
+        self.opt.step()
+
+    def saved_bytes(self) -> int:
+        """Bytes autograd keeps for the backward in one step (parameters and buffers excluded)."""
+        own = {t.untyped_storage().data_ptr() for t in list(self.model.parameters()) + list(self.model.buffers())}
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            s = t.untyped_storage()
+            if s.data_ptr() not in own:
+                storages[s.data_ptr()] = s.nbytes()
+            return t
+
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = self.model(**self.data).loss
+        loss.backward()
+        self.opt.zero_grad(set_to_none=True)
+        return sum(storages.values())
+
+    def close(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+
+
+def time_steps_cuda(trainer: Trainer, steps: int) -> list[float]:
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+    for start, end in events:
+        start.record()
+        trainer.step()
+        end.record()
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in events]
+
+
+def time_step_cpu(trainer: Trainer) -> float:
+    t0 = time.perf_counter()
+    trainer.step()
+    return 1000.0 * (time.perf_counter() - t0)
+
+
+def summarize(arm: Arm, times_ms: list[float], tokens: int, extra: dict) -> dict:
+    q = statistics.quantiles(times_ms, n=4, method="inclusive") if len(times_ms) >= 2 else [times_ms[0]] * 3
+    median = statistics.median(times_ms)
+    return {"arm": arm.label, "method": arm.name, "rank": arm.rank, "targets": arm.targets, **arm.options,
+            "steps": len(times_ms), "median_ms": median, "q25_ms": q[0], "q75_ms": q[2],
+            "min_ms": min(times_ms), "max_ms": max(times_ms), "tokens_per_s": tokens / (median / 1000.0),
+            "times_ms": times_ms, **extra}
+
+
+def run_cuda(arms: list[Arm], base: nn.Module, data: dict, tokens: int, warmup: int, steps: int,
+             tmp: Path, sink: Callable[[dict], None]) -> None:
+    for arm in arms:
+        model = build_arm(arm, base, "cuda")
+        trainer = Trainer(arm, model, data, "cuda", tmp)
+        for _ in range(warmup):
+            trainer.step()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        times = time_steps_cuda(trainer, steps)
+        peak = torch.cuda.max_memory_allocated()
+        saved = trainer.saved_bytes()
+        trainer.close()
+        sink(summarize(arm, times, tokens, {"peak_bytes": peak, "saved_bytes": saved,
+                                            "trainable": sum(p.numel() for p in trainer.params)}))
+        del trainer, model
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def run_cpu(arms: list[Arm], base: nn.Module, data: dict, tokens: int, warmup: int, rounds: int,
+            tmp: Path, sink: Callable[[dict], None]) -> None:
+    trainers = [Trainer(arm, build_arm(arm, base, "cpu"), data, "cpu", tmp) for arm in arms]
+    saved = [t.saved_bytes() for t in trainers]
+    for _ in range(warmup):
+        for t in trainers:
+            t.step()
+    times: list[list[float]] = [[] for _ in trainers]
+    for r in range(rounds):
+        for i, t in enumerate(trainers):
+            times[i].append(time_step_cpu(t))
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    for arm, t, ts, sb in zip(arms, trainers, times, saved):
+        t.close()
+        sink(summarize(arm, ts, tokens, {"saved_bytes": sb, "trainable": sum(p.numel() for p in t.params)}))
+
+
+# ----------------------------------------------------------------------------- report
+def ratio_table(results: list[dict]) -> str:
+    """Markdown: each arm against the floor (mean of its repeats) and PEFT at the same rank/targets."""
+    floor_ms = statistics.mean(r["median_ms"] for r in results if r["method"] == "floor")
+    floor_mem = statistics.mean(r.get("peak_bytes", 0) for r in results if r["method"] == "floor")
+    peft = {(r["rank"], r["targets"]): r["median_ms"] for r in results if r["method"] == "peft"}
+    lines = ["| arm | median ms (q25–q75) | × floor | × PEFT | tokens/s | peak GiB | × floor mem | saved MiB | trainable |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        label = r["arm"] + (f" dropout {r['dropout']} {r['position']}" if "dropout" in r else "")
+        label += f" (#{r['repeat'] + 1})" if "repeat" in r else ""
+        p = peft.get((r["rank"], r["targets"]))
+        peak = r.get("peak_bytes")
+        cells = [label, f"{r['median_ms']:.1f} ({r['q25_ms']:.1f}–{r['q75_ms']:.1f})",
+                 f"{r['median_ms'] / floor_ms:.3f}", f"{r['median_ms'] / p:.3f}" if p else "–",
+                 f"{r['tokens_per_s']:,.0f}", f"{peak / 2**30:.2f}" if peak else "–",
+                 f"{peak / floor_mem:.3f}" if peak and floor_mem else "–",
+                 f"{r['saved_bytes'] / 2**20:.0f}", f"{r['trainable']:,}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def environment(device: str) -> dict:
+    import peft
+    import transformers
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "peft": peft.__version__, "machine": platform.machine(), "cpu_threads": torch.get_num_threads()}
+    if device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], required=True)
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write (rewritten after each arm)")
+    parser.add_argument("--ranks", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--targets", nargs="+", choices=["qv", "all"], default=["qv", "all"])
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default: cuda 5, cpu 1)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per arm (default: cuda 25; cpu 3, one per round-robin round)")
+    parser.add_argument("--only", nargs="*", default=None, help="keep only arms whose method is listed")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU is visible here; use --device cpu")
+    warmup = args.warmup if args.warmup is not None else (5 if args.device == "cuda" else 1)
+    steps = args.steps if args.steps is not None else (25 if args.device == "cuda" else 3)
+    try:
+        import tlora_analysis.recording  # noqa: F401
+        has_recorder = True
+    except ImportError:
+        has_recorder = False
+    arms = plan_arms(args.device, args.ranks, args.targets, has_recorder)
+    if args.only is not None:
+        arms = [a for a in arms if a.name in args.only]
+    base, data, info = build_base(args.device)
+    tokens = info["batch"] * info["length"]
+    report = {"device": args.device, "environment": environment(args.device), "model": info,
+              "warmup": warmup, "steps": steps, "recorder_measured": has_recorder,
+              "command": " ".join(sys.argv), "arms": [asdict(a) for a in arms], "results": []}
+
+    def sink(result: dict) -> None:
+        report["results"].append(result)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+        print(f"{result['arm']:<32} {result['median_ms']:9.1f} ms  {result.get('peak_bytes', 0) / 2**30:6.2f} GiB",
+              file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.device == "cuda":
+            run_cuda(arms, base, data, tokens, warmup, steps, Path(tmp), sink)
+        else:
+            run_cpu(arms, base, data, tokens, warmup, steps, Path(tmp), sink)
+    print(ratio_table(report["results"]))
+
+
+if __name__ == "__main__":
+    main()
