@@ -193,8 +193,10 @@ def test_eigenvalue_densities_paper_and_corrected_rows():
     titles = [ax.get_title() for ax in fig.axes]
     assert sum("paper-faithful" in t for t in titles) == 2
     assert sum("corrected" in t for t in titles) == 2
-    labels = fig.axes[0].get_legend_handles_labels()[1]
-    assert any(lab.startswith("TLoRA") for lab in labels) and any(lab.startswith("LoRA") for lab in labels)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[:2] == ["TLoRA", "LoRA"] and "without its scale" in labels[2]
+    pos = merged[merged["eig_real"] > 0].groupby("method").size()
+    assert fig.axes[0].texts[0].get_text() == f"n: TLoRA {pos['tlora']}, LoRA {pos['lora']}"
     assert_no_overlapping_labels(fig)
 
 

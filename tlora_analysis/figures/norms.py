@@ -88,7 +88,7 @@ def layer_step_heatmaps(
     norm, cmap = _color_norm(sub[value].to_numpy(dtype=float), log)
     n_layers = sub.groupby("module")["layer"].nunique().max()
     fig, axes = new_figure("double" if len(mods) > 1 else "single",
-                           height=min(8.0, 1.0 + 0.17 * n_layers), ncols=len(mods))
+                           height=min(8.0, max(1.8, 1.0 + 0.17 * n_layers)), ncols=len(mods))
     mappable = None
     for ax, module in zip(axes[0], mods):
         mappable = draw_heatmap(ax, _layer_by_step(sub[sub["module"] == module], value), norm, cmap)
@@ -110,7 +110,7 @@ def fro_norm_B_heatmaps(norms: pd.DataFrame, modules: Sequence[str] | None = ("q
 def alpha_heatmaps(frame: pd.DataFrame, modules: Sequence[str] | None = ("query", "value")) -> Figure:
     """Paper figure 6: α layer × step for q and v (from ``norms`` or ``scaling(...).per_layer``)."""
     return layer_step_heatmaps(frame, "alpha", modules=modules,
-                               title=f"{_title_prefix(frame)}TLoRA scale α per layer and step (paper Fig. 6)")
+                               title=f"{_title_prefix(frame)}scale α per layer and step (paper Fig. 6)")
 
 
 @styled

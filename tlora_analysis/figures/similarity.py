@@ -136,11 +136,12 @@ def null_band(
     mods = module_order(at["module"].astype(str)) if modules is None else list(modules)
     fig, axes = new_figure("double" if len(mods) > 1 else "single", height=2.1, ncols=len(mods), sharey=True)
     kind = str(at["null_kind"].iloc[0]) if "null_kind" in at else ""
+    draws = f", n={int(at['n_null'].iloc[0])}" if "n_null" in at and pd.notna(at["n_null"].iloc[0]) else ""
     for ax, module in zip(axes[0], mods):
         part = at[at["module"] == module].sort_values("layer_index")
         x = part["layer_index"].to_numpy()
         ax.fill_between(x, part[cols[1]].to_numpy(float), part[cols[2]].to_numpy(float), color="0.8", lw=0,
-                        step="mid", label=f"null 95% band ({_NULL_KIND.get(kind, kind)})")
+                        step="mid", label=f"null 2.5–97.5% band ({_NULL_KIND.get(kind, kind)}{draws})")
         ax.plot(x, part[cols[0]].to_numpy(float), ls="--", lw=0.8, color="0.35", label="null mean")
         ax.plot(x, part[value].to_numpy(float), marker="o", lw=0.9, color=OKABE_ITO[0], label="observed")
         ax.axhline(0, color="0.6", lw=0.4)
@@ -151,7 +152,8 @@ def null_band(
     axes[0, 0].set_ylabel(SIMILARITY_LABELS.get(value, value), fontsize=6.5)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=3)
-    fig.suptitle(f"{_pair_title(at)}: {value} per layer at step {chosen} against the null")
+    what = {"cosine_dW": "cosine of the updates", "phi_rr": "subspace overlap φ(r, r)"}.get(value, value)
+    fig.suptitle(f"{_pair_title(at)}: {what} per layer at step {chosen} against the null")
     return fig
 
 

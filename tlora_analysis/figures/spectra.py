@@ -17,6 +17,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from ._frames import pick_layer, pick_step, require_columns, short_module
 from .style import SEQUENTIAL_CMAP, method_color, method_label, new_figure, styled
@@ -36,18 +37,22 @@ def _one_layer_step(frame: pd.DataFrame, layer: str | None, step: int | str | No
     return at, chosen_layer, chosen_step
 
 
-def _density(ax: Axes, values: np.ndarray, method: str, log_x: bool = False) -> None:
+def _density(ax: Axes, values: np.ndarray, method: str, log_x: bool = False) -> int:
+    """KDE (when there are ≥ 3 distinct values) plus a rug of the values; returns how many were drawn."""
     values = values[np.isfinite(values)]
     color = method_color(method)
     if values.size == 0:
-        return
+        return 0
     if values.size >= 3 and np.ptp(values) > 0:
-        sns.kdeplot(x=values, ax=ax, color=color, fill=True, alpha=0.25, linewidth=1.0,
-                    label=f"{method_label(method)} (n={values.size})", warn_singular=False, log_scale=log_x,
-                    cut=0)
-    else:
-        ax.plot([], [], color=color, label=f"{method_label(method)} (n={values.size})")
+        sns.kdeplot(x=values, ax=ax, color=color, fill=True, alpha=0.25, linewidth=1.0, warn_singular=False,
+                    log_scale=log_x, cut=0)
     sns.rugplot(x=values, ax=ax, color=color, height=0.05, alpha=0.6, linewidth=0.5)
+    return int(values.size)
+
+
+def _counts(ax: Axes, counts: dict[str, int]) -> None:
+    text = "n: " + ", ".join(f"{method_label(m)} {n}" for m, n in counts.items())
+    ax.text(0.02, 0.98, text, transform=ax.transAxes, ha="left", va="top", fontsize=5.5)
 
 
 def _methods(frame: pd.DataFrame) -> list[str]:
@@ -81,36 +86,45 @@ def eigenvalue_densities(
         at, name, chosen = _one_layer_step(merged, layer, step)
         kind = str(at["construction"].iloc[0])
         for ax, sign in zip(axes[r], ("positive", "negative")):
+            counts = {}
             for method in _methods(at):
                 re = at.loc[at["method"] == method, "eig_real"].to_numpy(float)
-                _density(ax, re[re > 0] if sign == "positive" else re[re < 0], method)
+                counts[method] = _density(ax, re[re > 0] if sign == "positive" else re[re < 0], method)
+            _counts(ax, counts)
             ax.set_title(("Re λ > 0, " if sign == "positive" else "Re λ < 0, ") + _CONSTRUCTION_TEXT.get(kind, kind))
             ax.set_xlabel(r"Re $\lambda$")
             ax.set_ylabel("density (KDE)")
-            ax.legend(loc="upper right", title="LoRA without its scale" if kind == "paper_faithful" else None)
+            ax.margins(y=0.15)
         titles.append(f"{name}, step {chosen}")
         r += 1
     if update is not None:
         require_columns(update, _EIG, "analysis.eigenvalues")
         at, name, chosen = _one_layer_step(update, layer, step)
         plane, modulus = axes[r]
+        counts = {}
         for method in _methods(at):
             part = at[at["method"] == method]
             plane.scatter(part["eig_real"], part["eig_imag"], s=8, color=method_color(method), alpha=0.8,
                           linewidths=0, label=method_label(method))
-            _density(modulus, part["eig_abs"].to_numpy(float), method, log_x=bool((part["eig_abs"] > 0).all()))
+            counts[method] = _density(modulus, part["eig_abs"].to_numpy(float), method,
+                                      log_x=bool((part["eig_abs"] > 0).all()))
+        _counts(modulus, counts)
+        modulus.margins(y=0.15)
         plane.axhline(0, color="0.6", lw=0.5)
         plane.axvline(0, color="0.6", lw=0.5)
         plane.set_xlabel(r"Re $\lambda(\Delta W)$")
         plane.set_ylabel(r"Im $\lambda(\Delta W)$")
         plane.set_title(r"corrected: nonzero eigenvalues of $\Delta W$ (complex)")
-        plane.legend(loc="best")
         modulus.set_xlabel(r"$|\lambda(\Delta W)|$")
         modulus.set_ylabel("density (KDE)")
         modulus.set_title(r"corrected: $|\lambda|$ of $\Delta W$")
-        modulus.legend(loc="upper right")
         titles.append(f"{name}, step {chosen}")
         plane.ticklabel_format(axis="both", style="sci", scilimits=(-2, 3))
+    methods = _methods(pd.concat(rows))
+    handles = [Patch(color=method_color(m), alpha=0.5, label=method_label(m)) for m in methods]
+    if merged is not None:
+        handles.append(Patch(color="none", label="paper-faithful: LoRA added without its scale"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
     fig.suptitle("Eigenvalues, TLoRA vs LoRA (paper Fig. 8 and corrected): " + "; ".join(dict.fromkeys(titles)))
     return fig
 

@@ -109,7 +109,7 @@ def loss_curves(metrics: pd.DataFrame, x: str = "step", split: str = "validation
     handles = [Line2D([], [], color=method_color(m), label=method_label(m)) for m in methods if len(methods) > 1]
     handles += [Line2D([], [], color="0.3", label="train"),
                 Line2D([], [], color="0.3", ls="--", marker="o", label=split)]
-    ax.legend(handles=handles, loc="upper right")
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5))
     ax.set_xlabel("training step" if x == "step" else "epoch")
     ax.set_ylabel("cross-entropy loss")
     ax.grid(True)
@@ -137,7 +137,7 @@ def method_curves(metrics: pd.DataFrame, metric: str = "accuracy", split: str = 
             _curve(loss_ax, rows[rows["event"] == "train"], x, "loss", color=color, lw=0.9)
         _curve(metric_ax, _eval_rows(rows, split), x, metric, color=color, marker="o")
     handles = [Line2D([], [], color=method_color(m), label=method_label(m)) for m in dict.fromkeys(metrics["method"])]
-    metric_ax.legend(handles=handles, loc="lower right")
+    fig.legend(handles=handles, loc="outside right upper")
     for ax, label in ((loss_ax, "training loss"), (metric_ax, f"{split} {metric}")):
         ax.set_xlabel("training step" if x == "step" else "epoch")
         ax.set_ylabel(label)
