@@ -10,10 +10,14 @@ from tlora_analysis.analysis.distributions import _sample_update, entry_statisti
 from tlora_analysis.analysis.intruders import count_intruders, merged_top_left_vectors
 from tlora_analysis.analysis.merged import inner_with_dense, paper_faithful_update
 from tlora_analysis.analysis.nulls import MergedRandomNull, RandomNull, haar_block, haar_frames, summarize
-from tlora_analysis.analysis.similarity import relative_difference
+from tlora_analysis.analysis.similarity import _PairAlgebra
 from tlora_analysis.lowrank import FactoredUpdate
 
 RTOL = 1e-10
+
+
+def relative_difference(a, b):
+    return _PairAlgebra().statistics(a, b, "right", want_grid=False)["rel_diff_dW"]
 
 
 def rel(a, b):
@@ -149,9 +153,26 @@ def test_merged_random_null_matches_dense():
 
 
 def test_summarize_ignores_nan():
-    mean, lo, hi = summarize(np.array([1.0, 2.0, np.nan, 3.0]))
-    assert mean == 2.0 and lo == pytest.approx(1.05) and hi == pytest.approx(2.95)
-    assert all(np.isnan(summarize(np.array([np.nan]))))
+    got = summarize({"x": np.array([1.0, 2.0, np.nan, 3.0]), "y": np.full(4, np.nan)})
+    assert got["null_mean_x"] == 2.0 and got["null_lo_x"] == pytest.approx(1.05) and got["null_hi_x"] == pytest.approx(2.95)
+    assert np.isnan([got["null_mean_y"], got["null_lo_y"], got["null_hi_y"]]).all()
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("kinds", [("tlora", "lora"), ("lora", "dense"), ("dense", "dense")])
+def test_pair_algebra_matches_dense(side, kinds):
+    rng = np.random.default_rng(12)
+    a, b = random_update(rng, 18, 14, kind=kinds[0]), random_update(rng, 18, 14, kind=kinds[1])
+    st = _PairAlgebra().statistics(a, b, side, want_grid=True)
+    da, db = a.dense(), b.dense()
+    assert st["cosine_dW"] == pytest.approx(np.sum(da * db) / (np.linalg.norm(da) * np.linalg.norm(db)), rel=1e-10)
+    u_a, _, vt_a = np.linalg.svd(da)
+    u_b, _, vt_b = np.linalg.svd(db)
+    ka, kb = np.linalg.matrix_rank(da), np.linalg.matrix_rank(db)
+    basis_a, basis_b = (u_a[:, :ka], u_b[:, :kb]) if side == "left" else (vt_a[:ka].T, vt_b[:kb].T)
+    expect = np.array([[np.linalg.norm(basis_a[:, :i].T @ basis_b[:, :j]) ** 2 / min(i, j)
+                        for j in range(1, kb + 1)] for i in range(1, ka + 1)])
+    assert rel(st["grid"], expect) <= 1e-9
 
 
 @pytest.mark.parametrize("k", [3, 40])  # matrix-free Lanczos, dense SVD

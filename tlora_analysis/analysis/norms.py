@@ -46,7 +46,7 @@ def norms(run: Any, layers: LayerSelection = None, steps: StepSelection = "all")
     frozen_norms: dict[str, dict[str, tuple[float, float]]] = {}
     table = TableBuilder(IDENTITY_COLUMNS + NORM_COLUMNS)
     for layer, step, ident in sweep(run, layers, steps):
-        factors = source.factors(layer, step)
+        factors, upd = source.factors_and_update(layer, step)
         if run.method == "tlora":
             if layer not in frozen_norms:
                 frozen_norms.clear()  # layers are walked in the outer loop: keep one
@@ -56,7 +56,6 @@ def norms(run: Any, layers: LayerSelection = None, steps: StepSelection = "all")
             a_norms, c_norms = matrix_norms(factors.get("A")), (math.nan, math.nan)
         b_norms = matrix_norms(factors.get("B"))
         alpha = factors.get("alpha", math.nan)
-        upd = source.update(layer, step)
         fro_dw, spec_dw = upd.fro_norm(), upd.spectral_norm()
         fro_w0 = base_weight(run, layer).fro_norm if run.has_base_weights else math.nan
         table.add(

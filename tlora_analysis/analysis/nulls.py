@@ -62,7 +62,7 @@ def haar_frames(rng: np.random.Generator, n: int, dim: int, k: int) -> np.ndarra
 
 def _inner_with_random(sa: np.ndarray, x: np.ndarray, sb: np.ndarray, y: np.ndarray) -> np.ndarray:
     """⟨U_a Σ_a V_aᵀ, U_R Σ_b V_Rᵀ⟩ = Σ_ij σa_i X_ij σb_j Y_ij for each draw (X = U_aᵀU_R, Y = V_aᵀV_R)."""
-    return np.einsum("i,nij,j,nij->n", sa, x, sb, y)
+    return np.tensordot(x * y, np.outer(sa, sb), axes=([1, 2], [0, 1]))
 
 
 class RandomNull:
@@ -122,11 +122,24 @@ class MergedRandomNull:
         return num / (pa_norm_merged * merged_b)
 
 
-def summarize(values: np.ndarray) -> tuple[float, float, float]:
-    """(mean, 2.5th percentile, 97.5th percentile) ignoring NaN; NaN when nothing is finite."""
-    values = np.asarray(values, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    if not finite.size:
-        return math.nan, math.nan, math.nan
-    lo, hi = np.percentile(finite, [2.5, 97.5])
-    return float(finite.mean()), float(lo), float(hi)
+def summarize(draws: dict[str, np.ndarray]) -> dict[str, float]:
+    """``null_mean_X``, ``null_lo_X``, ``null_hi_X`` (2.5 / 97.5 percentiles) for each statistic X.
+
+    NaN draws (e.g. a zero update) are ignored; a statistic with no finite draw gets NaN.
+    """
+    names = list(draws)
+    stacked = np.vstack([np.asarray(draws[name], dtype=np.float64) for name in names])
+    finite = np.isfinite(stacked)
+    mean, lo, hi = (np.full(len(names), math.nan) for _ in range(3))
+    whole = finite.all(axis=1)  # the common case, vectorised; rows with some NaN one by one
+    if whole.any():
+        mean[whole] = stacked[whole].mean(axis=1)
+        lo[whole], hi[whole] = np.percentile(stacked[whole], [2.5, 97.5], axis=1)
+    for i in np.flatnonzero(~whole & finite.any(axis=1)):
+        row = stacked[i, finite[i]]
+        mean[i], (lo[i], hi[i]) = row.mean(), np.percentile(row, [2.5, 97.5])
+    out: dict[str, float] = {}
+    for i, name in enumerate(names):
+        out.update({f"null_mean_{name}": float(mean[i]), f"null_lo_{name}": float(lo[i]),
+                    f"null_hi_{name}": float(hi[i])})
+    return out

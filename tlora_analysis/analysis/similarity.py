@@ -30,7 +30,7 @@ from .select import (
 from .spectra import numerical_rank
 from .updates import BaseWeight, UpdateSource, base_weight
 
-__all__ = ["SimilarityTables", "similarity", "relative_difference", "STATISTICS", "NoCommonLayersError"]
+__all__ = ["SimilarityTables", "similarity", "STATISTICS", "NoCommonLayersError"]
 
 STATISTICS = ("cosine_dW", "cosine_merged_paper", "rel_diff_dW", "phi_rr")
 PAIR_COLUMNS = ("run_a", "run_b", "method_a", "method_b", "layer", "layer_index", "module", "step")
@@ -51,19 +51,6 @@ class SimilarityTables:
     common_layers: list[str] = field(default_factory=list)
     only_in_a: list[str] = field(default_factory=list)
     only_in_b: list[str] = field(default_factory=list)
-
-
-def relative_difference(a: FactoredUpdate, b: FactoredUpdate) -> float:
-    """‖a − b‖_F / ‖b‖_F from Gram terms, falling back to the exact factored difference
-    when the terms nearly cancel (‖a − b‖² < 1e-4 (‖a‖² + ‖b‖²)), so the result stays exact."""
-    nb = b.fro_norm()
-    if nb == 0.0:
-        return math.nan
-    na = a.fro_norm()
-    d2 = na * na + nb * nb - 2.0 * a.inner(b)
-    if d2 <= 1e-4 * (na * na + nb * nb):
-        return a.relative_difference(b)
-    return math.sqrt(d2) / nb
 
 
 def _nonzero_svd(update: FactoredUpdate) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -101,19 +88,79 @@ def _merged_cosine(pa: FactoredUpdate, pb: FactoredUpdate, w0a: BaseWeight, w0b:
     return {"cosine": cos, "pa_w0b": pa_w0b, "norm_a": norm_a}
 
 
-def _pair_statistics(a: _Side, b: _Side, layer: str, step: int, side: str, want_grid: bool) -> dict[str, Any]:
+def _cross(qa: np.ndarray | None, qb: np.ndarray | None) -> np.ndarray | None:
+    """Q_aᵀ Q_b with None meaning the identity (None when both are)."""
+    if qa is None:
+        return qb
+    return qa.T if qb is None else qa.T @ qb
+
+
+def _apply_cross(g: np.ndarray | None, m: np.ndarray) -> np.ndarray:
+    return m if g is None else g @ m
+
+
+class _GramCache:
+    """Q_aᵀ Q_b, recomputed only when a basis changes: frozen TLoRA bases are the same
+    arrays at every step (UpdateSource caches them), so their Gram is taken once per layer."""
+
+    def __init__(self) -> None:
+        self._bases: tuple[Any, Any] | None = None
+        self._gram: np.ndarray | None = None
+
+    def __call__(self, qa: np.ndarray | None, qb: np.ndarray | None) -> np.ndarray | None:
+        if self._bases is None or self._bases[0] is not qa or self._bases[1] is not qb:
+            self._bases, self._gram = (qa, qb), _cross(qa, qb)
+        return self._gram
+
+
+class _PairAlgebra:
+    """Pair statistics of two updates from their compressed forms ΔW = Q_L K Q_Rᵀ, sharing Grams."""
+
+    def __init__(self) -> None:
+        self.left, self.right = _GramCache(), _GramCache()
+
+    def statistics(self, ua: FactoredUpdate, ub: FactoredUpdate, side: str, want_grid: bool) -> dict[str, Any]:
+        if ua.shape != ub.shape:
+            raise ValueError(f"updates have different shapes: {ua.shape} vs {ub.shape}")
+        qla, ka, qra = ua.compressed()
+        qlb, kb, qrb = ub.compressed()
+        g_left, g_right = self.left(qla, qlb), self.right(qra, qrb)
+        u_a, s_a, vt_a = np.linalg.svd(ka, full_matrices=False)
+        u_b, s_b, vt_b = np.linalg.svd(kb, full_matrices=False)
+        na, nb = float(np.linalg.norm(s_a)), float(np.linalg.norm(s_b))
+        moved = _apply_cross(g_left, kb)  # Q_Laᵀ Q_Lb K_b Q_Rbᵀ Q_Ra
+        moved = moved if g_right is None else moved @ g_right.T
+        inner = float(np.sum(ka * moved))
+        out: dict[str, Any] = {"sa": s_a[: numerical_rank(s_a, ua.shape)], "sb": s_b[: numerical_rank(s_b, ub.shape)]}
+        out["cosine_dW"] = float(np.clip(inner / (na * nb), -1.0, 1.0)) if na * nb > 0 else math.nan
+        d2 = na * na + nb * nb - 2.0 * inner
+        if nb == 0.0:
+            out["rel_diff_dW"] = math.nan
+        elif d2 <= 1e-4 * (na * na + nb * nb):
+            out["rel_diff_dW"] = ua.relative_difference(ub)  # exact when the Gram terms nearly cancel
+        else:
+            out["rel_diff_dW"] = math.sqrt(d2) / nb
+        k_a, k_b = out["sa"].size, out["sb"].size
+        out["phi_rr"], out["grid"] = math.nan, None
+        if k_a and k_b:
+            if side == "left":
+                overlap = u_a[:, :k_a].T @ _apply_cross(g_left, u_b[:, :k_b])
+            else:
+                overlap = vt_a[:k_a] @ _apply_cross(g_right, vt_b[:k_b].T)
+            cum = np.cumsum(np.cumsum(overlap**2, axis=0), axis=1)
+            grid = cum / np.minimum(np.arange(1, k_a + 1)[:, None], np.arange(1, k_b + 1)[None, :])
+            m = min(k_a, k_b)
+            out["phi_rr"] = float(grid[m - 1, m - 1])
+            out["grid"] = grid if want_grid else None
+        return out
+
+
+def _pair_statistics(a: _Side, b: _Side, algebra: _PairAlgebra, layer: str, step: int, side: str,
+                     want_grid: bool) -> dict[str, Any]:
     """All statistics between two runs at one (layer, step); the pieces the nulls need too."""
     ua, ub = a.source.update(layer, step), b.source.update(layer, step)
-    out: dict[str, Any] = {"ua": ua, "ub": ub, "cosine_dW": ua.cosine(ub), "rel_diff_dW": relative_difference(ua, ub)}
-    ka = numerical_rank(ua.singular_values(), ua.shape)
-    kb = numerical_rank(ub.singular_values(), ub.shape)
-    if ka and kb:
-        grid = ua.subspace_similarity(ub, side=side)[:ka, :kb]
-        out["phi_rr"] = float(grid[min(ka, kb) - 1, min(ka, kb) - 1])
-        out["grid"] = grid if want_grid else None
-    else:
-        out["phi_rr"], out["grid"] = math.nan, None
-    out["cosine_merged_paper"] = math.nan
+    out = algebra.statistics(ua, ub, side, want_grid)
+    out.update(ua=ua, ub=ub, cosine_merged_paper=math.nan)
     w0a, w0b = a.base(layer), b.base(layer)
     if w0a is not None and w0b is not None:
         pa, pb = a.paper_update(ua), b.paper_update(ub)
@@ -202,33 +249,33 @@ def similarity(
     for layer in chosen:
         pair_id = {"run_a": run_a.name, "run_b": run_b.name, "method_a": run_a.method, "method_b": run_b.method,
                    "layer": layer, "layer_index": layer_index(layer), "module": module_name(layer)}
+        algebra = _PairAlgebra()
+        null_algebras = {pair: _PairAlgebra() for pair in itertools.combinations(range(len(null_sides)), 2)}
         random_null: dict[tuple[int, int], RandomNull] = {}
         merged_null: dict[int, MergedRandomNull] = {}
         for step in chosen_steps:
-            stats = _pair_statistics(a, b, layer, step, side, want_grid=step in grid_steps)
+            stats = _pair_statistics(a, b, algebra, layer, step, side, want_grid=step in grid_steps)
             if stats["grid"] is not None:
                 grid = stats["grid"]
                 ii, jj = np.meshgrid(np.arange(1, grid.shape[0] + 1), np.arange(1, grid.shape[1] + 1), indexing="ij")
                 phi.add(grid.size, **pair_id, step=step, phi_side=side, i=ii.ravel(), j=jj.ravel(), phi=grid.ravel())
             if null_sides:
-                draws = _null_from_runs(null_sides, layer, step, side)
+                draws = _null_from_runs(null_sides, null_algebras, layer, step, side)
                 kind, n_draws = "runs", len(null_sides) * (len(null_sides) - 1) // 2
             else:
                 draws = _null_random(stats, layer, side, n_null, seed, random_null, merged_null)
                 kind, n_draws = "random", n_null
-            bands = {}
-            for stat in STATISTICS:
-                mean, lo, hi = summarize(draws[stat])
-                bands.update({f"null_mean_{stat}": mean, f"null_lo_{stat}": lo, f"null_hi_{stat}": hi})
+            bands = summarize(draws)
             per_layer.add(**pair_id, step=step, **{s: stats[s] for s in STATISTICS}, phi_side=side,
                           null_kind=kind, n_null=n_draws, **bands)
     return SimilarityTables(per_layer.frame(), phi.frame(), common, only_a, only_b)
 
 
-def _null_from_runs(sides: list[_Side], layer: str, step: int, side: str) -> dict[str, np.ndarray]:
+def _null_from_runs(sides: list[_Side], algebras: dict[tuple[int, int], _PairAlgebra], layer: str, step: int,
+                    side: str) -> dict[str, np.ndarray]:
     values: dict[str, list[float]] = {s: [] for s in STATISTICS}
-    for x, y in itertools.combinations(sides, 2):
-        stats = _pair_statistics(x, y, layer, step, side, want_grid=False)
+    for (i, j), algebra in algebras.items():
+        stats = _pair_statistics(sides[i], sides[j], algebra, layer, step, side, want_grid=False)
         for s in STATISTICS:
             values[s].append(stats[s])
     return {s: np.asarray(v, dtype=np.float64) for s, v in values.items()}
@@ -240,10 +287,9 @@ def _null_random(stats: dict[str, Any], layer: str, side: str, n_null: int, seed
     nan = np.full(n_null, math.nan)
     draws = {s: nan for s in STATISTICS}
     ua, ub = stats["ua"], stats["ub"]
-    sa_all, sb_all = ua.singular_values(), ub.singular_values()
-    sa, sb = sa_all[: numerical_rank(sa_all, ua.shape)], sb_all[: numerical_rank(sb_all, ub.shape)]
+    sa, sb = stats["sa"], stats["sb"]
     if sa.size and sb.size:
-        key = (sa_all.size, sb_all.size)
+        key = (min(ua.compressed()[1].shape), min(ub.compressed()[1].shape))
         if key not in random_null:
             random_null[key] = RandomNull(n_null, seed, layer, ua.shape, *key)
         draws.update(random_null[key].statistics(sa, sb, side))

@@ -65,9 +65,12 @@ class UpdateSource:
         """ΔW of ``layer`` at ``step`` (TLoRA: α·Cᵀ Bᵀ Aᵀ with A, C decomposed once per layer)."""
         if self.run.method != "tlora":
             return self.run.update(layer, step)
+        return self._tlora_update(layer, self.run.trainable(layer, step))
+
+    def _tlora_update(self, layer: str, trainable: dict[str, Any]) -> FactoredUpdate:
         fz = self._frozen_factors(layer)
-        tr = self.run.trainable(layer, step)
-        return FactoredUpdate(fz["left"], as_float64(tr["tlora_B"]).T, fz["right"], tr["tlora_alpha"], qr=fz["qr"])
+        return FactoredUpdate(fz["left"], as_float64(trainable["tlora_B"]).T, fz["right"], trainable["tlora_alpha"],
+                              qr=fz["qr"])
 
     def factors(self, layer: str, step: int) -> dict[str, Any]:
         """The stored matrices by role: "A", "B", "C" (as stored) and "alpha" (TLoRA).
@@ -75,15 +78,20 @@ class UpdateSource:
         TLoRA: A (in × r), B (r × r), C (r × out), alpha; LoRA: A (r × in), B (out × r);
         full fine-tuning: none.
         """
+        return self.factors_and_update(layer, step, with_update=False)[0]
+
+    def factors_and_update(self, layer: str, step: int, with_update: bool = True,
+                           ) -> tuple[dict[str, Any], FactoredUpdate | None]:
+        """:meth:`factors` and :meth:`update` together, reading a TLoRA snapshot once."""
         method = self.run.method
-        if method == "tlora":
-            fz = self._frozen_factors(layer)
-            tr = self.run.trainable(layer, step)
-            return {"A": fz["A"], "B": tr["tlora_B"], "C": fz["C"], "alpha": float(tr["tlora_alpha"])}
+        if method == "full":
+            return {}, self.run.update(layer, step) if with_update else None
+        tr = self.run.trainable(layer, step)
         if method == "lora":
-            tr = self.run.trainable(layer, step)
-            return {"A": tr["lora_A"], "B": tr["lora_B"]}
-        return {}
+            return {"A": tr["lora_A"], "B": tr["lora_B"]}, self.run.update(layer, step) if with_update else None
+        fz = self._frozen_factors(layer)
+        factors = {"A": fz["A"], "B": tr["tlora_B"], "C": fz["C"], "alpha": float(tr["tlora_alpha"])}
+        return factors, self._tlora_update(layer, tr) if with_update else None
 
 
 class BaseWeight:
