@@ -166,6 +166,14 @@ class FactoredUpdate:
                 k = k @ r_right.T
         return _Compressed(q_left, self.scale * np.asarray(k, dtype=np.float64), q_right)
 
+    def compressed(self) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+        """(Q_L, K, Q_R) with ΔW = Q_L K Q_Rᵀ, Q_* orthonormal or None for the identity (cached).
+
+        For callers that combine several pair statistics and reuse Q_L₁ᵀ Q_L₂ across them.
+        """
+        c = self._compressed
+        return c.q_left, c.core, c.q_right
+
     @cached_property
     def _svd_small(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         u, s, vt = np.linalg.svd(self._compressed.core, full_matrices=False)
