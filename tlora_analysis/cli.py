@@ -15,7 +15,10 @@ from . import __version__
 
 SUBCOMMAND_MODULES = (
     "tlora_analysis.params",
+    "tlora_analysis.experiments.cli",
     "tlora_analysis.demo",
+    "tlora_analysis.figures.cli",
+    "tlora_analysis.report.cli",
 )
 
 

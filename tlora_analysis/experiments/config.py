@@ -1,0 +1,104 @@
+"""The training configuration: every knob of a run in one validated, JSON-serialisable object."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+__all__ = ["TrainConfig", "METHODS", "PRECISIONS"]
+
+METHODS = ("tlora", "lora", "full", "peft-lora")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train, on what, and how.
+
+    model: None (the bundled MiniLM), a model folder or a hub id. task: "rotten_tomatoes"
+    (bundled), a GLUE task name (with ``data_dir`` for a local TSV folder), or "local" with
+    ``train_file``/``validation_file``. dropout None means the method's default (TLoRA 0.5 on
+    the adapter output as in the paper; LoRA 0.0). epochs is the budget unless max_steps is set.
+    snapshots: "every:N", "log:K" (K log-spaced steps) or a comma list of steps.
+    """
+
+    method: str = "tlora"
+    model: str | None = None
+    task: str = "rotten_tomatoes"
+    data_dir: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    text_columns: tuple[str, ...] = ("text",)
+    label_column: str = "label"
+    regression: bool = False
+    rank: int = 8
+    targets: tuple[str, ...] = ("query", "value")
+    lora_alpha: float = 16.0
+    dropout: float | None = None
+    tlora_init: str = "paper"
+    head: str = "fresh"
+    seed: int = 0
+    split_seed: int = 0
+    epochs: float = 3.0
+    max_steps: int | None = None
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_length: int = 128
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    eval_every: int | None = None
+    eval_test: bool = False
+    log_every: int = 10
+    snapshots: str = "log:20"
+    store_base_weights: bool = True
+    precision: str = "fp32"
+    device: str = "auto"
+    run_dir: str | None = None
+    overwrite: bool = False
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.head not in ("fresh", "frozen"):
+            raise ValueError(f"head must be 'fresh' (train a new head) or 'frozen' (keep the checkpoint's), got {self.head!r}")
+        object.__setattr__(self, "targets", tuple(self.targets))
+        object.__setattr__(self, "text_columns", tuple(self.text_columns))
+        for name in ("batch_size", "eval_batch_size", "max_length", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("max_steps", "max_train_examples", "max_eval_examples", "eval_every"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be positive, got {self.epochs!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be ≥ 0, got {self.weight_decay!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.overwrite and self.resume:
+            raise ValueError("give --overwrite or --resume, not both")
+        if self.task == "local" and not (self.train_file and self.validation_file):
+            raise ValueError("task 'local' needs --train-file and --validation-file")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise TypeError(f"unknown TrainConfig field(s) {sorted(unknown)}; known: {sorted(known)}")
+        return replace(self, **changes)

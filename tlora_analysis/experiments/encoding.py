@@ -1,0 +1,68 @@
+"""From a task split to model batches: tokenize once, pad per batch (dynamic padding)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+__all__ = ["EncodedSplit", "encode_split", "subsample", "make_loader", "effective_max_length"]
+
+
+class EncodedSplit(Dataset):
+    """Token ids per example plus labels; items are dicts the padding collator understands."""
+
+    def __init__(self, features: dict[str, list], labels: np.ndarray, is_regression: bool) -> None:
+        self.features = features
+        self.labels = labels
+        self.is_regression = is_regression
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {k: v[i] for k, v in self.features.items()}
+        item["labels"] = float(self.labels[i]) if self.is_regression else int(self.labels[i])
+        return item
+
+
+def effective_max_length(tokenizer, model, requested: int) -> int:
+    """The requested length capped by what the tokenizer and the position embeddings allow."""
+    limits = [requested]
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
+        limits.append(tok_max)
+    pos_max = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(pos_max, int) and pos_max > 0:
+        # RoBERTa reserves padding_idx + 1 positions.
+        limits.append(pos_max - (2 if model.config.model_type in ("roberta", "xlm-roberta", "camembert") else 0))
+    return min(limits)
+
+
+def subsample(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """A seeded random subset of ``n`` rows in their original order (all rows when n is None or ≥ len)."""
+    if n is None or n >= len(frame):
+        return frame
+    idx = np.sort(np.random.default_rng(seed).choice(len(frame), size=n, replace=False))
+    return frame.iloc[idx].reset_index(drop=True)
+
+
+def encode_split(frame: pd.DataFrame, tokenizer, max_length: int, is_regression: bool) -> EncodedSplit:
+    """Tokenize the ``text`` (and ``text_pair``) column with truncation and no padding."""
+    pair = frame["text_pair"].tolist() if "text_pair" in frame.columns else None
+    enc = tokenizer(frame["text"].tolist(), pair, truncation=True, max_length=max_length, padding=False)
+    features = {k: list(v) for k, v in enc.items()}
+    return EncodedSplit(features, frame["label"].to_numpy(), is_regression)
+
+
+def make_loader(dataset: EncodedSplit, tokenizer, batch_size: int, shuffle: bool, seed: int,
+                world_size: int = 1, rank: int = 0) -> DataLoader:
+    """A DataLoader with dynamic padding; training order shuffled per (seed, epoch), sharded per process."""
+    from transformers import DataCollatorWithPadding
+
+    collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    # DistributedSampler for one process too: its set_epoch(e) makes each epoch's order a
+    # function of (seed, epoch), which is what resuming mid-run needs.
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                 drop_last=world_size > 1) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, collate_fn=collator)

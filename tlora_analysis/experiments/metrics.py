@@ -1,0 +1,72 @@
+"""Evaluation metrics: accuracy, F1 and MCC for classification; Pearson and Spearman for regression.
+
+F1 is binary F1 of class 1 for two classes (GLUE's MRPC/QQP convention) and macro F1 otherwise;
+MCC is the multiclass Matthews correlation (Gorodkin 2004), equal to the binary formula for
+two classes. Both come from one confusion matrix; correlations come from ``scipy.stats``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import stats
+
+__all__ = ["classification_metrics", "regression_metrics", "compute_metrics", "confusion_matrix", "PRIMARY_METRIC"]
+
+PRIMARY_METRIC = {False: "accuracy", True: "pearson"}
+
+
+def confusion_matrix(labels: Sequence[int], predictions: Sequence[int], num_labels: int) -> np.ndarray:
+    """counts[i, j] = number of examples of true class i predicted as class j."""
+    labels = np.asarray(labels, dtype=np.int64)
+    predictions = np.asarray(predictions, dtype=np.int64)
+    if labels.shape != predictions.shape:
+        raise ValueError(f"labels and predictions differ in length: {labels.shape} vs {predictions.shape}")
+    return np.bincount(labels * num_labels + predictions, minlength=num_labels * num_labels).reshape(num_labels, num_labels)
+
+
+def _f1(cm: np.ndarray, cls: int) -> float:
+    tp = cm[cls, cls]
+    denom = 2 * tp + (cm[:, cls].sum() - tp) + (cm[cls, :].sum() - tp)
+    return float(2 * tp / denom) if denom else 0.0
+
+
+def _mcc(cm: np.ndarray) -> float:
+    c = np.trace(cm)
+    s = cm.sum()
+    p = cm.sum(axis=0).astype(np.float64)  # predicted per class
+    t = cm.sum(axis=1).astype(np.float64)  # true per class
+    denom = math.sqrt((s * s - p @ p) * (s * s - t @ t))
+    return float((c * s - t @ p) / denom) if denom else 0.0
+
+
+def classification_metrics(labels: Sequence[int], predictions: Sequence[int], num_labels: int) -> dict[str, float]:
+    """accuracy, f1 (binary of class 1, or macro) and mcc."""
+    cm = confusion_matrix(labels, predictions, num_labels)
+    total = cm.sum()
+    if total == 0:
+        raise ValueError("no examples to evaluate")
+    f1 = _f1(cm, 1) if num_labels == 2 else float(np.mean([_f1(cm, k) for k in range(num_labels)]))
+    return {"accuracy": float(np.trace(cm) / total), "f1": f1, "mcc": _mcc(cm)}
+
+
+def regression_metrics(labels: Sequence[float], predictions: Sequence[float]) -> dict[str, float]:
+    """Pearson and Spearman correlation (NaN when either side is constant)."""
+    labels = np.asarray(labels, dtype=np.float64)
+    predictions = np.asarray(predictions, dtype=np.float64)
+    if len(labels) < 2:
+        raise ValueError("need at least two examples for a correlation")
+    if np.ptp(labels) == 0 or np.ptp(predictions) == 0:
+        return {"pearson": float("nan"), "spearman": float("nan")}
+    return {"pearson": float(stats.pearsonr(labels, predictions).statistic),
+            "spearman": float(stats.spearmanr(labels, predictions).statistic)}
+
+
+def compute_metrics(labels: np.ndarray, logits: np.ndarray, is_regression: bool) -> dict[str, float]:
+    """Metrics from raw model outputs: argmax for classification, the single output for regression."""
+    if is_regression:
+        return regression_metrics(labels, np.asarray(logits).reshape(-1))
+    logits = np.asarray(logits)
+    return classification_metrics(labels, logits.argmax(axis=-1), logits.shape[-1])

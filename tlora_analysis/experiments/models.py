@@ -1,0 +1,165 @@
+"""Models: the bundled MiniLM, a local Hugging Face folder, or a hub id; head modes; target checks.
+
+Head modes (shared/PAPER.md §2 supports both):
+- ``"fresh"``: a newly initialised classification head with the task's number of labels,
+  trained next to the adapter (PEFT's ``modules_to_save=["classifier"]``).
+- ``"frozen"``: the checkpoint's head is kept and frozen; labels index its logits (the paper
+  reuses the 3-way MNLI head for binary tasks). A checkpoint without a head gets a random
+  one, which then stays frozen.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .bundled import BUNDLED_MODEL_NAME, bundled_model_dir
+
+__all__ = [
+    "HEAD_MODES",
+    "LoadedModel",
+    "UnknownModelError",
+    "UnknownTargetError",
+    "LabelRangeError",
+    "resolve_model_source",
+    "load_model",
+    "head_module_names",
+    "check_targets",
+    "check_label_range",
+]
+
+HEAD_MODES = ("fresh", "frozen")
+_HEAD_NAMES = ("classifier", "score")
+
+
+class UnknownModelError(FileNotFoundError):
+    """The model is neither the bundled default, an existing folder, nor a reachable hub id."""
+
+
+class UnknownTargetError(ValueError):
+    """A target module name matches nothing in the model."""
+
+
+class LabelRangeError(ValueError):
+    """The data has class ids the model's head cannot produce."""
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    source: str          # what was asked for ("bundled", a folder or a hub id)
+    resolved: str        # the folder or hub id actually loaded
+    head: str
+    head_modules: tuple[str, ...]
+
+
+def resolve_model_source(spec: str | os.PathLike | None) -> tuple[str, str]:
+    """(identity, what to load): the bundled folder, an existing folder, or a hub id."""
+    if spec is None or str(spec) in ("bundled", BUNDLED_MODEL_NAME):
+        return "bundled:" + BUNDLED_MODEL_NAME, str(bundled_model_dir())
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UnknownModelError(f"{path} has no config.json: not a Hugging Face model folder")
+        return str(path.resolve()), str(path.resolve())
+    is_hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", text) is not None
+    if not is_hub_id:
+        raise UnknownModelError(
+            f"model path {text!r} does not exist and is not a hub id (org/name); give a Hugging Face model folder, "
+            f"a hub id such as roberta-large, or leave --model out for the bundled {BUNDLED_MODEL_NAME}"
+        )
+    return text, text
+
+
+def head_module_names(model: nn.Module) -> tuple[str, ...]:
+    """Top-level names of the classification head (``classifier`` or ``score``)."""
+    return tuple(n for n, _ in model.named_children() if n in _HEAD_NAMES)
+
+
+def load_model(
+    spec: str | os.PathLike | None,
+    num_labels: int,
+    head: str = "fresh",
+    is_regression: bool = False,
+    seed: int = 0,
+) -> LoadedModel:
+    """Load a sequence-classification model and its tokenizer.
+
+    ``head="fresh"`` gives a new head of ``num_labels`` outputs, initialised from ``seed``;
+    ``head="frozen"`` keeps the checkpoint's head (its size is checked against the labels later
+    by :func:`check_label_range`).
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    if head not in HEAD_MODES:
+        raise ValueError(f"head must be one of {HEAD_MODES}, got {head!r}")
+    identity, target = resolve_model_source(spec)
+    try:
+        config = AutoConfig.from_pretrained(target)
+    except OSError as exc:
+        raise UnknownModelError(
+            f"could not load model {target!r} ({exc}). Offline, a hub id only works when it is in the local "
+            f"Hugging Face cache; give a downloaded model folder instead"
+        ) from exc
+    kwargs = {}
+    if head == "fresh":
+        config.num_labels = num_labels
+        config.problem_type = "regression" if is_regression else "single_label_classification"
+        kwargs["ignore_mismatched_sizes"] = True
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(target, config=config, **kwargs)
+    heads = head_module_names(model)
+    if head == "fresh":
+        if not heads:
+            raise ValueError(f"{type(model).__name__} has no 'classifier' or 'score' head to train; use head='frozen'")
+        torch.manual_seed(seed)
+        for name in heads:
+            model.get_submodule(name).apply(model._init_weights)
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return LoadedModel(model, tokenizer, identity, target, head, heads)
+
+
+def check_targets(model: nn.Module, targets: str | Sequence[str]) -> None:
+    """Raise :class:`UnknownTargetError` naming close module names when a target matches nothing."""
+    names = [n for n, _ in model.named_modules() if n]
+    suffixes = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+    entries = [targets] if isinstance(targets, str) else list(targets)
+    for entry in entries:
+        if isinstance(targets, str) or entry.startswith("re:"):
+            pattern = entry[3:] if entry.startswith("re:") else entry
+            if any(re.fullmatch(pattern, n) for n in names):
+                continue
+            candidates = difflib.get_close_matches(pattern, names, n=5, cutoff=0.5)
+        else:
+            if any(n == entry or n.endswith("." + entry) for n in names):
+                continue
+            candidates = difflib.get_close_matches(entry, suffixes, n=5, cutoff=0.5) or \
+                difflib.get_close_matches(entry, names, n=5, cutoff=0.5)
+        close = f"close names: {candidates}" if candidates else "no close name"
+        raise UnknownTargetError(
+            f"target {entry!r} matches no module of {type(model).__name__} ({close}); "
+            f"linear layers here are named {suffixes}"
+        )
+
+
+def check_label_range(labels: Sequence[int], num_outputs: int, head: str) -> None:
+    """Class ids must index the head's logits: 0 ≤ label < num_outputs."""
+    labels = list(labels)
+    low, high = min(labels), max(labels)
+    if low < 0 or high >= num_outputs:
+        fix = ("use head='fresh' to train a head with the task's number of labels"
+               if head == "frozen" else "check the label column")
+        raise LabelRangeError(f"labels span {low}..{high} but the model's head has {num_outputs} outputs "
+                              f"(valid ids 0..{num_outputs - 1}); {fix}")

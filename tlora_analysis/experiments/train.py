@@ -1,0 +1,379 @@
+"""The training runner: ``train(config)`` fine-tunes one model with one method into a run directory.
+
+One loop for every method (tlora, lora, full, peft-lora): AdamW, linear warmup then linear
+decay (``transformers.get_linear_schedule_with_warmup``), dynamic padding, evaluation at each
+epoch end (and every ``eval_every`` steps), tqdm progress, a :class:`SnapshotRecorder` writing
+snapshots and metrics events, the final adapter saved with ``save_adapter``. Under torchrun it
+trains with DistributedDataParallel and rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..adapters import FullConfig, LoRAConfig, TLoRAConfig, apply_adapters, count_parameters, save_adapter
+from ..recording import EveryN, Explicit, LogSpaced, SnapshotRecorder
+from ..store import Run, RunExistsError
+from .checkpoint import load_trainer_state, save_trainer_state
+from .config import TrainConfig
+from .data import TaskData, load_local_files, load_task
+from .distributed import DistContext, barrier, init_distributed, mean_across, shutdown_distributed
+from .encoding import effective_max_length, encode_split, make_loader, subsample
+from .metrics import PRIMARY_METRIC, compute_metrics
+from .models import LoadedModel, check_label_range, check_targets, load_model
+from .peft_arm import apply_peft_lora, peft_recording_view
+
+__all__ = ["train", "TrainResult", "DiskFullError", "parse_snapshot_schedule", "default_run_dir", "seed_everything"]
+
+
+class DiskFullError(OSError):
+    """The disk filled up while the run was being written."""
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: where it is, its best and last evaluation, counts and time."""
+
+    run_dir: Path
+    config: TrainConfig
+    best: dict[str, Any]
+    last: dict[str, Any]
+    evals: list[dict[str, Any]]
+    train_losses: list[tuple[int, float]]
+    parameters: dict[str, int]
+    steps: int
+    wall_time: float
+    max_length: int
+    data_sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def run(self) -> Run:
+        return Run(self.run_dir)
+
+    def summary(self) -> str:
+        """One screen: where the run went, metrics, trainable parameters, time."""
+        keys = [k for k in ("accuracy", "f1", "mcc", "pearson", "spearman", "eval_loss") if k in self.last]
+        fmt = lambda d: "  ".join(f"{k} {d[k]:.4f}" for k in keys if d.get(k) is not None)  # noqa: E731
+        p = self.parameters
+        lines = [
+            f"run      {self.run_dir}",
+            f"method   {self.config.method}  rank {self.config.rank if self.config.method != 'full' else '-'}  "
+            f"targets {','.join(self.config.targets)}  head {self.config.head}",
+            f"data     {self.config.task}: " + ", ".join(f"{k} {v:,}" for k, v in self.data_sizes.items()),
+            f"params   trainable {p['trainable']:,} of {p['total']:,} ({100 * p['trainable'] / max(p['total'], 1):.3f}%)",
+            f"best     step {self.best.get('step')} epoch {self.best.get('epoch', 0):.2f}  {fmt(self.best)}",
+            f"last     step {self.last.get('step')} epoch {self.last.get('epoch', 0):.2f}  {fmt(self.last)}",
+            f"time     {self.wall_time:.1f} s for {self.steps} steps",
+        ]
+        return "\n".join(lines)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def parse_snapshot_schedule(text: str, total_steps: int):
+    """"every:N", "log:K" or "s1,s2,..." → a recorder schedule."""
+    kind, _, value = text.partition(":")
+    try:
+        if kind == "every":
+            return EveryN(int(value))
+        if kind == "log":
+            return LogSpaced(int(value), total_steps)
+        if not value:
+            return Explicit([int(s) for s in text.split(",") if s.strip()])
+    except ValueError as exc:
+        raise ValueError(f"bad snapshot schedule {text!r} ({exc}); use every:N, log:K or a comma list of steps") from exc
+    raise ValueError(f"bad snapshot schedule {text!r}; use every:N, log:K or a comma list of steps")
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    """runs/<task>-<method>-r<rank>-s<seed>."""
+    rank = "" if config.method == "full" else f"-r{config.rank}"
+    return Path("runs") / f"{Path(config.task).name}-{config.method}{rank}-s{config.seed}"
+
+
+def _load_data(config: TrainConfig) -> TaskData:
+    if config.task == "local":
+        return load_local_files(config.train_file, config.validation_file, config.text_columns, config.label_column,
+                                test=config.test_file, regression=config.regression)
+    return load_task(config.task, data_dir=config.data_dir, split_seed=config.split_seed)
+
+
+def _adapt(loaded: LoadedModel, config: TrainConfig) -> tuple[nn.Module, nn.Module]:
+    """Put the method's adapter on the model: (model to train, model the recorder reads)."""
+    model = loaded.model
+    save = loaded.head_modules if config.head == "fresh" else ()
+    if config.method != "full":
+        check_targets(model, config.targets)
+    if config.method == "tlora":
+        dropout = 0.5 if config.dropout is None else config.dropout
+        apply_adapters(model, TLoRAConfig(rank=config.rank, target_modules=config.targets, seed=config.seed,
+                                          dropout=dropout, init=config.tlora_init, modules_to_save=save))
+        return model, model
+    if config.method == "lora":
+        apply_adapters(model, LoRAConfig(rank=config.rank, target_modules=config.targets, lora_alpha=config.lora_alpha,
+                                         dropout=config.dropout or 0.0, seed=config.seed, modules_to_save=save))
+        return model, model
+    if config.method == "full":
+        apply_adapters(model, FullConfig())
+        if config.head == "frozen":
+            for name in loaded.head_modules:
+                for p in model.get_submodule(name).parameters():
+                    p.requires_grad_(False)
+        return model, model
+    # peft-lora: validate the rank the same way as LoRA (PEFT itself accepts any rank)
+    LoRAConfig(rank=config.rank, target_modules=config.targets)
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and any(name == t or name.endswith("." + t) for t in config.targets):
+            if config.rank > min(m.in_features, m.out_features):
+                raise ValueError(f"rank {config.rank} exceeds min(in, out) = {min(m.in_features, m.out_features)} "
+                                 f"of {name}; choose a rank ≤ that")
+    peft_model = apply_peft_lora(model, config.rank, config.targets, config.lora_alpha, config.dropout or 0.0, save)
+    return peft_model, peft_recording_view(peft_model, config.rank, config.targets, config.lora_alpha, save)
+
+
+def _check_run_dir(run_dir: Path, config: TrainConfig) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunExistsError(f"{run_dir} is a file; give a folder path for the run")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (config.overwrite or config.resume):
+        raise RunExistsError(f"{run_dir} already exists; pass --resume to continue it, --overwrite to replace it, "
+                             f"or choose another --run-dir")
+    if config.resume and not (run_dir / "run.json").is_file():
+        raise FileNotFoundError(f"--resume given but {run_dir} holds no run; drop --resume to start a new one")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, is_regression: bool, autocast) -> dict[str, float]:
+    """eval_loss plus the task's metrics over a whole split."""
+    was_training = model.training
+    model.eval()
+    losses, logits_all, labels_all, n = 0.0, [], [], 0
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast():
+            out = model(**batch)
+        size = batch["labels"].shape[0]
+        losses += float(out.loss) * size
+        n += size
+        logits_all.append(out.logits.float().cpu().numpy())
+        labels_all.append(batch["labels"].cpu().numpy())
+    model.train(was_training)
+    metrics = compute_metrics(np.concatenate(labels_all), np.concatenate(logits_all), is_regression)
+    return {"eval_loss": losses / max(n, 1), **metrics}
+
+
+def _autocast_factory(precision: str, device: torch.device):
+    if precision == "fp32":
+        return lambda: torch.autocast(device.type, enabled=False)
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 training needs a CUDA device; use --precision bf16 or fp32 on the CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
+    """Train one run as ``config`` says (keyword overrides replace its fields); returns the result.
+
+    Raises clear errors for unknown tasks/models/targets, missing columns, labels outside the
+    head, ranks the method rejects, an existing run directory without resume/overwrite, and a
+    full disk (:class:`DiskFullError`: the run stays readable up to its last snapshot).
+    """
+    config = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
+    start = time.time()
+    ctx = init_distributed(config.device)
+    try:
+        return _train(config, ctx, start)
+    finally:
+        shutdown_distributed(ctx)
+
+
+def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    _check_run_dir(run_dir, config)
+    seed_everything(config.seed)
+    task = _load_data(config)
+    loaded = load_model(config.model, task.num_labels, config.head, task.is_regression, seed=config.seed)
+    outputs = loaded.model.config.num_labels
+    if task.is_regression and outputs != 1:
+        raise ValueError(f"a regression task needs a 1-output head, the model has {outputs}; use head='fresh'")
+    if not task.is_regression:
+        for name, frame in task.splits.items():
+            check_label_range(frame["label"], outputs, config.head)
+    model, record_model = _adapt(loaded, config)
+    counts = count_parameters(record_model)
+    model.to(ctx.device)
+    max_length = effective_max_length(loaded.tokenizer, loaded.model, config.max_length)
+
+    train_frame = subsample(task.splits["train"], config.max_train_examples, config.seed)
+    eval_frame = subsample(task.splits["validation"], config.max_eval_examples, config.seed)
+    train_set = encode_split(train_frame, loaded.tokenizer, max_length, task.is_regression)
+    eval_set = encode_split(eval_frame, loaded.tokenizer, max_length, task.is_regression)
+    train_loader = make_loader(train_set, loaded.tokenizer, config.batch_size, True, config.seed, ctx.world_size, ctx.rank)
+    eval_loader = make_loader(eval_set, loaded.tokenizer, config.eval_batch_size, False, config.seed)
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_set)} training examples make no batch of {config.batch_size} per process; "
+                         "lower --batch-size")
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay)
+    from transformers import get_linear_schedule_with_warmup
+
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total_steps), total_steps)
+    ddp_model = model
+    if ctx.enabled:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+    run_info = {
+        "model": loaded.source,
+        "task": task.name,
+        "data_source": task.source,
+        "hyperparameters": {**config.to_dict(), "effective_max_length": max_length, "total_steps": total_steps,
+                            "steps_per_epoch": steps_per_epoch, "world_size": ctx.world_size},
+        "trainer": "tlora_analysis.experiments.train",
+    }
+    if config.method == "peft-lora":
+        run_info["recorded_from"] = "peft.get_peft_model (PEFT's own LoRA), recorded as a LoRA run"
+    state = {"best": {}, "evals": [], "train_losses": []}
+    step = 0
+    if config.resume:
+        meta = load_trainer_state(run_dir, model, optimizer, scheduler)
+        step = int(meta["step"])
+        state = {"best": meta["best"], "evals": meta["evals"], "train_losses": [tuple(x) for x in meta["train_losses"]]}
+    recorder = SnapshotRecorder(
+        record_model, run_dir, schedule=parse_snapshot_schedule(config.snapshots, total_steps), total_steps=total_steps,
+        run_info=run_info, store_base_weights=config.store_base_weights and config.method != "full",
+        overwrite=config.overwrite, resume=config.resume, start_step=step if config.resume else None,
+    )
+    recorder.attach(optimizer)
+    autocast = _autocast_factory(config.precision, ctx.device)
+    scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
+    primary = PRIMARY_METRIC[task.is_regression]
+
+    def run_eval(at_step: int) -> None:
+        epoch = at_step / steps_per_epoch
+        if ctx.is_main:
+            metrics = evaluate(model, eval_loader, ctx.device, task.is_regression, autocast)
+            event = {"step": at_step, "epoch": epoch, "split": "validation", **metrics}
+            recorder.log(at_step, event="eval", epoch=epoch, split="validation", **metrics)
+            state["evals"].append(event)
+            if not state["best"] or (metrics[primary] or -1) > (state["best"].get(primary) or -1):
+                state["best"] = event
+            save_trainer_state(run_dir, model, optimizer, scheduler, at_step,
+                               {"best": state["best"], "evals": state["evals"], "train_losses": state["train_losses"]})
+        barrier(ctx)
+
+    progress = None
+    if ctx.is_main and config.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total_steps, initial=step, desc=f"{config.method} r{config.rank}", unit="step", dynamic_ncols=True)
+    ddp_model.train()
+    try:
+        window_start, window_examples = time.time(), 0
+        while step < total_steps:
+            epoch_index = step // steps_per_epoch
+            train_loader.sampler.set_epoch(epoch_index)
+            skip = step - epoch_index * steps_per_epoch
+            for i, batch in enumerate(train_loader):
+                if i < skip:
+                    continue
+                recorder.set_epoch(step / steps_per_epoch)
+                batch = {k: v.to(ctx.device) for k, v in batch.items()}
+                with autocast():
+                    loss = ddp_model(**batch).loss
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                window_examples += batch["labels"].shape[0] * ctx.world_size
+                if step % config.log_every == 0 or step == total_steps:
+                    mean_loss = float(mean_across(loss.detach().float(), ctx))
+                    rate = window_examples / max(time.time() - window_start, 1e-9)
+                    lr = scheduler.get_last_lr()[0]
+                    recorder.log(step, event="train", epoch=step / steps_per_epoch, loss=mean_loss, lr=lr,
+                                 examples_per_s=rate)
+                    state["train_losses"].append((step, mean_loss))
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{rate:.0f}")
+                    window_start, window_examples = time.time(), 0
+                if progress is not None:
+                    progress.update(1)
+                at_epoch_end = step % steps_per_epoch == 0
+                if at_epoch_end or step == total_steps or (config.eval_every and step % config.eval_every == 0):
+                    run_eval(step)
+                if step >= total_steps:
+                    break
+        last = state["evals"][-1] if state["evals"] else {}
+        if ctx.is_main and config.eval_test and "test" in task.splits:
+            test_set = encode_split(subsample(task.splits["test"], config.max_eval_examples, config.seed),
+                                    loaded.tokenizer, max_length, task.is_regression)
+            metrics = evaluate(model, make_loader(test_set, loaded.tokenizer, config.eval_batch_size, False, config.seed),
+                               ctx.device, task.is_regression, autocast)
+            recorder.log(step, event="eval", epoch=step / steps_per_epoch, split="test", **metrics)
+            last = {**last, **{f"test_{k}": v for k, v in metrics.items()}}
+        summary = {"best": state["best"], "last": last, "steps": step}
+        recorder.close(summary=summary)
+        if ctx.is_main:
+            if config.method == "peft-lora":
+                model.save_pretrained(str(run_dir / "adapter"))
+            else:
+                save_adapter(model, run_dir / "adapter")
+    except BaseException as exc:
+        recorder.__exit__(type(exc), exc, exc.__traceback__)  # marks the run interrupted, keeps what was written
+        if _disk_full(exc):
+            steps = Run(run_dir).steps if (run_dir / "run.json").is_file() else []
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"no space left on the device while writing {run_dir}; the run is readable up to step "
+                f"{steps[-1] if steps else 'none'} (its last complete snapshot). Free disk space, then continue with "
+                f"--resume (or use a sparser --snapshots schedule)",
+            ) from exc
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+    barrier(ctx)
+    result = TrainResult(
+        run_dir=run_dir, config=config, best=state["best"], last=last, evals=state["evals"],
+        train_losses=state["train_losses"],
+        parameters={"trainable": counts.trainable, "frozen": counts.frozen, "total": counts.total},
+        steps=step, wall_time=time.time() - start, max_length=max_length,
+        data_sizes={"train": len(train_set), "validation": len(eval_set)},
+    )
+    if ctx.is_main and config.progress:
+        print(result.summary())
+    return result
+
