@@ -199,3 +199,18 @@ def test_schema_versions(tmp_path, version, match):
     (run.path / "run.json").write_text(json.dumps(cfg))
     with pytest.raises(SchemaVersionError, match=match):
         Run(run.path)
+
+
+def test_cli_inspect_and_verify(tmp_path, capsys):
+    from tlora_analysis.cli import main
+
+    run = make_tiny_run(tmp_path, "tlora", steps=2)
+    assert main(["inspect", str(run.path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["method"] == "tlora" and info["steps"] == 3 and info["last_step"] == 2 and info["events"] == {"train": 2, "eval": 1}
+    assert main(["verify", str(run.path)]) == 0
+    assert "OK" in capsys.readouterr().out
+    _corrupt(run.snapshot_path(1), "flip_data")
+    assert main(["verify", str(run.path)]) == 1
+    assert "000000001.safetensors" in capsys.readouterr().out
+    assert main(["inspect", str(tmp_path / "missing")]) == 1

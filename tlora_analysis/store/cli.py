@@ -1,0 +1,53 @@
+"""``tlora-analysis inspect RUN`` and ``tlora-analysis verify RUN``: a run at a glance, and its health."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from .reader import Run
+
+__all__ = ["register", "summary"]
+
+
+def summary(run: Run) -> dict[str, Any]:
+    """What a run holds, without reading a tensor."""
+    steps = run.steps
+    metrics = run.metrics
+    return {
+        "path": str(run.path), "name": run.name, "kind": run.kind, "method": run.method, "rank": run.rank,
+        "layers": len(run.layers), "first_layer": run.layers[0] if run.layers else None,
+        "steps": len(steps), "first_step": steps[0] if steps else None, "last_step": steps[-1] if steps else None,
+        "base_weights": run.has_base_weights, "status": run.config.get("status"),
+        "events": metrics["event"].value_counts().to_dict(),
+    }
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    info = summary(Run(args.run))
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            print(f"{key:>12}: {value}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    report = Run(args.run).verify()
+    print(report)
+    return 0 if report.ok else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="summarise a recorded run (no tensor is read)",
+                       description="Method, rank, layers, recorded steps and logged events of a run directory, "
+                                   "PEFT adapter folder or Trainer output_dir.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_inspect)
+    v = sub.add_parser("verify", help="check every file of a run; exit 1 on a problem",
+                       description="Checksums of every snapshot and the frozen file, tensors present, metrics readable.")
+    v.add_argument("run", help="run directory")
+    v.set_defaults(func=_verify)
