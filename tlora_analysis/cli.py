@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "tlora_analysis.demo",
     "tlora_analysis.figures.cli",
     "tlora_analysis.report.cli",
+    "tlora_analysis.store.cli",
 )
 
 
