@@ -244,3 +244,9 @@ def test_trainer_checkpoints_open_as_one_snapshot_each(tmp_path):
     m = run.metrics
     assert m[m.event == "train"].step.tolist() == [1, 2, 3, 4] and "lr" in m.columns
     assert (m.event == "eval").sum() == 1
+
+
+def test_log_spaced_without_length_fails_at_creation(tmp_path):
+    with pytest.raises(ValueError, match="total_steps"):
+        SnapshotRecorder(_model(), tmp_path / "r", schedule=LogSpaced(5))
+    assert not (tmp_path / "r").exists()

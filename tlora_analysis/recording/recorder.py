@@ -120,6 +120,7 @@ class SnapshotRecorder:
                 "(or LoRAConfig / FullConfig) before creating the recorder"
             )
         self.schedule = as_schedule(schedule).bind(total_steps)
+        self.schedule.includes(0)  # a LogSpaced schedule without total_steps fails here, not mid-training
         self.total_steps = total_steps
         self.run_dir = Path(run_dir)
         unknown = set(run_info or {}) & _RESERVED
