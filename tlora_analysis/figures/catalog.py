@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from .. import analysis
 from . import distributions, norms, similarity, spectra, training
 from .runs import RunRoles, difference_table, metrics_table, outcome_table, parameter_table
+from .style import method_label
 
 __all__ = ["FigureSpec", "FigureContext", "CATALOG", "catalog_names"]
 
@@ -76,7 +77,7 @@ class FigureSpec:
         """Why the runs cannot support this figure, or None."""
         for need in self.needs:
             if need in ("tlora", "lora") and getattr(roles, need) is None:
-                return f"needs a {need.upper() if need == 'lora' else 'TLoRA'} run among the runs given"
+                return f"needs a {method_label(need)} run among the runs given"
             if need == "base_weights":
                 lacking = [r.name for r in (roles.tlora, roles.lora) if r is not None and not r.has_base_weights]
                 if lacking:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import matplotlib
 import matplotlib.colors as mcolors
 import numpy as np
 import pandas as pd
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ._frames import finite, module_order, pick_step, require_columns, short_module
 from ._heatmap import draw_heatmap
@@ -165,8 +167,10 @@ def layer_trajectories(
     label = label or VALUE_LABELS.get(value, value)
     sub = frame[frame["module"].isin(mods)]
     depth = sub["layer_index"].astype(int)
-    norm = mcolors.Normalize(vmin=float(depth.min()), vmax=float(max(depth.max(), depth.min() + 1)))
-    cmap = mcolors.LinearSegmentedColormap.from_list("depth", ["#440154", "#21918c", "#e5c500"])
+    # one discrete colour per layer index, from viridis without its palest yellow
+    bounds = np.arange(depth.min() - 0.5, depth.max() + 1.0)
+    cmap = mcolors.ListedColormap(matplotlib.colormaps[SEQUENTIAL_CMAP](np.linspace(0.0, 0.9, len(bounds) - 1)))
+    norm = mcolors.BoundaryNorm(bounds, cmap.N)
     fig, axes = new_figure("double" if len(mods) > 1 else "single", ncols=len(mods), sharey=True)
     for ax, module in zip(axes[0], mods):
         part = sub[sub["module"] == module]
@@ -182,6 +186,9 @@ def layer_trajectories(
         if logy:
             ax.set_yscale("log")
     axes[0, 0].set_ylabel(label)
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[0]), label="layer index", pad=0.02)
+    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes[0]), label="layer index", pad=0.02)
+    ticks = MaxNLocator(nbins=8, integer=True).tick_values(depth.min(), depth.max())
+    cbar.set_ticks([t for t in ticks if depth.min() <= t <= depth.max()])
+    cbar.minorticks_off()
     fig.suptitle(f"{_title_prefix(sub)}{label} over training, one line per layer")
     return fig

@@ -80,6 +80,9 @@ def render(
     ``log`` receives one line per skip (default: stderr).
     """
     roles = RunRoles.from_paths(runs, null_runs)
+    if len(roles.null) == 1:
+        raise ValueError("give at least two null runs (the null statistics compare pairs of them), or none to use "
+                         "norm-matched random updates")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = log or (lambda line: print(line, file=sys.stderr))

@@ -148,8 +148,9 @@ def singular_value_spectra(
     methods = _methods(spectra)
     steps = np.array(sorted(spectra["step"].unique()), dtype=float)
     positive = steps[steps > 0]
-    norm = (mcolors.LogNorm(vmin=positive.min(), vmax=max(positive.max(), positive.min() * 10))
-            if positive.size >= 2 else mcolors.Normalize(vmin=steps.min(), vmax=max(steps.max(), steps.min() + 1)))
+    spread = positive.size >= 2 and positive.max() / positive.min() > 20  # log colours only for log-spaced steps
+    norm = (mcolors.LogNorm(vmin=positive.min(), vmax=positive.max()) if spread
+            else mcolors.Normalize(vmin=steps.min(), vmax=max(steps.max(), steps.min() + 1)))
     cmap = sns.color_palette(SEQUENTIAL_CMAP, as_cmap=True)
     fig, axes = new_figure("double", height=0.4 + 1.7 * len(methods), nrows=len(methods), ncols=len(chosen),
                            sharey="row")

@@ -155,10 +155,14 @@ def params_vs_accuracy(frame: pd.DataFrame, metric: str = "accuracy") -> Figure:
     ok = frame[np.isfinite(frame[metric].to_numpy(float)) & (frame["trainable"] > 0)]
     if ok.empty:
         raise ValueError(f"no run has both a positive trainable count and a finite {metric}")
+    seen: dict[tuple[float, float], int] = {}
     for _, row in ok.iterrows():
-        ax.scatter(row["trainable"], row[metric], color=method_color(row["method"]), s=22, zorder=3)
-        ax.annotate(f"{method_label(row['method'])}\n{row['run']}", (row["trainable"], row[metric]),
-                    textcoords="offset points", xytext=(4, 3), fontsize=5.5)
+        point = (float(row["trainable"]), float(row[metric]))
+        nth = seen.get(point, 0)  # runs on the same spot get their labels stacked, not overprinted
+        seen[point] = nth + 1
+        ax.scatter(*point, color=method_color(row["method"]), s=22, zorder=3)
+        ax.annotate(f"{method_label(row['method'])}: {row['run']}", point, textcoords="offset points",
+                    xytext=(4, 3 + 8 * nth), fontsize=5.5)
     ax.set_xscale("log")
     lo, hi = ok["trainable"].min(), ok["trainable"].max()
     ax.set_xlim(lo / 3, hi * 30)

@@ -198,10 +198,19 @@ def _against_null(per: pd.DataFrame, col: str) -> tuple[float, float, float, flo
             _median(per[f"null_hi_{col}"]), above, int(ok.sum()))
 
 
+def _null_draws(per: pd.DataFrame) -> int:
+    return int(per["n_null"].min()) if "n_null" in per and per["n_null"].notna().any() else 0
+
+
 def _null_text(per: pd.DataFrame, mean: float, lo: float, hi: float) -> str:
     kind = {"runs": "independent-seed null runs", "random": "norm-matched random updates"}.get(
         str(per["null_kind"].iloc[0]), str(per["null_kind"].iloc[0]))
-    return f"{kind}: median {_fmt(mean)} (95% band {_fmt(lo)} to {_fmt(hi)})"
+    return f"{kind} ({_null_draws(per)} draws per layer): median {_fmt(mean)} (95% band {_fmt(lo)} to {_fmt(hi)})"
+
+
+def _caveat(per: pd.DataFrame) -> str:
+    n = _null_draws(per)
+    return f"; the null has only {n} draw(s) per layer, too few for a band: add null runs" if n < 5 else ""
 
 
 def cosine_claims(sim: Any) -> list[Claim]:
@@ -219,19 +228,21 @@ def cosine_claims(sim: Any) -> list[Claim]:
         rng_ = f"{_fmt(float(per['cosine_merged_paper'].min()), '.3f')}–{_fmt(float(per['cosine_merged_paper'].max()), '.3f')}"
         verdict = (f"high as in the paper, but the null is just as high ({above}/{n} layers above its band): the "
                    f"shared W0 makes merged weights alike for any small updates; this says nothing about the updates"
-                   if above < n / 2 else f"above the null in {above}/{n} layers")
+                   if above < n / 2 else f"above the null in {above}/{n} layers") + _caveat(per)
         out.append(Claim("TLoRA and LoRA weights are similar (paper-faithful cosine)", "10", stat,
                          f"{_fmt(med)} ({rng_}), {n} layers", _null_text(per, n_mean, n_lo, n_hi), verdict, paper))
     med, n_mean, n_lo, n_hi, above, n = _against_null(per, "cosine_dW")
     verdict = (f"the updates point in similar directions: {above}/{n} layers above the null band"
                if above > n / 2 else f"the updates are no more aligned than the null in most layers "
                                      f"({above}/{n} above its band)")
+    verdict += _caveat(per)
     out.append(Claim("TLoRA and LoRA learn similar updates (corrected cosine)", "10 (corrected)",
                      "median over layers of cos(ΔW_TLoRA, ΔW_LoRA)", f"{_fmt(med)}, {n} layers",
                      _null_text(per, n_mean, n_lo, n_hi), verdict, "none (paper measured merged weights)"))
     med, n_mean, n_lo, n_hi, above, n = _against_null(per, "phi_rr")
     verdict = (f"the updates share a subspace beyond chance in {above}/{n} layers" if above > n / 2 else
                f"subspace overlap at chance level in most layers ({above}/{n} above the null band)")
+    verdict += _caveat(per)
     out.append(Claim("TLoRA and LoRA updates span overlapping subspaces", "new",
                      "median over layers of φ(r, r) = ‖U_TLoRAᵀ U_LoRA‖²_F / r (top singular directions)",
                      f"{_fmt(med)}, {n} layers", _null_text(per, n_mean, n_lo, n_hi), verdict, "none"))

@@ -1,0 +1,116 @@
+"""render_all and the ``figures`` CLI on real tiny recorded runs: every figure written as
+PDF + PNG, an index with captions and the command, skips with reasons, clean reruns."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers_runs import make_tiny_run
+from tlora_analysis.cli import main
+from tlora_analysis.figures import RunRoles, difference_table, render, render_all
+from tlora_analysis.figures.catalog import catalog_names
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    made = {m: make_tiny_run(base, method=m, steps=4) for m in ("tlora", "lora", "full")}
+    made["null"] = [make_tiny_run(base, method="lora", steps=4, seed=s) for s in (1, 2)]
+    made["no_w0"] = make_tiny_run(base, method="tlora", steps=4, store_base_weights=False, name="tlora-no-w0")
+    return made
+
+
+@pytest.fixture(scope="module")
+def rendered(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("figs")
+    paths = render_all([runs["tlora"], runs["lora"], runs["full"]], out, null_runs=runs["null"])
+    return out, paths
+
+
+def test_every_figure_is_written_as_pdf_and_png(rendered):
+    out, paths = rendered
+    for name in catalog_names():
+        pdf, png = out / f"{name}.pdf", out / f"{name}.png"
+        assert pdf.read_bytes().startswith(b"%PDF"), name
+        assert png.read_bytes().startswith(b"\x89PNG"), name
+        assert pdf in paths and png in paths
+    assert out / "index.md" in paths and out / "index.html" in paths
+
+
+def test_index_lists_caption_command_and_runs(rendered, runs):
+    out, _ = rendered
+    md = (out / "index.md").read_text()
+    html = (out / "index.html").read_text()
+    assert f"tlora-analysis figures {runs['tlora'].path}" in md
+    assert "--null" in md and "Skipped" not in md
+    for name in catalog_names():
+        assert f"]({name}.png)" in md and f"src='{name}.png'" in html
+    assert "paper-faithful" in md and "Paper Fig. 10" in md
+    assert "<!DOCTYPE html>" in html and "<code>tlora</code> tlora-r4-s0" in html
+
+
+def test_roles_come_from_run_json(runs):
+    roles = RunRoles([runs["lora"], runs["full"], runs["tlora"], runs["null"][0]])
+    assert (roles.tlora, roles.lora, roles.full) == (runs["tlora"], runs["lora"], runs["full"])
+    assert roles.extra == [runs["null"][0]]
+    assert "[extra]" in roles.describe()
+    with pytest.raises(ValueError, match="at least one run"):
+        RunRoles([])
+
+
+def test_skips_say_why_and_reruns_remove_stale_figures(runs, tmp_path):
+    messages = []
+    names = ["fig05_fro_norm_B", "fig10_cosine", "method_curves"]
+    render([runs["tlora"], runs["lora"]], tmp_path, progress=False, log=messages.append, only=names)
+    assert (tmp_path / "fig10_cosine.png").exists()
+    result = render([runs["tlora"]], tmp_path, progress=False, log=messages.append, only=names)
+    assert "fig10_cosine" in result.skipped and "LoRA run" in result.skipped["fig10_cosine"]
+    assert "method_curves" in result.skipped and "two methods" in result.skipped["method_curves"]
+    assert not (tmp_path / "fig10_cosine.png").exists()  # stale figure from the first call removed
+    assert (tmp_path / "fig05_fro_norm_B.png").exists()
+    assert any(m.startswith("skipped fig10_cosine: needs a LoRA run") for m in messages)
+    md = (tmp_path / "index.md").read_text()
+    assert "## Skipped" in md and "`fig10_cosine`: needs a LoRA run" in md
+
+
+def test_runs_without_base_weights_skip_only_what_needs_w0(runs, tmp_path):
+    result = render([runs["no_w0"], runs["lora"]], tmp_path, progress=False, log=lambda _: None,
+                    only=["fig04_entry_histograms", "fig08_eigenvalues", "fig10_cosine"])
+    assert set(result.written) == {"fig04_entry_histograms", "fig08_eigenvalues", "fig10_cosine"}
+    assert not result.skipped
+
+
+def test_bad_arguments_are_rejected(runs, tmp_path):
+    with pytest.raises(ValueError, match="unknown figure"):
+        render([runs["tlora"]], tmp_path, only=["fig99"], progress=False)
+    with pytest.raises(ValueError, match="at least two null runs"):
+        render([runs["tlora"], runs["lora"]], tmp_path, null_runs=[runs["null"][0]], progress=False)
+    with pytest.raises(TypeError, match="Run or a run directory"):
+        render([42], tmp_path, progress=False)
+
+
+def test_difference_table_constructions(runs):
+    table = difference_table(runs["lora"], runs["tlora"], layer="layer.0.attention.self.query")
+    assert set(table["construction"]) == {"paper_faithful", "corrected"}
+    name = "bert.encoder.layer.0.attention.self.query"
+    step = runs["tlora"].steps[-1]
+    lora, tlora = runs["lora"].update(name, step), runs["tlora"].update(name, step)
+    corrected = table[table["construction"] == "corrected"].sort_values(["out_index", "in_index"])
+    expected = lora.dense() - tlora.dense()
+    assert corrected["difference"].to_numpy() == pytest.approx(expected.ravel())
+    paper = table[table["construction"] == "paper_faithful"].sort_values(["out_index", "in_index"])
+    expected_paper = (lora.dense() / lora.scale).T - tlora.dense().T  # transposed, LoRA scale dropped
+    assert paper["difference"].to_numpy() == pytest.approx(expected_paper.ravel())
+    with pytest.raises(ValueError, match="matches 0 common layers"):
+        difference_table(runs["lora"], runs["tlora"], layer="nope")
+
+
+def test_cli_figures(runs, tmp_path, capsys):
+    code = main(["figures", str(runs["tlora"].path), str(runs["lora"].path), "-o", str(tmp_path), "-q",
+                 "--only", "fig02_trainable_parameters", "fig10_cosine"])
+    assert code == 0
+    assert "wrote 2 figures" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fig02_trainable_parameters.pdf", "fig02_trainable_parameters.png", "fig10_cosine.pdf", "fig10_cosine.png",
+        "index.html", "index.md"]
+    assert main(["figures", str(tmp_path / "missing"), "-o", str(tmp_path)]) == 1
