@@ -17,6 +17,7 @@ fused path), ``lora`` (ours), ``peft`` (PEFT's LoRA, default: adapter weights in
 ``peft-bf16`` (``autocast_adapter_dtype=False``; GPU only, on a float32 CPU model it is the
 same as ``peft``). Ablations at the largest rank: ``tlora-plain`` (the formula in autograd),
 ``tlora-folded`` ((x A)(α B C) in autograd), ``tlora-adapter`` (adapter Function, unfused add),
+``tlora-merged`` (one product with W0 + ΔW, opt-in),
 TLoRA with dropout 0.1 at each position (on "all"), and ``tlora+recorder`` (snapshots every step) when
 ``tlora_analysis.recording`` exists. Every adapter uses dropout 0 unless named.
 
@@ -73,7 +74,7 @@ def plan_arms(device: str, ranks: list[int], targets: list[str], recorder: bool)
     if device == "cuda":
         arms.append(Arm("floor", options={"repeat": 1}))
     for t in targets if device == "cuda" else targets[-1:]:  # the CPU is slow: ablations on one target set
-        arms += [Arm(f"tlora-{impl}", top, t) for impl in ("plain", "folded", "adapter")]
+        arms += [Arm(f"tlora-{impl}", top, t) for impl in ("plain", "folded", "adapter", "merged")]
     arms += [Arm("tlora", top, "all", {"dropout": 0.1, "position": pos}) for pos in ("output", "input")]
     if recorder:
         arms.append(Arm("tlora+recorder", top, "all"))
@@ -235,6 +236,28 @@ def summarize(arm: Arm, times_ms: list[float], tokens: int, extra: dict) -> dict
             "times_ms": times_ms, **extra}
 
 
+def profile_cuda(arms: list[Arm], base: nn.Module, data: dict, tmp: Path, path: Path) -> None:
+    """Per-kernel GPU time of three steps of each arm (torch.profiler), the top 30 by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with path.open("w") as f:
+        for arm in arms:
+            trainer = Trainer(arm, build_arm(arm, base, "cuda"), data, "cuda", tmp)
+            for _ in range(3):
+                trainer.step()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    trainer.step()
+                torch.cuda.synchronize()
+            f.write(f"## {arm.label}\n")
+            f.write(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70))
+            f.write("\n\n")
+            del trainer
+            gc.collect()
+            torch.cuda.empty_cache()
+
+
 def run_cuda(arms: list[Arm], base: nn.Module, data: dict, tokens: int, warmup: int, steps: int,
              tmp: Path, sink: Callable[[dict], None]) -> None:
     for arm in arms:
@@ -315,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per arm (default: cuda 25; cpu 3, one per round-robin round)")
     parser.add_argument("--only", nargs="*", default=None, help="keep only arms whose method is listed")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="cuda: also write per-kernel times of the floor and TLoRA (largest rank, all layers)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU is visible here; use --device cpu")
@@ -344,6 +369,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.device == "cuda":
             run_cuda(arms, base, data, tokens, warmup, steps, Path(tmp), sink)
+            if args.profile is not None:
+                top = max(args.ranks)
+                profile_cuda([Arm("floor"), Arm("tlora", top, "all"), Arm("tlora-merged", top, "all")],
+                             base, data, Path(tmp), args.profile)
         else:
             run_cpu(arms, base, data, tokens, warmup, steps, Path(tmp), sink)
     print(ratio_table(report["results"]))

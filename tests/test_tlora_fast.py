@@ -2,8 +2,9 @@
 
 The reference is written out here with torch.nn.functional (not the package's code); forward
 outputs and gradients of x, B and α are compared in float64 and float32, with dropout off and
-on at both positions. Dropout masks match because the fast paths draw them with the kernel
-nn.Dropout uses (checked below), so one seed gives one mask.
+on at both positions. The fast paths draw a dropout mask as a Bernoulli bool tensor, which on
+the CPU is the mask nn.Dropout draws from the same seed (checked below), and redraw it in the
+backward from the saved generator state; matching gradients show the redraw is the same mask.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch.nn import functional as F
 from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, adapted_layers, apply_adapters
 from tlora_analysis.adapters.fast import IMPLEMENTATIONS
 
-FAST = ("adapter", "fused")
+FAST = ("adapter", "fused", "merged")
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=2e-5, atol=2e-5)}
 
 
@@ -47,7 +48,7 @@ def outputs_and_grads(fn, layer, x, seed):
     for t in layer.trainable_state().values():
         t.grad = None
     y = fn(x)
-    weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
+    weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).reshape(y.shape)
     (y * weights).sum().backward()  # a loss whose gradient differs per element
     grads = {"x": x.grad.clone()}
     for name, t in layer.trainable_state().items():
@@ -90,13 +91,33 @@ def test_dropout_actually_drops():
 
 
 def test_mask_is_drawn_like_nn_dropout():
-    # The fast paths rely on torch.native_dropout drawing the mask nn.Dropout draws (one seed, one mask).
     x = torch.randn(20, 30, dtype=torch.float32)
     torch.manual_seed(3)
-    expected = F.dropout(x, 0.4, True)
+    expected = F.dropout(x, 0.4, True) != 0
     torch.manual_seed(3)
-    got, mask = torch.native_dropout(x, 0.4, True)
-    assert torch.equal(got, expected) and mask.dtype == torch.bool
+    assert torch.equal(torch.empty(x.shape, dtype=torch.bool).bernoulli_(0.6), expected)
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("position", ["output", "input"])
+def test_backward_redraw_leaves_the_random_stream_alone(impl, position):
+    layer = make_layer(torch.float64, impl, dropout=0.3, position=position)
+    x = torch.randn(4, 12, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(5)
+    layer(x).sum().backward()
+    after_fast = torch.rand(3)
+    torch.manual_seed(5)
+    reference(layer, x, 0.3, position, True).sum().backward()
+    assert torch.equal(after_fast, torch.rand(3))
+
+
+def test_merged_runs_one_product_and_falls_back_to_fused_under_dropout():
+    layer = make_layer(torch.float64, "merged", dropout=0.3)
+    x = torch.randn(5, 12, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    assert type(y.grad_fn).__name__ == "TLoRALinearFunctionBackward"
+    layer.eval()
+    assert type(layer(x).grad_fn).__name__ == "TLoRAMergedFunctionBackward"
 
 
 @pytest.mark.parametrize("impl", FAST)
@@ -211,3 +232,27 @@ def test_cuda_bf16_close_to_float64(impl, position):
     assert rel(y, y_ref) < 2e-2
     for name in g_ref:
         assert rel(g[name], g_ref[name]) < 3e-2, name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("position", ["output", "input"])
+def test_cuda_dropout_redraws_the_forward_mask(impl, position):
+    layer = make_layer(torch.float32, impl, dropout=0.4, position=position, rank=8).cuda()
+    x = torch.randn(3, 40, 12, device="cuda")
+
+    def with_explicit_mask(t):
+        base = F.linear(t, layer.base_layer.weight, layer.base_layer.bias)
+        a, b, c, alpha = layer.tlora_A, layer.tlora_B, layer.tlora_C, layer.tlora_alpha
+        if position == "input":
+            keep = torch.empty(t.reshape(-1, 12).shape, dtype=torch.bool, device="cuda").bernoulli_(0.6)
+            return base + alpha * (((t * keep.view(t.shape) / 0.6) @ a) @ b) @ c
+        adapter = alpha * (((t @ a) @ b) @ c)
+        keep = torch.empty(adapter.reshape(-1, 10).shape, dtype=torch.bool, device="cuda").bernoulli_(0.6)
+        return base + adapter * keep.view(adapter.shape) / 0.6
+
+    y, g = outputs_and_grads(layer, layer, x, seed=4)
+    y_ref, g_ref = outputs_and_grads(with_explicit_mask, layer, x, seed=4)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    for name in g_ref:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-4, atol=1e-4, msg=name)

@@ -4,7 +4,7 @@ Why: the plain formula runs as five autograd nodes per layer; on a GPU each is a
 (tokens × out) tensor, and autograd keeps x·A·B·C (tokens × out) alive for α's gradient.
 Measured in benchmarks/bench_train_step.py (docs/benchmarks.md, "Training step").
 
-Three implementations, selected per layer by ``TLoRALinear.impl``:
+Four implementations, selected per layer by ``TLoRALinear.impl``:
 
 - ``"plain"``: the formula as written (the reference, and the fallback for autocast, mixed
   dtypes, a trainable base weight or hooks on ``base_layer``).
@@ -14,6 +14,12 @@ Three implementations, selected per layer by ``TLoRALinear.impl``:
 - ``"fused"`` (default): :class:`TLoRALinearFunction`, base layer and adapter in one node:
   the base product accumulates onto the adapter's output in its GEMM epilogue (``addmm_``
   with β = 1), and the base input-gradient onto the adapter's input-gradient the same way.
+- ``"merged"`` (opt-in): :class:`TLoRAMergedFunction`, one product with W0 + ΔW, rebuilt from
+  the factors in the forward and again in the backward (weight-sized passes instead of
+  activation-sized ones). Without dropout only (else "fused"); W0 + ΔW is rounded to W0's
+  dtype, which in bfloat16 drops updates below W0's rounding step.
+
+Dropout masks are never stored: the backward redraws them from the saved generator state.
 
 Gradients are exact for B, α and x: with gc = g Cᵀ (tokens × r) and G = uᵀ gc (r × r),
 ∂L/∂B = α G, ∂L/∂α = Σ B ∘ G, ∂L/∂u = gc (α B)ᵀ, ∂L/∂x = ∂L/∂u Aᵀ (+ g W0 for the base).
@@ -25,10 +31,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.nn import functional as F
 
-__all__ = ["IMPLEMENTATIONS", "TLoRAAdapterFunction", "TLoRALinearFunction", "plain_adapter_output"]
+__all__ = ["IMPLEMENTATIONS", "TLoRAAdapterFunction", "TLoRALinearFunction", "TLoRAMergedFunction",
+           "plain_adapter_output"]
 
-IMPLEMENTATIONS = ("plain", "adapter", "fused")
+IMPLEMENTATIONS = ("plain", "adapter", "fused", "merged")
 
 
 def plain_adapter_output(
@@ -41,22 +49,57 @@ def plain_adapter_output(
     return dropout(alpha * (((x @ a) @ b) @ c))
 
 
-def _drop(t: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverted dropout (the kernel nn.Dropout uses), returning the kept-mask for the backward."""
-    return torch.native_dropout(t, p, True)
+class _DropoutMask:
+    """A Bernoulli(1 − p) keep-mask that the backward redraws from the saved generator state.
+
+    Storing the mask would cost one byte per element of every adapted layer's output (about 20%
+    of the peak memory of a 1B model with all linear layers adapted); redrawing it costs one
+    pass. The mask is drawn as a fresh bool tensor, so it depends only on the generator state
+    and the shape, never on the values or memory layout of the tensor it is applied to; on the
+    CPU it is the very mask ``nn.Dropout`` draws from the same seed.
+    """
+
+    def __init__(self, shape: torch.Size, p: float, device: torch.device) -> None:
+        self.shape, self.p, self.device = shape, p, device
+        self.state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+    def _draw(self) -> torch.Tensor:
+        return torch.empty(self.shape, dtype=torch.bool, device=self.device).bernoulli_(1.0 - self.p)
+
+    def apply(self, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """t ∘ mask / (1 − p) in one kernel."""
+        return torch.ops.aten.native_dropout_backward(t, mask, 1.0 / (1.0 - self.p))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.apply(t, self._draw())  # advances the generator like nn.Dropout
+
+    def backward(self, g: torch.Tensor) -> torch.Tensor:
+        cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device] if cuda else [], device_type=self.device.type):
+            if cuda:
+                torch.cuda.set_rng_state(self.state, self.device)
+            else:
+                torch.set_rng_state(self.state)
+            mask = self._draw()
+        return self.apply(g, mask)
 
 
-def _undrop(g: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
-    return torch.ops.aten.native_dropout_backward(g, mask, 1.0 / (1.0 - p))
+def _dropout(t: torch.Tensor, p: float) -> tuple[torch.Tensor, _DropoutMask | None]:
+    """Inverted dropout of ``t`` (no-op for p = 0) and what the backward needs to redo it."""
+    if p <= 0:
+        return t, None
+    dm = _DropoutMask(t.shape, p, t.device)
+    return dm.forward(t), dm
 
 
 def _core_grads(
     ctx: Any, go: torch.Tensor, u: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
-    alpha: torch.Tensor,
+    alpha: torch.Tensor, need_u: bool | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(∂L/∂u, ∂L/∂B, ∂L/∂α) from the gradient ``go`` of the adapter output (tokens × out)."""
     gc = go @ c.T  # tokens × r: the one pass over go
-    need_u, need_b, need_alpha = ctx.needs_u, ctx.needs_input_grad[ctx.b_index], ctx.needs_input_grad[ctx.b_index + 2]
+    need_u = ctx.needs_u if need_u is None else need_u
+    need_b, need_alpha = ctx.needs_input_grad[ctx.b_index], ctx.needs_input_grad[ctx.b_index + 2]
     g_core = u.T @ gc if (need_b or need_alpha) else None  # r × r
     grad_b = alpha * g_core if need_b else None
     grad_alpha = (b * g_core).sum().reshape(alpha.shape) if need_alpha else None
@@ -64,47 +107,41 @@ def _core_grads(
     return grad_u, grad_b, grad_alpha
 
 
-def _forward_u(x2: torch.Tensor, a: torch.Tensor, p_in: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """u = dropout(x) A (tokens × r) and the input dropout mask (None without input dropout)."""
-    if p_in > 0:
-        xd, mask = _drop(x2, p_in)
-        return xd @ a, mask
-    return x2 @ a, None
+def _forward_u(x2: torch.Tensor, a: torch.Tensor, p_in: float) -> tuple[torch.Tensor, _DropoutMask | None]:
+    """u = dropout(x) A (tokens × r) and the input dropout's mask (None without input dropout)."""
+    xd, mask = _dropout(x2, p_in)
+    return xd @ a, mask
 
 
-def _input_grad_from_u(grad_u: torch.Tensor, a: torch.Tensor, mask: torch.Tensor | None, p_in: float) -> torch.Tensor:
+def _input_grad_from_u(grad_u: torch.Tensor, a: torch.Tensor, mask: _DropoutMask | None) -> torch.Tensor:
     """∂L/∂x of the adapter branch (tokens × in)."""
     gx = grad_u @ a.T
-    return gx if mask is None else _undrop(gx, mask, p_in)
+    return gx if mask is None else mask.backward(gx)
 
 
 class TLoRAAdapterFunction(torch.autograd.Function):
-    """The adapter α·((dropout(x) A) B) C → dropout alone; saves u = x A and the dropout mask."""
+    """The adapter α·((dropout(x) A) B) C → dropout alone; saves u = x A only."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
                 alpha: torch.Tensor, p_in: float, p_out: float) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        u, in_mask = _forward_u(x2, a, p_in)
-        out = u @ ((alpha * b) @ c)
-        out_mask = None
-        if p_out > 0:
-            out, out_mask = _drop(out, p_out)
-        ctx.save_for_backward(u, a, b, c, alpha, in_mask, out_mask)
-        ctx.p_in, ctx.p_out, ctx.x_shape = p_in, p_out, x.shape
-        ctx.needs_u, ctx.b_index = ctx.needs_input_grad[0], 2
+        u, ctx.in_mask = _forward_u(x2, a, p_in)
+        out, ctx.out_mask = _dropout(u @ ((alpha * b) @ c), p_out)
+        ctx.save_for_backward(u, a, b, c, alpha)
+        ctx.x_shape, ctx.needs_u, ctx.b_index = x.shape, ctx.needs_input_grad[0], 2
         return out.view(*x.shape[:-1], c.shape[1])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        u, a, b, c, alpha, in_mask, out_mask = ctx.saved_tensors
+        u, a, b, c, alpha = ctx.saved_tensors
         go = grad_out.reshape(-1, grad_out.shape[-1])
-        if out_mask is not None:
-            go = _undrop(go, out_mask, ctx.p_out)
+        if ctx.out_mask is not None:
+            go = ctx.out_mask.backward(go)
         grad_u, grad_b, grad_alpha = _core_grads(ctx, go, u, a, b, c, alpha)
         grad_x = None
         if grad_u is not None:
-            grad_x = _input_grad_from_u(grad_u, a, in_mask, ctx.p_in).view(ctx.x_shape)
+            grad_x = _input_grad_from_u(grad_u, a, ctx.in_mask).view(ctx.x_shape)
         return grad_x, None, grad_b, None, grad_alpha, None, None
 
 
@@ -116,30 +153,63 @@ class TLoRALinearFunction(torch.autograd.Function):
                 a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, alpha: torch.Tensor,
                 p_in: float, p_out: float) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        u, in_mask = _forward_u(x2, a, p_in)
+        u, ctx.in_mask = _forward_u(x2, a, p_in)
         m = (alpha * b) @ c  # r × out: α and B folded into C once per forward
-        out_mask = None
         if p_out > 0:
-            out, out_mask = _drop(u @ m, p_out)
+            out, ctx.out_mask = _dropout(u @ m, p_out)
             if bias is not None:
                 out.add_(bias)
         else:
             out = u @ m if bias is None else torch.addmm(bias, u, m)
+            ctx.out_mask = None
         # The large product accumulates onto the adapter's output in its GEMM epilogue (β = 1):
         # the adapter costs one write of (tokens × out), not a separate add pass.
         out.addmm_(x2, weight.T)
-        ctx.save_for_backward(weight, u, a, b, c, alpha, in_mask, out_mask)
-        ctx.p_in, ctx.p_out, ctx.x_shape = p_in, p_out, x.shape
-        ctx.needs_u, ctx.b_index = ctx.needs_input_grad[0], 4
+        ctx.save_for_backward(weight, u, a, b, c, alpha)
+        ctx.x_shape, ctx.needs_u, ctx.b_index = x.shape, ctx.needs_input_grad[0], 4
         return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        weight, u, a, b, c, alpha, in_mask, out_mask = ctx.saved_tensors
+        weight, u, a, b, c, alpha = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1])
-        go = _undrop(g, out_mask, ctx.p_out) if out_mask is not None else g
+        go = ctx.out_mask.backward(g) if ctx.out_mask is not None else g
         grad_u, grad_b, grad_alpha = _core_grads(ctx, go, u, a, b, c, alpha)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = _input_grad_from_u(grad_u, a, in_mask, ctx.p_in).addmm_(g, weight).view(ctx.x_shape)
+            grad_x = _input_grad_from_u(grad_u, a, ctx.in_mask).addmm_(g, weight).view(ctx.x_shape)
         return grad_x, None, None, None, grad_b, None, grad_alpha, None, None
+
+
+def _merged_weight(weight: torch.Tensor, a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """W0 + α (A B C)ᵀ = W0 + mᵀ Aᵀ (out × in), one rank-r GEMM in W0's dtype."""
+    return torch.addmm(weight, m.T, a.T)
+
+
+class TLoRAMergedFunction(torch.autograd.Function):
+    """W0 x + bias + the adapter as one product with W0 + ΔW, rebuilt in forward and backward.
+
+    For no dropout only. Exact in exact arithmetic, but W0 + ΔW is rounded to W0's dtype: in
+    bfloat16 a ΔW entry below half a unit in the last place of W0 is lost, so use it with float32
+    (or wider) weights, or knowingly.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        u = x2 @ a
+        out = F.linear(x2, _merged_weight(weight, a, (alpha * b) @ c), bias)
+        ctx.save_for_backward(weight, u, a, b, c, alpha)
+        ctx.x_shape, ctx.needs_u, ctx.b_index = x.shape, ctx.needs_input_grad[0], 4
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        weight, u, a, b, c, alpha = ctx.saved_tensors
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        _, grad_b, grad_alpha = _core_grads(ctx, g, u, a, b, c, alpha, need_u=False)
+        grad_x = None
+        if ctx.needs_input_grad[0]:  # ∂L/∂x = g (W0 + ΔW): one product, no separate adapter term
+            grad_x = (g @ _merged_weight(weight, a, (alpha * b) @ c)).view(ctx.x_shape)
+        return grad_x, None, None, None, grad_b, None, grad_alpha

@@ -11,7 +11,13 @@ from ..fileio import fingerprint
 from ..lowrank import FactoredUpdate
 from .base import AdaptedLinear, layer_generator
 from .config import TLoRAConfig
-from .fast import IMPLEMENTATIONS, TLoRAAdapterFunction, TLoRALinearFunction, plain_adapter_output
+from .fast import (
+    IMPLEMENTATIONS,
+    TLoRAAdapterFunction,
+    TLoRALinearFunction,
+    TLoRAMergedFunction,
+    plain_adapter_output,
+)
 
 __all__ = ["TLoRALinear", "init_frozen_factors"]
 
@@ -65,10 +71,11 @@ class TLoRALinear(AdaptedLinear):
 
     @property
     def impl(self) -> str:
-        """How the layer computes its output: "fused" (default), "adapter" or "plain" (see adapters/fast.py).
+        """How the layer computes its output: "fused" (default), "adapter", "plain" or "merged".
 
-        All three compute the same function; the fast ones fall back to "plain" where they do not
-        apply (autocast, mixed dtypes, a trainable or hooked base layer).
+        All compute the same function (adapters/fast.py); the fast ones fall back to "plain" where
+        they do not apply (autocast, mixed dtypes, a trainable or hooked base layer), and
+        "merged" (W0 + ΔW rounded to W0's dtype: opt-in) to "fused" while dropout is active.
         """
         return self._impl
 
@@ -91,7 +98,7 @@ class TLoRALinear(AdaptedLinear):
     def _fused_ok(self, x: torch.Tensor) -> bool:
         base = self.base_layer
         return (
-            self._impl == "fused"
+            self._impl in ("fused", "merged")
             and type(base) is nn.Linear
             and not (base._forward_hooks or base._forward_pre_hooks)
             and not any(p.requires_grad for p in base.parameters())
@@ -113,8 +120,10 @@ class TLoRALinear(AdaptedLinear):
         if not self.merged and self._fused_ok(x):
             p_in, p_out = self._dropout_probabilities()
             base = self.base_layer
-            return TLoRALinearFunction.apply(x, base.weight, base.bias, self.tlora_A, self.tlora_B,
-                                             self.tlora_C, self.tlora_alpha, p_in, p_out)
+            factors = (self.tlora_A, self.tlora_B, self.tlora_C, self.tlora_alpha)
+            if self._impl == "merged" and p_in == p_out == 0:
+                return TLoRAMergedFunction.apply(x, base.weight, base.bias, *factors)
+            return TLoRALinearFunction.apply(x, base.weight, base.bias, *factors, p_in, p_out)
         return super().forward(x)
 
     @torch.no_grad()
