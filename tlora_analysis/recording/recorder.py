@@ -23,7 +23,7 @@ from .. import __version__
 from ..adapters import adapter_config, count_parameters, tracked_linears
 from ..adapters.tlora import TLoRALinear
 from ..adapters.lora import LoRALinear
-from ..store.format import BASE_WEIGHT_KEY, RUN_FORMAT, SCHEMA_VERSION, tensor_key
+from ..store.format import BASE_WEIGHT_KEY, RUN_FORMAT, RUN_JSON, SCHEMA_VERSION, tensor_key
 from ..store.writer import RunWriter, json_safe
 from .background import BackgroundWriter
 from .schedule import Schedule, as_schedule
@@ -57,7 +57,9 @@ def _git_revision() -> str | None:
                              text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
 
 
 def _copy_off_device(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
@@ -91,7 +93,8 @@ class SnapshotRecorder:
     store_base_weights : store W0 of the adapted layers (default: when the model has < 1e9 parameters).
     overwrite : replace whatever ``run_dir`` holds.
     resume : continue the run in ``run_dir`` from ``start_step`` (default: its last recorded step);
-        later snapshots and metrics are dropped, since training redoes those steps.
+        later snapshots and metrics are dropped, since training redoes those steps. With no run
+        in ``run_dir`` yet, a new one is created (so a restartable script can always pass True).
     background : write files from a background thread (True) or inline (False).
     max_pending : the background queue's bound; a full queue blocks the training step.
     """
@@ -142,7 +145,7 @@ class SnapshotRecorder:
             return
         self._warn_if_dense()
         header = self._header(dict(run_info or {}))
-        if resume and (self.run_dir / "run.json").is_file() and not overwrite:
+        if resume and (self.run_dir / RUN_JSON).is_file() and not overwrite:
             self._writer = RunWriter.resume(self.run_dir, header, start_step)
             self._recorded = list(self._writer.recorded_steps)
             self.step = start_step if start_step is not None else (self._recorded[-1] if self._recorded else 0)
