@@ -250,3 +250,24 @@ def test_log_spaced_without_length_fails_at_creation(tmp_path):
     with pytest.raises(ValueError, match="total_steps"):
         SnapshotRecorder(_model(), tmp_path / "r", schedule=LogSpaced(5))
     assert not (tmp_path / "r").exists()
+
+
+def test_recorder_callback_resumes_with_the_trainer(tmp_path):
+    from tlora_analysis.recording import RecorderCallback
+
+    with one_torch_thread():
+        model = _model()
+        _trainer(model, tmp_path / "out", max_steps=4, save_steps=2,
+                 callbacks=[RecorderCallback(tmp_path / "run")]).train()
+        first = Run(tmp_path / "run")
+        final = {layer: first.trainable(layer, 4) for layer in first.layers}
+        # a crash after step 4, then a restart from checkpoint-2: steps 3 and 4 are redone
+        again = _model()
+        _trainer(again, tmp_path / "out", max_steps=4, save_steps=2,
+                 callbacks=[RecorderCallback(tmp_path / "run")]).train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    run = Run(tmp_path / "run")
+    assert run.steps == [0, 1, 2, 3, 4] and run.config["resumed_at_steps"] == [2]
+    train = run.metrics[run.metrics.event == "train"]
+    assert train.step.tolist() == [1, 2, 3, 4]
+    for layer in run.layers:
+        torch.testing.assert_close(run.trainable(layer, 4), final[layer], rtol=1e-5, atol=1e-6)
