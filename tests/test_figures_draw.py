@@ -5,27 +5,26 @@ and rejects a wrong table with a clear message."""
 from __future__ import annotations
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
+from tlora_analysis.figures import distributions, norms, similarity, spectra, style, training
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from tlora_analysis.figures import distributions, norms, similarity, spectra, style, training  # noqa: E402
-
-from figure_checks import (  # noqa: E402
+from figure_checks import (
     assert_no_overlapping_labels, axis_texts, distribution_tables, eigen_frame, metrics_frame, norms_frame,
     similarity_frames, spectra_frame,
 )
 
 
 @pytest.fixture(autouse=True)
-def _close_figures():
+def _no_pyplot_figures():
+    """Drawing functions never register figures with pyplot (no windows, no leak across calls)."""
+    before = plt.get_fignums()
     yield
-    plt.close("all")
+    assert plt.get_fignums() == before
 
 
 def _images(fig: Figure):

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 
 from ..fileio import atomic_write_bytes
@@ -105,7 +104,6 @@ def render(
             for ext in ("pdf", "png"):  # a stale file from an earlier run would contradict the index
                 (out / f"{spec.name}.{ext}").unlink(missing_ok=True)
             log(f"skipped {spec.name}: {reason}")
-    plt.close("all")
     cmd = command or figures_command(runs, out, null_runs)
     result.index = _write_index(result, specs, roles, cmd)
     return result

@@ -1,7 +1,9 @@
 """One look for every figure: paper column widths, colour-blind-safe colours, PDF + PNG output.
 
 Every drawing function runs inside :func:`styled` (a matplotlib ``rc_context``), so the look
-never leaks into the caller's own plots. Widths follow two-column papers: a single column is
+never leaks into the caller's own plots. Figures are made without pyplot, each on its own Agg
+canvas: nothing pops up, nothing accumulates in pyplot's registry, the global backend (e.g. a
+notebook's inline one) is left alone, and a notebook still shows a returned Figure. Widths follow two-column papers: a single column is
 3.4 in, the full text width 7.0 in. Categorical colours are the Okabe-Ito palette; sequential
 maps are ``viridis``; signed values use the diverging ``RdBu_r`` centred at 0.
 """
@@ -14,13 +16,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Literal, TypeVar
 
 import matplotlib
-
-matplotlib.use("Agg", force=False)
-
-import matplotlib.colors as mcolors  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.colors as mcolors
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 __all__ = [
     "SINGLE_COLUMN", "DOUBLE_COLUMN", "OKABE_ITO", "METHOD_COLORS", "METHOD_LABELS", "MATRIX_COLORS",
@@ -103,7 +102,8 @@ def new_figure(
         raise ValueError(f"nrows and ncols must be >= 1, got {nrows} x {ncols}")
     if height is None:
         height = min(9.0, 0.75 * width / ncols * nrows + 0.3)
-    fig = plt.figure(figsize=(float(width), float(height)), layout="constrained")
+    fig = Figure(figsize=(float(width), float(height)), layout="constrained")
+    FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
     return fig, axes
 
@@ -151,7 +151,7 @@ def sequential_norm(values: Iterable[float] | np.ndarray, log: bool = False) -> 
     return mcolors.Normalize(vmin=lo, vmax=hi)
 
 
-def save(fig: Figure, path_stem: str | os.PathLike, close: bool = True) -> list[Path]:
+def save(fig: Figure, path_stem: str | os.PathLike) -> list[Path]:
     """Write ``<path_stem>.pdf`` (vector) and ``<path_stem>.png`` (300 dpi); return both paths.
 
     Any suffix on ``path_stem`` is replaced. Files are written to a temporary name and
@@ -171,6 +171,4 @@ def save(fig: Figure, path_stem: str | os.PathLike, close: bool = True) -> list[
             fig.savefig(tmp, format=ext)
             os.replace(tmp, final)
             paths.append(final)
-    if close:
-        plt.close(fig)
     return paths
