@@ -68,21 +68,23 @@ def write_run(path: Path, seed: int) -> Run:
     return Run(path)
 
 
-def factored_sweep(run_a: Run, run_b: Run) -> dict[str, float]:
-    times = {}
+def factored_sweep(run_a: Run, run_b: Run) -> tuple[float, float]:
+    """(wall, CPU) seconds of spectra + norms + similarity over the whole run."""
+    wall = cpu = 0.0
     for name, call in (("spectra", lambda: analysis.spectra(run_a)), ("norms", lambda: analysis.norms(run_a)),
                        ("similarity", lambda: analysis.similarity(run_a, run_b, n_null=100))):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         table = call()
-        times[name] = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        wall, cpu = wall + dt, cpu + dc
         n = len(table) if hasattr(table, "__len__") else len(table.per_layer)
-        print(f"  factored {name:<10} {times[name]:7.2f} s  ({n} rows)")
-    return times
+        print(f"  factored {name:<10} wall {dt:7.2f} s  CPU {dc:7.2f} s  ({n} rows)")
+    return wall, cpu
 
 
-def dense_one(run_a: Run, run_b: Run, layer: str, step: int) -> float:
-    """The same quantities for one (layer, step) from dense 4096 × 4096 matrices."""
-    t0 = time.perf_counter()
+def dense_one(run_a: Run, run_b: Run, layer: str, step: int) -> tuple[float, float]:
+    """(wall, CPU) seconds for the same quantities of one (layer, step) from dense 4096 × 4096 matrices."""
+    t0, c0 = time.perf_counter(), time.process_time()
     da, db = run_a.update(layer, step).dense(), run_b.update(layer, step).dense()
     ua, sa, vta = np.linalg.svd(da)  # spectra
     _, _, vtb = np.linalg.svd(db)
@@ -91,7 +93,7 @@ def dense_one(run_a: Run, run_b: Run, layer: str, step: int) -> float:
     rel = np.linalg.norm(da - db) / np.linalg.norm(db)
     phi = np.linalg.norm(vta[:RANK] @ vtb[:RANK].T) ** 2 / RANK
     assert np.isfinite([fro_a, spec_a, cos, rel, phi]).all()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> None:
@@ -100,25 +102,26 @@ def main() -> None:
     parser.add_argument("--dense-samples", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(f"cores: {os.cpu_count()}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
+    print(f"cores: {os.cpu_count()}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
+          f"load average before: {os.getloadavg()[0]:.1f}")
     t0 = time.perf_counter()
     run_a, run_b = write_run(args.root / "tlora-a", 0), write_run(args.root / "tlora-b", 1)
     print(f"runs ready in {time.perf_counter() - t0:.1f} s: {len(run_a.layers)} layers × {len(run_a.steps)} snapshots")
     pairs = len(run_a.layers) * len(run_a.steps)
-    totals = []
+    sweeps = []
     for rep in range(args.repeats):
         print(f"repeat {rep + 1}:")
-        totals.append(sum(factored_sweep(run_a, run_b).values()))
-    factored_total = statistics.median(totals)
-    dense_times = [dense_one(run_a, run_b, run_a.layers[i], run_a.steps[-1 - i]) for i in range(args.dense_samples)]
-    dense_each = statistics.median(dense_times)
-    factored_each = factored_total / pairs
-    print(f"factored sweep (spectra + norms + similarity with 100 null draws), median of {args.repeats}: "
-          f"{factored_total:.1f} s for {pairs} (layer, step) = {1e3 * factored_each:.2f} ms each")
-    print(f"dense, median of {args.dense_samples} (layer, step) samples: {dense_each:.1f} s each; "
-          f"scaled to the run: {dense_each * pairs / 3600:.1f} h")
-    print(f"speed-up per (layer, step): {dense_each / factored_each:,.0f}x")
-
+        sweeps.append(factored_sweep(run_a, run_b))
+    dense = [dense_one(run_a, run_b, run_a.layers[i], run_a.steps[-1 - i]) for i in range(args.dense_samples)]
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    for k, clock in enumerate(("wall", "CPU")):
+        factored_total = statistics.median(s[k] for s in sweeps)
+        dense_each = statistics.median(d[k] for d in dense)
+        factored_each = factored_total / pairs
+        print(f"[{clock}] factored sweep (spectra + norms + similarity with 100 null draws), median of "
+              f"{args.repeats}: {factored_total:.1f} s for {pairs} (layer, step) = {1e3 * factored_each:.2f} ms each; "
+              f"dense, median of {args.dense_samples} sampled (layer, step): {dense_each:.1f} s each, scaled to the "
+              f"run {dense_each * pairs / 3600:.0f} h; speed-up per (layer, step) {dense_each / factored_each:,.0f}x")
 
 if __name__ == "__main__":
     main()

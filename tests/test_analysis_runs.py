@@ -345,3 +345,27 @@ def test_frozen_factors_are_read_once_per_layer(runs):
 
     analysis.spectra(Counting(run, run.layers))
     assert sorted(calls) == sorted(run.layers)
+
+
+def test_parameter_validation(runs):
+    run = runs["tlora"]
+    with pytest.raises(ValueError, match="k must be"):
+        analysis.intruders(run, k=0)
+    with pytest.raises(ValueError, match="threshold"):
+        analysis.intruders(run, threshold=1.5)
+    with pytest.raises(ValueError, match="exceeds"):
+        analysis.intruders(run, k=33)
+    with pytest.raises(ValueError, match="side"):
+        analysis.similarity(run, runs["lora"], side="up")
+    with pytest.raises(ValueError, match="n_null"):
+        analysis.similarity(run, runs["lora"], n_null=1)
+
+
+def test_similarity_left_side_and_phi_steps(runs):
+    sim = analysis.similarity(runs["tlora"], runs["lora"], side="left", steps=[1, 3], phi_steps="all", n_null=5)
+    assert set(sim.phi.step) == {1, 3} and (sim.per_layer.phi_side == "left").all()
+    layer = runs["tlora"].layers[0]
+    da, db = dense_update(runs["tlora"], layer, 3), dense_update(runs["lora"], layer, 3)
+    ua, ub = np.linalg.svd(da)[0][:, :4], np.linalg.svd(db)[0][:, :4]
+    row = rows(sim.per_layer, layer, 3).iloc[0]
+    assert row.phi_rr == pytest.approx(np.linalg.norm(ua.T @ ub) ** 2 / 4, rel=1e-8)
