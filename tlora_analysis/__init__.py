@@ -22,9 +22,10 @@ from .adapters import (  # noqa: E402
 from .lowrank import FactoredUpdate  # noqa: E402
 from .recording import SnapshotRecorder  # noqa: E402
 from .store import Run  # noqa: E402
+from . import analysis  # noqa: E402
 
 __all__ = [
     "FactoredUpdate", "FullConfig", "LoRAConfig", "TLoRAConfig", "adapted_layers", "apply_adapters",
     "count_parameters", "load_adapter", "merge_and_unload", "save_adapter", "__version__",
-    "Run", "SnapshotRecorder",
+    "Run", "SnapshotRecorder", "analysis",
 ]
