@@ -15,7 +15,7 @@ from typing import Any, Callable, Hashable
 
 import numpy as np
 
-from ..lowrank import FactoredUpdate, as_float64
+from ..lowrank import FactoredUpdate, as_float64, thin_qr
 
 __all__ = ["to_float64", "UpdateSource", "BaseWeight", "base_weight", "require_base_weights", "MissingBaseWeightError"]
 
@@ -67,7 +67,7 @@ class UpdateSource:
             right = as_float64(frozen["tlora_A"]).T  # Aᵀ: r × in
             return {
                 "left": left, "right": right,
-                "qr": (np.linalg.qr(left, mode="reduced"), np.linalg.qr(right.T, mode="reduced")),
+                "qr": (thin_qr(left), thin_qr(right.T)),
                 "A": frozen["tlora_A"], "C": frozen["tlora_C"],
             }
         return self._frozen.get(layer, make)
