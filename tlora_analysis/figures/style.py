@@ -60,7 +60,7 @@ RC = {
     "grid.alpha": 0.4,
     "legend.frameon": False,
     "image.cmap": SEQUENTIAL_CMAP,
-    "figure.dpi": 100,
+    "figure.dpi": 150,  # notebook display size; files use savefig.dpi
     "savefig.dpi": 300,
     "savefig.bbox": "tight",
     "savefig.pad_inches": 0.02,

@@ -156,16 +156,22 @@ def params_vs_accuracy(frame: pd.DataFrame, metric: str = "accuracy") -> Figure:
     if ok.empty:
         raise ValueError(f"no run has both a positive trainable count and a finite {metric}")
     seen: dict[tuple[float, float], int] = {}
-    for _, row in ok.iterrows():
+    for i, (_, row) in enumerate(ok.sort_values("trainable").iterrows()):
         point = (float(row["trainable"]), float(row[metric]))
-        nth = seen.get(point, 0)  # runs on the same spot get their labels stacked, not overprinted
+        nth = seen.get(point, 0)  # runs on one spot get their labels stacked, not overprinted
         seen[point] = nth + 1
         ax.scatter(*point, color=method_color(row["method"]), s=22, zorder=3)
-        ax.annotate(f"{method_label(row['method'])}: {row['run']}", point, textcoords="offset points",
-                    xytext=(4, 3 + 8 * nth), fontsize=5.5)
+        # run names centred over their points, neighbours alternating below/above so they do not collide
+        below = i % 2 == 1 and nth == 0
+        ax.annotate(str(row["run"]), point, textcoords="offset points", ha="center", fontsize=5,
+                    va="top" if below else "bottom", xytext=(0, -6 if below else 5 + 7 * nth))
+    handles = [Line2D([], [], color=method_color(m), marker="o", ls="", label=method_label(m))
+               for m in dict.fromkeys(ok["method"])]
+    ax.legend(handles=handles, loc="best")
     ax.set_xscale("log")
     lo, hi = ok["trainable"].min(), ok["trainable"].max()
-    ax.set_xlim(lo / 3, hi * 30)
+    ax.set_xlim(lo / 4, hi * 4)
+    ax.margins(y=0.25)
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel(f"best validation {metric}")
     ax.grid(True)
