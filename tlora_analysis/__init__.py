@@ -27,5 +27,14 @@ from . import analysis  # noqa: E402
 __all__ = [
     "FactoredUpdate", "FullConfig", "LoRAConfig", "TLoRAConfig", "adapted_layers", "apply_adapters",
     "count_parameters", "load_adapter", "merge_and_unload", "save_adapter", "__version__",
-    "Run", "SnapshotRecorder", "analysis",
+    "Run", "SnapshotRecorder", "analysis", "figures", "report",
 ]
+
+
+def __getattr__(name: str):
+    """``tlora_analysis.figures`` / ``.report`` on first use (they import matplotlib)."""
+    if name in ("figures", "report"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
