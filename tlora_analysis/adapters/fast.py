@@ -61,10 +61,16 @@ class _DropoutMask:
 
     def __init__(self, shape: torch.Size, p: float, device: torch.device) -> None:
         self.shape, self.p, self.device = shape, p, device
-        self.state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+        if device.type == "cuda":
+            self.generator = torch.cuda.default_generators[device.index if device.index is not None
+                                                           else torch.cuda.current_device()]
+        else:
+            self.generator = torch.default_generator
+        self.state = self.generator.get_state()
 
     def _draw(self) -> torch.Tensor:
-        return torch.empty(self.shape, dtype=torch.bool, device=self.device).bernoulli_(1.0 - self.p)
+        mask = torch.empty(self.shape, dtype=torch.bool, device=self.device)
+        return mask.bernoulli_(1.0 - self.p, generator=self.generator)
 
     def apply(self, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """t ∘ mask / (1 − p) in one kernel."""
@@ -74,13 +80,10 @@ class _DropoutMask:
         return self.apply(t, self._draw())  # advances the generator like nn.Dropout
 
     def backward(self, g: torch.Tensor) -> torch.Tensor:
-        cuda = self.device.type == "cuda"
-        with torch.random.fork_rng(devices=[self.device] if cuda else [], device_type=self.device.type):
-            if cuda:
-                torch.cuda.set_rng_state(self.state, self.device)
-            else:
-                torch.set_rng_state(self.state)
-            mask = self._draw()
+        now = self.generator.get_state()
+        self.generator.set_state(self.state)
+        mask = self._draw()
+        self.generator.set_state(now)  # the random stream goes on as if nothing was redrawn
         return self.apply(g, mask)
 
 
@@ -93,8 +96,8 @@ def _dropout(t: torch.Tensor, p: float) -> tuple[torch.Tensor, _DropoutMask | No
 
 
 def _core_grads(
-    ctx: Any, go: torch.Tensor, u: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
-    alpha: torch.Tensor, need_u: bool | None = None,
+    ctx: Any, go: torch.Tensor, u: torch.Tensor, b: torch.Tensor, c: torch.Tensor, alpha: torch.Tensor,
+    alpha_b: torch.Tensor, need_u: bool | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(∂L/∂u, ∂L/∂B, ∂L/∂α) from the gradient ``go`` of the adapter output (tokens × out)."""
     gc = go @ c.T  # tokens × r: the one pass over go
@@ -102,8 +105,8 @@ def _core_grads(
     need_b, need_alpha = ctx.needs_input_grad[ctx.b_index], ctx.needs_input_grad[ctx.b_index + 2]
     g_core = u.T @ gc if (need_b or need_alpha) else None  # r × r
     grad_b = alpha * g_core if need_b else None
-    grad_alpha = (b * g_core).sum().reshape(alpha.shape) if need_alpha else None
-    grad_u = gc @ (alpha * b).T if need_u else None
+    grad_alpha = torch.dot(b.reshape(-1), g_core.reshape(-1)).reshape(alpha.shape) if need_alpha else None
+    grad_u = gc @ alpha_b.T if need_u else None
     return grad_u, grad_b, grad_alpha
 
 
@@ -127,18 +130,19 @@ class TLoRAAdapterFunction(torch.autograd.Function):
                 alpha: torch.Tensor, p_in: float, p_out: float) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         u, ctx.in_mask = _forward_u(x2, a, p_in)
-        out, ctx.out_mask = _dropout(u @ ((alpha * b) @ c), p_out)
-        ctx.save_for_backward(u, a, b, c, alpha)
+        alpha_b = alpha * b
+        out, ctx.out_mask = _dropout(u @ (alpha_b @ c), p_out)
+        ctx.save_for_backward(u, a, b, c, alpha, alpha_b)
         ctx.x_shape, ctx.needs_u, ctx.b_index = x.shape, ctx.needs_input_grad[0], 2
         return out.view(*x.shape[:-1], c.shape[1])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        u, a, b, c, alpha = ctx.saved_tensors
+        u, a, b, c, alpha, alpha_b = ctx.saved_tensors
         go = grad_out.reshape(-1, grad_out.shape[-1])
         if ctx.out_mask is not None:
             go = ctx.out_mask.backward(go)
-        grad_u, grad_b, grad_alpha = _core_grads(ctx, go, u, a, b, c, alpha)
+        grad_u, grad_b, grad_alpha = _core_grads(ctx, go, u, b, c, alpha, alpha_b)
         grad_x = None
         if grad_u is not None:
             grad_x = _input_grad_from_u(grad_u, a, ctx.in_mask).view(ctx.x_shape)
@@ -154,7 +158,8 @@ class TLoRALinearFunction(torch.autograd.Function):
                 p_in: float, p_out: float) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         u, ctx.in_mask = _forward_u(x2, a, p_in)
-        m = (alpha * b) @ c  # r × out: α and B folded into C once per forward
+        alpha_b = alpha * b
+        m = alpha_b @ c  # r × out: α and B folded into C once per forward
         if p_out > 0:
             out, ctx.out_mask = _dropout(u @ m, p_out)
             if bias is not None:
@@ -165,16 +170,16 @@ class TLoRALinearFunction(torch.autograd.Function):
         # The large product accumulates onto the adapter's output in its GEMM epilogue (β = 1):
         # the adapter costs one write of (tokens × out), not a separate add pass.
         out.addmm_(x2, weight.T)
-        ctx.save_for_backward(weight, u, a, b, c, alpha)
+        ctx.save_for_backward(weight, u, a, b, c, alpha, alpha_b)
         ctx.x_shape, ctx.needs_u, ctx.b_index = x.shape, ctx.needs_input_grad[0], 4
         return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        weight, u, a, b, c, alpha = ctx.saved_tensors
+        weight, u, a, b, c, alpha, alpha_b = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1])
         go = ctx.out_mask.backward(g) if ctx.out_mask is not None else g
-        grad_u, grad_b, grad_alpha = _core_grads(ctx, go, u, a, b, c, alpha)
+        grad_u, grad_b, grad_alpha = _core_grads(ctx, go, u, b, c, alpha, alpha_b)
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = _input_grad_from_u(grad_u, a, ctx.in_mask).addmm_(g, weight).view(ctx.x_shape)
@@ -199,17 +204,18 @@ class TLoRAMergedFunction(torch.autograd.Function):
                 a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         u = x2 @ a
-        out = F.linear(x2, _merged_weight(weight, a, (alpha * b) @ c), bias)
-        ctx.save_for_backward(weight, u, a, b, c, alpha)
+        m = (alpha * b) @ c
+        out = F.linear(x2, _merged_weight(weight, a, m), bias)
+        ctx.save_for_backward(weight, u, a, b, c, alpha, m)
         ctx.x_shape, ctx.needs_u, ctx.b_index = x.shape, ctx.needs_input_grad[0], 4
         return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        weight, u, a, b, c, alpha = ctx.saved_tensors
+        weight, u, a, b, c, alpha, m = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1])
-        _, grad_b, grad_alpha = _core_grads(ctx, g, u, a, b, c, alpha, need_u=False)
+        _, grad_b, grad_alpha = _core_grads(ctx, g, u, b, c, alpha, None, need_u=False)
         grad_x = None
         if ctx.needs_input_grad[0]:  # ∂L/∂x = g (W0 + ΔW): one product, no separate adapter term
-            grad_x = (g @ _merged_weight(weight, a, (alpha * b) @ c)).view(ctx.x_shape)
+            grad_x = (g @ _merged_weight(weight, a, m)).view(ctx.x_shape)
         return grad_x, None, None, None, grad_b, None, grad_alpha

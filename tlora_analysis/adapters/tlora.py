@@ -90,7 +90,7 @@ class TLoRALinear(AdaptedLinear):
         return (p, 0.0) if self.dropout_position == "input" else (0.0, p)
 
     def _adapter_fast_ok(self, x: torch.Tensor) -> bool:
-        if self._impl == "plain" or torch.is_autocast_enabled(x.device.type):
+        if self._impl == "plain" or x.device.type not in ("cpu", "cuda") or torch.is_autocast_enabled(x.device.type):
             return False
         dtype = self.tlora_A.dtype
         return all(t.dtype == dtype for t in (x, self.tlora_B, self.tlora_C, self.tlora_alpha))
