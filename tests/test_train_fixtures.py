@@ -25,20 +25,20 @@ def make_tiny_model(folder: Path, num_labels: int = 2) -> Path:
     BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
+                        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
+                        initializer_range=0.2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     BertForSequenceClassification(config).save_pretrained(folder)
     return folder
 
 
 def sentiment_frame(n: int, seed: int) -> pd.DataFrame:
-    """Sentences whose label is whether a positive word appears: easy to learn."""
+    """Sentences of three positive (label 1) or three negative (label 0) words among fillers: easy to learn."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         label = rng.randint(0, 1)
-        filler = rng.sample(WORDS[6:], 3)
-        key = rng.choice(POSITIVE if label else NEGATIVE)
-        words = filler + [key]
+        filler = rng.sample(WORDS[6:], 2)
+        words = filler + rng.choices(POSITIVE if label else NEGATIVE, k=3)
         rng.shuffle(words)
         rows.append({"sentence": " ".join(words), "label": label})
     return pd.DataFrame(rows)

@@ -1,0 +1,188 @@
+"""The training runner on a tiny random BERT: every method, recording, determinism, resume, errors."""
+
+from __future__ import annotations
+
+import errno
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_train_fixtures import make_local_task, make_tiny_model
+from tlora_analysis.experiments.config import TrainConfig
+from tlora_analysis.experiments.models import LabelRangeError, UnknownModelError, UnknownTargetError
+from tlora_analysis.experiments.train import DiskFullError, train
+from tlora_analysis.store import Run, RunExistsError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest single-threaded, and results do not depend on load."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return {"model": str(make_tiny_model(root / "model")), **make_local_task(root / "data")}
+
+
+def _config(tiny, tmp_path, **kw):
+    base = dict(rank=4, epochs=2, batch_size=16, lr=1e-2, log_every=1, progress=False, snapshots="every:3",
+                max_length=16, run_dir=str(tmp_path / "run"), **tiny)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("method", ["tlora", "lora", "full", "peft-lora"])
+def test_every_method_writes_a_readable_run(tiny, tmp_path, method):
+    result = train(_config(tiny, tmp_path, method=method))
+    run = Run(result.run_dir)
+    assert run.method == ("lora" if method == "peft-lora" else method)
+    assert result.steps == 12 and run.steps[0] == 0 and run.steps[-1] == 12
+    assert run.config["status"] == "complete"
+    assert run.config["hyperparameters"]["method"] == method
+    assert run.config["parameters"]["trainable"] == result.parameters["trainable"]
+    events = run.metrics
+    train_ev, eval_ev = events[events.event == "train"], events[events.event == "eval"]
+    assert {"step", "epoch", "event", "wall_time", "loss", "lr", "examples_per_s"} <= set(train_ev.columns)
+    assert len(train_ev) == 12 and np.isfinite(train_ev["loss"]).all()
+    assert list(eval_ev["step"]) == [6, 12] and set(eval_ev["split"]) == {"validation"}
+    assert eval_ev[["eval_loss", "accuracy", "f1", "mcc"]].notna().all().all()
+    assert (result.run_dir / "adapter").is_dir()
+    if method != "full":
+        assert run.layers == [f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(2) for m in ("query", "value")]
+        assert run.has_base_weights
+    update = run.update(run.layers[0], 12)
+    assert np.linalg.norm(np.asarray(update.dense())) > 0
+
+
+def test_peft_lora_snapshots_are_peft_parameters(tiny, tmp_path):
+    result = train(_config(tiny, tmp_path, method="peft-lora", epochs=1))
+    run = Run(result.run_dir)
+    saved = load_file(result.run_dir / "adapter" / "adapter_model.safetensors")  # written by PEFT
+    key = next(k for k in saved if "layer.0.attention.self.query.lora_B" in k)
+    assert torch.equal(run.trainable("bert.encoder.layer.0.attention.self.query", run.steps[-1])["lora_B"], saved[key])
+    assert run.lora_scaling(run.layers[0]) == pytest.approx(16 / 4)
+
+
+def test_loss_falls_and_learns_the_easy_task(tiny, tmp_path):
+    result = train(_config(tiny, tmp_path, method="tlora", epochs=6, lr=3e-2, dropout=0.0))
+    losses = [loss for _, loss in result.train_losses]
+    assert np.mean(losses[-6:]) < np.mean(losses[:6]) - 0.05
+    assert result.best["accuracy"] > 0.8
+    assert result.best["accuracy"] >= result.last["accuracy"] or result.best["step"] == result.last["step"]
+
+
+def test_same_command_twice_gives_the_same_metrics(tiny, tmp_path):
+    a = train(_config(tiny, tmp_path, run_dir=str(tmp_path / "a")))
+    b = train(_config(tiny, tmp_path, run_dir=str(tmp_path / "b")))
+    assert a.evals == b.evals and a.train_losses == b.train_losses
+    ra, rb = Run(a.run_dir), Run(b.run_dir)
+    for layer in ra.layers:
+        for key, t in ra.trainable(layer, 12).items():
+            assert torch.equal(t, rb.trainable(layer, 12)[key])
+    c = train(_config(tiny, tmp_path, run_dir=str(tmp_path / "c"), seed=1))
+    assert c.train_losses != a.train_losses
+
+
+def test_resume_continues_to_the_same_result(tiny, tmp_path, monkeypatch):
+    import tlora_analysis.experiments.train as runner
+
+    straight = train(_config(tiny, tmp_path, run_dir=str(tmp_path / "straight"), epochs=3))
+    real_save = runner.save_trainer_state
+
+    def save_then_die(run_dir, model, optimizer, scheduler, step, extra):
+        real_save(run_dir, model, optimizer, scheduler, step, extra)
+        if step == 6:
+            raise KeyboardInterrupt("killed right after the epoch-1 evaluation")
+
+    monkeypatch.setattr(runner, "save_trainer_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tiny, tmp_path, run_dir=str(tmp_path / "resumed"), epochs=3))
+    assert Run(tmp_path / "resumed").config["status"] == "interrupted"
+    monkeypatch.setattr(runner, "save_trainer_state", real_save)
+    resumed = train(_config(tiny, tmp_path, run_dir=str(tmp_path / "resumed"), epochs=3, resume=True))
+    assert Run(resumed.run_dir).config["resumed_at_steps"] == [6]
+    assert resumed.steps == straight.steps == 18
+    assert [e["accuracy"] for e in resumed.evals[-2:]] == [e["accuracy"] for e in straight.evals[-2:]]
+    a, b = Run(straight.run_dir), Run(resumed.run_dir)
+    for layer in a.layers:
+        for key, t in a.trainable(layer, 18).items():
+            torch.testing.assert_close(b.trainable(layer, 18)[key], t)
+
+
+def test_paper_preset_and_head_modes(tiny, tmp_path):
+    result = train(_config(tiny, tmp_path, method="tlora", head="frozen", epochs=1))
+    assert result.parameters["trainable"] == 4 * (4 * 4 + 1)  # r² + 1 per adapted matrix, head frozen
+    fresh = train(_config(tiny, tmp_path, method="tlora", epochs=1, run_dir=str(tmp_path / "fresh")))
+    assert fresh.parameters["trainable"] == 4 * 17 + (32 * 2 + 2)
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_existing_run_dir_needs_resume_or_overwrite(tiny, tmp_path):
+    train(_config(tiny, tmp_path, epochs=1))
+    with pytest.raises(RunExistsError, match="--resume.*--overwrite"):
+        train(_config(tiny, tmp_path, epochs=1))
+    again = train(_config(tiny, tmp_path, epochs=1, overwrite=True))
+    assert Run(again.run_dir).config["status"] == "complete"
+    with pytest.raises(FileNotFoundError, match="drop --resume"):
+        train(_config(tiny, tmp_path, epochs=1, resume=True, run_dir=str(tmp_path / "never")))
+
+
+def test_unknown_target_lists_close_names(tiny, tmp_path):
+    with pytest.raises(UnknownTargetError, match=r"'quer'.*close names: \['query'\]"):
+        train(_config(tiny, tmp_path, targets=("quer", "value")))
+
+
+def test_rank_rejected(tiny, tmp_path):
+    with pytest.raises(ValueError, match="rank 64 exceeds min"):
+        train(_config(tiny, tmp_path, rank=64))
+    with pytest.raises(ValueError, match="rank 64 exceeds min"):
+        train(_config(tiny, tmp_path, rank=64, method="peft-lora"))
+    with pytest.raises(ValueError, match="positive integer"):
+        train(_config(tiny, tmp_path, rank=0))
+
+
+def test_labels_outside_frozen_head(tiny, tmp_path):
+    three = {**tiny, "model": str(make_tiny_model(tmp_path / "two", num_labels=2))}
+    train_csv = tmp_path / "three.csv"
+    train_csv.write_text("sentence,label\ngood movie,0\nbad movie,1\nthe plot,2\n")
+    with pytest.raises(LabelRangeError, match="0..2.*2 outputs.*head='fresh'"):
+        train(_config(three, tmp_path, head="frozen", train_file=str(train_csv), validation_file=str(train_csv)))
+
+
+def test_unknown_model_and_task(tiny, tmp_path):
+    with pytest.raises(UnknownModelError, match="does not exist"):
+        train(_config(tiny, tmp_path, model="./no/such/model"))
+    with pytest.raises(ValueError, match="unknown task"):
+        train(TrainConfig(task="nonsense", model=tiny["model"], run_dir=str(tmp_path / "x"), progress=False))
+
+
+def test_missing_column(tiny, tmp_path):
+    with pytest.raises(ValueError, match="no column"):
+        train(_config(tiny, tmp_path, text_columns=("review",)))
+
+
+def test_no_space_left_keeps_the_run_readable(tiny, tmp_path, monkeypatch):
+    import tlora_analysis.store.writer as writer
+
+    real, calls = writer.save_tensors, {"n": 0}
+
+    def filling_disk(path, tensors, metadata=None):
+        calls["n"] += 1
+        if calls["n"] > 4:  # frozen + step 0 + two snapshots succeed, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, tensors, metadata)
+
+    monkeypatch.setattr(writer, "save_tensors", filling_disk)
+    with pytest.raises(DiskFullError, match="no space left.*readable up to step 6.*--resume"):
+        train(_config(tiny, tmp_path, snapshots="every:3"))
+    run = Run(tmp_path / "run")
+    assert run.steps == [0, 3, 6]
+    assert run.trainable(run.layers[0], 6)["tlora_B"].abs().sum() > 0

@@ -1,0 +1,64 @@
+"""Evaluation metrics against hand-computed cases and independent formulas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tlora_analysis.experiments.metrics import (
+    classification_metrics,
+    compute_metrics,
+    confusion_matrix,
+    regression_metrics,
+)
+
+
+def test_binary_hand_computed():
+    # TP=2 FN=1 FP=1 TN=1
+    m = classification_metrics([1, 1, 0, 0, 1], [1, 0, 0, 1, 1], 2)
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert m["mcc"] == pytest.approx((2 * 1 - 1 * 1) / np.sqrt(3 * 3 * 2 * 2))
+
+
+def test_multiclass_hand_computed():
+    labels, preds = [0, 1, 2, 0, 1, 2], [0, 2, 1, 0, 1, 2]
+    assert confusion_matrix(labels, preds, 3).tolist() == [[2, 0, 0], [0, 1, 1], [0, 1, 1]]
+    m = classification_metrics(labels, preds, 3)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["f1"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert m["mcc"] == pytest.approx((4 * 6 - 12) / np.sqrt((36 - 12) * (36 - 12)))
+
+
+def test_constant_prediction_has_zero_mcc_and_perfect_is_one():
+    assert classification_metrics([0, 1, 1], [1, 1, 1], 2)["mcc"] == 0.0
+    perfect = classification_metrics([0, 1, 2, 1], [0, 1, 2, 1], 3)
+    assert perfect == {"accuracy": 1.0, "f1": 1.0, "mcc": pytest.approx(1.0)}
+
+
+def test_binary_mcc_equals_pearson_of_indicators():
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 2, 200), rng.integers(0, 2, 200)
+    assert classification_metrics(y, p, 2)["mcc"] == pytest.approx(np.corrcoef(y, p)[0, 1])
+
+
+def test_regression_metrics():
+    x = np.linspace(0, 1, 20)
+    m = regression_metrics(x, x**3)
+    assert m["spearman"] == pytest.approx(1.0)
+    assert m["pearson"] == pytest.approx(np.corrcoef(x, x**3)[0, 1])
+    assert np.isnan(regression_metrics(x, np.ones(20))["pearson"])
+
+
+def test_compute_metrics_from_logits():
+    logits = np.array([[2.0, -1.0], [0.0, 3.0], [1.0, 0.5]])
+    assert compute_metrics(np.array([0, 1, 1]), logits, False)["accuracy"] == pytest.approx(2 / 3)
+    reg = compute_metrics(np.array([1.0, 2.0, 3.0]), np.array([[0.1], [0.2], [0.4]]), True)
+    assert reg["spearman"] == pytest.approx(1.0)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="differ in length"):
+        classification_metrics([0, 1], [0], 2)
+    with pytest.raises(ValueError, match="no examples"):
+        classification_metrics([], [], 2)
