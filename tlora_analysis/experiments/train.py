@@ -42,7 +42,10 @@ class DiskFullError(OSError):
 
 @dataclass
 class TrainResult:
-    """What a run produced: where it is, its best and last evaluation, counts and time."""
+    """What a run produced: where it is, its best and last evaluation, counts, time, the trained model.
+
+    ``model`` is the trained model itself (unwrapped from DDP; for peft-lora the PEFT model).
+    """
 
     run_dir: Path
     config: TrainConfig
@@ -54,6 +57,7 @@ class TrainResult:
     steps: int
     wall_time: float
     max_length: int
+    model: nn.Module | None = field(default=None, repr=False)
     data_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -370,7 +374,7 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
         run_dir=run_dir, config=config, best=state["best"], last=last, evals=state["evals"],
         train_losses=state["train_losses"],
         parameters={"trainable": counts.trainable, "frozen": counts.frozen, "total": counts.total},
-        steps=step, wall_time=time.time() - start, max_length=max_length,
+        steps=step, wall_time=time.time() - start, max_length=max_length, model=model,
         data_sizes={"train": len(train_set), "validation": len(eval_set)},
     )
     if ctx.is_main and config.progress:
