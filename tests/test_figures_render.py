@@ -42,7 +42,8 @@ def test_index_lists_caption_command_and_runs(rendered, runs):
     md = (out / "index.md").read_text()
     html = (out / "index.html").read_text()
     assert f"tlora-analysis figures {runs['tlora'].path}" in md
-    assert "--null" in md and "Skipped" not in md
+    nulls = " ".join(str(r.path) for r in runs["null"])
+    assert f"--null {nulls} -o {out}" in md and "Skipped" not in md
     for name in catalog_names():
         assert f"]({name}.png)" in md and f"src='{name}.png'" in html
     assert "paper-faithful" in md and "Paper Fig. 10" in md

@@ -46,8 +46,8 @@ def figures_command(runs: Sequence[RunLike], out_dir: str | os.PathLike, null_ru
         return str(getattr(r, "path", r))
 
     parts = ["tlora-analysis", "figures", *map(path, runs)]
-    for r in null_runs:
-        parts += ["--null", path(r)]
+    if null_runs:
+        parts += ["--null", *map(path, null_runs)]
     parts += ["-o", str(out_dir)]
     return shlex.join(parts)
 
