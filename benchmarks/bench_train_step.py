@@ -18,7 +18,7 @@ fused path), ``lora`` (ours), ``peft`` (PEFT's LoRA, default: adapter weights in
 same as ``peft``). Ablations at the largest rank: ``tlora-plain`` (the formula in autograd),
 ``tlora-folded`` ((x A)(α B C) in autograd), ``tlora-adapter`` (adapter Function, unfused add),
 ``tlora-merged`` (one product with W0 + ΔW, opt-in),
-TLoRA with dropout 0.1 at each position (on "all"), and ``tlora+recorder`` (snapshots every step) when
+TLoRA with dropout 0.1 at each position (on "all"; the mask redrawn in the backward, or stored), and ``tlora+recorder`` (snapshots every step) when
 ``tlora_analysis.recording`` exists. Every adapter uses dropout 0 unless named.
 
 Memory: GPU peak allocated bytes per arm; on both, the bytes autograd saves for the backward
@@ -75,7 +75,8 @@ def plan_arms(device: str, ranks: list[int], targets: list[str], recorder: bool)
         arms.append(Arm("floor", options={"repeat": 1}))
     for t in targets if device == "cuda" else targets[-1:]:  # the CPU is slow: ablations on one target set
         arms += [Arm(f"tlora-{impl}", top, t) for impl in ("plain", "folded", "adapter", "merged")]
-    arms += [Arm("tlora", top, "all", {"dropout": 0.1, "position": pos}) for pos in ("output", "input")]
+    arms += [Arm("tlora", top, "all", {"dropout": 0.1, "position": pos, "mask": mask})
+             for mask in ("redraw", "store") for pos in ("output", "input")]
     if recorder:
         arms.append(Arm("tlora+recorder", top, "all"))
     if device == "cuda":
@@ -159,6 +160,7 @@ def build_arm(arm: Arm, base: nn.Module, device: str) -> nn.Module:
                 layer.adapter_output = folded_adapter_output(layer)
             else:
                 layer.impl = impl
+            layer.dropout_mask = arm.options.get("mask", "redraw")
         return model
     if arm.name == "lora":
         return apply_adapters(model, LoRAConfig(rank=arm.rank, target_modules=targets, dropout=0.0))
@@ -304,7 +306,7 @@ def ratio_table(results: list[dict]) -> str:
     lines = ["| arm | median ms (q25–q75) | × floor | × PEFT | tokens/s | peak GiB | × floor mem | saved MiB | trainable |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        label = r["arm"] + (f" dropout {r['dropout']} {r['position']}" if "dropout" in r else "")
+        label = r["arm"] + (f" dropout {r['dropout']} {r['position']} {r['mask']}" if "dropout" in r else "")
         label += f" (#{r['repeat'] + 1})" if "repeat" in r else ""
         p = peft.get((r["rank"], r["targets"]))
         peak = r.get("peak_bytes")

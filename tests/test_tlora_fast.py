@@ -21,7 +21,8 @@ FAST = ("adapter", "fused", "merged")
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=2e-5, atol=2e-5)}
 
 
-def make_layer(dtype, impl, dropout=0.0, position="output", rank=4, bias=True, seed=0, train_alpha=True):
+def make_layer(dtype, impl, dropout=0.0, position="output", rank=4, bias=True, seed=0, train_alpha=True,
+               dropout_mask="redraw"):
     torch.manual_seed(seed)
     base = nn.Linear(12, 10, bias=bias).to(dtype)
     config = TLoRAConfig(rank=rank, dropout=dropout, dropout_position=position, alpha_init=0.8,
@@ -30,6 +31,7 @@ def make_layer(dtype, impl, dropout=0.0, position="output", rank=4, bias=True, s
     with torch.no_grad():
         layer.tlora_B.normal_()  # B starts at zero; a random B exercises every term
     layer.impl = impl
+    layer.dropout_mask = dropout_mask
     return layer
 
 
@@ -71,6 +73,24 @@ def test_matches_plain_formula(impl, dtype, dropout, position, bias):
     assert g_fast.keys() == g_ref.keys() == {"x", "tlora_B", "tlora_alpha"}
     for name in g_ref:
         torch.testing.assert_close(g_fast[name], g_ref[name], **TOL[dtype], msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("position", ["output", "input"])
+def test_stored_mask_matches_plain_formula(impl, position):
+    layer = make_layer(torch.float64, impl, 0.3, position, dropout_mask="store")
+    x = torch.randn(3, 5, 12, dtype=torch.float64)
+    y_fast, g_fast = outputs_and_grads(layer, layer, x, seed=9)
+    y_ref, g_ref = outputs_and_grads(lambda t: reference(layer, t, 0.3, position, True), layer, x, seed=9)
+    torch.testing.assert_close(y_fast, y_ref, **TOL[torch.float64])
+    for name in g_ref:
+        torch.testing.assert_close(g_fast[name], g_ref[name], **TOL[torch.float64], msg=f"gradient of {name}")
+
+
+def test_unknown_dropout_mask_is_rejected():
+    layer = make_layer(torch.float64, "fused")
+    with pytest.raises(ValueError, match="dropout_mask must be"):
+        layer.dropout_mask = "keep"
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
@@ -237,19 +257,23 @@ def test_cuda_bf16_close_to_float64(impl, position):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("impl", FAST)
 @pytest.mark.parametrize("position", ["output", "input"])
-def test_cuda_dropout_redraws_the_forward_mask(impl, position):
-    layer = make_layer(torch.float32, impl, dropout=0.4, position=position, rank=8).cuda()
+@pytest.mark.parametrize("dropout_mask", ["redraw", "store"])
+def test_cuda_dropout_uses_the_forward_mask_in_backward(impl, position, dropout_mask):
+    layer = make_layer(torch.float32, impl, dropout=0.4, position=position, rank=8, dropout_mask=dropout_mask).cuda()
     x = torch.randn(3, 40, 12, device="cuda")
+
+    def drop(t):  # "store" uses nn.Dropout's kernel; "redraw" a Bernoulli bool mask of the 2-D shape
+        if dropout_mask == "store":
+            return F.dropout(t.reshape(-1, t.shape[-1]), 0.4, True).view(t.shape)
+        keep = torch.empty(t.reshape(-1, t.shape[-1]).shape, dtype=torch.bool, device="cuda").bernoulli_(0.6)
+        return t * keep.view(t.shape) / 0.6
 
     def with_explicit_mask(t):
         base = F.linear(t, layer.base_layer.weight, layer.base_layer.bias)
         a, b, c, alpha = layer.tlora_A, layer.tlora_B, layer.tlora_C, layer.tlora_alpha
         if position == "input":
-            keep = torch.empty(t.reshape(-1, 12).shape, dtype=torch.bool, device="cuda").bernoulli_(0.6)
-            return base + alpha * (((t * keep.view(t.shape) / 0.6) @ a) @ b) @ c
-        adapter = alpha * (((t @ a) @ b) @ c)
-        keep = torch.empty(adapter.reshape(-1, 10).shape, dtype=torch.bool, device="cuda").bernoulli_(0.6)
-        return base + adapter * keep.view(adapter.shape) / 0.6
+            return base + alpha * (((drop(t) @ a) @ b) @ c)
+        return base + drop(alpha * (((t @ a) @ b) @ c))
 
     y, g = outputs_and_grads(layer, layer, x, seed=4)
     y_ref, g_ref = outputs_and_grads(with_explicit_mask, layer, x, seed=4)

@@ -19,7 +19,9 @@ Four implementations, selected per layer by ``TLoRALinear.impl``:
   activation-sized ones). Without dropout only (else "fused"); W0 + ΔW is rounded to W0's
   dtype, which in bfloat16 drops updates below W0's rounding step.
 
-Dropout masks are never stored: the backward redraws them from the saved generator state.
+Dropout masks are not stored by default: the backward redraws them from the saved generator
+state (peak memory stays at the no-dropout level; the redraw costs a second pass of random
+numbers). ``TLoRALinear.dropout_mask = "store"`` keeps nn.Dropout's one-byte mask instead.
 
 Gradients are exact for B, α and x: with gc = g Cᵀ (tokens × r) and G = uᵀ gc (r × r),
 ∂L/∂B = α G, ∂L/∂α = Σ B ∘ G, ∂L/∂u = gc (α B)ᵀ, ∂L/∂x = ∂L/∂u Aᵀ (+ g W0 for the base).
@@ -87,10 +89,23 @@ class _DropoutMask:
         return self.apply(g, mask)
 
 
-def _dropout(t: torch.Tensor, p: float) -> tuple[torch.Tensor, _DropoutMask | None]:
+class _StoredMask:
+    """The kept-mask of ``torch.native_dropout`` (nn.Dropout's kernel), stored: no redraw, one byte per element."""
+
+    def __init__(self, mask: torch.Tensor, p: float) -> None:
+        self.mask, self.p = mask, p
+
+    def backward(self, g: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten.native_dropout_backward(g, self.mask, 1.0 / (1.0 - self.p))
+
+
+def _dropout(t: torch.Tensor, p: float, store: bool) -> tuple[torch.Tensor, _DropoutMask | _StoredMask | None]:
     """Inverted dropout of ``t`` (no-op for p = 0) and what the backward needs to redo it."""
     if p <= 0:
         return t, None
+    if store:
+        out, mask = torch.native_dropout(t, p, True)
+        return out, _StoredMask(mask, p)
     dm = _DropoutMask(t.shape, p, t.device)
     return dm.forward(t), dm
 
@@ -110,13 +125,14 @@ def _core_grads(
     return grad_u, grad_b, grad_alpha
 
 
-def _forward_u(x2: torch.Tensor, a: torch.Tensor, p_in: float) -> tuple[torch.Tensor, _DropoutMask | None]:
+def _forward_u(x2: torch.Tensor, a: torch.Tensor, p_in: float,
+               store: bool) -> tuple[torch.Tensor, _DropoutMask | _StoredMask | None]:
     """u = dropout(x) A (tokens × r) and the input dropout's mask (None without input dropout)."""
-    xd, mask = _dropout(x2, p_in)
+    xd, mask = _dropout(x2, p_in, store)
     return xd @ a, mask
 
 
-def _input_grad_from_u(grad_u: torch.Tensor, a: torch.Tensor, mask: _DropoutMask | None) -> torch.Tensor:
+def _input_grad_from_u(grad_u: torch.Tensor, a: torch.Tensor, mask: _DropoutMask | _StoredMask | None) -> torch.Tensor:
     """∂L/∂x of the adapter branch (tokens × in)."""
     gx = grad_u @ a.T
     return gx if mask is None else mask.backward(gx)
@@ -127,11 +143,11 @@ class TLoRAAdapterFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
-                alpha: torch.Tensor, p_in: float, p_out: float) -> torch.Tensor:
+                alpha: torch.Tensor, p_in: float, p_out: float, store_mask: bool) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        u, ctx.in_mask = _forward_u(x2, a, p_in)
+        u, ctx.in_mask = _forward_u(x2, a, p_in, store_mask)
         alpha_b = alpha * b
-        out, ctx.out_mask = _dropout(u @ (alpha_b @ c), p_out)
+        out, ctx.out_mask = _dropout(u @ (alpha_b @ c), p_out, store_mask)
         ctx.save_for_backward(u, a, b, c, alpha, alpha_b)
         ctx.x_shape, ctx.needs_u, ctx.b_index = x.shape, ctx.needs_input_grad[0], 2
         return out.view(*x.shape[:-1], c.shape[1])
@@ -146,7 +162,7 @@ class TLoRAAdapterFunction(torch.autograd.Function):
         grad_x = None
         if grad_u is not None:
             grad_x = _input_grad_from_u(grad_u, a, ctx.in_mask).view(ctx.x_shape)
-        return grad_x, None, grad_b, None, grad_alpha, None, None
+        return grad_x, None, grad_b, None, grad_alpha, None, None, None
 
 
 class TLoRALinearFunction(torch.autograd.Function):
@@ -155,13 +171,13 @@ class TLoRALinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, alpha: torch.Tensor,
-                p_in: float, p_out: float) -> torch.Tensor:
+                p_in: float, p_out: float, store_mask: bool) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        u, ctx.in_mask = _forward_u(x2, a, p_in)
+        u, ctx.in_mask = _forward_u(x2, a, p_in, store_mask)
         alpha_b = alpha * b
         m = alpha_b @ c  # r × out: α and B folded into C once per forward
         if p_out > 0:
-            out, ctx.out_mask = _dropout(u @ m, p_out)
+            out, ctx.out_mask = _dropout(u @ m, p_out, store_mask)
             if bias is not None:
                 out.add_(bias)
         else:
@@ -183,7 +199,7 @@ class TLoRALinearFunction(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = _input_grad_from_u(grad_u, a, ctx.in_mask).addmm_(g, weight).view(ctx.x_shape)
-        return grad_x, None, None, None, grad_b, None, grad_alpha, None, None
+        return grad_x, None, None, None, grad_b, None, grad_alpha, None, None, None
 
 
 def _merged_weight(weight: torch.Tensor, a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

@@ -68,6 +68,7 @@ class TLoRALinear(AdaptedLinear):
         self.dropout_position = config.dropout_position
         self.rank = config.rank
         self.impl = "fused"
+        self.dropout_mask = "redraw"
 
     @property
     def impl(self) -> str:
@@ -84,6 +85,17 @@ class TLoRALinear(AdaptedLinear):
         if value not in IMPLEMENTATIONS:
             raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {value!r}")
         self._impl = value
+
+    @property
+    def dropout_mask(self) -> str:
+        """Fast paths' dropout mask: "redraw" (default: recomputed in the backward, no memory) or "store"."""
+        return self._dropout_mask
+
+    @dropout_mask.setter
+    def dropout_mask(self, value: str) -> None:
+        if value not in ("redraw", "store"):
+            raise ValueError(f"dropout_mask must be 'redraw' or 'store', got {value!r}")
+        self._dropout_mask = value
 
     def _dropout_probabilities(self) -> tuple[float, float]:
         p = self.dropout.p if isinstance(self.dropout, nn.Dropout) and self.dropout.training else 0.0
@@ -112,7 +124,8 @@ class TLoRALinear(AdaptedLinear):
         if self._adapter_fast_ok(x):
             p_in, p_out = self._dropout_probabilities()
             return TLoRAAdapterFunction.apply(
-                x, self.tlora_A, self.tlora_B, self.tlora_C, self.tlora_alpha, p_in, p_out)
+                x, self.tlora_A, self.tlora_B, self.tlora_C, self.tlora_alpha, p_in, p_out,
+                self._dropout_mask == "store")
         return plain_adapter_output(x, self.tlora_A, self.tlora_B, self.tlora_C, self.tlora_alpha,
                                     self.dropout, self.dropout_position)
 
@@ -123,7 +136,8 @@ class TLoRALinear(AdaptedLinear):
             factors = (self.tlora_A, self.tlora_B, self.tlora_C, self.tlora_alpha)
             if self._impl == "merged" and p_in == p_out == 0:
                 return TLoRAMergedFunction.apply(x, base.weight, base.bias, *factors)
-            return TLoRALinearFunction.apply(x, base.weight, base.bias, *factors, p_in, p_out)
+            return TLoRALinearFunction.apply(x, base.weight, base.bias, *factors, p_in, p_out,
+                                             self._dropout_mask == "store")
         return super().forward(x)
 
     @torch.no_grad()
