@@ -19,21 +19,20 @@ import torch
 
 from helpers_runs import one_torch_thread, tiny_batch, tiny_config, tiny_model
 from tlora_analysis import Run, SnapshotRecorder, apply_adapters
-from tlora_analysis.recording import EveryN, LogSpaced  # noqa: F401 - the schedules eval() names
+from tlora_analysis.recording import EveryN, LogSpaced
 
 TRIALS = 12
 PARALLEL = 3
 TOTAL_STEPS = 100_000  # never reached: every child is killed
-SCHEDULES = ["EveryN(1)", "LogSpaced(400, %d)" % TOTAL_STEPS]
+SCHEDULES = [EveryN(1), LogSpaced(400, TOTAL_STEPS)]
 
 
-
-def _train_until_killed(model, run_dir: str, schedule: str, ready) -> None:
+def _train_until_killed(model, run_dir: str, schedule, ready) -> None:
     """The child: record every step (and log every step) until SIGKILL arrives."""
     torch.set_num_threads(1)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
     ready.set()
-    rec = SnapshotRecorder(model, run_dir, schedule=eval(schedule), total_steps=TOTAL_STEPS).attach(opt)
+    rec = SnapshotRecorder(model, run_dir, schedule=schedule, total_steps=TOTAL_STEPS).attach(opt)
     for step in range(TOTAL_STEPS):
         model(**tiny_batch(step % 7)).loss.backward()
         opt.step()
@@ -53,13 +52,7 @@ def _start(tmp_path: Path, trial: int, rng: random.Random, models: dict):
     return proc, ready, run_dir, schedule, rng.uniform(0.0, 1.5)
 
 
-def _expected_steps(schedule: str) -> list[int]:
-    if schedule == "EveryN(1)":
-        return list(range(TOTAL_STEPS + 1))
-    return list(LogSpaced(400, TOTAL_STEPS).steps)
-
-
-def _check(run_dir: Path, schedule: str) -> int:
+def _check(run_dir: Path, schedule) -> int:
     if not run_dir.exists():  # killed before the creation's rename: nothing half-made
         assert not any(p.name.startswith(f".{run_dir.name}.") and not p.name.startswith(f".{run_dir.name}.creating")
                        for p in run_dir.parent.iterdir())
@@ -67,7 +60,7 @@ def _check(run_dir: Path, schedule: str) -> int:
     run = Run(run_dir)
     report = run.verify()
     assert report.ok, str(report)
-    expected = _expected_steps(schedule)
+    expected = schedule.steps_until(TOTAL_STEPS)
     assert run.steps == expected[: len(run.steps)], f"{run.steps[:10]} is not a prefix of the schedule"
     assert run.steps[0] == 0
     if run.steps[-1] > 0:
