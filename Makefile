@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# OMP_WAIT_POLICY=PASSIVE: OpenMP threads sleep instead of spinning while they wait, which keeps
+# CPU training from slowing down several-fold when other processes share the cores.
 demo: $(STAMP)
-	$(PY) -m tlora_analysis demo
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m tlora_analysis demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
