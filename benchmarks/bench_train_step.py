@@ -160,7 +160,7 @@ def build_arm(arm: Arm, base: nn.Module, device: str) -> nn.Module:
                 layer.adapter_output = folded_adapter_output(layer)
             else:
                 layer.impl = impl
-            layer.dropout_mask = arm.options.get("mask", "redraw")
+            layer.dropout_mask = arm.options.get("mask", "auto")
         return model
     if arm.name == "lora":
         return apply_adapters(model, LoRAConfig(rank=arm.rank, target_modules=targets, dropout=0.0))

@@ -22,7 +22,7 @@ TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=2e-
 
 
 def make_layer(dtype, impl, dropout=0.0, position="output", rank=4, bias=True, seed=0, train_alpha=True,
-               dropout_mask="redraw"):
+               dropout_mask="redraw"):  # "redraw" by default: the CPU tests then cover the redraw
     torch.manual_seed(seed)
     base = nn.Linear(12, 10, bias=bias).to(dtype)
     config = TLoRAConfig(rank=rank, dropout=dropout, dropout_position=position, alpha_init=0.8,
@@ -77,8 +77,9 @@ def test_matches_plain_formula(impl, dtype, dropout, position, bias):
 
 @pytest.mark.parametrize("impl", FAST)
 @pytest.mark.parametrize("position", ["output", "input"])
-def test_stored_mask_matches_plain_formula(impl, position):
-    layer = make_layer(torch.float64, impl, 0.3, position, dropout_mask="store")
+@pytest.mark.parametrize("dropout_mask", ["store", "auto"])
+def test_stored_mask_matches_plain_formula(impl, position, dropout_mask):
+    layer = make_layer(torch.float64, impl, 0.3, position, dropout_mask=dropout_mask)
     x = torch.randn(3, 5, 12, dtype=torch.float64)
     y_fast, g_fast = outputs_and_grads(layer, layer, x, seed=9)
     y_ref, g_ref = outputs_and_grads(lambda t: reference(layer, t, 0.3, position, True), layer, x, seed=9)
@@ -89,6 +90,7 @@ def test_stored_mask_matches_plain_formula(impl, position):
 
 def test_unknown_dropout_mask_is_rejected():
     layer = make_layer(torch.float64, "fused")
+    assert TLoRALinear(torch.nn.Linear(4, 4), "l", TLoRAConfig(rank=2)).dropout_mask == "auto"
     with pytest.raises(ValueError, match="dropout_mask must be"):
         layer.dropout_mask = "keep"
 

@@ -19,9 +19,9 @@ Four implementations, selected per layer by ``TLoRALinear.impl``:
   activation-sized ones). Without dropout only (else "fused"); W0 + ΔW is rounded to W0's
   dtype, which in bfloat16 drops updates below W0's rounding step.
 
-Dropout masks are not stored by default: the backward redraws them from the saved generator
-state (peak memory stays at the no-dropout level; the redraw costs a second pass of random
-numbers). ``TLoRALinear.dropout_mask = "store"`` keeps nn.Dropout's one-byte mask instead.
+Dropout masks on CUDA are not stored by default: the backward redraws them from the saved
+generator state (peak memory stays at the no-dropout level; the redraw costs a second pass of
+random numbers). ``TLoRALinear.dropout_mask`` ("auto", "redraw", "store") chooses.
 
 Gradients are exact for B, α and x: with gc = g Cᵀ (tokens × r) and G = uᵀ gc (r × r),
 ∂L/∂B = α G, ∂L/∂α = Σ B ∘ G, ∂L/∂u = gc (α B)ᵀ, ∂L/∂x = ∂L/∂u Aᵀ (+ g W0 for the base).

@@ -68,7 +68,7 @@ class TLoRALinear(AdaptedLinear):
         self.dropout_position = config.dropout_position
         self.rank = config.rank
         self.impl = "fused"
-        self.dropout_mask = "redraw"
+        self.dropout_mask = "auto"
 
     @property
     def impl(self) -> str:
@@ -88,14 +88,19 @@ class TLoRALinear(AdaptedLinear):
 
     @property
     def dropout_mask(self) -> str:
-        """Fast paths' dropout mask: "redraw" (default: recomputed in the backward, no memory) or "store"."""
+        """Fast paths' dropout mask: "redraw" (recomputed in the backward: no memory, a second pass of
+        random numbers), "store" (nn.Dropout's one-byte mask) or "auto" (default: redraw on CUDA,
+        where memory binds; store on the CPU, where random numbers are expensive)."""
         return self._dropout_mask
 
     @dropout_mask.setter
     def dropout_mask(self, value: str) -> None:
-        if value not in ("redraw", "store"):
-            raise ValueError(f"dropout_mask must be 'redraw' or 'store', got {value!r}")
+        if value not in ("auto", "redraw", "store"):
+            raise ValueError(f"dropout_mask must be 'auto', 'redraw' or 'store', got {value!r}")
         self._dropout_mask = value
+
+    def _store_mask(self, x: torch.Tensor) -> bool:
+        return self._dropout_mask == "store" or (self._dropout_mask == "auto" and x.device.type != "cuda")
 
     def _dropout_probabilities(self) -> tuple[float, float]:
         p = self.dropout.p if isinstance(self.dropout, nn.Dropout) and self.dropout.training else 0.0
@@ -124,8 +129,7 @@ class TLoRALinear(AdaptedLinear):
         if self._adapter_fast_ok(x):
             p_in, p_out = self._dropout_probabilities()
             return TLoRAAdapterFunction.apply(
-                x, self.tlora_A, self.tlora_B, self.tlora_C, self.tlora_alpha, p_in, p_out,
-                self._dropout_mask == "store")
+                x, self.tlora_A, self.tlora_B, self.tlora_C, self.tlora_alpha, p_in, p_out, self._store_mask(x))
         return plain_adapter_output(x, self.tlora_A, self.tlora_B, self.tlora_C, self.tlora_alpha,
                                     self.dropout, self.dropout_position)
 
@@ -137,7 +141,7 @@ class TLoRALinear(AdaptedLinear):
             if self._impl == "merged" and p_in == p_out == 0:
                 return TLoRAMergedFunction.apply(x, base.weight, base.bias, *factors)
             return TLoRALinearFunction.apply(x, base.weight, base.bias, *factors, p_in, p_out,
-                                             self._dropout_mask == "store")
+                                             self._store_mask(x))
         return super().forward(x)
 
     @torch.no_grad()
