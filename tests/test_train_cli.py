@@ -1,0 +1,73 @@
+"""`tlora-analysis train`: presets, flag overrides, the command end to end, snapshot schedules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from test_train_fixtures import make_local_task, make_tiny_model
+from tlora_analysis.cli import build_parser, main
+from tlora_analysis.experiments.cli import config_from_args
+from tlora_analysis.experiments.train import parse_snapshot_schedule
+from tlora_analysis.recording import EveryN, Explicit, LogSpaced
+from tlora_analysis.store import Run
+
+
+def _config(*flags):
+    return config_from_args(build_parser().parse_args(["train", *flags]))
+
+
+def test_defaults_without_preset():
+    c = _config()
+    assert (c.method, c.rank, c.head, c.lr, c.epochs, c.dropout) == ("tlora", 8, "fresh", 1e-3, 3.0, None)
+
+
+def test_paper_preset_matches_paper_section_2():
+    c = _config("--preset", "paper")
+    assert (c.rank, c.targets, c.lr, c.weight_decay, c.warmup_ratio, c.batch_size, c.epochs) == \
+        (32, ("query", "value"), 1e-3, 0.01, 0.06, 32, 30.0)
+    assert (c.dropout, c.head, c.max_length, c.precision, c.lora_alpha) == (0.5, "frozen", 512, "fp32", 16.0)
+    assert _config("--preset", "paper", "--method", "lora").dropout == 0.0
+
+
+def test_flags_override_the_preset():
+    c = _config("--preset", "paper", "--rank", "4", "--epochs", "1", "--head", "fresh", "--dropout", "0.1",
+                "--targets", "query", "key")
+    assert (c.rank, c.epochs, c.head, c.dropout, c.targets) == (4, 1.0, "fresh", 0.1, ("query", "key"))
+    assert c.lr == 1e-3  # not given: still the preset's
+
+
+def test_bad_flag_values():
+    with pytest.raises(ValueError, match="give --overwrite or --resume"):
+        _config("--overwrite", "--resume")
+    with pytest.raises(ValueError, match="warmup_ratio"):
+        _config("--warmup-ratio", "1.5")
+    with pytest.raises(ValueError, match="needs --train-file"):
+        _config("--task", "local")
+
+
+def test_train_command_end_to_end(tmp_path, capsys):
+    torch.set_num_threads(1)
+    model = make_tiny_model(tmp_path / "model")
+    task = make_local_task(tmp_path / "data")
+    argv = ["train", "--model", str(model), "--task", "local", "--train-file", task["train_file"],
+            "--validation-file", task["validation_file"], "--text-columns", "sentence", "--rank", "4",
+            "--epochs", "1", "--batch-size", "16", "--max-length", "16", "--run-dir", str(tmp_path / "run")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"run      {tmp_path / 'run'}" in out and "trainable 134" in out
+    assert Run(tmp_path / "run").config["status"] == "complete"
+    assert main(argv) == 1
+    assert "already exists; pass --resume" in capsys.readouterr().err
+    assert main(["train", "--model", str(tmp_path / "nowhere"), "--run-dir", str(tmp_path / "r2")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_snapshot_schedules():
+    assert parse_snapshot_schedule("every:5", 100) == EveryN(5)
+    assert isinstance(parse_snapshot_schedule("log:8", 100), LogSpaced)
+    explicit = parse_snapshot_schedule("10,20,50", 100)
+    assert isinstance(explicit, Explicit) and explicit.includes(20) and not explicit.includes(30)
+    for bad in ("every:x", "sometimes", "log:"):
+        with pytest.raises(ValueError, match="snapshot schedule"):
+            parse_snapshot_schedule(bad, 100)
