@@ -218,6 +218,7 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
 def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
     _check_run_dir(run_dir, config)
+    barrier(ctx)  # every process checks before rank 0 creates the folder
     seed_everything(config.seed)
     task = _load_data(config)
     loaded = load_model(config.model, task.num_labels, config.head, task.is_regression, seed=config.seed)
@@ -225,7 +226,7 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
     if task.is_regression and outputs != 1:
         raise ValueError(f"a regression task needs a 1-output head, the model has {outputs}; use head='fresh'")
     if not task.is_regression:
-        for name, frame in task.splits.items():
+        for frame in task.splits.values():
             check_label_range(frame["label"], outputs, config.head)
     model, record_model = _adapt(loaded, config)
     counts = count_parameters(record_model)
