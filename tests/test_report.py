@@ -108,3 +108,14 @@ def test_cli_report(runs, tmp_path, capsys):
     assert main(["report", str(runs["tlora"].path), str(runs["lora"].path), "-o", str(tmp_path), "--n-null", "5"]) == 0
     out = capsys.readouterr().out
     assert "TLoRA paper claims, checked" in out and (tmp_path / "report.html").exists()
+
+
+def test_stability_compares_with_the_step_half_way_through_training(tmp_path):
+    from tlora_analysis.recording import Explicit
+
+    # Snapshots crowd the start (as log-spaced schedules do): the median snapshot is step 2,
+    # the step nearest half-way through 16 steps is 8.
+    run = make_tiny_run(tmp_path, method="tlora", steps=16, schedule=Explicit([1, 2, 3, 8, 16]))
+    row = _row(evaluate_claims(run, make_tiny_run(tmp_path, method="lora", steps=16), n_null=5),
+               "update norms are stable")
+    assert "(step 16) − ‖ΔW‖_F(step 8)" in row["statistic"]

@@ -89,8 +89,10 @@ def gaussian_b(run_tlora: Any, run_lora: Any, step: int) -> Claim:
 
 # ------------------------------------------------------------------ claim 2: stable norms
 def _second_half_change(run: Any, step: int) -> tuple[float, int, int]:
-    steps = [s for s in run.steps if s <= step]
-    mid = steps[len(steps) // 2]
+    # The recorded step nearest half-way through training (not the median snapshot: log-spaced
+    # schedules put most snapshots early).
+    earlier = [s for s in run.steps if s < step] or [step]
+    mid = min(earlier, key=lambda s: (abs(s - step / 2), s))
     table = analysis.norms(run, steps=sorted({mid, step}))
     wide = table.pivot_table(index="layer", columns="step", values="fro_norm_dW", aggfunc="first")
     last = wide[step]
