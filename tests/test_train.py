@@ -78,6 +78,14 @@ def test_loss_falls_and_learns_the_easy_task(tiny, tmp_path):
     assert result.best["accuracy"] >= result.last["accuracy"] or result.best["step"] == result.last["step"]
 
 
+def test_logged_train_loss_is_the_mean_over_the_logging_window(tiny, tmp_path):
+    every = train(_config(tiny, tmp_path, run_dir=str(tmp_path / "every"), log_every=1)).train_losses
+    windowed = train(_config(tiny, tmp_path, run_dir=str(tmp_path / "win"), log_every=4)).train_losses
+    per_step = [loss for _, loss in every]
+    assert [s for s, _ in windowed] == [4, 8, 12]
+    assert [loss for _, loss in windowed] == pytest.approx([np.mean(per_step[i:i + 4]) for i in (0, 4, 8)], rel=1e-6)
+
+
 def test_same_command_twice_gives_the_same_metrics(tiny, tmp_path):
     a = train(_config(tiny, tmp_path, run_dir=str(tmp_path / "a")))
     b = train(_config(tiny, tmp_path, run_dir=str(tmp_path / "b")))

@@ -301,7 +301,9 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
         progress = tqdm(total=total_steps, initial=step, desc=f"{config.method} r{config.rank}", unit="step", dynamic_ncols=True)
     ddp_model.train()
     try:
-        window_start, window_examples = time.time(), 0
+        # The logged training loss is the mean over the logging window (as transformers.Trainer
+        # logs it), kept on the device so no step waits for a host copy.
+        window_start, window_examples, window_loss, window_steps = time.time(), 0, 0.0, 0
         while step < total_steps:
             epoch_index = step // steps_per_epoch
             train_loader.sampler.set_epoch(epoch_index)
@@ -324,8 +326,9 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 window_examples += batch["labels"].shape[0] * ctx.world_size
+                window_loss, window_steps = window_loss + loss.detach().float(), window_steps + 1
                 if step % config.log_every == 0 or step == total_steps:
-                    mean_loss = float(mean_across(loss.detach().float(), ctx))
+                    mean_loss = float(mean_across(window_loss / window_steps, ctx))
                     rate = window_examples / max(time.time() - window_start, 1e-9)
                     lr = scheduler.get_last_lr()[0]
                     recorder.log(step, event="train", epoch=step / steps_per_epoch, loss=mean_loss, lr=lr,
@@ -333,7 +336,7 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
                     state["train_losses"].append((step, mean_loss))
                     if progress is not None:
                         progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{rate:.0f}")
-                    window_start, window_examples = time.time(), 0
+                    window_start, window_examples, window_loss, window_steps = time.time(), 0, 0.0, 0
                 if progress is not None:
                     progress.update(1)
                 at_epoch_end = step % steps_per_epoch == 0
