@@ -178,3 +178,25 @@ def test_property_singular_values_and_cosine(out, inn, p, q, seed):
     k = a.singular_values().size
     assert np.allclose(a.singular_values(), s[:k], rtol=1e-9, atol=1e-12 * s[0])
     assert abs(a.inner(b) - np.sum(da * db)) <= 1e-10 * np.linalg.norm(da) * np.linalg.norm(db)
+
+
+@pytest.mark.parametrize("out,inn,p,q", SHAPES)
+def test_gram_and_compressed_paths_agree(out, inn, p, q):
+    rng = np.random.default_rng(21 + p)
+    u = random_update(rng, out, inn, p, q, rank_deficient=True)
+    gram_norm = u.fro_norm()  # no compressed form yet: Gram products
+    assert "_compressed" not in u.__dict__
+    u.singular_values()
+    assert abs(gram_norm - u.fro_norm()) / u.fro_norm() < TOL
+    assert abs(gram_norm - np.linalg.norm(u.dense())) / np.linalg.norm(u.dense()) < TOL
+    v = random_update(rng, out, inn, q, p)
+    assert abs(u.inner(v) - u._compressed_inner(v)) < TOL * u.fro_norm() * v.fro_norm()
+
+
+def test_relative_difference_of_nearly_equal_updates_does_not_cancel():
+    rng = np.random.default_rng(2)
+    a = random_update(rng, 30, 20, 4, 4)
+    tiny = FactoredUpdate(rng.standard_normal((30, 1)), None, rng.standard_normal((1, 20)), 1e-9)
+    b = a + tiny
+    want = np.linalg.norm(tiny.dense()) / np.linalg.norm(b.dense())
+    assert abs(a.relative_difference(b) - want) / want < 1e-6

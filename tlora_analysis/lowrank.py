@@ -66,6 +66,16 @@ class _Compressed:
     q_right: np.ndarray | None
 
 
+def _sandwich(m1: np.ndarray | None, x: np.ndarray | None, m2: np.ndarray | None) -> np.ndarray | None:
+    """m1ᵀ x m2 with None meaning the identity."""
+    out = x
+    if m1 is not None:
+        out = m1.T if out is None else m1.T @ out
+    if m2 is not None:
+        out = m2 if out is None else out @ m2
+    return out
+
+
 def _mul_left(q: np.ndarray | None, other: np.ndarray | None) -> np.ndarray | None:
     """qᵀ @ other with None meaning the identity on either side."""
     if q is None:
@@ -207,7 +217,12 @@ class FactoredUpdate:
         return u, s.copy(), v
 
     def fro_norm(self) -> float:
-        """‖ΔW‖_F."""
+        """‖ΔW‖_F: from the compressed core when it exists, else from Gram products (no QR)."""
+        if self.is_dense or "_compressed" in self.__dict__ or self._qr is not None:
+            return self._compressed_fro_norm()
+        return float(np.sqrt(max(self._gram_inner(self), 0.0)))
+
+    def _compressed_fro_norm(self) -> float:
         return float(np.linalg.norm(self._compressed.core))
 
     def spectral_norm(self) -> float:
@@ -270,8 +285,32 @@ class FactoredUpdate:
             raise ValueError(f"updates have different shapes: {self.shape} vs {other.shape}")
 
     def inner(self, other: "FactoredUpdate") -> float:
-        """Frobenius inner product ⟨ΔW₁, ΔW₂⟩ = tr(ΔW₁ᵀ ΔW₂), exact from the factors."""
+        """Frobenius inner product ⟨ΔW₁, ΔW₂⟩ = tr(ΔW₁ᵀ ΔW₂), exact from the factors.
+
+        Low-rank pairs use s₁s₂·tr(M₁ᵀ (L₁ᵀL₂) M₂ (R₂R₁ᵀ)): two thin GEMMs, no QR (a QR of a
+        4096 × 32 factor costs ~10× a Gram product). Dense updates go through the compressed form.
+        """
         self._check_same_shape(other)
+        if self.is_dense or other.is_dense:
+            return self._compressed_inner(other)
+        return self._gram_inner(other)
+
+    def _gram_inner(self, other: "FactoredUpdate") -> float:
+        x = _mul_left(self.left, other.left)  # L₁ᵀ L₂  (p₁ × p₂), None = identity
+        t = _sandwich(self.core, x, other.core)  # M₁ᵀ X M₂  (q₁ × q₂)
+        y = _mul_left(self.right.T if self.right is not None else None,
+                  other.right.T if other.right is not None else None)  # R₁ R₂ᵀ  (q₁ × q₂)
+        if t is None and y is None:
+            total = float(min(self.shape))  # both identities: tr(I)
+        elif t is None:
+            total = float(np.trace(y))
+        elif y is None:
+            total = float(np.trace(t))
+        else:
+            total = float(np.sum(t * y))
+        return self.scale * other.scale * total
+
+    def _compressed_inner(self, other: "FactoredUpdate") -> float:
         a, b = self._compressed, other._compressed
         g_left = _mul_left(a.q_left, b.q_left)  # Q_L1ᵀ Q_L2
         t = b.core if g_left is None else g_left @ b.core
@@ -349,7 +388,8 @@ class FactoredUpdate:
         denom = other.fro_norm()
         if denom == 0.0:
             return float("nan")
-        return (self - other).fro_norm() / denom
+        # Through the orthonormal compressed form: a Gram product would cancel when ΔW₁ ≈ ΔW₂.
+        return (self - other)._compressed_fro_norm() / denom
 
     # ------------------------------------------------------------------ dense
     def dense(self) -> np.ndarray:
