@@ -6,19 +6,10 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
 from tlora_analysis.demo import DEMO_CONFIG, run_demo
 from tlora_analysis.experiments.train import train
 from tlora_analysis.store import Run
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 SMALL = DEMO_CONFIG.replace(max_steps=6, max_train_examples=192, max_eval_examples=64, eval_every=3,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from test_train_fixtures import make_local_task, make_tiny_model
 from tlora_analysis.cli import build_parser, main
@@ -47,7 +46,6 @@ def test_bad_flag_values():
 
 
 def test_train_command_end_to_end(tmp_path, capsys):
-    torch.set_num_threads(1)
     model = make_tiny_model(tmp_path / "model")
     task = make_local_task(tmp_path / "data")
     argv = ["train", "--model", str(model), "--task", "local", "--train-file", task["train_file"],
