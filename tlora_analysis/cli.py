@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, OSError) as exc:  # bad input, missing or full disk: say so, no traceback
         print(f"tlora-analysis {args.command}: error: {exc}", file=sys.stderr)
         return 1
 

@@ -26,14 +26,22 @@ __all__ = ["FactoredUpdate", "as_float64", "thin_qr"]
 ArrayLike = Any  # numpy array or torch tensor
 
 
+_NUMPY_VIEWABLE = {"torch.float32", "torch.float64", "torch.float16"}
+
+
 def as_float64(x: ArrayLike | None) -> np.ndarray | None:
-    """A float64 numpy copy of a numpy array or torch tensor (None passes through)."""
+    """A float64 numpy copy of a numpy array or torch tensor (None passes through).
+
+    CPU tensors numpy can view skip torch's dispatcher (which costs more than the r × r
+    algebra itself in an analysis sweep); bf16 and GPU tensors are converted by torch.
+    """
     if x is None:
         return None
-    if hasattr(x, "detach"):  # torch tensor, on any device and dtype
+    if hasattr(x, "detach"):  # torch tensor
+        if x.device.type == "cpu" and str(x.dtype) in _NUMPY_VIEWABLE:
+            return x.detach().numpy().astype(np.float64)
         x = x.detach().to("cpu").double().numpy()
-    arr = np.asarray(x, dtype=np.float64)
-    return arr
+    return np.asarray(x, dtype=np.float64)
 
 
 def thin_qr(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from ..lowrank import FactoredUpdate
+from ..lowrank import FactoredUpdate, as_float64
 from .select import IDENTITY_COLUMNS, LayerSelection, StepSelection, TableBuilder, sweep
-from .updates import UpdateSource, base_weight, require_base_weights, to_float64
+from .updates import UpdateSource, base_weight, require_base_weights
 
 __all__ = ["DistributionTables", "distributions", "entry_statistics", "MATRICES"]
 
@@ -176,7 +176,7 @@ def distributions(
                         full = base_weight(run, layer).weight
                     else:
                         factors = factors if factors is not None else source.factors(layer, step)
-                        full = to_float64(factors[matrix])
+                        full = as_float64(factors[matrix])
                     x, n_entries = _sample_matrix(full, max_entries, rng), full.size
                 summary = _summaries(x, n_entries, bins, qq, qq_points, shapiro_max, rng)
                 if matrix in _FROZEN[run.method]:

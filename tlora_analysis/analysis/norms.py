@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..lowrank import as_float64
 from .select import IDENTITY_COLUMNS, LayerSelection, StepSelection, TableBuilder, sweep
-from .updates import UpdateSource, base_weight, to_float64
+from .updates import UpdateSource, base_weight
 
 __all__ = ["norms", "matrix_norms", "NORM_COLUMNS"]
 
@@ -28,7 +29,7 @@ def matrix_norms(matrix: Any) -> tuple[float, float]:
     """(Frobenius, spectral) norm of a matrix, in float64; (NaN, NaN) for None."""
     if matrix is None:
         return math.nan, math.nan
-    m = to_float64(matrix)
+    m = as_float64(matrix)
     if not m.size:
         return 0.0, 0.0
     return float(np.linalg.norm(m)), float(np.linalg.norm(m, 2))

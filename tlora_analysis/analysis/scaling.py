@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..lowrank import as_float64
 from .select import IDENTITY_COLUMNS, LayerSelection, StepSelection, TableBuilder, sweep
-from .updates import UpdateSource, to_float64
+from .updates import UpdateSource
 
 __all__ = ["ScalingTables", "scaling", "across_layers"]
 
@@ -74,7 +75,7 @@ def scaling(run: Any, layers: LayerSelection = None, steps: StepSelection = "all
     table = TableBuilder(IDENTITY_COLUMNS + ("alpha", "fro_norm_B", "alpha_fro_norm_B"))
     for layer, step, ident in sweep(run, layers, steps):
         f = source.factors(layer, step)
-        fro_b = float(np.linalg.norm(to_float64(f["B"])))
+        fro_b = float(np.linalg.norm(as_float64(f["B"])))
         table.add(**ident, alpha=f["alpha"], fro_norm_B=fro_b, alpha_fro_norm_B=abs(f["alpha"]) * fro_b)
     per_layer = table.frame()
     return ScalingTables(per_layer, across_layers(per_layer))

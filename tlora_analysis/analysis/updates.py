@@ -17,18 +17,7 @@ import numpy as np
 
 from ..lowrank import FactoredUpdate, as_float64, thin_qr
 
-__all__ = ["to_float64", "UpdateSource", "BaseWeight", "base_weight", "require_base_weights", "MissingBaseWeightError"]
-
-
-_NUMPY_SAFE = {"torch.float32", "torch.float64", "torch.float16"}
-
-
-def to_float64(x: Any) -> np.ndarray:
-    """A float64 numpy array of a tensor or array, skipping torch's dispatcher for CPU tensors
-    numpy can view (it costs more than the r × r algebra itself); bf16 and GPU go the slow way."""
-    if hasattr(x, "detach") and x.device.type == "cpu" and str(x.dtype) in _NUMPY_SAFE:
-        return x.detach().numpy().astype(np.float64)
-    return as_float64(x)
+__all__ = ["UpdateSource", "BaseWeight", "base_weight", "require_base_weights", "MissingBaseWeightError"]
 
 
 class MissingBaseWeightError(ValueError):
@@ -80,7 +69,7 @@ class UpdateSource:
 
     def _tlora_update(self, layer: str, trainable: dict[str, Any]) -> FactoredUpdate:
         fz = self._frozen_factors(layer)
-        return FactoredUpdate(fz["left"], to_float64(trainable["tlora_B"]).T, fz["right"],
+        return FactoredUpdate(fz["left"], as_float64(trainable["tlora_B"]).T, fz["right"],
                               float(trainable["tlora_alpha"]), qr=fz["qr"])
 
     def factors(self, layer: str, step: int) -> dict[str, Any]:

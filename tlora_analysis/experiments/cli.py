@@ -26,16 +26,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    import sys
+    from .train import train
 
-    from ..store import RunExistsError
-    from .train import DiskFullError, train
-
-    try:
-        train(config_from_args(args))
-    except (RunExistsError, DiskFullError) as exc:
-        print(f"tlora-analysis train: error: {exc}", file=sys.stderr)
-        return 1
+    train(config_from_args(args))  # errors (an existing run, a full disk, …) are reported by cli.main
     return 0
 
 

@@ -8,6 +8,7 @@ interrupted write) are what a killed process legitimately leaves; they keep it `
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -57,12 +58,19 @@ class VerifyReport:
         return "\n".join([head] + [f"  {c.status.upper():8s} {c.path}: {c.message}" for c in shown])
 
 
-def _check_frozen(run: "Run", report: VerifyReport) -> None:
-    path = run._source.frozen_file
+def _present(path: Path | None, report: VerifyReport) -> bool:
+    """Whether a file the run's layout names is there to check (a missing one is a problem)."""
     if path is None:
-        return
+        return False
     if not path.is_file():
         report.checks.append(FileCheck(str(path), PROBLEM, "missing"))
+        return False
+    return True
+
+
+def _check_frozen(run: "Run", report: VerifyReport) -> None:
+    path = run._source.frozen_file
+    if not _present(path, report):
         return
     try:
         tensors, _ = load_tensors(path, verify=True)
@@ -100,10 +108,7 @@ def _check_snapshots(run: "Run", report: VerifyReport) -> None:
 
 def _check_metrics(run: "Run", report: VerifyReport) -> None:
     path = run._source.metrics_file
-    if path is None:
-        return
-    if not path.is_file():
-        report.checks.append(FileCheck(str(path), PROBLEM, "missing"))
+    if not _present(path, report):
         return
     try:
         records, torn = read_metrics(path)
