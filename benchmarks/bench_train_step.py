@@ -282,6 +282,46 @@ def run_cuda(arms: list[Arm], base: nn.Module, data: dict, tokens: int, warmup: 
         torch.cuda.empty_cache()
 
 
+def recorder_ab_cuda(base: nn.Module, data: dict, rank: int, rounds: int, block: int, tmp: Path) -> dict:
+    """Recorder overhead on one TLoRA model (all layers): blocks of steps without and with a
+    recorder snapshotting every step, alternated ``rounds`` times, so both kinds see the same
+    machine (a shared host drifts by more than the effect). Round 0 is a warm-up. Per step: GPU
+    time (CUDA events) and host time (until ``step()`` returns: the launch work, when the GPU
+    queue does not fill)."""
+    from tlora_analysis.recording import SnapshotRecorder
+
+    arm = Arm("tlora", rank, "all")
+    trainer = Trainer(arm, build_arm(arm, base, "cuda"), data, "cuda", tmp)
+    kinds: dict[str, dict[str, list[float]]] = {k: {"gpu_ms": [], "host_ms": []} for k in ("without", "with")}
+    for rnd in range(rounds):
+        for kind in ("without", "with"):
+            rec = None
+            if kind == "with":
+                rec = SnapshotRecorder(trainer.model, tmp / f"ab-{rnd}", schedule=1, store_base_weights=False)
+                rec.attach(trainer.opt)
+            torch.cuda.synchronize()
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(block)]
+            host = []
+            for start, end in events:
+                t0 = time.perf_counter()
+                start.record()
+                trainer.step()
+                end.record()
+                host.append(1000 * (time.perf_counter() - t0))
+            torch.cuda.synchronize()
+            if rec is not None:
+                rec.close()
+            if rnd:
+                kinds[kind]["gpu_ms"] += [s.elapsed_time(e) for s, e in events]
+                kinds[kind]["host_ms"] += host
+    out = {"rank": rank, "targets": "all", "rounds": rounds - 1, "block": block, **kinds}
+    for kind in kinds:
+        out[f"median_gpu_ms_{kind}"] = statistics.median(kinds[kind]["gpu_ms"])
+        out[f"median_host_ms_{kind}"] = statistics.median(kinds[kind]["host_ms"])
+    out["ratio"] = out["median_gpu_ms_with"] / out["median_gpu_ms_without"]
+    return out
+
+
 def run_cpu(arms: list[Arm], base: nn.Module, data: dict, tokens: int, warmup: int, rounds: int,
             tmp: Path, sink: Callable[[dict], None]) -> None:
     trainers = [Trainer(arm, build_arm(arm, base, "cpu"), data, "cpu", tmp) for arm in arms]
@@ -310,6 +350,7 @@ def ratio_table(results: list[dict]) -> str:
     for r in results:
         label = r["arm"] + (f" dropout {r['dropout']} {r['position']} {r['mask']}" if "dropout" in r else "")
         label += f" (#{r['repeat'] + 1})" if "repeat" in r else ""
+        label += f" [round {r['round'] + 1}]" if "round" in r else ""
         p = peft.get((r["rank"], r["targets"]))
         peak = r.get("peak_bytes")
         cells = [label, f"{r['median_ms']:.1f} ({r['q25_ms']:.1f}–{r['q75_ms']:.1f})",
@@ -342,6 +383,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per arm (default: cuda 25; cpu 3, one per round-robin round)")
     parser.add_argument("--only", nargs="*", default=None, help="keep only arms whose method is listed")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the (filtered) arm list this many times in turn, to see drift between arms")
+    parser.add_argument("--recorder-ab", type=int, default=0, metavar="ROUNDS",
+                        help="cuda: instead of the arms, time the recorder A/B on TLoRA (largest rank, all layers): "
+                             "ROUNDS alternations of --steps steps without and with snapshots every step")
     parser.add_argument("--threads", type=int, default=1, help="cpu: torch intra-op threads (default 1)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="cuda: also write per-kernel times of the floor and TLoRA (largest rank, all layers)")
@@ -360,6 +406,8 @@ def main(argv: list[str] | None = None) -> None:
     arms = plan_arms(args.device, args.ranks, args.targets, has_recorder)
     if args.only is not None:
         arms = [a for a in arms if a.name in args.only]
+    if args.rounds > 1:
+        arms = [Arm(a.name, a.rank, a.targets, {**a.options, "round": i}) for i in range(args.rounds) for a in arms]
     base, data, info = build_base(args.device)
     tokens = info["batch"] * info["length"]
     report = {"device": args.device, "environment": environment(args.device), "model": info,
@@ -373,6 +421,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{result['arm']:<32} {result['median_ms']:9.1f} ms  {result.get('peak_bytes', 0) / 2**30:6.2f} GiB",
               file=sys.stderr, flush=True)
 
+    if args.recorder_ab:
+        if args.device != "cuda":
+            raise SystemExit("--recorder-ab is for --device cuda; on the CPU use benchmarks/bench_recorder.py")
+        with tempfile.TemporaryDirectory() as tmp:
+            result = recorder_ab_cuda(base, data, max(args.ranks), args.recorder_ab, steps, Path(tmp))
+        report["recorder_ab"] = result
+        args.out.write_text(json.dumps(report, indent=1))
+        print(f"recorder A/B, r={result['rank']} all, {result['rounds']} rounds x {steps} steps: GPU median "
+              f"{result['median_gpu_ms_without']:.1f} ms without, {result['median_gpu_ms_with']:.1f} ms with "
+              f"(ratio {result['ratio']:.3f}); host median {result['median_host_ms_without']:.1f} / "
+              f"{result['median_host_ms_with']:.1f} ms")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         if args.device == "cuda":
             run_cuda(arms, base, data, tokens, warmup, steps, Path(tmp), sink)

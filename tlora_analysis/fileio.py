@@ -4,6 +4,13 @@ Every file is written to a temporary name in the same folder, flushed and fsynce
 renamed over the target, so a process killed at any instant leaves either the old file or the
 complete new one. Safetensors files carry a SHA-256 of their tensor bytes in the header
 metadata; :func:`load_tensors` recomputes it and names the file when it differs.
+
+Files are read with the safetensors library (which validates every header) but serialized
+here: safetensors' ``save`` spends about 30 µs of Python per tensor, which for the recorder's
+224-tensor snapshots held the interpreter lock long enough to slow a GPU training step
+(docs/benchmarks.md, "Recorder overhead"). :func:`safetensors_bytes` writes the same format
+from flat buffers holding many tensors back to back (:class:`TensorBlock`) without a
+per-tensor copy.
 """
 
 from __future__ import annotations
@@ -11,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as st_save
 
 __all__ = [
     "CorruptFileError",
@@ -27,6 +35,8 @@ __all__ = [
     "tensor_checksum",
     "fingerprint",
     "save_tensors",
+    "safetensors_bytes",
+    "TensorBlock",
     "load_tensors",
     "open_tensors",
 ]
@@ -92,14 +102,18 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
     return t.numpy().tobytes()
 
 
+def _checksum(entries: Iterable[tuple[str, torch.dtype, tuple[int, ...], Any]]) -> str:
+    """SHA-256 over (name, dtype, shape, bytes) entries, in sorted name order."""
+    h = hashlib.sha256()
+    for name, dtype, shape, data in sorted(entries, key=lambda e: e[0]):
+        h.update(f"{name}|{dtype}|{tuple(shape)}|".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
 def tensor_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 over names, dtypes, shapes and bytes of the tensors, in sorted name order."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name]
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(_tensor_bytes(t))
-    return h.hexdigest()
+    return _checksum((name, t.dtype, t.shape, _tensor_bytes(t)) for name, t in tensors.items())
 
 
 def fingerprint(t: torch.Tensor) -> dict[str, Any]:
@@ -111,16 +125,73 @@ def fingerprint(t: torch.Tensor) -> dict[str, Any]:
     }
 
 
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+@dataclass
+class TensorBlock:
+    """Tensors stored back to back in one flat, contiguous CPU buffer: ``names[i]`` has ``shapes[i]``."""
+
+    names: list[str]
+    shapes: list[torch.Size]
+    buffer: torch.Tensor
+
+    @classmethod
+    def of(cls, name: str, tensor: torch.Tensor) -> "TensorBlock":
+        """One tensor as a block (copied to the CPU and made contiguous when needed)."""
+        t = tensor.detach().to("cpu").contiguous()
+        return cls([name], [t.shape], t.reshape(-1))
+
+
+def safetensors_bytes(blocks: Sequence[TensorBlock], metadata: Mapping[str, str]) -> bytes:
+    """A safetensors file holding every block's tensors, ``metadata`` plus the checksum in its header.
+
+    Blocks of wider dtypes come first, so each tensor's offset is a multiple of its element
+    size (as safetensors' own writer arranges); the header is padded to 8 bytes with spaces.
+    """
+    header: dict[str, Any] = {}
+    entries, parts, offset = [], [], 0
+    for block in sorted(blocks, key=lambda b: -b.buffer.element_size()):
+        code = _SAFETENSORS_DTYPES.get(block.buffer.dtype)
+        if code is None:
+            raise TypeError(f"cannot store dtype {block.buffer.dtype} (supported: "
+                            f"{', '.join(str(d).removeprefix('torch.') for d in _SAFETENSORS_DTYPES)}); convert it first")
+        if sum(shape.numel() for shape in block.shapes) != block.buffer.numel():
+            raise ValueError(f"a block's buffer holds {block.buffer.numel()} elements, its shapes "
+                             f"{sum(s.numel() for s in block.shapes)}")
+        raw = memoryview(block.buffer.view(torch.uint8).numpy())
+        pos, size = 0, block.buffer.element_size()
+        for name, shape in zip(block.names, block.shapes):
+            if name in header:
+                raise ValueError(f"tensor name {name!r} appears twice; names in one file must be unique")
+            end = pos + shape.numel() * size
+            header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset + pos, offset + end]}
+            entries.append((name, block.buffer.dtype, shape, raw[pos:end]))
+            pos = end
+        parts.append(raw)
+        offset += pos
+    meta = {**metadata, CHECKSUM_KEY: _checksum(entries)}
+    text = json.dumps({"__metadata__": meta, **header}, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return b"".join([struct.pack("<Q", len(text)), text, *parts])
+
+
 def save_tensors(
     path: str | os.PathLike,
-    tensors: Mapping[str, torch.Tensor],
+    tensors: Mapping[str, torch.Tensor] | Sequence[TensorBlock],
     metadata: Mapping[str, Any] | None = None,
 ) -> None:
-    """Atomically write a safetensors file with a checksum and JSON-encoded metadata."""
-    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    """Atomically write a safetensors file with a checksum and JSON-encoded metadata.
+
+    ``tensors`` is a name → tensor mapping, or :class:`TensorBlock` s (the recorder's flat buffers).
+    """
+    blocks = [TensorBlock.of(k, v) for k, v in tensors.items()] if isinstance(tensors, Mapping) else list(tensors)
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    meta[CHECKSUM_KEY] = tensor_checksum(cpu)
-    atomic_write_bytes(path, st_save(cpu, metadata=meta))
+    atomic_write_bytes(path, safetensors_bytes(blocks, meta))
 
 
 def open_tensors(path: str | os.PathLike):

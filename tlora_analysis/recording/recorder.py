@@ -2,7 +2,8 @@
 
 The recorder counts optimizer steps through ``Optimizer.register_step_post_hook`` (so it works
 in any training loop), copies only the adapter tensors off the device when the schedule says
-so, and hands the file writes to a background thread. Under ``torch.distributed`` only the
+so (gathered into a few buffers and copied without blocking: :mod:`.staging`), and hands
+the file writes to a background thread. Under ``torch.distributed`` only the
 process of rank 0 writes; the others count steps and do nothing else.
 """
 
@@ -27,6 +28,7 @@ from ..store.format import BASE_WEIGHT_KEY, RUN_FORMAT, RUN_JSON, SCHEMA_VERSION
 from ..store.writer import RunWriter, json_safe
 from .background import BackgroundWriter
 from .schedule import Schedule, as_schedule
+from .staging import HostBufferPool, HostCopy, copy_to_host
 
 __all__ = ["SnapshotRecorder", "DENSE_WARN_BYTES", "BASE_WEIGHTS_MAX_PARAMS"]
 
@@ -60,23 +62,6 @@ def _git_revision() -> str | None:
     if out.returncode != 0:
         return None
     return out.stdout.strip() or None
-
-
-def _copy_off_device(tensors: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Any]:
-    """Detached CPU copies; CUDA tensors go non-blocking into pinned memory behind an event."""
-    out, event = {}, None
-    for key, t in tensors.items():
-        t = t.detach()
-        if t.is_cuda:
-            buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-            buf.copy_(t, non_blocking=True)
-            out[key] = buf
-        else:
-            out[key] = t.clone()
-    if any(t.is_cuda for t in tensors.values()):
-        event = torch.cuda.Event()
-        event.record()
-    return out, event
 
 
 class SnapshotRecorder:
@@ -138,6 +123,7 @@ class SnapshotRecorder:
         self._closed = False
         self._writer: RunWriter | None = None
         self._thread: BackgroundWriter | None = None
+        self._host_buffers = HostBufferPool()
         self.step = 0
         self._recorded: list[int] = []
         if not self.is_writer:
@@ -259,15 +245,16 @@ class SnapshotRecorder:
             return
         if self._recorded and step < self._recorded[-1]:
             raise ValueError(f"snapshot steps must increase: {step} comes after {self._recorded[-1]}")
-        tensors, event = _copy_off_device(self._snapshot_tensors())
+        copy = copy_to_host(self._snapshot_tensors(), self._host_buffers)
         meta = {"epoch": self.epoch if epoch is None else epoch, "wall_time": time.time() - self._created_unix}
         self._recorded.append(step)
-        self._submit(self._write_snapshot, step, tensors, meta, event)
+        self._submit(self._write_snapshot, step, copy, meta)
 
-    def _write_snapshot(self, step: int, tensors: dict[str, torch.Tensor], meta: dict[str, Any], event: Any) -> None:
-        if event is not None:
-            event.synchronize()
-        self._writer.write_snapshot(step, tensors, meta)
+    def _write_snapshot(self, step: int, copy: HostCopy, meta: dict[str, Any]) -> None:
+        try:
+            self._writer.write_snapshot(step, copy.blocks(), meta)
+        finally:
+            copy.release()
 
     def log(self, step: int, **metrics: Any) -> None:
         """Append one event to metrics.jsonl (event defaults to "train", epoch to the current one)."""

@@ -15,12 +15,12 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..fileio import _fsync_dir, atomic_write_bytes, read_json, save_tensors, write_json
+from ..fileio import TensorBlock, _fsync_dir, atomic_write_bytes, read_json, save_tensors, write_json
 from .format import (
     FROZEN_FILE, FROZEN_FORMAT, METRICS_FILE, RUN_FORMAT, RUN_JSON, SCHEMA_VERSION, SNAPSHOT_DIR,
     SNAPSHOT_FORMAT, RunExistsError, snapshot_name, snapshot_step,
@@ -151,7 +151,8 @@ class RunWriter:
         return cls(run_dir, merged, [s for s in steps if s <= start_step])
 
     # ------------------------------------------------------------------ writing
-    def write_snapshot(self, step: int, tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    def write_snapshot(self, step: int, tensors: Mapping[str, torch.Tensor] | Sequence[TensorBlock],
+                       meta: dict[str, Any]) -> None:
         _save_snapshot(self.run_dir, step, tensors, meta)
         self.recorded_steps.append(step)
 
@@ -167,7 +168,8 @@ class RunWriter:
         write_json(self.run_dir / RUN_JSON, self.header)
 
 
-def _save_snapshot(run_dir: Path, step: int, tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def _save_snapshot(run_dir: Path, step: int, tensors: Mapping[str, torch.Tensor] | Sequence[TensorBlock],
+                   meta: dict[str, Any]) -> None:
     meta = {"format": SNAPSHOT_FORMAT, "schema_version": SCHEMA_VERSION, **json_safe(meta), "step": step}
     save_tensors(run_dir / SNAPSHOT_DIR / snapshot_name(step), tensors, meta)
 
