@@ -50,9 +50,11 @@ def init_distributed(device: str = "auto") -> DistContext:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
-        if dev.type == "cuda":
+        if dev.type == "cuda":  # device_id binds NCCL to this GPU (no guessing from the rank)
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+            dist.init_process_group(backend="nccl", device_id=dev)
+        else:
+            dist.init_process_group(backend="gloo")
     return DistContext(rank, world_size, local_rank, dev)
 
 
