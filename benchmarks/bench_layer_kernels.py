@@ -1,0 +1,179 @@
+"""Where the fused TLoRA layer's time goes, kernel by kernel, and idea 8 (stacked GEMMs) measured.
+
+For each layer shape of the LLaMA-shaped benchmark model (tokens × in → out, bf16, r = 32),
+with CUDA events around CUDA-graph replays (median of ``--repeats`` replays of 20 calls each):
+
+- **ops**: every kernel the default fused layer (tlora_analysis/adapters/fast.py) launches,
+  timed alone on ready inputs: forward α·B, M = (αB) C, u = x A, u M, the base GEMM
+  accumulating onto it (β = 1); backward g Cᵀ, G = uᵀ (g Cᵀ), ∂B = α G, ∂α = ⟨B, G⟩,
+  ∂u = (g Cᵀ)(αB)ᵀ, ∂u Aᵀ, the base ∂x GEMM with β = 1; and the floor's own GEMMs (β = 0).
+- **alt**: the four rank-r products with the small operand stored in the other layout
+  (cuBLAS picks different kernels for skinny products by layout).
+- **stacked** (idea 8): read x once by stacking the frozen factors around W0 in one
+  (out + r) × (in + r) buffer, [[W0, Cᵀ], [Aᵀ, ·]]: x [W0; Aᵀ]ᵀ gives the base output and
+  u = x A side by side, and g [W0 | Cᵀ] the base input-gradient and g Cᵀ side by side, at the
+  price of GEMMs r columns wider. Checked to give the fused path's numbers.
+
+    PYTHONPATH=. python benchmarks/bench_layer_kernels.py --out layer_kernels.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.nn import functional as F
+
+SHAPES = {"q/k/v/o": (2048, 2048), "gate/up": (5632, 2048), "down": (2048, 5632)}  # (out, in)
+LAYERS_PER_STEP = {"q/k/v/o": 4 * 16, "gate/up": 2 * 16, "down": 16}  # the benchmark model's 16 blocks
+
+
+def time_us(fn: Callable[[], object], device: str, repeats: int, inner: int = 20) -> float:
+    """Median GPU time of one call of ``fn`` in µs (CPU: perf_counter).
+
+    On a GPU, ``inner`` calls are captured in a CUDA graph and the replay is timed with CUDA
+    events: a lone small kernel timed between two events measures the launch latency (≈ 25 µs
+    from Python), not the few µs it occupies the GPU inside a training step, where the host
+    runs ahead and kernels follow each other back to back.
+    """
+    if device != "cuda":
+        fn()
+        out = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            out.append(1e6 * (time.perf_counter() - t0))
+        return statistics.median(out)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(inner):
+            fn()
+    graph.replay()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+    for start, end in events:
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize()
+    return 1000 * statistics.median(s.elapsed_time(e) for s, e in events) / inner
+
+
+def layer(tokens: int, out: int, inp: int, r: int, device: str, dtype: torch.dtype) -> dict[str, Callable]:
+    """Ready inputs and one closure per kernel (or variant) of one layer."""
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(tokens, inp, device=device, dtype=dtype, generator=g)
+    gout = torch.randn(tokens, out, device=device, dtype=dtype, generator=g)
+    big = torch.randn(out + r, inp + r, device=device, dtype=dtype, generator=g) * 0.02
+    w0_view, a_t, c_t = big[:out, :inp], big[out:, :inp], big[:out, inp:]  # W0, Aᵀ (r × in), Cᵀ (out × r)
+    w0 = w0_view.contiguous()
+    a, c = a_t.T.contiguous(), c_t.T.contiguous()  # A in × r, C r × out: the fused layer's buffers
+    b = torch.randn(r, r, device=device, dtype=dtype, generator=g) * 0.1
+    alpha = torch.tensor(1.5, device=device, dtype=dtype)
+    alpha_b = alpha * b
+    m = alpha_b @ c
+    u = x @ a
+    gc = gout @ c.T
+    g_core = u.T @ gc
+    grad_u = gc @ alpha_b.T
+    a_tc, c_tc, m_tc = a.T.contiguous(), c.T.contiguous(), m.T.contiguous()  # r × in, out × r, out × r
+    scratch_out = torch.empty(tokens, out, device=device, dtype=dtype)
+    scratch_in = torch.empty(tokens, inp, device=device, dtype=dtype)
+
+    def fused_fwd():
+        y = (x @ a) @ ((alpha * b) @ c)
+        return y.addmm_(x, w0.T), u
+
+    def fused_bwd():
+        gc_ = gout @ c.T
+        core = u.T @ gc_
+        _ = alpha * core, torch.dot(b.reshape(-1), core.reshape(-1))
+        gx = (gc_ @ (alpha * b).T) @ a.T
+        return gx.addmm_(gout, w0), gc_
+
+    def stacked_fwd():
+        y2 = F.linear(x, big[:, :inp])  # tokens × (out + r): [x W0ᵀ | x A]
+        u_ = y2[:, out:]
+        y2[:, :out].addmm_(u_, (alpha * b) @ c)
+        return y2[:, :out], u_
+
+    def stacked_bwd():
+        z = gout @ big[:out, :]  # tokens × (in + r): [g W0 | g Cᵀ]
+        gc_ = z[:, inp:]
+        core = u.T @ gc_
+        _ = alpha * core, torch.dot(b.reshape(-1), core.reshape(-1))
+        z[:, :inp].addmm_(gc_ @ (alpha * b).T, a_t)
+        return z[:, :inp], gc_
+
+    return {
+        "floor fwd: x W0ᵀ": lambda: F.linear(x, w0),
+        "fwd αB": lambda: alpha * b,
+        "fwd M = (αB) C": lambda: alpha_b @ c,
+        "fwd u = x A": lambda: x @ a,
+        "fwd u M (writes tokens × out)": lambda: torch.mm(u, m, out=scratch_out),
+        "fwd base GEMM, β = 1": lambda: scratch_out.addmm_(x, w0.T),
+        "floor bwd: g W0": lambda: gout @ w0,
+        "bwd g Cᵀ": lambda: gout @ c.T,
+        "bwd G = uᵀ (g Cᵀ)": lambda: u.T @ gc,
+        "bwd ∂B = α G": lambda: alpha * g_core,
+        "bwd ∂α = ⟨B, G⟩": lambda: torch.dot(b.reshape(-1), g_core.reshape(-1)),
+        "bwd ∂u = (g Cᵀ)(αB)ᵀ": lambda: gc @ alpha_b.T,
+        "bwd ∂u Aᵀ (writes tokens × in)": lambda: torch.mm(grad_u, a.T, out=scratch_in),
+        "bwd base ∂x GEMM, β = 1": lambda: scratch_in.addmm_(gout, w0),
+        # the same rank-r products with the small operand in the other memory layout
+        "alt fwd u = x A, A stored transposed": lambda: x @ a_tc.T,
+        "alt fwd u M, M stored transposed": lambda: torch.mm(u, m_tc.T, out=scratch_out),
+        "alt bwd g Cᵀ, C stored transposed": lambda: gout @ c_tc,
+        "alt bwd ∂u Aᵀ, A stored transposed": lambda: torch.mm(grad_u, a_tc, out=scratch_in),
+        "whole fused fwd": fused_fwd, "whole fused bwd": fused_bwd,
+        "whole stacked fwd": stacked_fwd, "whole stacked bwd": stacked_bwd,
+    }
+
+
+def agree(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Largest relative difference between two variants' (output, side product)."""
+    return max(((p.float() - q.float()).norm() / q.float().norm()).item() for p, q in zip(a, b))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--tokens", type=int, default=8192)
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    report = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
+              "tokens": args.tokens, "rank": args.rank, "dtype": str(dtype), "repeats": args.repeats, "shapes": {}}
+    for label, (out, inp) in SHAPES.items():
+        fns = layer(args.tokens, out, inp, args.rank, args.device, dtype)
+        row = {"out": out, "in": inp, "layers_per_step": LAYERS_PER_STEP[label],
+               "rel_diff_stacked_fwd": agree(fns["whole stacked fwd"](), fns["whole fused fwd"]()),
+               "rel_diff_stacked_bwd": agree(fns["whole stacked bwd"](), fns["whole fused bwd"]()),
+               "us": {name: time_us(fn, args.device, args.repeats) for name, fn in fns.items()}}
+        report["shapes"][label] = row
+        print(label, json.dumps(row), file=sys.stderr, flush=True)
+    names = list(next(iter(report["shapes"].values()))["us"])
+    per_step = {n: sum(r["us"][n] * r["layers_per_step"] for r in report["shapes"].values()) / 1000 for n in names}
+    report["ms_per_step"] = per_step
+    args.out.write_text(json.dumps(report, indent=1))
+    print("| kernel | " + " | ".join(f"{k} µs" for k in SHAPES) + " | ms per step (×16 blocks) |")
+    print("|---|" + "---|" * (len(SHAPES) + 1))
+    for n in names:
+        print(f"| {n} | " + " | ".join(f"{report['shapes'][k]['us'][n]:.1f}" for k in SHAPES) + f" | {per_step[n]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
