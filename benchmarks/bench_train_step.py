@@ -21,6 +21,10 @@ same as ``peft``). Ablations at the largest rank: ``tlora-plain`` (the formula i
 TLoRA with dropout 0.1 at each position (on "all"; the mask redrawn in the backward, or stored), and ``tlora+recorder`` (snapshots every step) when
 ``tlora_analysis.recording`` exists. Every adapter uses dropout 0 unless named.
 
+``--recorder-ab ROUNDS`` (GPU) times the recorder instead, as an A/B on one TLoRA model: blocks
+of ``--steps`` steps without and with snapshots every step, alternated; ``--rounds N`` runs the
+arm list N times in turn, to see drift between arms.
+
 Memory: GPU peak allocated bytes per arm; on both, the bytes autograd saves for the backward
 (counted with saved_tensors_hooks, parameters excluded) and the trainable parameter count.
 """
