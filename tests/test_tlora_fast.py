@@ -237,6 +237,40 @@ def test_whole_model_fast_equals_plain():
             torch.testing.assert_close(g[name], g_plain[name], rtol=1e-10, atol=1e-12, msg=name)
 
 
+def test_torch_compile_traces_the_fused_layer_in_one_graph():
+    """torch.compile sees through the autograd Functions: no graph break, the same loss and gradients.
+
+    The "aot_eager" backend runs dynamo and AOTAutograd (what inductor builds on) without
+    generating code, so the test stays fast; the GPU benchmark uses inductor itself.
+    """
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, vocab_size=100, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config).double()
+    apply_adapters(model, TLoRAConfig(rank=4, target_modules=r".*(query|value)", dropout=0.0))
+    for layer in adapted_layers(model).values():
+        assert layer.impl == "fused"  # the default
+        with torch.no_grad():
+            layer.tlora_B.normal_()
+    batch = {"input_ids": torch.randint(0, 100, (2, 7)), "labels": torch.tensor([0, 1])}
+    explanation = torch._dynamo.explain(model)(**batch)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    losses, grads = [], []
+    for run in (model, torch.compile(model, backend="aot_eager")):
+        model.zero_grad(set_to_none=True)
+        loss = run(**batch).loss
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    torch._dynamo.reset()
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-12, atol=1e-12)
+    assert grads[0].keys() == grads[1].keys() and any("tlora_B" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-10, atol=1e-12, msg=name)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("impl", FAST)
 @pytest.mark.parametrize("position", ["output", "input"])
