@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -66,8 +68,6 @@ def test_hand_made_block_layout():
               TensorBlock(["f", "g"], [torch.Size([]), torch.Size([])], torch.tensor([3.0, 4.0]))]
     data = safetensors_bytes(blocks, {})
     n = int.from_bytes(data[:8], "little")
-    import json
-
     header = json.loads(data[8:8 + n])
     assert header["f"]["data_offsets"] == [0, 4] and header["g"]["data_offsets"] == [4, 8]
     assert header["h"] == {"dtype": "BF16", "shape": [2], "data_offsets": [8, 12]}

@@ -207,17 +207,24 @@ def test_unknown_impl_is_rejected():
     assert "impl=fused" in repr(layer)
 
 
-def test_whole_model_fast_equals_plain():
+def tiny_adapted_bert(model_class: str, config: TLoRAConfig) -> nn.Module:
+    """A seeded 2-layer float64 BERT (no hidden dropout) with TLoRA and a random B in every adapter."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, vocab_size=100, hidden_dropout_prob=0.0,
-                                     attention_probs_dropout_prob=0.0)
+    bert = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=64, vocab_size=100, hidden_dropout_prob=0.0,
+                                   attention_probs_dropout_prob=0.0)
     torch.manual_seed(0)
-    model = transformers.BertModel(config).double()
-    apply_adapters(model, TLoRAConfig(rank=4, target_modules=r"encoder\..*\.(query|value|dense)", dropout=0.2))
+    model = getattr(transformers, model_class)(bert).double()
+    apply_adapters(model, config)
     for layer in adapted_layers(model).values():
         with torch.no_grad():
             layer.tlora_B.normal_()
+    return model
+
+
+def test_whole_model_fast_equals_plain():
+    model = tiny_adapted_bert("BertModel", TLoRAConfig(rank=4, target_modules=r"encoder\..*\.(query|value|dense)",
+                                                       dropout=0.2))
     ids = torch.randint(0, 100, (2, 7))
     results = {}
     for impl in IMPLEMENTATIONS:
@@ -243,17 +250,9 @@ def test_torch_compile_traces_the_fused_layer_in_one_graph():
     The "aot_eager" backend runs dynamo and AOTAutograd (what inductor builds on) without
     generating code, so the test stays fast; the GPU benchmark uses inductor itself.
     """
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, vocab_size=100, hidden_dropout_prob=0.0,
-                                     attention_probs_dropout_prob=0.0)
-    torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(config).double()
-    apply_adapters(model, TLoRAConfig(rank=4, target_modules=r".*(query|value)", dropout=0.0))
-    for layer in adapted_layers(model).values():
-        assert layer.impl == "fused"  # the default
-        with torch.no_grad():
-            layer.tlora_B.normal_()
+    model = tiny_adapted_bert("BertForSequenceClassification",
+                              TLoRAConfig(rank=4, target_modules=r".*(query|value)", dropout=0.0))
+    assert all(layer.impl == "fused" for layer in adapted_layers(model).values())  # the default
     batch = {"input_ids": torch.randint(0, 100, (2, 7)), "labels": torch.tensor([0, 1])}
     explanation = torch._dynamo.explain(model)(**batch)
     assert explanation.graph_break_count == 0, explanation.break_reasons
