@@ -25,6 +25,8 @@ import torch
 
 from bench_train_step import Arm, Trainer, build_arm, build_base, time_steps_cuda
 
+from tlora_analysis.adapters import lowrank_gemm
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -33,8 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--block", type=int, default=10)
     parser.add_argument("--mode", default="default", help="torch.compile mode")
-    parser.add_argument("--impls", nargs="+", default=["fused"], choices=["fused", "plain", "adapter", "merged"],
-                        help="TLoRA layer implementations to compile (layer.impl)")
+    parser.add_argument("--impls", nargs="+", default=["fused"], choices=["fused", "plain", "adapter", "merged", "cublas"],
+                        help="TLoRA layer implementations to compile (layer.impl; cublas: fused with the "
+                             "backend 'cublas', i.e. without the Triton low-rank-epilogue GEMM)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_compile.py times inductor on a CUDA GPU; none is visible")
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         times: dict[str, list[float]] = {name: [] for name in arms}
         for _ in range(args.rounds):
             for name, trainer in trainers.items():
+                lowrank_gemm.set_backend("cublas" if name == "tlora-cublas" else "auto")  # read at run time
                 times[name] += time_steps_cuda(trainer, args.block)
         peak = torch.cuda.max_memory_allocated()
     report.update(compile_s=compile_s, times_ms=times, peak_bytes_both=peak)

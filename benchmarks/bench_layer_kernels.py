@@ -1,4 +1,4 @@
-"""Where the fused TLoRA layer's time goes, kernel by kernel, and idea 8 (stacked GEMMs) measured.
+"""Where the fused TLoRA layer's time goes, kernel by kernel; ideas 8 (stacked GEMMs) and 10 (epilogue GEMM).
 
 For each layer shape of the LLaMA-shaped benchmark model (tokens × in → out, bf16, r = 32),
 with CUDA events around CUDA-graph replays (median of ``--repeats`` replays of 20 calls each):
@@ -9,6 +9,9 @@ with CUDA events around CUDA-graph replays (median of ``--repeats`` replays of 2
   ∂u = (g Cᵀ)(αB)ᵀ, ∂u Aᵀ, the base ∂x GEMM with β = 1; and the floor's own GEMMs (β = 0).
 - **alt**: the four rank-r products with the small operand stored in the other layout
   (cuBLAS picks different kernels for skinny products by layout).
+- **epilogue** (idea 10): x W0ᵀ + u M and g W0 + ∂u Aᵀ each as one Triton GEMM with the
+  rank-r term in its accumulator (tlora_analysis/adapters/lowrank_gemm.py), alone and as the
+  whole layer; checked against the fused path's numbers.
 - **stacked** (idea 8): read x once by stacking the frozen factors around W0 in one
   (out + r) × (in + r) buffer, [[W0, Cᵀ], [Aᵀ, ·]]: x [W0; Aᵀ]ᵀ gives the base output and
   u = x A side by side, and g [W0 | Cᵀ] the base input-gradient and g Cᵀ side by side, at the
@@ -29,6 +32,9 @@ from typing import Callable
 
 import torch
 from torch.nn import functional as F
+
+from tlora_analysis.adapters import lowrank_gemm
+from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul, supported
 
 SHAPES = {"q/k/v/o": (2048, 2048), "gate/up": (5632, 2048), "down": (2048, 5632)}  # (out, in)
 LAYERS_PER_STEP = {"q/k/v/o": 4 * 16, "gate/up": 2 * 16, "down": 16}  # the benchmark model's 16 blocks
@@ -70,8 +76,9 @@ def time_us(fn: Callable[[], object], device: str, repeats: int, inner: int = 20
     return 1000 * statistics.median(s.elapsed_time(e) for s, e in events) / inner
 
 
-def layer(tokens: int, out: int, inp: int, r: int, device: str, dtype: torch.dtype) -> dict[str, Callable]:
-    """Ready inputs and one closure per kernel (or variant) of one layer."""
+def layer(tokens: int, out: int, inp: int, r: int, device: str,
+          dtype: torch.dtype) -> tuple[dict[str, Callable], tuple[torch.Tensor, ...]]:
+    """Ready inputs and one closure per kernel (or variant) of one layer; the epilogue GEMM's forward operands."""
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(tokens, inp, device=device, dtype=dtype, generator=g)
     gout = torch.randn(tokens, out, device=device, dtype=dtype, generator=g)
@@ -116,6 +123,16 @@ def layer(tokens: int, out: int, inp: int, r: int, device: str, dtype: torch.dty
         z[:, :inp].addmm_(gc_ @ (alpha * b).T, a_t)
         return z[:, :inp], gc_
 
+    def epilogue_fwd():
+        u_ = x @ a
+        return lowrank_matmul(x, w0.T, u_, (alpha * b) @ c), u_
+
+    def epilogue_bwd():
+        gc_ = gout @ c.T
+        core = u.T @ gc_
+        _ = alpha * core, torch.dot(b.reshape(-1), core.reshape(-1))
+        return lowrank_matmul(gout, w0, gc_ @ (alpha * b).T, a.T), gc_
+
     return {
         "floor fwd: x W0ᵀ": lambda: F.linear(x, w0),
         "fwd αB": lambda: alpha * b,
@@ -136,9 +153,12 @@ def layer(tokens: int, out: int, inp: int, r: int, device: str, dtype: torch.dty
         "alt fwd u M, M stored transposed": lambda: torch.mm(u, m_tc.T, out=scratch_out),
         "alt bwd g Cᵀ, C stored transposed": lambda: gout @ c_tc,
         "alt bwd ∂u Aᵀ, A stored transposed": lambda: torch.mm(grad_u, a_tc, out=scratch_in),
+        "epilogue fwd: x W0ᵀ + u M in one GEMM": lambda: lowrank_matmul(x, w0.T, u, m),
+        "epilogue bwd: g W0 + ∂u Aᵀ in one GEMM": lambda: lowrank_matmul(gout, w0, grad_u, a.T),
         "whole fused fwd": fused_fwd, "whole fused bwd": fused_bwd,
+        "whole epilogue fwd": epilogue_fwd, "whole epilogue bwd": epilogue_bwd,
         "whole stacked fwd": stacked_fwd, "whole stacked bwd": stacked_bwd,
-    }
+    }, (x, w0.T, u, m)
 
 
 def agree(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> float:
@@ -154,14 +174,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    lowrank_gemm.set_backend("triton")  # the epilogue GEMM in eager mode, where it applies
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     report = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
               "tokens": args.tokens, "rank": args.rank, "dtype": str(dtype), "repeats": args.repeats, "shapes": {}}
     for label, (out, inp) in SHAPES.items():
-        fns = layer(args.tokens, out, inp, args.rank, args.device, dtype)
+        fns, operands = layer(args.tokens, out, inp, args.rank, args.device, dtype)
         row = {"out": out, "in": inp, "layers_per_step": LAYERS_PER_STEP[label],
                "rel_diff_stacked_fwd": agree(fns["whole stacked fwd"](), fns["whole fused fwd"]()),
                "rel_diff_stacked_bwd": agree(fns["whole stacked bwd"](), fns["whole fused bwd"]()),
+               "rel_diff_epilogue_fwd": agree(fns["whole epilogue fwd"](), fns["whole fused fwd"]()),
+               "rel_diff_epilogue_bwd": agree(fns["whole epilogue bwd"](), fns["whole fused bwd"]()),
+               "epilogue_kernel_used": supported(*operands),
                "us": {name: time_us(fn, args.device, args.repeats) for name, fn in fns.items()}}
         report["shapes"][label] = row
         print(label, json.dumps(row), file=sys.stderr, flush=True)

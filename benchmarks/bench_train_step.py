@@ -17,13 +17,17 @@ fused path), ``lora`` (ours), ``peft`` (PEFT's LoRA, default: adapter weights in
 ``peft-bf16`` (``autocast_adapter_dtype=False``; GPU only, on a float32 CPU model it is the
 same as ``peft``). Ablations at the largest rank: ``tlora-plain`` (the formula in autograd),
 ``tlora-folded`` ((x A)(α B C) in autograd), ``tlora-adapter`` (adapter Function, unfused add),
-``tlora-merged`` (one product with W0 + ΔW, opt-in),
+``tlora-merged`` (one product with W0 + ΔW, opt-in), ``tlora-triton`` (the fused layer with
+the Triton low-rank-epilogue GEMM in eager mode, ``lowrank_gemm.set_backend("triton")``; on a
+CPU the same as ``tlora``),
 TLoRA with dropout 0.1 at each position (on "all"; the mask redrawn in the backward, or stored), and ``tlora+recorder`` (snapshots every step) when
 ``tlora_analysis.recording`` exists. Every adapter uses dropout 0 unless named.
 
 ``--recorder-ab ROUNDS`` (GPU) times the recorder instead, as an A/B on one TLoRA model: blocks
 of ``--steps`` steps without and with snapshots every step, alternated; ``--rounds N`` runs the
 arm list N times in turn, to see drift between arms.
+
+Host: on the GPU, the median host time to issue one step onto an idle GPU (``host ms``).
 
 Memory: GPU peak allocated bytes per arm; on both, the bytes autograd saves for the backward
 (counted with saved_tensors_hooks, parameters excluded) and the trainable parameter count.
@@ -47,7 +51,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from tlora_analysis.adapters import LoRAConfig, TLoRAConfig, adapted_layers, apply_adapters
+from tlora_analysis.adapters import LoRAConfig, TLoRAConfig, adapted_layers, apply_adapters, lowrank_gemm
 
 CPU_TARGETS = {"qv": r".*\.(query|value)", "all": r".*encoder\.layer\.\d+\..*(query|key|value|dense)"}
 GPU_TARGETS = {"qv": r".*\.(q_proj|v_proj)", "all": r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"}
@@ -78,7 +82,7 @@ def plan_arms(device: str, ranks: list[int], targets: list[str], recorder: bool)
     if device == "cuda":
         arms.append(Arm("floor", options={"repeat": 1}))
     for t in targets if device == "cuda" else targets[-1:]:  # the CPU is slow: ablations on one target set
-        arms += [Arm(f"tlora-{impl}", top, t) for impl in ("plain", "folded", "adapter", "merged")]
+        arms += [Arm(f"tlora-{impl}", top, t) for impl in ("plain", "folded", "adapter", "merged", "triton")]
     arms += [Arm("tlora", top, "all", {"dropout": 0.1, "position": pos, "mask": mask})
              for mask in ("redraw", "store") for pos in ("output", "input")]
     if recorder:
@@ -156,6 +160,7 @@ def build_arm(arm: Arm, base: nn.Module, device: str) -> nn.Module:
                              dropout_position=arm.options.get("position", "output"))
         apply_adapters(model, config)
         impl = arm.name.split("-", 1)[1] if "-" in arm.name else "fused"
+        lowrank_gemm.set_backend(impl if impl in ("triton", "cublas") else "auto")  # "auto": cuBLAS in eager mode
         for layer in adapted_layers(model).values():
             with torch.no_grad():
                 layer.tlora_B.normal_(std=0.01)  # a nonzero B, as after some training
@@ -163,7 +168,7 @@ def build_arm(arm: Arm, base: nn.Module, device: str) -> nn.Module:
                 layer.impl = "plain"
                 layer.adapter_output = folded_adapter_output(layer)
             else:
-                layer.impl = impl
+                layer.impl = "fused" if impl in ("triton", "cublas") else impl
             layer.dropout_mask = arm.options.get("mask", "auto")
         return model
     if arm.name == "lora":
@@ -227,6 +232,19 @@ def time_steps_cuda(trainer: Trainer, steps: int) -> list[float]:
     return [start.elapsed_time(end) for start, end in events]
 
 
+def host_issue_ms(trainer: Trainer, steps: int) -> list[float]:
+    """Host time to issue one step onto an idle GPU: when it nears the GPU time, the step is
+    bound by Python and launch overhead, and host jitter shows up as GPU time."""
+    out = []
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        trainer.step()
+        out.append(1000.0 * (time.perf_counter() - t0))
+    torch.cuda.synchronize()
+    return out
+
+
 def time_step_cpu(trainer: Trainer) -> float:
     """CPU time of the process for one step: on a shared machine it is what the step costs,
     whoever else runs (wall time there measures the neighbours as much as the step)."""
@@ -277,9 +295,10 @@ def run_cuda(arms: list[Arm], base: nn.Module, data: dict, tokens: int, warmup: 
         torch.cuda.reset_peak_memory_stats()
         times = time_steps_cuda(trainer, steps)
         peak = torch.cuda.max_memory_allocated()
+        host = statistics.median(host_issue_ms(trainer, 5))
         saved = trainer.saved_bytes()
         trainer.close()
-        sink(summarize(arm, times, tokens, {"peak_bytes": peak, "saved_bytes": saved,
+        sink(summarize(arm, times, tokens, {"peak_bytes": peak, "saved_bytes": saved, "host_ms": host,
                                             "trainable": sum(p.numel() for p in trainer.params)}))
         del trainer, model
         gc.collect()
@@ -349,8 +368,8 @@ def ratio_table(results: list[dict]) -> str:
     floor_ms = statistics.mean(r["median_ms"] for r in results if r["method"] == "floor")
     floor_mem = statistics.mean(r.get("peak_bytes", 0) for r in results if r["method"] == "floor")
     peft = {(r["rank"], r["targets"]): r["median_ms"] for r in results if r["method"] == "peft"}
-    lines = ["| arm | median ms (q25–q75) | × floor | × PEFT | tokens/s | peak GiB | × floor mem | saved MiB | trainable |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | median ms (q25–q75) | × floor | × PEFT | tokens/s | peak GiB | × floor mem | saved MiB | trainable "
+             "| host ms |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         label = r["arm"] + (f" dropout {r['dropout']} {r['position']} {r['mask']}" if "dropout" in r else "")
         label += f" (#{r['repeat'] + 1})" if "repeat" in r else ""
@@ -361,7 +380,8 @@ def ratio_table(results: list[dict]) -> str:
                  f"{r['median_ms'] / floor_ms:.3f}", f"{r['median_ms'] / p:.3f}" if p else "–",
                  f"{r['tokens_per_s']:,.0f}", f"{peak / 2**30:.2f}" if peak else "–",
                  f"{peak / floor_mem:.3f}" if peak and floor_mem else "–",
-                 f"{r['saved_bytes'] / 2**20:.0f}", f"{r['trainable']:,}"]
+                 f"{r['saved_bytes'] / 2**20:.0f}", f"{r['trainable']:,}",
+                 f"{r['host_ms']:.1f}" if "host_ms" in r else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

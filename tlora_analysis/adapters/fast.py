@@ -12,8 +12,11 @@ Four implementations, selected per layer by ``TLoRALinear.impl``:
   once per forward (M = α B C, r × out) so the forward is two products, and only u = x A
   (tokens × r) is saved for the backward.
 - ``"fused"`` (default): :class:`TLoRALinearFunction`, base layer and adapter in one node:
-  the base product accumulates onto the adapter's output in its GEMM epilogue (``addmm_``
-  with β = 1), and the base input-gradient onto the adapter's input-gradient the same way.
+  x W0ᵀ + u M and g W0 + ∂u Aᵀ each through :func:`~.lowrank_gemm.lowrank_matmul`, where cuBLAS
+  accumulates the base product onto the adapter's (``addmm_``, β = 1) or, on Hopper GPUs in half
+  precision and by default only under ``torch.compile``, one Triton GEMM carries the rank-r term
+  in its accumulator. With dropout on the output (forward) or the input (∂x) that direction
+  stays with the β = 1 accumulation.
 - ``"merged"`` (opt-in): :class:`TLoRAMergedFunction`, one product with W0 + ΔW, rebuilt from
   the factors in the forward and again in the backward (weight-sized passes instead of
   activation-sized ones). Without dropout only (else "fused"); W0 + ΔW is rounded to W0's
@@ -34,6 +37,8 @@ from typing import Any
 
 import torch
 from torch.nn import functional as F
+
+from .lowrank_gemm import lowrank_matmul
 
 __all__ = ["IMPLEMENTATIONS", "TLoRAAdapterFunction", "TLoRALinearFunction", "TLoRAMergedFunction",
            "plain_adapter_output"]
@@ -180,12 +185,12 @@ class TLoRALinearFunction(torch.autograd.Function):
             out, ctx.out_mask = _dropout(u @ m, p_out, store_mask)
             if bias is not None:
                 out.add_(bias)
-        else:
-            out = u @ m if bias is None else torch.addmm(bias, u, m)
+            # The large product accumulates onto the adapter's output in its GEMM epilogue (β = 1):
+            # the adapter costs one write of (tokens × out), not a separate add pass.
+            out.addmm_(x2, weight.T)
+        else:  # x W0ᵀ + u M in one GEMM where Triton runs (no activation written twice), else as above
+            out = lowrank_matmul(x2, weight.T, u, m, bias)
             ctx.out_mask = None
-        # The large product accumulates onto the adapter's output in its GEMM epilogue (β = 1):
-        # the adapter costs one write of (tokens × out), not a separate add pass.
-        out.addmm_(x2, weight.T)
         ctx.save_for_backward(weight, u, a, b, c, alpha, alpha_b)
         ctx.x_shape, ctx.needs_u, ctx.b_index = x.shape, ctx.needs_input_grad[0], 4
         return out.view(*x.shape[:-1], weight.shape[0])
@@ -198,7 +203,11 @@ class TLoRALinearFunction(torch.autograd.Function):
         grad_u, grad_b, grad_alpha = _core_grads(ctx, go, u, b, c, alpha, alpha_b)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = _input_grad_from_u(grad_u, a, ctx.in_mask).addmm_(g, weight).view(ctx.x_shape)
+            if ctx.in_mask is None:  # g W0 + ∂u Aᵀ in one GEMM (Triton) or β = 1 accumulation (cuBLAS)
+                grad_x = lowrank_matmul(g, weight, grad_u, a.T)
+            else:
+                grad_x = _input_grad_from_u(grad_u, a, ctx.in_mask).addmm_(g, weight)
+            grad_x = grad_x.view(ctx.x_shape)
         return grad_x, None, None, None, grad_b, None, grad_alpha, None, None, None
 
 

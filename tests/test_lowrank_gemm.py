@@ -1,0 +1,241 @@
+"""lowrank_matmul = x w + u v (+ bias): the Triton kernel and the cuBLAS fallback against float64.
+
+The kernel runs three ways here: under Triton's interpreter on the CPU (float16: the interpreter
+has no bfloat16 products), in a subprocess because the interpreter is chosen when the kernel
+is defined; compiled on a Hopper GPU (skipped elsewhere); and not at all (the fallback) for
+float32/float64 and CPUs without the interpreter.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, lowrank_gemm
+from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul, supported
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+# Triton's interpreter reads loop bounds with int(array), which NumPy ≥ 2.4 refuses before Triton 3.7
+INTERPRETER_OK = HAS_TRITON and tuple(int(p) for p in importlib.metadata.version("triton").split(".")[:2]) >= (3, 7)
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9 and HAS_TRITON
+
+# (tokens, in, out, rank, w stored transposed, v stored transposed, bias): edges of the tiles,
+# a padded rank (24 → 32), both layouts of both weight operands.
+CASES = [(70, 48, 40, 8, True, False, False), (64, 64, 96, 32, False, True, True),
+         (33, 40, 24, 24, True, True, True), (5, 16, 8, 8, False, False, True), (100, 80, 72, 64, True, False, True)]
+
+
+def operands(case, dtype, device="cpu", seed=0):
+    """x (m × k), w (k × n), u (m × r), v (r × n), bias, in the layouts the case names."""
+    m, k, n, r, w_t, v_t, has_bias = case
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device, dtype)  # noqa: E731
+    w = rnd(n, k).T if w_t else rnd(k, n)
+    v = rnd(n, r).T if v_t else rnd(r, n)
+    return rnd(m, k), w, rnd(m, r), v, (rnd(n) if has_bias else None)
+
+
+def dense64(x, w, u, v, bias):
+    out = x.double() @ w.double() + u.double() @ v.double()
+    return out if bias is None else out + bias.double()
+
+
+def rel_err(got, want):
+    return ((got.double().cpu() - want.cpu()).abs().max() / want.abs().max()).item()
+
+
+INTERPRETED = r"""
+import json, sys
+import torch
+from torch import nn
+from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, lowrank_gemm
+from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul, supported
+sys.path.insert(0, "tests")
+from test_lowrank_gemm import CASES, dense64, layer_errors, operands, rel_err, unsupported_cases
+
+calls = []
+kernel = lowrank_gemm._triton_lowrank_matmul
+lowrank_gemm._triton_lowrank_matmul = lambda *a: calls.append(1) or kernel(*a)
+report = {"cases": []}
+# the default backend ("auto"): cuBLAS in eager mode, the kernel in compiled code
+ops = operands(CASES[1], torch.float16)
+lowrank_matmul(*ops)
+report["auto_eager_calls"] = len(calls)
+compiled = torch.compile(lambda *a: lowrank_matmul(*a).relu(), backend="aot_eager", fullgraph=True)
+report["auto_compiled_err"] = rel_err(compiled(*ops), dense64(*ops).relu())
+report["auto_compiled_calls"] = len(calls)
+lowrank_gemm.set_backend("cublas")
+compiled(*ops)
+report["cublas_compiled_calls"] = len(calls) - report["auto_compiled_calls"]
+lowrank_gemm.set_backend("triton")
+calls.clear()
+for case in CASES:
+    ops = operands(case, torch.float16)
+    report["cases"].append({"supported": supported(*ops[:4]), "err": rel_err(lowrank_matmul(*ops), dense64(*ops))})
+# by hand: x = I, w = (0, 1/8, ..., 63/8), u = 1, v = 2 I, bias = (0, 1, ..., 7): out = w + 2 + bias, exactly
+x, w = torch.eye(8, dtype=torch.float16), (torch.arange(64.0) / 8).reshape(8, 8).half()
+u, v, bias = torch.ones(8, 8, dtype=torch.float16), 2 * torch.eye(8, dtype=torch.float16), torch.arange(8.0).half()
+report["unsupported"] = unsupported_cases("cpu")
+report["hand_exact"] = bool(torch.equal(lowrank_matmul(x, w, u, v, bias), w + 2 + bias))
+calls.clear()
+report["layer"] = layer_errors(torch.float16, "cpu", dropout=0.0)
+report["layer_kernel_calls"] = len(calls)  # forward and ∂x
+calls.clear()
+report["layer_input_dropout"] = layer_errors(torch.float16, "cpu", dropout=0.3)
+report["layer_input_dropout_kernel_calls"] = len(calls)  # forward only: ∂x needs the mask
+print(json.dumps(report))
+"""
+
+
+def layer_errors(dtype, device, dropout):
+    """Relative errors of a fused TLoRA layer in ``dtype`` against float64 (output, ∂x, ∂B, ∂α).
+
+    Dropout goes on the input, so the same seed gives both precisions the same mask.
+    """
+    torch.manual_seed(0)
+    config = TLoRAConfig(rank=8, alpha_init=0.7, dropout=dropout, dropout_position="input", seed=1)
+    ref = TLoRALinear(torch.nn.Linear(64, 48).double(), "layer", config)
+    with torch.no_grad():
+        ref.tlora_B.normal_()
+    ref.impl = "plain"
+    layer = TLoRALinear(torch.nn.Linear(64, 48), "layer", config).to(device, dtype)
+    layer.load_state_dict(ref.state_dict())
+    layer.dropout_mask = "redraw"  # a bool mask: on a CPU the one nn.Dropout draws, in any precision
+    x = torch.randn(3, 7, 64, dtype=torch.float64)
+    out = {}
+    for name, mod, xx in (("ref", ref, x), ("fast", layer, x.to(device, dtype))):
+        xx = xx.clone().requires_grad_(True)
+        torch.manual_seed(5)
+        y = mod(xx)
+        (y * torch.linspace(-1, 1, y.numel(), device=y.device, dtype=y.dtype).reshape(y.shape)).sum().backward()
+        out[name] = {"y": y.detach(), "x": xx.grad, "B": mod.tlora_B.grad, "alpha": mod.tlora_alpha.grad.reshape(1)}
+    return {k: rel_err(out["fast"][k], out["ref"][k]) for k in out["ref"]}
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", INTERPRETED], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not INTERPRETER_OK, reason="needs triton ≥ 3.7 (the test extra installs it on Linux x86-64)")
+class TestInterpreted:
+    @pytest.mark.parametrize("i", range(len(CASES)))
+    def test_kernel_matches_float64(self, interpreted, i):
+        case = interpreted["cases"][i]
+        assert case["supported"]  # the kernel ran, not the fallback
+        assert case["err"] < 2e-3  # float16 output rounding: 2⁻¹¹ ≈ 4.9e-4 relative
+
+    def test_default_backend_runs_it_in_compiled_code_only(self, interpreted):
+        assert interpreted["auto_eager_calls"] == 0
+        assert interpreted["auto_compiled_calls"] == 1 and interpreted["auto_compiled_err"] < 2e-3
+        assert interpreted["cublas_compiled_calls"] == 0
+
+    def test_refuses_what_it_cannot_run(self, interpreted):
+        assert not any(interpreted["unsupported"].values()), interpreted["unsupported"]
+
+    def test_hand_computed_case_is_exact(self, interpreted):
+        assert interpreted["hand_exact"]
+
+    def test_fused_tlora_layer_runs_it_and_matches_float64(self, interpreted):
+        assert interpreted["layer_kernel_calls"] == 2
+        assert max(interpreted["layer"].values()) < 5e-3, interpreted["layer"]
+
+    def test_input_dropout_keeps_the_cublas_input_gradient(self, interpreted):
+        assert interpreted["layer_input_dropout_kernel_calls"] == 1
+        assert max(interpreted["layer_input_dropout"].values()) < 5e-3, interpreted["layer_input_dropout"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fallback_is_exact_in_float64(case):
+    ops = operands(case, torch.float64)
+    assert not supported(*ops[:4])  # float64 never takes the kernel
+    torch.testing.assert_close(lowrank_matmul(*ops), dense64(*ops), rtol=1e-12, atol=1e-12)
+
+
+def unsupported_cases(device):
+    """supported() for operands the kernel must refuse (each should be False where the kernel runs)."""
+    x, w, u, v, _ = operands(CASES[1], torch.float16, device)
+    out = {"float32 (Triton would round to TF32)": supported(x.float(), w.float(), u.float(), v.float()),
+           "24-byte rows of x": supported(*operands((8, 12, 16, 8, False, False, False), torch.float16, device)[:4]),
+           "24-byte rows of the output": supported(*operands((8, 16, 12, 8, True, True, False), torch.float16,
+                                                              device)[:4]),
+           "u not row-major": supported(x, w, u.T.contiguous().T, v)}
+    return out
+
+
+def test_backend_is_validated():
+    assert lowrank_gemm.get_backend() == "auto"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        lowrank_gemm.set_backend("cutlass")
+    assert lowrank_gemm.get_backend() == "auto"
+
+
+@pytest.fixture
+def triton_backend():
+    lowrank_gemm.set_backend("triton")
+    yield
+    lowrank_gemm.set_backend("auto")
+
+
+def test_cpu_without_interpreter_uses_cublas():
+    x, w, u, v, _ = operands(CASES[1], torch.float16)
+    assert not supported(x, w, u, v)
+
+
+def test_shape_mismatch_is_a_clear_error():
+    x, w, u, v, _ = operands(CASES[0], torch.float64)
+    with pytest.raises(ValueError, match="shapes do not chain"):
+        lowrank_matmul(x, w, u[:, :4], v)
+
+
+def test_torch_compile_keeps_the_operator_whole():
+    x, w, u, v, bias = operands(CASES[1], torch.float64)
+    fn = lambda *a: lowrank_matmul(*a).relu()  # noqa: E731
+    explanation = torch._dynamo.explain(fn)(x, w, u, v, bias)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch.testing.assert_close(torch.compile(fn, backend="aot_eager", fullgraph=True)(x, w, u, v, bias),
+                               fn(x, w, u, v, bias), rtol=0, atol=0)
+    torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper (or newer) CUDA GPU and triton")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", CASES + [(1000, 256, 384, 16, True, False, True), (777, 384, 256, 32, False, True, False)])
+def test_cuda_kernel_at_least_as_accurate_as_cublas(dtype, case, triton_backend):
+    ops = operands(case, dtype, "cuda")
+    assert supported(*ops[:4])
+    want = dense64(*ops)
+    err = rel_err(lowrank_matmul(*ops), want)
+    err_cublas = rel_err(lowrank_gemm._cublas_lowrank_matmul(*ops), want)
+    assert err < (8e-3 if dtype == torch.bfloat16 else 1e-3)
+    assert err <= 1.5 * err_cublas + 1e-4  # one rounding instead of two
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper (or newer) CUDA GPU and triton")
+def test_cuda_refuses_what_it_cannot_run():
+    refused = unsupported_cases("cuda")
+    assert not any(refused.values()), refused
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper (or newer) CUDA GPU and triton")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_fused_layer_matches_float64(dtype, monkeypatch, triton_backend):
+    calls = []
+    kernel = lowrank_gemm._triton_lowrank_matmul
+    monkeypatch.setattr(lowrank_gemm, "_triton_lowrank_matmul", lambda *a: calls.append(1) or kernel(*a))
+    errors = layer_errors(dtype, "cuda", dropout=0.0)
+    assert len(calls) == 2
+    assert max(errors.values()) < (3e-2 if dtype == torch.bfloat16 else 5e-3), errors

@@ -1,0 +1,235 @@
+"""out = X W (+ bias) + U V in one GEMM: a rank-r term added in the accumulator (Triton, Hopper+).
+
+Why: the fused TLoRA layer (fast.py) lets cuBLAS accumulate the base product onto the adapter's
+output u M (``addmm_`` with β = 1), so every adapted layer writes one extra activation in the
+forward (u M, tokens × out) and one in the backward (∂u Aᵀ, tokens × in), and reads each back in
+the β = 1 epilogue: 4.6 ms of a 110 ms step on the benchmark model (docs/benchmarks.md, "Where
+the fused layer's time goes"). Here each output tile gets its low-rank term from one more
+(BM × r)·(r × BN) tensor-core product on the accumulator before the only store: no extra pass
+over memory, and one rounding to the output dtype instead of two.
+
+A persistent kernel with tensor-memory-accelerator (TMA) loads and one tile shape, chosen by
+measurement (``_TILE``). It runs on CUDA GPUs of compute capability ≥ 9 (Hopper), and under
+Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors) for tests; :func:`supported` says
+when it applies, :func:`set_backend` when it is used (by default only in ``torch.compile``d
+code: in eager mode its Python launch costs the host more than the GPU saves), and
+:func:`lowrank_matmul` falls back to cuBLAS otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+__all__ = ["BACKENDS", "get_backend", "lowrank_matmul", "set_backend", "supported"]
+
+_HALF = (torch.bfloat16, torch.float16)
+BACKENDS = ("auto", "triton", "cublas")
+_backend = "auto"
+
+
+def set_backend(backend: str) -> None:
+    """Where :func:`lowrank_matmul` may run the Triton kernel (process-wide).
+
+    - ``"auto"`` (default): inside ``torch.compile``d code only. There the host's per-call cost
+      is small next to the rest of the compiled step (or gone, with CUDA graphs); in eager mode
+      the step of a 1B model with all linear layers adapted is already close to host-bound, and
+      the kernel's Python launch tips it over (docs/benchmarks.md, "The low-rank epilogue GEMM").
+    - ``"triton"``: wherever :func:`supported` says it runs, eager mode too.
+    - ``"cublas"``: never (A/B runs, debugging, bit-for-bit comparisons with older results).
+    """
+    global _backend
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _backend = backend
+
+
+def get_backend() -> str:
+    """The backend :func:`set_backend` chose."""
+    return _backend
+
+
+@functools.cache
+def _triton_ready(device_type: str) -> bool:
+    """Triton importable, and either interpreting (CPU tensors) or on a CUDA GPU with TMA."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return device_type == "cpu"
+    return device_type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+def _tma_ok(t: torch.Tensor) -> bool:
+    """TMA's rules for a 2-D operand or its transpose: one unit stride, the other stride and the
+    base address 16-byte aligned."""
+    s0, s1 = t.stride()
+    row = s0 if s1 == 1 else (s1 if s0 == 1 else 1)  # 1: neither dimension is contiguous
+    return row * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
+
+
+def supported(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether :func:`lowrank_matmul` runs the Triton kernel for these operands (else cuBLAS).
+
+    x (M × K) row-major; w (K × N) and v (r × N) either row-major or transposed views of
+    row-major storage; u (M × r) row-major; all of one half-precision dtype (bfloat16 or float16:
+    in float32 Triton's tensor cores would round inputs to TF32, cuBLAS does not); rank ≤ 128;
+    output rows (N) a multiple of 16 bytes.
+    """
+    dtype, device = x.dtype, x.device
+    if not (dtype in _HALF and _triton_ready(device.type)):
+        return False
+    ops = (x, w, u, v)
+    if any(t.dtype != dtype or t.device != device or t.dim() != 2 or t.numel() == 0 for t in ops):
+        return False
+    return (x.stride(1) == 1 and u.stride(1) == 1 and u.shape[1] <= 128
+            and w.shape[1] * x.element_size() % 16 == 0 and all(_tma_ok(t) for t in ops))
+
+
+if importlib.util.find_spec("triton") is not None:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+        """Grouped order: GROUP_M row-blocks share each column-block of W while it is in L2."""
+        num_in_group = GROUP_M * num_pid_n
+        first_m = (tile_id // num_in_group) * GROUP_M
+        group_m = min(num_pid_m - first_m, GROUP_M)
+        return first_m + (tile_id % group_m), (tile_id % num_in_group) // group_m
+
+    @triton.jit
+    def _lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, bias_ptr, out_ptr, M, N, K, R,
+                               stride_x, stride_w, stride_u, stride_v,
+                               W_T: tl.constexpr, V_T: tl.constexpr, RP: tl.constexpr, HAS_BIAS: tl.constexpr,
+                               NUM_SMS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                               GROUP_M: tl.constexpr):
+        # TMA descriptors over the row-major storage; W and V may be stored transposed (W_T, V_T).
+        x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[stride_x, 1], block_shape=[BM, BK])
+        if W_T:
+            w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_w, 1], block_shape=[BN, BK])
+        else:
+            w_desc = tl.make_tensor_descriptor(w_ptr, shape=[K, N], strides=[stride_w, 1], block_shape=[BK, BN])
+        u_desc = tl.make_tensor_descriptor(u_ptr, shape=[M, R], strides=[stride_u, 1], block_shape=[BM, RP])
+        if V_T:
+            v_desc = tl.make_tensor_descriptor(v_ptr, shape=[N, R], strides=[stride_v, 1], block_shape=[BN, RP])
+        else:
+            v_desc = tl.make_tensor_descriptor(v_ptr, shape=[R, N], strides=[stride_v, 1], block_shape=[RP, BN])
+        # the output is stored in two halves: the freed shared memory leaves room for the rank-r tiles
+        out_desc = tl.make_tensor_descriptor(out_ptr, shape=[M, N], strides=[N, 1], block_shape=[BM, BN // 2])
+        num_pid_m = tl.cdiv(M, BM)
+        num_pid_n = tl.cdiv(N, BN)
+        k_tiles = tl.cdiv(K, BK)
+        # persistent: one program per multiprocessor; flatten=True pipelines loads across tiles
+        for tile_id in tl.range(tl.program_id(0), num_pid_m * num_pid_n, NUM_SMS, flatten=True):
+            pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
+            om = pid_m * BM
+            on = pid_n * BN
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+            for ki in range(k_tiles):
+                ok = ki * BK
+                a = x_desc.load([om, ok])
+                if W_T:
+                    acc = tl.dot(a, w_desc.load([on, ok]).T, acc)
+                else:
+                    acc = tl.dot(a, w_desc.load([ok, on]), acc)
+            # the rank-r term: one more tensor-core product onto the same accumulator (columns
+            # past r are zeros from the descriptors' bounds)
+            if V_T:
+                acc = tl.dot(u_desc.load([om, 0]), v_desc.load([on, 0]).T, acc)
+            else:
+                acc = tl.dot(u_desc.load([om, 0]), v_desc.load([0, on]), acc)
+            if HAS_BIAS:
+                offs_n = on + tl.arange(0, BN)
+                acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+            halves = tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1))
+            left, right = tl.split(halves)
+            out_desc.store([om, on], left.to(out_desc.dtype))
+            out_desc.store([om, on + BN // 2], right.to(out_desc.dtype))
+
+
+# (BM, BN, BK, pipeline stages, warps): the fastest of 30 tiles and kernel variants measured on
+# the H200 for the benchmark model's six GEMM shapes (docs/benchmarks.md); the interpreter gets
+# small tiles so that tests cover several tiles per program.
+_TILE = (128, 256, 64, 3, 8)
+_INTERPRETER_TILE = (32, 32, 16, 1, 4)
+
+
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def _row_major(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``t``'s row-major storage, and whether ``t`` is its transpose."""
+    return (t, False) if t.stride(-1) == 1 else (t.T, True)
+
+
+def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                           bias: torch.Tensor | None) -> torch.Tensor:
+    m, k = x.shape
+    n, r = w.shape[1], u.shape[1]
+    out = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    (w_rm, w_t), (v_rm, v_t) = _row_major(w), _row_major(v)
+    bm, bn, bk, stages, warps = _INTERPRETER_TILE if x.device.type == "cpu" else _TILE
+    num_sms = _num_sms(x.device)
+    # The descriptors are built on the device, in a scratch buffer this allocator hands out; set
+    # per call because Triton keeps it in a context variable, and the backward runs in
+    # autograd's own thread.
+    triton.set_allocator(lambda size, alignment, stream: torch.empty(size, device=x.device, dtype=torch.int8))
+    grid = (min(num_sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
+    _lowrank_matmul_kernel[grid](
+        x, w_rm, u, v_rm, bias if bias is not None else out, out, m, n, k, r,
+        x.stride(0), w_rm.stride(0), u.stride(0), v_rm.stride(0),
+        W_T=w_t, V_T=v_t, RP=max(16, triton.next_power_of_2(r)), HAS_BIAS=bias is not None, NUM_SMS=num_sms,
+        BM=bm, BN=bn, BK=bk, GROUP_M=8, num_stages=stages, num_warps=warps)
+    return out
+
+
+def _cublas_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                           bias: torch.Tensor | None) -> torch.Tensor:
+    """The rank-r product first, the large one accumulated onto it in cuBLAS's epilogue (β = 1)."""
+    out = torch.mm(u, v) if bias is None else torch.addmm(bias, u, v)
+    return out.addmm_(x, w)
+
+
+def _dispatch(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+              bias: torch.Tensor | None, triton_allowed: bool) -> torch.Tensor:
+    if (triton_allowed and supported(x, w, u, v)
+            and (bias is None or (bias.dtype == x.dtype and bias.stride(0) == 1))):
+        return _triton_lowrank_matmul(x, w, u, v, bias)
+    return _cublas_lowrank_matmul(x, w, u, v, bias)
+
+
+@torch.library.custom_op("tlora_analysis::lowrank_matmul", mutates_args=())
+def _lowrank_matmul_op(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                       bias: torch.Tensor | None) -> torch.Tensor:
+    return _dispatch(x, w, u, v, bias, _backend != "cublas")  # runs from compiled code only
+
+
+@_lowrank_matmul_op.register_fake
+def _(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+      bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(x.shape[0], w.shape[1])
+
+
+def lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x w + u v (+ bias) for x (M × K), w (K × N), u (M × r), v (r × N), bias (N): M × N.
+
+    The Triton kernel where the backend (:func:`set_backend`) allows it and :func:`supported`
+    says it runs (float32 accumulation, one rounding to x's dtype), else two cuBLAS calls (the
+    rank-r product, then the large one accumulated onto it). Under ``torch.compile`` a custom
+    operator, which keeps it whole; in eager mode a plain call (the operator's dispatch would
+    cost the host more than the launch). No autograd: for use inside autograd Functions
+    (adapters/fast.py).
+    """
+    m, k = x.shape
+    if w.shape[0] != k or u.shape[0] != m or v.shape != (u.shape[1], w.shape[1]):
+        raise ValueError(f"shapes do not chain: x {tuple(x.shape)}, w {tuple(w.shape)}, "
+                         f"u {tuple(u.shape)}, v {tuple(v.shape)}")
+    if torch.compiler.is_compiling():
+        return _lowrank_matmul_op(x, w, u, v, bias)
+    return _dispatch(x, w, u, v, bias, _backend == "triton")
