@@ -37,7 +37,7 @@ def set_backend(backend: str) -> None:
     - ``"auto"`` (default): inside ``torch.compile``d code only. There the host's per-call cost
       is small next to the rest of the compiled step (or gone, with CUDA graphs); in eager mode
       the step of a 1B model with all linear layers adapted is already close to host-bound, and
-      the kernel's Python launch tips it over (docs/benchmarks.md, "The low-rank epilogue GEMM").
+      the kernel's Python launch tips it over (docs/benchmarks.md, "Idea 10").
     - ``"triton"``: wherever :func:`supported` says it runs, eager mode too.
     - ``"cublas"``: never (A/B runs, debugging, bit-for-bit comparisons with older results).
     """
@@ -63,11 +63,11 @@ def _triton_ready(device_type: str) -> bool:
 
 
 def _tma_ok(t: torch.Tensor) -> bool:
-    """TMA's rules for a 2-D operand or its transpose: one unit stride, the other stride and the
-    base address 16-byte aligned."""
-    s0, s1 = t.stride()
-    row = s0 if s1 == 1 else (s1 if s0 == 1 else 1)  # 1: neither dimension is contiguous
-    return row * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
+    """TMA's rules for a 2-D operand or its transpose: one unit stride, rows that do not overlap,
+    the row stride and the base address 16-byte aligned."""
+    (s0, s1), (n0, n1) = t.stride(), t.shape
+    row, width = (s0, n1) if s1 == 1 else ((s1, n0) if s0 == 1 else (0, 1))  # (0, 1): neither is contiguous
+    return row >= width and row * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
 
 
 def supported(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> bool:
@@ -75,8 +75,9 @@ def supported(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor
 
     x (M × K) row-major; w (K × N) and v (r × N) either row-major or transposed views of
     row-major storage; u (M × r) row-major; all of one half-precision dtype (bfloat16 or float16:
-    in float32 Triton's tensor cores would round inputs to TF32, cuBLAS does not); rank ≤ 128;
-    output rows (N) a multiple of 16 bytes.
+    in float32 Triton's tensor cores would round inputs to TF32, cuBLAS does not); rank ≤ 64 (the
+    largest tested; its tiles must fit in shared memory next to the main loop's); output rows (N)
+    a multiple of 16 bytes.
     """
     dtype, device = x.dtype, x.device
     if not (dtype in _HALF and _triton_ready(device.type)):
@@ -84,7 +85,7 @@ def supported(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor
     ops = (x, w, u, v)
     if any(t.dtype != dtype or t.device != device or t.dim() != 2 or t.numel() == 0 for t in ops):
         return False
-    return (x.stride(1) == 1 and u.stride(1) == 1 and u.shape[1] <= 128
+    return (x.stride(1) == 1 and u.stride(1) == 1 and u.shape[1] <= 64
             and w.shape[1] * x.element_size() % 16 == 0 and all(_tma_ok(t) for t in ops))
 
 
