@@ -229,8 +229,8 @@ def lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.T
     """
     m, k = x.shape
     if w.shape[0] != k or u.shape[0] != m or v.shape != (u.shape[1], w.shape[1]):
-        raise ValueError(f"shapes do not chain: x {tuple(x.shape)}, w {tuple(w.shape)}, "
-                         f"u {tuple(u.shape)}, v {tuple(v.shape)}")
+        raise ValueError(f"shapes do not chain: x {tuple(x.shape)}, w {tuple(w.shape)}, u {tuple(u.shape)}, "
+                         f"v {tuple(v.shape)}; need x (M × K), w (K × N), u (M × r), v (r × N)")
     if torch.compiler.is_compiling():
         return _lowrank_matmul_op(x, w, u, v, bias)
     return _dispatch(x, w, u, v, bias, _backend == "triton")
