@@ -12,6 +12,9 @@ with CUDA events around CUDA-graph replays (median of ``--repeats`` replays of 2
 - **epilogue** (idea 10): x W0ᵀ + u M and g W0 + ∂u Aᵀ each as one Triton GEMM with the
   rank-r term in its accumulator (tlora_analysis/adapters/lowrank_gemm.py), alone and as the
   whole layer; checked against the fused path's numbers.
+- **epilogue+core** (idea 11, the layer's path now): the same GEMMs with α and B applied inside
+  the kernel, x W0ᵀ + α (u B) C and g W0 + α (g Cᵀ Bᵀ) Aᵀ, so that α B, M = (αB) C and
+  ∂u = (g Cᵀ)(αB)ᵀ are no longer separate kernels.
 - **stacked** (idea 8): read x once by stacking the frozen factors around W0 in one
   (out + r) × (in + r) buffer, [[W0, Cᵀ], [Aᵀ, ·]]: x [W0; Aᵀ]ᵀ gives the base output and
   u = x A side by side, and g [W0 | Cᵀ] the base input-gradient and g Cᵀ side by side, at the
@@ -109,6 +112,16 @@ def layer(tokens: int, out: int, inp: int, r: int, device: str,
         gx = (gc_ @ (alpha * b).T) @ a.T
         return gx.addmm_(gout, w0), gc_
 
+    def core_fwd():
+        u_ = x @ a
+        return lowrank_matmul(x, w0.T, u_, c, core=b, scale=alpha), u_
+
+    def core_bwd():
+        gc_ = gout @ c.T
+        core = u.T @ gc_
+        _ = alpha * core, torch.dot(b.reshape(-1), core.reshape(-1))
+        return lowrank_matmul(gout, w0, gc_, a.T, core=b.T, scale=alpha), gc_
+
     def stacked_fwd():
         y2 = F.linear(x, big[:, :inp])  # tokens × (out + r): [x W0ᵀ | x A]
         u_ = y2[:, out:]
@@ -155,8 +168,12 @@ def layer(tokens: int, out: int, inp: int, r: int, device: str,
         "alt bwd ∂u Aᵀ, A stored transposed": lambda: torch.mm(grad_u, a_tc, out=scratch_in),
         "epilogue fwd: x W0ᵀ + u M in one GEMM": lambda: lowrank_matmul(x, w0.T, u, m),
         "epilogue bwd: g W0 + ∂u Aᵀ in one GEMM": lambda: lowrank_matmul(gout, w0, grad_u, a.T),
+        "epilogue+core fwd: x W0ᵀ + α (u B) C in one GEMM": lambda: lowrank_matmul(x, w0.T, u, c, core=b, scale=alpha),
+        "epilogue+core bwd: g W0 + α (g Cᵀ Bᵀ) Aᵀ in one GEMM": lambda: lowrank_matmul(gout, w0, gc, a.T, core=b.T,
+                                                                                     scale=alpha),
         "whole fused fwd": fused_fwd, "whole fused bwd": fused_bwd,
         "whole epilogue fwd": epilogue_fwd, "whole epilogue bwd": epilogue_bwd,
+        "whole epilogue+core fwd": core_fwd, "whole epilogue+core bwd": core_bwd,
         "whole stacked fwd": stacked_fwd, "whole stacked bwd": stacked_bwd,
     }, (x, w0.T, u, m)
 
@@ -185,6 +202,8 @@ def main(argv: list[str] | None = None) -> None:
                "rel_diff_stacked_bwd": agree(fns["whole stacked bwd"](), fns["whole fused bwd"]()),
                "rel_diff_epilogue_fwd": agree(fns["whole epilogue fwd"](), fns["whole fused fwd"]()),
                "rel_diff_epilogue_bwd": agree(fns["whole epilogue bwd"](), fns["whole fused bwd"]()),
+               "rel_diff_core_fwd": agree(fns["whole epilogue+core fwd"](), fns["whole fused fwd"]()),
+               "rel_diff_core_bwd": agree(fns["whole epilogue+core bwd"](), fns["whole fused bwd"]()),
                "epilogue_kernel_used": supported(*operands),
                "us": {name: time_us(fn, args.device, args.repeats) for name, fn in fns.items()}}
         report["shapes"][label] = row

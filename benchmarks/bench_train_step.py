@@ -381,7 +381,7 @@ def ratio_table(results: list[dict]) -> str:
                  f"{r['tokens_per_s']:,.0f}", f"{peak / 2**30:.2f}" if peak else "–",
                  f"{peak / floor_mem:.3f}" if peak and floor_mem else "–",
                  f"{r['saved_bytes'] / 2**20:.0f}", f"{r['trainable']:,}",
-                 f"{r['host_ms']:.1f}" if "host_ms" in r else "–"]
+                 f"{r['host_ms']:.1f}" if r.get("host_ms") is not None else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -407,6 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="timed steps per arm (default: cuda 25; cpu 3, one per round-robin round)")
     parser.add_argument("--only", nargs="*", default=None, help="keep only arms whose method is listed")
+    parser.add_argument("--no-dropout", action="store_true", help="leave out the arms with dropout")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the (filtered) arm list this many times in turn, to see drift between arms")
     parser.add_argument("--recorder-ab", type=int, default=0, metavar="ROUNDS",
@@ -430,6 +431,8 @@ def main(argv: list[str] | None = None) -> None:
     arms = plan_arms(args.device, args.ranks, args.targets, has_recorder)
     if args.only is not None:
         arms = [a for a in arms if a.name in args.only]
+    if args.no_dropout:
+        arms = [a for a in arms if "dropout" not in a.options]
     if args.rounds > 1:
         arms = [Arm(a.name, a.rank, a.targets, {**a.options, "round": i}) for i in range(args.rounds) for a in arms]
     base, data, info = build_base(args.device)

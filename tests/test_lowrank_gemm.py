@@ -1,4 +1,4 @@
-"""lowrank_matmul = x w + u v (+ bias): the Triton kernel and the cuBLAS fallback against float64.
+"""lowrank_matmul = x w + scale · (u core) v (+ bias): the Triton kernel and the cuBLAS fallback against float64.
 
 The kernel runs three ways here: under Triton's interpreter on the CPU (float16: the interpreter
 has no bfloat16 products), in a subprocess because the interpreter is chosen when the kernel
@@ -44,9 +44,17 @@ def operands(case, dtype, device="cpu", seed=0):
     return rnd(m, k), w, rnd(m, r), v, (rnd(n) if has_bias else None)
 
 
-def dense64(x, w, u, v, bias):
-    out = x.double() @ w.double() + u.double() @ v.double()
+def dense64(x, w, u, v, bias, core=None, scale=None):
+    u = u.double() if core is None else u.double() @ core.double()
+    out = x.double() @ w.double() + (1.0 if scale is None else scale.double()) * (u @ v.double())
     return out if bias is None else out + bias.double()
+
+
+def core_operands(case, dtype, device="cpu", transposed=False, seed=1):
+    """An r × r core (row-major, or a transposed view) and a one-element scale for ``case``."""
+    g = torch.Generator().manual_seed(seed)
+    core = torch.randn(case[3], case[3], generator=g, dtype=torch.float64).to(device, dtype)
+    return (core.T if transposed else core), torch.tensor(-0.7, dtype=dtype, device=device)
 
 
 def rel_err(got, want):
@@ -60,7 +68,7 @@ from torch import nn
 from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, lowrank_gemm
 from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul, supported
 sys.path.insert(0, "tests")
-from test_lowrank_gemm import CASES, dense64, layer_errors, operands, rel_err, unsupported_cases
+from test_lowrank_gemm import CASES, core_operands, dense64, layer_errors, operands, rel_err, unsupported_cases
 
 calls = []
 kernel = lowrank_gemm._triton_lowrank_matmul
@@ -81,6 +89,12 @@ calls.clear()
 for case in CASES:
     ops = operands(case, torch.float16)
     report["cases"].append({"supported": supported(*ops[:4]), "err": rel_err(lowrank_matmul(*ops), dense64(*ops))})
+    core, scale = core_operands(case, torch.float16, transposed=case[4])
+    report["core_cases"] = report.get("core_cases", []) + [
+        rel_err(lowrank_matmul(*ops, core=core, scale=scale), dense64(*ops, core, scale)),
+        rel_err(lowrank_matmul(*ops, core=core), dense64(*ops, core)),
+        rel_err(lowrank_matmul(*ops, scale=scale), dense64(*ops, None, scale))]
+report["core_calls"] = len(calls)
 # by hand: x = I, w = (0, 1/8, ..., 63/8), u = 1, v = 2 I, bias = (0, 1, ..., 7): out = w + 2 + bias, exactly
 x, w = torch.eye(8, dtype=torch.float16), (torch.arange(64.0) / 8).reshape(8, 8).half()
 u, v, bias = torch.ones(8, 8, dtype=torch.float16), 2 * torch.eye(8, dtype=torch.float16), torch.arange(8.0).half()
@@ -138,6 +152,10 @@ class TestInterpreted:
         assert case["supported"]  # the kernel ran, not the fallback
         assert case["err"] < 2e-3  # float16 output rounding: 2⁻¹¹ ≈ 4.9e-4 relative
 
+    def test_core_and_scale_match_float64(self, interpreted):
+        assert interpreted["core_calls"] == 4 * len(CASES)  # every product ran the kernel
+        assert max(interpreted["core_cases"]) < 4e-3  # one more float16 rounding, of scale · u core
+
     def test_default_backend_runs_it_in_compiled_code_only(self, interpreted):
         assert interpreted["auto_eager_calls"] == 0
         assert interpreted["auto_compiled_calls"] == 1 and interpreted["auto_compiled_err"] < 2e-3
@@ -163,6 +181,18 @@ def test_fallback_is_exact_in_float64(case):
     ops = operands(case, torch.float64)
     assert not supported(*ops[:4])  # float64 never takes the kernel
     torch.testing.assert_close(lowrank_matmul(*ops), dense64(*ops), rtol=1e-12, atol=1e-12)
+    core, scale = core_operands(case, torch.float64, transposed=case[5])
+    for c, s in ((core, scale), (core, None), (None, scale)):
+        torch.testing.assert_close(lowrank_matmul(*ops, core=c, scale=s), dense64(*ops, c, s), rtol=1e-12, atol=1e-12)
+
+
+def test_core_and_scale_by_hand():
+    """x = 0, u = (1 2), core = [[0, 1], [1, 0]] (a swap), v = I, scale = 3: out = 3 (2 1)."""
+    x, w = torch.zeros(1, 4, dtype=torch.float64), torch.ones(4, 2, dtype=torch.float64)
+    u, core, v = torch.tensor([[1.0, 2.0]], dtype=torch.float64), torch.tensor([[0.0, 1.0], [1.0, 0.0]],
+                                                                                 dtype=torch.float64), torch.eye(2, dtype=torch.float64)
+    out = lowrank_matmul(x, w, u, v, core=core, scale=torch.tensor(3.0, dtype=torch.float64))
+    assert torch.equal(out, torch.tensor([[6.0, 3.0]], dtype=torch.float64))
 
 
 def unsupported_cases(device):
@@ -201,11 +231,16 @@ def test_shape_mismatch_is_a_clear_error():
     x, w, u, v, _ = operands(CASES[0], torch.float64)
     with pytest.raises(ValueError, match="shapes do not chain"):
         lowrank_matmul(x, w, u[:, :4], v)
+    with pytest.raises(ValueError, match=r"core \(8, 4\).*core \(r × r\)"):
+        lowrank_matmul(x, w, u, v, core=torch.zeros(8, 4, dtype=x.dtype))
+    with pytest.raises(ValueError, match="one-element scale"):
+        lowrank_matmul(x, w, u, v, scale=torch.ones(2, dtype=x.dtype))
 
 
 def test_torch_compile_keeps_the_operator_whole():
     x, w, u, v, bias = operands(CASES[1], torch.float64)
-    fn = lambda *a: lowrank_matmul(*a).relu()  # noqa: E731
+    core, scale = core_operands(CASES[1], torch.float64)
+    fn = lambda *a: lowrank_matmul(*a, core=core, scale=scale).relu()  # noqa: E731
     explanation = torch._dynamo.explain(fn)(x, w, u, v, bias)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     torch.testing.assert_close(torch.compile(fn, backend="aot_eager", fullgraph=True)(x, w, u, v, bias),
@@ -224,6 +259,29 @@ def test_cuda_kernel_at_least_as_accurate_as_cublas(dtype, case, triton_backend)
     err_cublas = rel_err(lowrank_gemm._cublas_lowrank_matmul(*ops), want)
     assert err < (8e-3 if dtype == torch.bfloat16 else 1e-3)
     assert err <= 1.5 * err_cublas + 1e-4  # one rounding instead of two
+    core, scale = core_operands(case, dtype, "cuda", transposed=case[5])
+    want = dense64(*ops, core, scale)
+    err = rel_err(lowrank_matmul(*ops, core=core, scale=scale), want)
+    err_cublas = rel_err(lowrank_gemm._cublas_lowrank_matmul(*ops, core, scale), want)
+    assert err < (1.6e-2 if dtype == torch.bfloat16 else 2e-3)
+    assert err <= 1.5 * err_cublas + 1e-4
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper (or newer) CUDA GPU and triton")
+def test_cuda_cached_launch_matches_the_jit_launch(triton_backend, monkeypatch):
+    """The first call per layout goes through Triton's JIT and caches the compiled kernel; later
+    calls (any shape: sizes are not specialized) launch it directly, with the same results."""
+    monkeypatch.setattr(lowrank_gemm, "_compiled", {})
+    jit_run = lowrank_gemm._lowrank_matmul_kernel.run
+    jit_calls = []
+    monkeypatch.setattr(lowrank_gemm._lowrank_matmul_kernel, "run", lambda *a, **k: jit_calls.append(1) or jit_run(*a, **k))
+    results = []
+    for case in [(1000, 256, 384, 16, True, False, True), (777, 384, 256, 16, True, False, True)] * 2:
+        ops = operands(case, torch.bfloat16, "cuda")
+        core, scale = core_operands(case, torch.bfloat16, "cuda")
+        results.append(lowrank_matmul(*ops, core=core, scale=scale))
+    assert len(jit_calls) == 1 and len(lowrank_gemm._compiled) == 1
+    assert torch.equal(results[0], results[2]) and torch.equal(results[1], results[3])
 
 
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper (or newer) CUDA GPU and triton")

@@ -12,11 +12,12 @@ Four implementations, selected per layer by ``TLoRALinear.impl``:
   once per forward (M = α B C, r × out) so the forward is two products, and only u = x A
   (tokens × r) is saved for the backward.
 - ``"fused"`` (default): :class:`TLoRALinearFunction`, base layer and adapter in one node:
-  x W0ᵀ + u M and g W0 + ∂u Aᵀ each through :func:`~.lowrank_gemm.lowrank_matmul`, where cuBLAS
-  accumulates the base product onto the adapter's (``addmm_``, β = 1) or, on Hopper GPUs in half
-  precision and by default only under ``torch.compile``, one Triton GEMM carries the rank-r term
-  in its accumulator. With dropout on the output (forward) or the input (∂x) that direction
-  stays with the β = 1 accumulation.
+  x W0ᵀ + α (u B) C and g W0 + α (gc Bᵀ) Aᵀ each through :func:`~.lowrank_gemm.lowrank_matmul`,
+  where cuBLAS folds α B into the small factor and accumulates the base product onto the
+  adapter's (``addmm_``, β = 1) or, on Hopper GPUs in half precision and by default only under
+  ``torch.compile``, one Triton GEMM applies α and B and carries the rank-r term in its
+  accumulator. With dropout on the output (forward) or the input (∂x) that direction stays with
+  the β = 1 accumulation.
 - ``"merged"`` (opt-in): :class:`TLoRAMergedFunction`, one product with W0 + ΔW, rebuilt from
   the factors in the forward and again in the backward (weight-sized passes instead of
   activation-sized ones). Without dropout only (else "fused"); W0 + ΔW is rounded to W0's
@@ -117,17 +118,15 @@ def _dropout(t: torch.Tensor, p: float, store: bool) -> tuple[torch.Tensor, _Dro
 
 def _core_grads(
     ctx: Any, go: torch.Tensor, u: torch.Tensor, b: torch.Tensor, c: torch.Tensor, alpha: torch.Tensor,
-    alpha_b: torch.Tensor, need_u: bool | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """(∂L/∂u, ∂L/∂B, ∂L/∂α) from the gradient ``go`` of the adapter output (tokens × out)."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(gc = go Cᵀ, ∂L/∂B, ∂L/∂α) from the gradient ``go`` of the adapter output (tokens × out);
+    ∂L/∂u = gc (α B)ᵀ is left to the caller, who may fold it into the next product."""
     gc = go @ c.T  # tokens × r: the one pass over go
-    need_u = ctx.needs_u if need_u is None else need_u
     need_b, need_alpha = ctx.needs_input_grad[ctx.b_index], ctx.needs_input_grad[ctx.b_index + 2]
     g_core = u.T @ gc if (need_b or need_alpha) else None  # r × r
     grad_b = alpha * g_core if need_b else None
     grad_alpha = torch.dot(b.reshape(-1), g_core.reshape(-1)).reshape(alpha.shape) if need_alpha else None
-    grad_u = gc @ alpha_b.T if need_u else None
-    return grad_u, grad_b, grad_alpha
+    return gc, grad_b, grad_alpha
 
 
 def _forward_u(x2: torch.Tensor, a: torch.Tensor, p_in: float,
@@ -151,22 +150,21 @@ class TLoRAAdapterFunction(torch.autograd.Function):
                 alpha: torch.Tensor, p_in: float, p_out: float, store_mask: bool) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         u, ctx.in_mask = _forward_u(x2, a, p_in, store_mask)
-        alpha_b = alpha * b
-        out, ctx.out_mask = _dropout(u @ (alpha_b @ c), p_out, store_mask)
-        ctx.save_for_backward(u, a, b, c, alpha, alpha_b)
-        ctx.x_shape, ctx.needs_u, ctx.b_index = x.shape, ctx.needs_input_grad[0], 2
+        out, ctx.out_mask = _dropout(u @ ((alpha * b) @ c), p_out, store_mask)
+        ctx.save_for_backward(u, a, b, c, alpha)
+        ctx.x_shape, ctx.b_index = x.shape, 2
         return out.view(*x.shape[:-1], c.shape[1])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        u, a, b, c, alpha, alpha_b = ctx.saved_tensors
+        u, a, b, c, alpha = ctx.saved_tensors
         go = grad_out.reshape(-1, grad_out.shape[-1])
         if ctx.out_mask is not None:
             go = ctx.out_mask.backward(go)
-        grad_u, grad_b, grad_alpha = _core_grads(ctx, go, u, b, c, alpha, alpha_b)
+        gc, grad_b, grad_alpha = _core_grads(ctx, go, u, b, c, alpha)
         grad_x = None
-        if grad_u is not None:
-            grad_x = _input_grad_from_u(grad_u, a, ctx.in_mask).view(ctx.x_shape)
+        if ctx.needs_input_grad[0]:
+            grad_x = _input_grad_from_u(gc @ (alpha * b).T, a, ctx.in_mask).view(ctx.x_shape)
         return grad_x, None, grad_b, None, grad_alpha, None, None, None
 
 
@@ -179,34 +177,33 @@ class TLoRALinearFunction(torch.autograd.Function):
                 p_in: float, p_out: float, store_mask: bool) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         u, ctx.in_mask = _forward_u(x2, a, p_in, store_mask)
-        alpha_b = alpha * b
-        m = alpha_b @ c  # r × out: α and B folded into C once per forward
         if p_out > 0:
+            m = (alpha * b) @ c  # r × out: α and B folded into C once per forward
             out, ctx.out_mask = _dropout(u @ m, p_out, store_mask)
             if bias is not None:
                 out.add_(bias)
             # The large product accumulates onto the adapter's output in its GEMM epilogue (β = 1):
             # the adapter costs one write of (tokens × out), not a separate add pass.
             out.addmm_(x2, weight.T)
-        else:  # x W0ᵀ + u M in one GEMM where Triton runs (no activation written twice), else as above
-            out = lowrank_matmul(x2, weight.T, u, m, bias)
+        else:  # x W0ᵀ + α (u B) C in one GEMM where Triton runs (no activation written twice), else as above
+            out = lowrank_matmul(x2, weight.T, u, c, bias, core=b, scale=alpha)
             ctx.out_mask = None
-        ctx.save_for_backward(weight, u, a, b, c, alpha, alpha_b)
-        ctx.x_shape, ctx.needs_u, ctx.b_index = x.shape, ctx.needs_input_grad[0], 4
+        ctx.save_for_backward(weight, u, a, b, c, alpha)
+        ctx.x_shape, ctx.b_index = x.shape, 4
         return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        weight, u, a, b, c, alpha, alpha_b = ctx.saved_tensors
+        weight, u, a, b, c, alpha = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1])
         go = ctx.out_mask.backward(g) if ctx.out_mask is not None else g
-        grad_u, grad_b, grad_alpha = _core_grads(ctx, go, u, b, c, alpha, alpha_b)
+        gc, grad_b, grad_alpha = _core_grads(ctx, go, u, b, c, alpha)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            if ctx.in_mask is None:  # g W0 + ∂u Aᵀ in one GEMM (Triton) or β = 1 accumulation (cuBLAS)
-                grad_x = lowrank_matmul(g, weight, grad_u, a.T)
+            if ctx.in_mask is None:  # g W0 + α (gc Bᵀ) Aᵀ in one GEMM (Triton) or β = 1 accumulation (cuBLAS)
+                grad_x = lowrank_matmul(g, weight, gc, a.T, core=b.T, scale=alpha)
             else:
-                grad_x = _input_grad_from_u(grad_u, a, ctx.in_mask).addmm_(g, weight)
+                grad_x = _input_grad_from_u(gc @ (alpha * b).T, a, ctx.in_mask).addmm_(g, weight)
             grad_x = grad_x.view(ctx.x_shape)
         return grad_x, None, None, None, grad_b, None, grad_alpha, None, None, None
 
@@ -232,14 +229,14 @@ class TLoRAMergedFunction(torch.autograd.Function):
         m = (alpha * b) @ c
         out = F.linear(x2, _merged_weight(weight, a, m), bias)
         ctx.save_for_backward(weight, u, a, b, c, alpha, m)
-        ctx.x_shape, ctx.needs_u, ctx.b_index = x.shape, ctx.needs_input_grad[0], 4
+        ctx.x_shape, ctx.b_index = x.shape, 4
         return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         weight, u, a, b, c, alpha, m = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1])
-        _, grad_b, grad_alpha = _core_grads(ctx, g, u, b, c, alpha, None, need_u=False)
+        _, grad_b, grad_alpha = _core_grads(ctx, g, u, b, c, alpha)
         grad_x = None
         if ctx.needs_input_grad[0]:  # ∂L/∂x = g (W0 + ΔW): one product, no separate adapter term
             grad_x = (g @ _merged_weight(weight, a, m)).view(ctx.x_shape)

@@ -70,23 +70,27 @@ def _tma_ok(t: torch.Tensor) -> bool:
     return row >= width and row * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
 
 
-def supported(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> bool:
+def supported(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *,
+              core: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> bool:
     """Whether :func:`lowrank_matmul` runs the Triton kernel for these operands (else cuBLAS).
 
     x (M × K) row-major; w (K × N) and v (r × N) either row-major or transposed views of
-    row-major storage; u (M × r) row-major; all of one half-precision dtype (bfloat16 or float16:
-    in float32 Triton's tensor cores would round inputs to TF32, cuBLAS does not); rank ≤ 64 (the
-    largest tested; its tiles must fit in shared memory next to the main loop's); output rows (N)
-    a multiple of 16 bytes.
+    row-major storage; u (M × r) row-major; core (r × r) any layout; all of one half-precision
+    dtype (bfloat16 or float16: in float32 Triton's tensor cores would round inputs to TF32,
+    cuBLAS does not), scale any floating dtype, all on one device; rank ≤ 64 (the largest tested;
+    its tiles must fit in shared memory next to the main loop's); output rows (N) a multiple of
+    16 bytes.
     """
     dtype, device = x.dtype, x.device
     if not (dtype in _HALF and _triton_ready(device.type)):
         return False
-    ops = (x, w, u, v)
+    ops = (x, w, u, v) if core is None else (x, w, u, v, core)
     if any(t.dtype != dtype or t.device != device or t.dim() != 2 or t.numel() == 0 for t in ops):
         return False
+    if scale is not None and (scale.device != device or not scale.dtype.is_floating_point):
+        return False
     return (x.stride(1) == 1 and u.stride(1) == 1 and u.shape[1] <= 64
-            and w.shape[1] * x.element_size() % 16 == 0 and all(_tma_ok(t) for t in ops))
+            and w.shape[1] * x.element_size() % 16 == 0 and all(_tma_ok(t) for t in ops[:4]))
 
 
 if importlib.util.find_spec("triton") is not None:
@@ -101,12 +105,15 @@ if importlib.util.find_spec("triton") is not None:
         group_m = min(num_pid_m - first_m, GROUP_M)
         return first_m + (tile_id % group_m), (tile_id % num_in_group) // group_m
 
-    @triton.jit
-    def _lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, bias_ptr, out_ptr, M, N, K, R,
-                               stride_x, stride_w, stride_u, stride_v,
-                               W_T: tl.constexpr, V_T: tl.constexpr, RP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                               NUM_SMS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                               GROUP_M: tl.constexpr):
+    # Integer arguments are not specialized on their values (Triton would compile again for every
+    # size that is, or is not, a multiple of 16): one compiled kernel per layout serves all shapes.
+    @triton.jit(do_not_specialize=["M", "N", "K", "R", "stride_x", "stride_w", "stride_u", "stride_v",
+                                   "stride_core0", "stride_core1"])
+    def _lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, R,
+                               stride_x, stride_w, stride_u, stride_v, stride_core0, stride_core1,
+                               W_T: tl.constexpr, V_T: tl.constexpr, RP: tl.constexpr, HAS_CORE: tl.constexpr,
+                               HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, NUM_SMS: tl.constexpr,
+                               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
         # TMA descriptors over the row-major storage; W and V may be stored transposed (W_T, V_T).
         x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[stride_x, 1], block_shape=[BM, BK])
         if W_T:
@@ -123,6 +130,12 @@ if importlib.util.find_spec("triton") is not None:
         num_pid_m = tl.cdiv(M, BM)
         num_pid_n = tl.cdiv(N, BN)
         k_tiles = tl.cdiv(K, BK)
+        if HAS_CORE:  # the r × r core, once per program (zeros past r)
+            offs_r = tl.arange(0, RP)
+            core = tl.load(core_ptr + offs_r[:, None] * stride_core0 + offs_r[None, :] * stride_core1,
+                           mask=(offs_r[:, None] < R) & (offs_r[None, :] < R), other=0.0)
+        if HAS_SCALE:
+            scale = tl.load(scale_ptr).to(tl.float32)
         # persistent: one program per multiprocessor; flatten=True pipelines loads across tiles
         for tile_id in tl.range(tl.program_id(0), num_pid_m * num_pid_n, NUM_SMS, flatten=True):
             pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
@@ -137,11 +150,18 @@ if importlib.util.find_spec("triton") is not None:
                 else:
                     acc = tl.dot(a, w_desc.load([ok, on]), acc)
             # the rank-r term: one more tensor-core product onto the same accumulator (columns
-            # past r are zeros from the descriptors' bounds)
+            # past r are zeros from the descriptors' bounds), after scale · (u core) in float32,
+            # rounded to the operands' dtype
+            ut = u_desc.load([om, 0])
+            if HAS_CORE or HAS_SCALE:
+                t = tl.dot(ut, core) if HAS_CORE else ut.to(tl.float32)
+                if HAS_SCALE:
+                    t = t * scale
+                ut = t.to(ut.dtype)
             if V_T:
-                acc = tl.dot(u_desc.load([om, 0]), v_desc.load([on, 0]).T, acc)
+                acc = tl.dot(ut, v_desc.load([on, 0]).T, acc)
             else:
-                acc = tl.dot(u_desc.load([om, 0]), v_desc.load([0, on]), acc)
+                acc = tl.dot(ut, v_desc.load([0, on]), acc)
             if HAS_BIAS:
                 offs_n = on + tl.arange(0, BN)
                 acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
@@ -156,6 +176,11 @@ if importlib.util.find_spec("triton") is not None:
 # small tiles so that tests cover several tiles per program.
 _TILE = (128, 256, 64, 3, 8)
 _INTERPRETER_TILE = (32, 32, 16, 1, 4)
+_INT32_MAX = 2**31 - 1
+# Compiled kernels by what selects one (device, dtype, constexprs, pointer alignments): a cached
+# kernel is launched directly, without Triton's per-call argument binding and cache lookup, which
+# cost the host more than the launch itself (docs/benchmarks.md, "Idea 11").
+_compiled: dict[tuple, object] = {}
 
 
 @functools.cache
@@ -168,8 +193,32 @@ def _row_major(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return (t, False) if t.stride(-1) == 1 else (t.T, True)
 
 
+def _hooked(hook: object) -> bool:
+    """Whether a Triton launch hook (None, or a chain of callables) would call anything."""
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
+def _launch(args: tuple, constexprs: dict, grid: int, device: torch.device, stages: int, warps: int) -> None:
+    """Run the kernel: the cached compiled kernel's launcher, or Triton's JIT (first call, interpreter,
+    launch hooks, 64-bit integers), whose compiled kernel is then cached."""
+    ints, pointers = args[8:], args[:8]
+    key = (device.index, args[0].dtype, *constexprs.values(), *(t.data_ptr() % 16 == 0 for t in pointers))
+    kernel = _compiled.get(key)
+    runtime = triton.knobs.runtime
+    if (kernel is not None and not (_hooked(runtime.launch_enter_hook) or _hooked(runtime.launch_exit_hook))
+            and max(ints) <= _INT32_MAX and device.index == torch.cuda.current_device()):
+        stream = torch.cuda.current_stream(device).cuda_stream
+        kernel.run(grid, 1, 1, stream, kernel.function, kernel.packed_metadata, None, None, None,
+                   *args, *constexprs.values())
+        return
+    kernel = _lowrank_matmul_kernel[(grid,)](*args, **constexprs, num_stages=stages, num_warps=warps)
+    if device.type == "cuda" and max(ints) <= _INT32_MAX and hasattr(kernel, "packed_metadata"):
+        _compiled[key] = kernel
+
+
 def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                           bias: torch.Tensor | None) -> torch.Tensor:
+                           bias: torch.Tensor | None, core: torch.Tensor | None = None,
+                           scale: torch.Tensor | None = None) -> torch.Tensor:
     m, k = x.shape
     n, r = w.shape[1], u.shape[1]
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
@@ -180,57 +229,72 @@ def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
     # per call because Triton keeps it in a context variable, and the backward runs in
     # autograd's own thread.
     triton.set_allocator(lambda size, alignment, stream: torch.empty(size, device=x.device, dtype=torch.int8))
-    grid = (min(num_sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
-    _lowrank_matmul_kernel[grid](
-        x, w_rm, u, v_rm, bias if bias is not None else out, out, m, n, k, r,
-        x.stride(0), w_rm.stride(0), u.stride(0), v_rm.stride(0),
-        W_T=w_t, V_T=v_t, RP=max(16, triton.next_power_of_2(r)), HAS_BIAS=bias is not None, NUM_SMS=num_sms,
-        BM=bm, BN=bn, BK=bk, GROUP_M=8, num_stages=stages, num_warps=warps)
+    core_strides = core.stride() if core is not None else (0, 0)
+    args = (x, w_rm, u, v_rm, out if core is None else core, out if scale is None else scale,
+            out if bias is None else bias, out, m, n, k, r,
+            x.stride(0), w_rm.stride(0), u.stride(0), v_rm.stride(0), *core_strides)
+    constexprs = {"W_T": w_t, "V_T": v_t, "RP": max(16, triton.next_power_of_2(r)), "HAS_CORE": core is not None,
+                  "HAS_SCALE": scale is not None, "HAS_BIAS": bias is not None, "NUM_SMS": num_sms,
+                  "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}
+    _launch(args, constexprs, min(num_sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)), x.device, stages, warps)
     return out
 
 
 def _cublas_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                           bias: torch.Tensor | None) -> torch.Tensor:
-    """The rank-r product first, the large one accumulated onto it in cuBLAS's epilogue (β = 1)."""
+                           bias: torch.Tensor | None, core: torch.Tensor | None = None,
+                           scale: torch.Tensor | None = None) -> torch.Tensor:
+    """scale · core folded into v first (r × N, the cheap side), the rank-r product, then the large
+    one accumulated onto it in cuBLAS's epilogue (β = 1)."""
+    if core is not None:
+        v = (core if scale is None else scale * core) @ v
+    elif scale is not None:
+        v = scale * v
     out = torch.mm(u, v) if bias is None else torch.addmm(bias, u, v)
     return out.addmm_(x, w)
 
 
-def _dispatch(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-              bias: torch.Tensor | None, triton_allowed: bool) -> torch.Tensor:
-    if (triton_allowed and supported(x, w, u, v)
+def _dispatch(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+              core: torch.Tensor | None, scale: torch.Tensor | None, triton_allowed: bool) -> torch.Tensor:
+    if (triton_allowed and supported(x, w, u, v, core=core, scale=scale)
             and (bias is None or (bias.dtype == x.dtype and bias.stride(0) == 1))):
-        return _triton_lowrank_matmul(x, w, u, v, bias)
-    return _cublas_lowrank_matmul(x, w, u, v, bias)
+        return _triton_lowrank_matmul(x, w, u, v, bias, core, scale)
+    return _cublas_lowrank_matmul(x, w, u, v, bias, core, scale)
 
 
 @torch.library.custom_op("tlora_analysis::lowrank_matmul", mutates_args=())
 def _lowrank_matmul_op(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                       bias: torch.Tensor | None) -> torch.Tensor:
-    return _dispatch(x, w, u, v, bias, _backend != "cublas")  # runs from compiled code only
+                       bias: torch.Tensor | None, core: torch.Tensor | None,
+                       scale: torch.Tensor | None) -> torch.Tensor:
+    return _dispatch(x, w, u, v, bias, core, scale, _backend != "cublas")  # runs from compiled code only
 
 
 @_lowrank_matmul_op.register_fake
-def _(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-      bias: torch.Tensor | None) -> torch.Tensor:
+def _(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+      core: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:
     return x.new_empty(x.shape[0], w.shape[1])
 
 
 def lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                   bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x w + u v (+ bias) for x (M × K), w (K × N), u (M × r), v (r × N), bias (N): M × N.
+                   bias: torch.Tensor | None = None, *, core: torch.Tensor | None = None,
+                   scale: torch.Tensor | None = None) -> torch.Tensor:
+    """x w + scale · (u core) v (+ bias) for x (M × K), w (K × N), u (M × r), v (r × N), core
+    (r × r), scale (one element), bias (N): M × N. Without core or scale, x w + u v (+ bias).
 
     The Triton kernel where the backend (:func:`set_backend`) allows it and :func:`supported`
-    says it runs (float32 accumulation, one rounding to x's dtype), else two cuBLAS calls (the
-    rank-r product, then the large one accumulated onto it). Under ``torch.compile`` a custom
-    operator, which keeps it whole; in eager mode a plain call (the operator's dispatch would
-    cost the host more than the launch). No autograd: for use inside autograd Functions
-    (adapters/fast.py).
+    says it runs (float32 accumulation; scale · u core rounded once to x's dtype, then one
+    rounding of the output), else cuBLAS (scale · core v, the rank-r product, then the large one
+    accumulated onto it). Under ``torch.compile`` a custom operator, which keeps it whole; in
+    eager mode a plain call (the operator's dispatch would cost the host more than the launch).
+    No autograd: for use inside autograd Functions (adapters/fast.py).
     """
     m, k = x.shape
-    if w.shape[0] != k or u.shape[0] != m or v.shape != (u.shape[1], w.shape[1]):
+    r = u.shape[1]
+    if (w.shape[0] != k or u.shape[0] != m or v.shape != (r, w.shape[1])
+            or (core is not None and core.shape != (r, r)) or (scale is not None and scale.numel() != 1)):
+        core_shape = "" if core is None else f", core {tuple(core.shape)}"
         raise ValueError(f"shapes do not chain: x {tuple(x.shape)}, w {tuple(w.shape)}, u {tuple(u.shape)}, "
-                         f"v {tuple(v.shape)}; need x (M × K), w (K × N), u (M × r), v (r × N)")
+                         f"v {tuple(v.shape)}{core_shape}; need x (M × K), w (K × N), u (M × r), v (r × N), "
+                         f"core (r × r) and a one-element scale")
     if torch.compiler.is_compiling():
-        return _lowrank_matmul_op(x, w, u, v, bias)
-    return _dispatch(x, w, u, v, bias, _backend == "triton")
+        return _lowrank_matmul_op(x, w, u, v, bias, core, scale)
+    return _dispatch(x, w, u, v, bias, core, scale, _backend == "triton")
