@@ -282,6 +282,12 @@ def test_cuda_cached_launch_matches_the_jit_launch(triton_backend, monkeypatch):
         results.append(lowrank_matmul(*ops, core=core, scale=scale))
     assert len(jit_calls) == 1 and len(lowrank_gemm._compiled) == 1
     assert torch.equal(results[0], results[2]) and torch.equal(results[1], results[3])
+    # a scale of another dtype is another compiled kernel, not the cached one reading the wrong bits
+    ops = operands((1000, 256, 384, 16, True, False, True), torch.bfloat16, "cuda")
+    core, scale = core_operands((1000, 256, 384, 16, True, False, True), torch.bfloat16, "cuda")
+    out = lowrank_matmul(*ops, core=core, scale=scale.float())
+    assert len(jit_calls) == 2 and len(lowrank_gemm._compiled) == 2
+    assert rel_err(out, dense64(*ops, core, scale)) < 1.6e-2
 
 
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper (or newer) CUDA GPU and triton")

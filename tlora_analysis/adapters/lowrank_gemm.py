@@ -177,7 +177,7 @@ if importlib.util.find_spec("triton") is not None:
 _TILE = (128, 256, 64, 3, 8)
 _INTERPRETER_TILE = (32, 32, 16, 1, 4)
 _INT32_MAX = 2**31 - 1
-# Compiled kernels by what selects one (device, dtype, constexprs, pointer alignments): a cached
+# Compiled kernels by what selects one (device, constexprs, operand dtypes and alignments): a cached
 # kernel is launched directly, without Triton's per-call argument binding and cache lookup, which
 # cost the host more than the launch itself (docs/benchmarks.md, "Idea 11").
 _compiled: dict[tuple, object] = {}
@@ -202,7 +202,8 @@ def _launch(args: tuple, constexprs: dict, grid: int, device: torch.device, stag
     """Run the kernel: the cached compiled kernel's launcher, or Triton's JIT (first call, interpreter,
     launch hooks, 64-bit integers), whose compiled kernel is then cached."""
     ints, pointers = args[8:], args[:8]
-    key = (device.index, args[0].dtype, *constexprs.values(), *(t.data_ptr() % 16 == 0 for t in pointers))
+    key = (device.index, *constexprs.values(), *(t.dtype for t in pointers),
+           *(t.data_ptr() % 16 == 0 for t in pointers))
     kernel = _compiled.get(key)
     runtime = triton.knobs.runtime
     if (kernel is not None and not (_hooked(runtime.launch_enter_hook) or _hooked(runtime.launch_exit_hook))
