@@ -181,6 +181,7 @@ _INT32_MAX = 2**31 - 1
 # kernel is launched directly, without Triton's per-call argument binding and cache lookup, which
 # cost the host more than the launch itself (docs/benchmarks.md, "Idea 11").
 _compiled: dict[tuple, object] = {}
+_scratch: dict[tuple[int, int], torch.Tensor] = {}  # (device, stream) → descriptor scratch
 
 
 @functools.cache
@@ -191,6 +192,24 @@ def _num_sms(device: torch.device) -> int:
 def _row_major(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """``t``'s row-major storage, and whether ``t`` is its transpose."""
     return (t, False) if t.stride(-1) == 1 else (t.T, True)
+
+
+def _cuda_scratch(size: int, alignment: int, stream: int) -> torch.Tensor:
+    """Scratch for the kernel's device-side TMA descriptors: one buffer per device and stream,
+    reused (kernels on one stream run one after another), so a launch allocates nothing; under
+    CUDA graph capture each launch still gets its own, from the graph's memory pool."""
+    if torch.cuda.is_current_stream_capturing():
+        return torch.empty(size, device="cuda", dtype=torch.int8)
+    key = (torch.cuda.current_device(), stream)
+    buffer = _scratch.get(key)
+    if buffer is None or buffer.numel() < size:
+        buffer = _scratch[key] = torch.empty(size, device="cuda", dtype=torch.int8)
+    return buffer
+
+
+def _cpu_scratch(size: int, alignment: int, stream: object) -> torch.Tensor:
+    """Scratch under Triton's interpreter (CPU tensors)."""
+    return torch.empty(size, dtype=torch.int8)
 
 
 def _hooked(hook: object) -> bool:
@@ -229,7 +248,7 @@ def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
     # The descriptors are built on the device, in a scratch buffer this allocator hands out; set
     # per call because Triton keeps it in a context variable, and the backward runs in
     # autograd's own thread.
-    triton.set_allocator(lambda size, alignment, stream: torch.empty(size, device=x.device, dtype=torch.int8))
+    triton.set_allocator(_cpu_scratch if x.device.type == "cpu" else _cuda_scratch)
     core_strides = core.stride() if core is not None else (0, 0)
     args = (x, w_rm, u, v_rm, out if core is None else core, out if scale is None else scale,
             out if bias is None else bias, out, m, n, k, r,
