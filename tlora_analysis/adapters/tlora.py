@@ -106,38 +106,42 @@ class TLoRALinear(AdaptedLinear):
         p = self.dropout.p if isinstance(self.dropout, nn.Dropout) and self.dropout.training else 0.0
         return (p, 0.0) if self.dropout_position == "input" else (0.0, p)
 
-    def _adapter_fast_ok(self, x: torch.Tensor) -> bool:
-        if self._impl == "plain" or x.device.type not in ("cpu", "cuda") or torch.is_autocast_enabled(x.device.type):
-            return False
-        dtype = self.tlora_A.dtype
-        return all(t.dtype == dtype for t in (x, self.tlora_B, self.tlora_C, self.tlora_alpha))
+    def _fast_factors(self, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """(A, B, C, α) when a fast path applies to ``x`` (not "plain", CPU or CUDA, no autocast, one
+        dtype), else None. Read once here: each module attribute read costs the host time that a
+        large model's step, issued layer by layer from Python, adds up (docs/benchmarks.md)."""
+        if self._impl == "plain":
+            return None
+        device = x.device.type
+        if device not in ("cpu", "cuda") or torch.is_autocast_enabled(device):
+            return None
+        a, b, c, alpha = factors = self.tlora_A, self.tlora_B, self.tlora_C, self.tlora_alpha
+        dtype = a.dtype
+        return factors if x.dtype == b.dtype == c.dtype == alpha.dtype == dtype else None
 
-    def _fused_ok(self, x: torch.Tensor) -> bool:
+    def _base_fusable(self) -> bool:
+        """Whether the base layer can join the fused Function: a plain, frozen, hook-free nn.Linear
+        in the adapter's dtype (its own parameters, weight and bias, read directly)."""
         base = self.base_layer
-        return (
-            self._impl in ("fused", "merged")
-            and type(base) is nn.Linear
-            and not (base._forward_hooks or base._forward_pre_hooks)
-            and not any(p.requires_grad for p in base.parameters())
-            and base.weight.dtype == self.tlora_A.dtype
-            and self._adapter_fast_ok(x)
-        )
+        return (type(base) is nn.Linear and not (base._forward_hooks or base._forward_pre_hooks)
+                and not any(p is not None and p.requires_grad for p in base._parameters.values())
+                and base.weight.dtype == self.tlora_A.dtype)
 
     def adapter_output(self, x: torch.Tensor) -> torch.Tensor:
         """α·((x A) B) C with this layer's dropout, in A's dtype."""
         x = x.to(self.tlora_A.dtype)
-        if self._adapter_fast_ok(x):
+        factors = self._fast_factors(x)
+        if factors is not None:
             p_in, p_out = self._dropout_probabilities()
-            return TLoRAAdapterFunction.apply(
-                x, self.tlora_A, self.tlora_B, self.tlora_C, self.tlora_alpha, p_in, p_out, self._store_mask(x))
+            return TLoRAAdapterFunction.apply(x, *factors, p_in, p_out, self._store_mask(x))
         return plain_adapter_output(x, self.tlora_A, self.tlora_B, self.tlora_C, self.tlora_alpha,
                                     self.dropout, self.dropout_position)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.merged and self._fused_ok(x):
+        factors = None if self.merged or self._impl not in ("fused", "merged") else self._fast_factors(x)
+        if factors is not None and self._base_fusable():
             p_in, p_out = self._dropout_probabilities()
             base = self.base_layer
-            factors = (self.tlora_A, self.tlora_B, self.tlora_C, self.tlora_alpha)
             if self._impl == "merged" and p_in == p_out == 0:
                 return TLoRAMergedFunction.apply(x, base.weight, base.bias, *factors)
             return TLoRALinearFunction.apply(x, base.weight, base.bias, *factors, p_in, p_out,
