@@ -26,10 +26,10 @@ from pathlib import Path
 
 import torch
 
+from bench_layer_kernels import SHAPES
+
 from tlora_analysis.adapters import lowrank_gemm
 from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul
-
-SHAPES = {"q/k/v/o": (2048, 2048), "gate/up": (5632, 2048), "down": (2048, 5632)}  # (out, in)
 
 
 class _NoCache(dict):

@@ -381,7 +381,7 @@ def ratio_table(results: list[dict]) -> str:
                  f"{r['tokens_per_s']:,.0f}", f"{peak / 2**30:.2f}" if peak else "–",
                  f"{peak / floor_mem:.3f}" if peak and floor_mem else "–",
                  f"{r['saved_bytes'] / 2**20:.0f}", f"{r['trainable']:,}",
-                 f"{r['host_ms']:.1f}" if r.get("host_ms") is not None else "–"]
+                 f"{r['host_ms']:.1f}" if "host_ms" in r else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

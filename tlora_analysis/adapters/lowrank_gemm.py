@@ -220,19 +220,19 @@ def _hooked(hook: object) -> bool:
 def _launch(args: tuple, constexprs: dict, grid: int, device: torch.device, stages: int, warps: int) -> None:
     """Run the kernel: the cached compiled kernel's launcher, or Triton's JIT (first call, interpreter,
     launch hooks, 64-bit integers), whose compiled kernel is then cached."""
-    ints, pointers = args[8:], args[:8]
+    pointers, fits_int32 = args[:8], max(args[8:]) <= _INT32_MAX
     key = (device.index, *constexprs.values(), *(t.dtype for t in pointers),
            *(t.data_ptr() % 16 == 0 for t in pointers))
     kernel = _compiled.get(key)
     runtime = triton.knobs.runtime
     if (kernel is not None and not (_hooked(runtime.launch_enter_hook) or _hooked(runtime.launch_exit_hook))
-            and max(ints) <= _INT32_MAX and device.index == torch.cuda.current_device()):
+            and fits_int32 and device.index == torch.cuda.current_device()):
         stream = torch.cuda.current_stream(device).cuda_stream
         kernel.run(grid, 1, 1, stream, kernel.function, kernel.packed_metadata, None, None, None,
                    *args, *constexprs.values())
         return
     kernel = _lowrank_matmul_kernel[(grid,)](*args, **constexprs, num_stages=stages, num_warps=warps)
-    if device.type == "cuda" and max(ints) <= _INT32_MAX and hasattr(kernel, "packed_metadata"):
+    if device.type == "cuda" and fits_int32 and hasattr(kernel, "packed_metadata"):
         _compiled[key] = kernel
 
 
