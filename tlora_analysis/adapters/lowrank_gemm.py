@@ -81,16 +81,18 @@ def supported(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor
     its tiles must fit in shared memory next to the main loop's); output rows (N) a multiple of
     16 bytes.
     """
-    dtype, device = x.dtype, x.device
-    if not (dtype in _HALF and _triton_ready(device.type)):
+    dtype = x.dtype
+    if dtype not in _HALF or not _triton_ready(x.device.type):
         return False
-    ops = (x, w, u, v) if core is None else (x, w, u, v, core)
-    if any(t.dtype != dtype or t.device != device or t.dim() != 2 or t.numel() == 0 for t in ops):
-        return False
-    if scale is not None and (scale.device != device or not scale.dtype.is_floating_point):
+    device = x.get_device()
+    for t in (x, w, u, v) if core is None else (x, w, u, v, core):  # straight-line: this runs every call
+        if t.dtype != dtype or t.get_device() != device or t.dim() != 2 or t.numel() == 0:
+            return False
+    if scale is not None and (scale.get_device() != device or not scale.dtype.is_floating_point):
         return False
     return (x.stride(1) == 1 and u.stride(1) == 1 and u.shape[1] <= 64
-            and w.shape[1] * x.element_size() % 16 == 0 and all(_tma_ok(t) for t in ops[:4]))
+            and w.shape[1] * x.element_size() % 16 == 0
+            and _tma_ok(x) and _tma_ok(w) and _tma_ok(u) and _tma_ok(v))
 
 
 if importlib.util.find_spec("triton") is not None:
@@ -177,16 +179,54 @@ if importlib.util.find_spec("triton") is not None:
 _TILE = (128, 256, 64, 3, 8)
 _INTERPRETER_TILE = (32, 32, 16, 1, 4)
 _INT32_MAX = 2**31 - 1
-# Compiled kernels by what selects one (device, constexprs, operand dtypes and alignments): a cached
-# kernel is launched directly, without Triton's per-call argument binding and cache lookup, which
-# cost the host more than the launch itself (docs/benchmarks.md, "Idea 11").
-_compiled: dict[tuple, object] = {}
+# Compiled kernels by what selects one (device, constexprs, dtypes of the operands and of the scale,
+# pointer alignments), each as a ready launch (_Launch): a cached kernel is launched without
+# Triton's per-call argument binding and cache lookup, which cost the host more than the launch
+# itself (docs/benchmarks.md, "Idea 11" and "Idea 12").
+_compiled: dict[tuple, "_Launch"] = {}
 _scratch: dict[tuple[int, int], torch.Tensor] = {}  # (device, stream) → descriptor scratch
 
 
+class _Launch:
+    """A compiled kernel's launcher entry point and what it needs besides the arguments, read once.
+
+    Calls Triton's compiled launcher directly, with the pointers as integers: the launcher then
+    neither calls ``data_ptr()`` nor asks the driver about each pointer (9 queries per launch).
+    """
+
+    def __init__(self, kernel: object) -> None:
+        launcher = kernel.run  # Triton's CudaLauncher, built on first use
+        self.launch = launcher.launch
+        self.function, self.metadata = kernel.function, kernel.packed_metadata
+        self.cooperative, self.pdl = launcher.launch_cooperative_grid, launcher.launch_pdl
+        self.scratch_per_program = launcher.global_scratch_size * launcher.num_ctas
+        if launcher.profile_scratch_size or launcher.global_scratch_align > 512:  # torch's blocks: 512-byte aligned
+            raise ValueError("a profiling build, or a scratch alignment torch does not give: use Triton's launch")
+
+    @classmethod
+    def of(cls, kernel: object) -> "_Launch | None":
+        """The ready launch, or None where this Triton's internals differ from what it expects."""
+        try:
+            return cls(kernel)
+        except (AttributeError, ValueError):
+            return None
+
+    def __call__(self, grid: int, stream: int, args: tuple) -> None:
+        scratch = _cuda_scratch(grid * self.scratch_per_program, stream) if self.scratch_per_program else None
+        self.launch(grid, 1, 1, stream, self.function, self.cooperative, self.pdl, scratch, None,
+                    self.metadata, None, None, None, *args)
+
+
 @functools.cache
-def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+def _config(device: torch.device, w_t: bool, v_t: bool, r: int, has_core: bool, has_scale: bool,
+            has_bias: bool) -> tuple[dict, int, int, int, int]:
+    """(constexprs, BM, BN, stages, warps) for one operand layout on one device: built once."""
+    bm, bn, bk, stages, warps = _INTERPRETER_TILE if device.type == "cpu" else _TILE
+    num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    constexprs = {"W_T": w_t, "V_T": v_t, "RP": max(16, triton.next_power_of_2(r)), "HAS_CORE": has_core,
+                  "HAS_SCALE": has_scale, "HAS_BIAS": has_bias, "NUM_SMS": num_sms,
+                  "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}
+    return constexprs, bm, bn, stages, warps
 
 
 def _row_major(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -194,7 +234,7 @@ def _row_major(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return (t, False) if t.stride(-1) == 1 else (t.T, True)
 
 
-def _cuda_scratch(size: int, alignment: int, stream: int) -> torch.Tensor:
+def _cuda_scratch(size: int, stream: int) -> int | torch.Tensor:
     """Scratch for the kernel's device-side TMA descriptors: one buffer per device and stream,
     reused (kernels on one stream run one after another), so a launch allocates nothing; under
     CUDA graph capture each launch still gets its own, from the graph's memory pool."""
@@ -204,10 +244,15 @@ def _cuda_scratch(size: int, alignment: int, stream: int) -> torch.Tensor:
     buffer = _scratch.get(key)
     if buffer is None or buffer.numel() < size:
         buffer = _scratch[key] = torch.empty(size, device="cuda", dtype=torch.int8)
-    return buffer
+    return buffer.data_ptr()
 
 
-def _cpu_scratch(size: int, alignment: int, stream: object) -> torch.Tensor:
+def _cuda_allocator(size: int, alignment: int, stream: int) -> int | torch.Tensor:
+    """Triton's allocator hook for its JIT launches: the same scratch as cached launches."""
+    return _cuda_scratch(size, stream)
+
+
+def _cpu_allocator(size: int, alignment: int, stream: object) -> torch.Tensor:
     """Scratch under Triton's interpreter (CPU tensors)."""
     return torch.empty(size, dtype=torch.int8)
 
@@ -217,23 +262,24 @@ def _hooked(hook: object) -> bool:
     return hook is not None and bool(getattr(hook, "calls", True))
 
 
-def _launch(args: tuple, constexprs: dict, grid: int, device: torch.device, stages: int, warps: int) -> None:
-    """Run the kernel: the cached compiled kernel's launcher, or Triton's JIT (first call, interpreter,
-    launch hooks, 64-bit integers), whose compiled kernel is then cached."""
-    pointers, fits_int32 = args[:8], max(args[8:]) <= _INT32_MAX
-    key = (device.index, *constexprs.values(), *(t.dtype for t in pointers),
-           *(t.data_ptr() % 16 == 0 for t in pointers))
-    kernel = _compiled.get(key)
+def _launch(tensors: tuple, ints: tuple, config: tuple, grid: int, device: torch.device,
+            scale_dtype: torch.dtype | None) -> None:
+    """Run the kernel: its cached launch, or Triton's JIT (first call, interpreter, launch hooks,
+    64-bit integers), whose compiled kernel is then cached."""
+    constexprs, _, _, stages, warps = config
+    pointers = tuple(t.data_ptr() for t in tensors)
+    aligned = tuple(p % 16 == 0 for p in pointers)
+    key = (device.index, id(constexprs), tensors[0].dtype, scale_dtype, aligned)  # constexprs: _config's, built once
+    ready = _compiled.get(key)
     runtime = triton.knobs.runtime
-    if (kernel is not None and not (_hooked(runtime.launch_enter_hook) or _hooked(runtime.launch_exit_hook))
-            and fits_int32 and device.index == torch.cuda.current_device()):
-        stream = torch.cuda.current_stream(device).cuda_stream
-        kernel.run(grid, 1, 1, stream, kernel.function, kernel.packed_metadata, None, None, None,
-                   *args, *constexprs.values())
+    fits_int32 = max(ints) <= _INT32_MAX
+    if (ready is not None and fits_int32 and device.index == torch.cuda.current_device()
+            and not (_hooked(runtime.launch_enter_hook) or _hooked(runtime.launch_exit_hook))):
+        ready(grid, torch._C._cuda_getCurrentRawStream(device.index), (*pointers, *ints, *constexprs.values()))
         return
-    kernel = _lowrank_matmul_kernel[(grid,)](*args, **constexprs, num_stages=stages, num_warps=warps)
-    if device.type == "cuda" and fits_int32 and hasattr(kernel, "packed_metadata"):
-        _compiled[key] = kernel
+    kernel = _lowrank_matmul_kernel[(grid,)](*tensors, *ints, **constexprs, num_stages=stages, num_warps=warps)
+    if device.type == "cuda" and fits_int32 and (ready := _Launch.of(kernel)) is not None:
+        _compiled[key] = ready
 
 
 def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
@@ -243,20 +289,18 @@ def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
     n, r = w.shape[1], u.shape[1]
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
     (w_rm, w_t), (v_rm, v_t) = _row_major(w), _row_major(v)
-    bm, bn, bk, stages, warps = _INTERPRETER_TILE if x.device.type == "cpu" else _TILE
-    num_sms = _num_sms(x.device)
-    # The descriptors are built on the device, in a scratch buffer this allocator hands out; set
-    # per call because Triton keeps it in a context variable, and the backward runs in
-    # autograd's own thread.
-    triton.set_allocator(_cpu_scratch if x.device.type == "cpu" else _cuda_scratch)
+    config = _config(x.device, w_t, v_t, r, core is not None, scale is not None, bias is not None)
+    _, bm, bn, _, _ = config
+    # The descriptors are built on the device, in a scratch buffer; Triton's JIT launch asks this
+    # allocator for it (set per call: Triton keeps it in a context variable, and the backward runs
+    # in autograd's own thread).
+    triton.set_allocator(_cpu_allocator if x.device.type == "cpu" else _cuda_allocator)
     core_strides = core.stride() if core is not None else (0, 0)
-    args = (x, w_rm, u, v_rm, out if core is None else core, out if scale is None else scale,
-            out if bias is None else bias, out, m, n, k, r,
-            x.stride(0), w_rm.stride(0), u.stride(0), v_rm.stride(0), *core_strides)
-    constexprs = {"W_T": w_t, "V_T": v_t, "RP": max(16, triton.next_power_of_2(r)), "HAS_CORE": core is not None,
-                  "HAS_SCALE": scale is not None, "HAS_BIAS": bias is not None, "NUM_SMS": num_sms,
-                  "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}
-    _launch(args, constexprs, min(num_sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)), x.device, stages, warps)
+    tensors = (x, w_rm, u, v_rm, out if core is None else core, out if scale is None else scale,
+               out if bias is None else bias, out)
+    ints = (m, n, k, r, x.stride(0), w_rm.stride(0), u.stride(0), v_rm.stride(0), *core_strides)
+    grid = min(config[0]["NUM_SMS"], triton.cdiv(m, bm) * triton.cdiv(n, bn))
+    _launch(tensors, ints, config, grid, x.device, None if scale is None else scale.dtype)
     return out
 
 
