@@ -17,9 +17,9 @@ fused path), ``lora`` (ours), ``peft`` (PEFT's LoRA, default: adapter weights in
 ``peft-bf16`` (``autocast_adapter_dtype=False``; GPU only, on a float32 CPU model it is the
 same as ``peft``). Ablations at the largest rank: ``tlora-plain`` (the formula in autograd),
 ``tlora-folded`` ((x A)(α B C) in autograd), ``tlora-adapter`` (adapter Function, unfused add),
-``tlora-merged`` (one product with W0 + ΔW, opt-in), ``tlora-triton`` (the fused layer with
-the Triton low-rank-epilogue GEMM in eager mode, ``lowrank_gemm.set_backend("triton")``; on a
-CPU the same as ``tlora``),
+``tlora-merged`` (one product with W0 + ΔW, opt-in), ``tlora-cublas`` (the fused layer without
+the Triton low-rank-epilogue GEMM, ``lowrank_gemm.set_backend("cublas")``: the default before
+idea 12; on a CPU the same as ``tlora``),
 TLoRA with dropout 0.1 at each position (on "all"; the mask redrawn in the backward, or stored), and ``tlora+recorder`` (snapshots every step) when
 ``tlora_analysis.recording`` exists. Every adapter uses dropout 0 unless named.
 
@@ -82,7 +82,7 @@ def plan_arms(device: str, ranks: list[int], targets: list[str], recorder: bool)
     if device == "cuda":
         arms.append(Arm("floor", options={"repeat": 1}))
     for t in targets if device == "cuda" else targets[-1:]:  # the CPU is slow: ablations on one target set
-        arms += [Arm(f"tlora-{impl}", top, t) for impl in ("plain", "folded", "adapter", "merged", "triton")]
+        arms += [Arm(f"tlora-{impl}", top, t) for impl in ("plain", "folded", "adapter", "merged", "cublas")]
     arms += [Arm("tlora", top, "all", {"dropout": 0.1, "position": pos, "mask": mask})
              for mask in ("redraw", "store") for pos in ("output", "input")]
     if recorder:
@@ -160,7 +160,7 @@ def build_arm(arm: Arm, base: nn.Module, device: str) -> nn.Module:
                              dropout_position=arm.options.get("position", "output"))
         apply_adapters(model, config)
         impl = arm.name.split("-", 1)[1] if "-" in arm.name else "fused"
-        lowrank_gemm.set_backend(impl if impl in ("triton", "cublas") else "auto")  # "auto": cuBLAS in eager mode
+        lowrank_gemm.set_backend("cublas" if impl == "cublas" else "auto")  # "auto": the kernel where it applies
         for layer in adapted_layers(model).values():
             with torch.no_grad():
                 layer.tlora_B.normal_(std=0.01)  # a nonzero B, as after some training
@@ -168,7 +168,7 @@ def build_arm(arm: Arm, base: nn.Module, device: str) -> nn.Module:
                 layer.impl = "plain"
                 layer.adapter_output = folded_adapter_output(layer)
             else:
-                layer.impl = "fused" if impl in ("triton", "cublas") else impl
+                layer.impl = "fused" if impl == "cublas" else impl
             layer.dropout_mask = arm.options.get("mask", "auto")
         return model
     if arm.name == "lora":

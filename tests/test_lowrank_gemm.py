@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, lowrank_gemm
+from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, lowrank_gemm, triton_launch
 from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul, supported
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ calls = []
 kernel = lowrank_gemm._triton_lowrank_matmul
 lowrank_gemm._triton_lowrank_matmul = lambda *a: calls.append(1) or kernel(*a)
 report = {"cases": []}
-# the default backend ("auto"): cuBLAS in eager mode, the kernel in compiled code
+# the default backend ("auto"): the interpreter only in compiled code (on a GPU the kernel runs in eager mode too)
 ops = operands(CASES[1], torch.float16)
 lowrank_matmul(*ops)
 report["auto_eager_calls"] = len(calls)
@@ -156,7 +156,7 @@ class TestInterpreted:
         assert interpreted["core_calls"] == 4 * len(CASES)  # every product ran the kernel
         assert max(interpreted["core_cases"]) < 4e-3  # one more float16 rounding, of scale · u core
 
-    def test_default_backend_runs_it_in_compiled_code_only(self, interpreted):
+    def test_default_backend_interprets_in_compiled_code_only(self, interpreted):
         assert interpreted["auto_eager_calls"] == 0
         assert interpreted["auto_compiled_calls"] == 1 and interpreted["auto_compiled_err"] < 2e-3
         assert interpreted["cublas_compiled_calls"] == 0
@@ -271,7 +271,7 @@ def test_cuda_kernel_at_least_as_accurate_as_cublas(dtype, case, triton_backend)
 def test_cuda_cached_launch_matches_the_jit_launch(triton_backend, monkeypatch):
     """The first call per layout goes through Triton's JIT and caches the compiled kernel; later
     calls (any shape: sizes are not specialized) launch it directly, with the same results."""
-    monkeypatch.setattr(lowrank_gemm, "_compiled", {})
+    monkeypatch.setattr(triton_launch, "_compiled", {})
     jit_run = lowrank_gemm._lowrank_matmul_kernel.run
     jit_calls = []
     monkeypatch.setattr(lowrank_gemm._lowrank_matmul_kernel, "run", lambda *a, **k: jit_calls.append(1) or jit_run(*a, **k))
@@ -280,13 +280,13 @@ def test_cuda_cached_launch_matches_the_jit_launch(triton_backend, monkeypatch):
         ops = operands(case, torch.bfloat16, "cuda")
         core, scale = core_operands(case, torch.bfloat16, "cuda")
         results.append(lowrank_matmul(*ops, core=core, scale=scale))
-    assert len(jit_calls) == 1 and len(lowrank_gemm._compiled) == 1
+    assert len(jit_calls) == 1 and len(triton_launch._compiled) == 1
     assert torch.equal(results[0], results[2]) and torch.equal(results[1], results[3])
     # a scale of another dtype is another compiled kernel, not the cached one reading the wrong bits
     ops = operands((1000, 256, 384, 16, True, False, True), torch.bfloat16, "cuda")
     core, scale = core_operands((1000, 256, 384, 16, True, False, True), torch.bfloat16, "cuda")
     out = lowrank_matmul(*ops, core=core, scale=scale.float())
-    assert len(jit_calls) == 2 and len(lowrank_gemm._compiled) == 2
+    assert len(jit_calls) == 2 and len(triton_launch._compiled) == 2
     assert rel_err(out, dense64(*ops, core, scale)) < 1.6e-2
 
 
@@ -305,3 +305,18 @@ def test_cuda_fused_layer_matches_float64(dtype, monkeypatch, triton_backend):
     errors = layer_errors(dtype, "cuda", dropout=0.0)
     assert len(calls) == 2
     assert max(errors.values()) < (3e-2 if dtype == torch.bfloat16 else 5e-3), errors
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_cached_launch_only_for_kernels_with_unspecialized_integers():
+    """The launch cache's key has no integer values: a kernel qualifies only if Triton does not
+    specialize it on them (the GEMM lists its ten integers in ``do_not_specialize``)."""
+    import triton
+
+    assert triton_launch._ints_unspecialized(lowrank_gemm._lowrank_matmul_kernel, 8, 10)
+
+    @triton.jit
+    def specialized(p, n):
+        pass
+
+    assert not triton_launch._ints_unspecialized(specialized, 1, 1)

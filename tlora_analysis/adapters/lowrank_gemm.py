@@ -11,55 +11,24 @@ over memory, and one rounding to the output dtype instead of two.
 A persistent kernel with tensor-memory-accelerator (TMA) loads and one tile shape, chosen by
 measurement (``_TILE``). It runs on CUDA GPUs of compute capability ≥ 9 (Hopper), and under
 Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors) for tests; :func:`supported` says
-when it applies, :func:`set_backend` when it is used (by default only in ``torch.compile``d
-code: in eager mode its Python launch costs the host more than the GPU saves), and
-:func:`lowrank_matmul` falls back to cuBLAS otherwise.
+when it applies, :func:`set_backend` when it is used (by default wherever it applies on a GPU,
+eager mode included), ``triton_launch`` how it is launched cheaply, and :func:`lowrank_matmul`
+falls back to cuBLAS otherwise.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 
 import torch
+
+from .triton_launch import BACKENDS, get_backend, set_backend, triton_allowed, triton_ready
+from .triton_launch import run as _run_kernel
 
 __all__ = ["BACKENDS", "get_backend", "lowrank_matmul", "set_backend", "supported"]
 
 _HALF = (torch.bfloat16, torch.float16)
-BACKENDS = ("auto", "triton", "cublas")
-_backend = "auto"
-
-
-def set_backend(backend: str) -> None:
-    """Where :func:`lowrank_matmul` may run the Triton kernel (process-wide).
-
-    - ``"auto"`` (default): inside ``torch.compile``d code only. There the host's per-call cost
-      is small next to the rest of the compiled step (or gone, with CUDA graphs); in eager mode
-      the step of a 1B model with all linear layers adapted is already close to host-bound, and
-      the kernel's Python launch tips it over (docs/benchmarks.md, "Idea 10").
-    - ``"triton"``: wherever :func:`supported` says it runs, eager mode too.
-    - ``"cublas"``: never (A/B runs, debugging, bit-for-bit comparisons with older results).
-    """
-    global _backend
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    _backend = backend
-
-
-def get_backend() -> str:
-    """The backend :func:`set_backend` chose."""
-    return _backend
-
-
-@functools.cache
-def _triton_ready(device_type: str) -> bool:
-    """Triton importable, and either interpreting (CPU tensors) or on a CUDA GPU with TMA."""
-    if importlib.util.find_spec("triton") is None:
-        return False
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return device_type == "cpu"
-    return device_type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
 
 
 def _tma_ok(t: torch.Tensor) -> bool:
@@ -82,7 +51,7 @@ def supported(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor
     16 bytes.
     """
     dtype = x.dtype
-    if dtype not in _HALF or not _triton_ready(x.device.type):
+    if dtype not in _HALF or not triton_ready(x.device.type):
         return False
     device = x.get_device()
     for t in (x, w, u, v) if core is None else (x, w, u, v, core):  # straight-line: this runs every call
@@ -178,43 +147,6 @@ if importlib.util.find_spec("triton") is not None:
 # small tiles so that tests cover several tiles per program.
 _TILE = (128, 256, 64, 3, 8)
 _INTERPRETER_TILE = (32, 32, 16, 1, 4)
-_INT32_MAX = 2**31 - 1
-# Compiled kernels by what selects one (device, constexprs, dtypes of the operands and of the scale,
-# pointer alignments), each as a ready launch (_Launch): a cached kernel is launched without
-# Triton's per-call argument binding and cache lookup, which cost the host more than the launch
-# itself (docs/benchmarks.md, "Idea 11" and "Idea 12").
-_compiled: dict[tuple, "_Launch"] = {}
-_scratch: dict[tuple[int, int], torch.Tensor] = {}  # (device, stream) → descriptor scratch
-
-
-class _Launch:
-    """A compiled kernel's launcher entry point and what it needs besides the arguments, read once.
-
-    Calls Triton's compiled launcher directly, with the pointers as integers: the launcher then
-    neither calls ``data_ptr()`` nor asks the driver about each pointer (9 queries per launch).
-    """
-
-    def __init__(self, kernel: object) -> None:
-        launcher = kernel.run  # Triton's CudaLauncher, built on first use
-        self.launch = launcher.launch
-        self.function, self.metadata = kernel.function, kernel.packed_metadata
-        self.cooperative, self.pdl = launcher.launch_cooperative_grid, launcher.launch_pdl
-        self.scratch_per_program = launcher.global_scratch_size * launcher.num_ctas
-        if launcher.profile_scratch_size or launcher.global_scratch_align > 512:  # torch's blocks: 512-byte aligned
-            raise ValueError("a profiling build, or a scratch alignment torch does not give: use Triton's launch")
-
-    @classmethod
-    def of(cls, kernel: object) -> "_Launch | None":
-        """The ready launch, or None where this Triton's internals differ from what it expects."""
-        try:
-            return cls(kernel)
-        except (AttributeError, ValueError):
-            return None
-
-    def __call__(self, grid: int, stream: int, args: tuple) -> None:
-        scratch = _cuda_scratch(grid * self.scratch_per_program, stream) if self.scratch_per_program else None
-        self.launch(grid, 1, 1, stream, self.function, self.cooperative, self.pdl, scratch, None,
-                    self.metadata, None, None, None, *args)
 
 
 @functools.cache
@@ -234,54 +166,6 @@ def _row_major(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return (t, False) if t.stride(-1) == 1 else (t.T, True)
 
 
-def _cuda_scratch(size: int, stream: int) -> int | torch.Tensor:
-    """Scratch for the kernel's device-side TMA descriptors: one buffer per device and stream,
-    reused (kernels on one stream run one after another), so a launch allocates nothing; under
-    CUDA graph capture each launch still gets its own, from the graph's memory pool."""
-    if torch.cuda.is_current_stream_capturing():
-        return torch.empty(size, device="cuda", dtype=torch.int8)
-    key = (torch.cuda.current_device(), stream)
-    buffer = _scratch.get(key)
-    if buffer is None or buffer.numel() < size:
-        buffer = _scratch[key] = torch.empty(size, device="cuda", dtype=torch.int8)
-    return buffer.data_ptr()
-
-
-def _cuda_allocator(size: int, alignment: int, stream: int) -> int | torch.Tensor:
-    """Triton's allocator hook for its JIT launches: the same scratch as cached launches."""
-    return _cuda_scratch(size, stream)
-
-
-def _cpu_allocator(size: int, alignment: int, stream: object) -> torch.Tensor:
-    """Scratch under Triton's interpreter (CPU tensors)."""
-    return torch.empty(size, dtype=torch.int8)
-
-
-def _hooked(hook: object) -> bool:
-    """Whether a Triton launch hook (None, or a chain of callables) would call anything."""
-    return hook is not None and bool(getattr(hook, "calls", True))
-
-
-def _launch(tensors: tuple, ints: tuple, config: tuple, grid: int, device: torch.device,
-            scale_dtype: torch.dtype | None) -> None:
-    """Run the kernel: its cached launch, or Triton's JIT (first call, interpreter, launch hooks,
-    64-bit integers), whose compiled kernel is then cached."""
-    constexprs, _, _, stages, warps = config
-    pointers = tuple(t.data_ptr() for t in tensors)
-    aligned = tuple(p % 16 == 0 for p in pointers)
-    key = (device.index, id(constexprs), tensors[0].dtype, scale_dtype, aligned)  # constexprs: _config's, built once
-    ready = _compiled.get(key)
-    runtime = triton.knobs.runtime
-    fits_int32 = max(ints) <= _INT32_MAX
-    if (ready is not None and fits_int32 and device.index == torch.cuda.current_device()
-            and not (_hooked(runtime.launch_enter_hook) or _hooked(runtime.launch_exit_hook))):
-        ready(grid, torch._C._cuda_getCurrentRawStream(device.index), (*pointers, *ints, *constexprs.values()))
-        return
-    kernel = _lowrank_matmul_kernel[(grid,)](*tensors, *ints, **constexprs, num_stages=stages, num_warps=warps)
-    if device.type == "cuda" and fits_int32 and (ready := _Launch.of(kernel)) is not None:
-        _compiled[key] = ready
-
-
 def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                            bias: torch.Tensor | None, core: torch.Tensor | None = None,
                            scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -289,18 +173,14 @@ def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
     n, r = w.shape[1], u.shape[1]
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
     (w_rm, w_t), (v_rm, v_t) = _row_major(w), _row_major(v)
-    config = _config(x.device, w_t, v_t, r, core is not None, scale is not None, bias is not None)
-    _, bm, bn, _, _ = config
-    # The descriptors are built on the device, in a scratch buffer; Triton's JIT launch asks this
-    # allocator for it (set per call: Triton keeps it in a context variable, and the backward runs
-    # in autograd's own thread).
-    triton.set_allocator(_cpu_allocator if x.device.type == "cpu" else _cuda_allocator)
+    constexprs, bm, bn, stages, warps = _config(x.device, w_t, v_t, r, core is not None, scale is not None,
+                                                bias is not None)
     core_strides = core.stride() if core is not None else (0, 0)
     tensors = (x, w_rm, u, v_rm, out if core is None else core, out if scale is None else scale,
                out if bias is None else bias, out)
     ints = (m, n, k, r, x.stride(0), w_rm.stride(0), u.stride(0), v_rm.stride(0), *core_strides)
-    grid = min(config[0]["NUM_SMS"], triton.cdiv(m, bm) * triton.cdiv(n, bn))
-    _launch(tensors, ints, config, grid, x.device, None if scale is None else scale.dtype)
+    grid = min(constexprs["NUM_SMS"], triton.cdiv(m, bm) * triton.cdiv(n, bn))
+    _run_kernel(_lowrank_matmul_kernel, grid, tensors, ints, constexprs, stages, warps)
     return out
 
 
@@ -318,8 +198,8 @@ def _cublas_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
 
 
 def _dispatch(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-              core: torch.Tensor | None, scale: torch.Tensor | None, triton_allowed: bool) -> torch.Tensor:
-    if (triton_allowed and supported(x, w, u, v, core=core, scale=scale)
+              core: torch.Tensor | None, scale: torch.Tensor | None, allowed: bool) -> torch.Tensor:
+    if (allowed and supported(x, w, u, v, core=core, scale=scale)
             and (bias is None or (bias.dtype == x.dtype and bias.stride(0) == 1))):
         return _triton_lowrank_matmul(x, w, u, v, bias, core, scale)
     return _cublas_lowrank_matmul(x, w, u, v, bias, core, scale)
@@ -329,7 +209,7 @@ def _dispatch(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor
 def _lowrank_matmul_op(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                        bias: torch.Tensor | None, core: torch.Tensor | None,
                        scale: torch.Tensor | None) -> torch.Tensor:
-    return _dispatch(x, w, u, v, bias, core, scale, _backend != "cublas")  # runs from compiled code only
+    return _dispatch(x, w, u, v, bias, core, scale, triton_allowed(compiling=True))  # runs from compiled code only
 
 
 @_lowrank_matmul_op.register_fake
@@ -361,4 +241,4 @@ def lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.T
                          f"core (r × r) and a one-element scale")
     if torch.compiler.is_compiling():
         return _lowrank_matmul_op(x, w, u, v, bias, core, scale)
-    return _dispatch(x, w, u, v, bias, core, scale, _backend == "triton")
+    return _dispatch(x, w, u, v, bias, core, scale, triton_allowed(compiling=False, device_type=x.device.type))
