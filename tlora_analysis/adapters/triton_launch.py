@@ -19,6 +19,9 @@ import os
 
 import torch
 
+if importlib.util.find_spec("triton") is not None:
+    import triton
+
 __all__ = ["BACKENDS", "get_backend", "run", "set_backend", "triton_allowed", "triton_ready"]
 
 BACKENDS = ("auto", "triton", "cublas")
@@ -138,8 +141,6 @@ def run(kernel: object, grid: int, tensors: tuple[torch.Tensor, ...], ints: tupl
     ``do_not_specialize`` (else Triton would also specialize on integers being 1 or multiples of
     16, which the key does not see: such a kernel is never cached, only JIT-launched).
     """
-    import triton
-
     device = tensors[0].device
     pointers = tuple(t.data_ptr() for t in tensors)
     key = (id(kernel), device.index, id(constexprs), tuple(t.dtype for t in tensors),
