@@ -1,4 +1,4 @@
-"""Where the fused TLoRA layer's time goes, kernel by kernel; ideas 8 (stacked GEMMs) and 10 (epilogue GEMM).
+"""Where the fused TLoRA layer's time goes, kernel by kernel; ideas 8 (stacked GEMMs), 10, 11 and 13.
 
 For each layer shape of the LLaMA-shaped benchmark model (tokens × in → out, bf16, r = 32),
 with CUDA events around CUDA-graph replays (median of ``--repeats`` replays of 20 calls each):
@@ -15,6 +15,10 @@ with CUDA events around CUDA-graph replays (median of ``--repeats`` replays of 2
 - **epilogue+core** (idea 11, the layer's path now): the same GEMMs with α and B applied inside
   the kernel, x W0ᵀ + α (u B) C and g W0 + α (g Cᵀ Bᵀ) Aᵀ, so that α B, M = (αB) C and
   ∂u = (g Cᵀ)(αB)ᵀ are no longer separate kernels.
+- **core grads** (idea 13, the layer's backward now): ∂B = α G and ∂α = ⟨B, G⟩ with
+  G = uᵀ (g Cᵀ) in one Triton launch (tlora_analysis/adapters/core_grads.py), against the
+  three torch operations (cuBLAS's split-K G and its reduction, α G, the dot); and the whole
+  backward with it.
 - **stacked** (idea 8): read x once by stacking the frozen factors around W0 in one
   (out + r) × (in + r) buffer, [[W0, Cᵀ], [Aᵀ, ·]]: x [W0; Aᵀ]ᵀ gives the base output and
   u = x A side by side, and g [W0 | Cᵀ] the base input-gradient and g Cᵀ side by side, at the
@@ -37,6 +41,7 @@ import torch
 from torch.nn import functional as F
 
 from tlora_analysis.adapters import lowrank_gemm
+from tlora_analysis.adapters.core_grads import core_grads
 from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul, supported
 
 SHAPES = {"q/k/v/o": (2048, 2048), "gate/up": (5632, 2048), "down": (2048, 5632)}  # (out, in)
@@ -122,6 +127,15 @@ def layer(tokens: int, out: int, inp: int, r: int, device: str,
         _ = alpha * core, torch.dot(b.reshape(-1), core.reshape(-1))
         return lowrank_matmul(gout, w0, gc_, a.T, core=b.T, scale=alpha), gc_
 
+    def core_grads_bwd():
+        gc_ = gout @ c.T
+        core_grads(u, gc_, b, alpha)
+        return lowrank_matmul(gout, w0, gc_, a.T, core=b.T, scale=alpha), gc_
+
+    def torch_core_grads():
+        core = u.T @ gc
+        return alpha * core, torch.dot(b.reshape(-1), core.reshape(-1))
+
     def stacked_fwd():
         y2 = F.linear(x, big[:, :inp])  # tokens × (out + r): [x W0ᵀ | x A]
         u_ = y2[:, out:]
@@ -171,9 +185,12 @@ def layer(tokens: int, out: int, inp: int, r: int, device: str,
         "epilogue+core fwd: x W0ᵀ + α (u B) C in one GEMM": lambda: lowrank_matmul(x, w0.T, u, c, core=b, scale=alpha),
         "epilogue+core bwd: g W0 + α (g Cᵀ Bᵀ) Aᵀ in one GEMM": lambda: lowrank_matmul(gout, w0, gc, a.T, core=b.T,
                                                                                      scale=alpha),
+        "core grads: G, ∂B = α G, ∂α = ⟨B, G⟩ as torch operations": torch_core_grads,
+        "core grads: ∂B and ∂α in one Triton launch": lambda: core_grads(u, gc, b, alpha),
         "whole fused fwd": fused_fwd, "whole fused bwd": fused_bwd,
         "whole epilogue fwd": epilogue_fwd, "whole epilogue bwd": epilogue_bwd,
         "whole epilogue+core fwd": core_fwd, "whole epilogue+core bwd": core_bwd,
+        "whole epilogue+core+core grads bwd": core_grads_bwd,
         "whole stacked fwd": stacked_fwd, "whole stacked bwd": stacked_bwd,
     }, (x, w0.T, u, m)
 
@@ -204,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
                "rel_diff_epilogue_bwd": agree(fns["whole epilogue bwd"](), fns["whole fused bwd"]()),
                "rel_diff_core_fwd": agree(fns["whole epilogue+core fwd"](), fns["whole fused fwd"]()),
                "rel_diff_core_bwd": agree(fns["whole epilogue+core bwd"](), fns["whole fused bwd"]()),
+               "rel_diff_core_grads": agree(fns["core grads: ∂B and ∂α in one Triton launch"](),
+                                            fns["core grads: G, ∂B = α G, ∂α = ⟨B, G⟩ as torch operations"]()),
                "epilogue_kernel_used": supported(*operands),
                "us": {name: time_us(fn, args.device, args.repeats) for name, fn in fns.items()}}
         report["shapes"][label] = row

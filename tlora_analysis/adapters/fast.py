@@ -28,6 +28,8 @@ random numbers). ``TLoRALinear.dropout_mask`` ("auto", "redraw", "store") choose
 
 Gradients are exact for B, α and x: with gc = g Cᵀ (tokens × r) and G = uᵀ gc (r × r),
 ∂L/∂B = α G, ∂L/∂α = Σ B ∘ G, ∂L/∂u = gc (α B)ᵀ, ∂L/∂x = ∂L/∂u Aᵀ (+ g W0 for the base).
+∂L/∂B and ∂L/∂α come from :func:`~.core_grads.core_grads` (one Triton launch where the kernel
+runs, else torch).
 A and C are frozen buffers and get no gradient; neither does a frozen W0 or bias.
 """
 
@@ -38,6 +40,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from .core_grads import core_grads
 from .lowrank_gemm import lowrank_matmul
 
 __all__ = ["IMPLEMENTATIONS", "TLoRAAdapterFunction", "TLoRALinearFunction", "TLoRAMergedFunction",
@@ -121,10 +124,8 @@ def _core_grads(
     """(gc = go Cᵀ, ∂L/∂B, ∂L/∂α) from the gradient ``go`` of the adapter output (tokens × out);
     ∂L/∂u = gc (α B)ᵀ is left to the caller, who may fold it into the next product."""
     gc = go @ c.T  # tokens × r: the one pass over go
-    need_b, need_alpha = ctx.needs_input_grad[ctx.b_index], ctx.needs_input_grad[ctx.b_index + 2]
-    g_core = u.T @ gc if (need_b or need_alpha) else None  # r × r
-    grad_b = alpha * g_core if need_b else None
-    grad_alpha = torch.dot(b.reshape(-1), g_core.reshape(-1)).reshape(alpha.shape) if need_alpha else None
+    grad_b, grad_alpha = core_grads(u, gc, b, alpha, need_b=ctx.needs_input_grad[ctx.b_index],
+                                    need_alpha=ctx.needs_input_grad[ctx.b_index + 2])
     return gc, grad_b, grad_alpha
 
 
