@@ -96,11 +96,13 @@ _constexprs: dict[tuple[int, int, int], dict] = {}  # (rp, bm, shares) → const
 _counters: dict[tuple[int, int], torch.Tensor] = {}  # (device, stream) → the zeroed int32 counter
 
 
-def _counter(device: torch.device) -> torch.Tensor:
+def _counter(device: torch.device, reuse: bool) -> torch.Tensor:
     """The counter of finished programs: zero before a launch, and reset to zero by its last
-    program. One per device and stream, where launches run one after another; a fresh one on
-    the CPU and under CUDA graph capture (a memset in the graph then zeroes it on every replay)."""
-    if device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+    program. In eager mode one per device and stream, where launches run one after another;
+    otherwise a fresh one: on the CPU, under CUDA graph capture (a memset in the graph zeroes it
+    on every replay), and from compiled code, whose CUDA graph trees own the memory allocated
+    while they warm up and refuse tensors that outlive their graphs."""
+    if not reuse or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return torch.zeros(1, device=device, dtype=torch.int32)
     key = (device.index, torch._C._cuda_getCurrentRawStream(device.index))
     counter = _counters.get(key)
@@ -109,8 +111,8 @@ def _counter(device: torch.device) -> torch.Tensor:
     return counter
 
 
-def _triton_core_grads(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor,
-                       alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _triton_core_grads(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor,
+                       compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     m, r = u.shape
     bm, max_shares, warps = _INTERPRETER_TILE if u.device.type == "cpu" else _TILE
     rp = max(16, triton.next_power_of_2(r))
@@ -122,8 +124,9 @@ def _triton_core_grads(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor,
     shares = torch.empty(programs, rp, rp, device=u.device, dtype=torch.float32)
     grad_b = torch.empty(r, r, device=u.device, dtype=b.dtype)
     grad_alpha = torch.empty_like(alpha)
-    _run_kernel(_core_grads_kernel, programs, (u, gc, b, alpha, shares, _counter(u.device), grad_b, grad_alpha),
-                (m, r, u.stride(0), gc.stride(0), *b.stride()), constexprs, 1, warps)
+    tensors = (u, gc, b, alpha, shares, _counter(u.device, not compiled), grad_b, grad_alpha)
+    _run_kernel(_core_grads_kernel, programs, tensors, (m, r, u.stride(0), gc.stride(0), *b.stride()), constexprs, 1,
+                warps, compiled)
     return grad_b, grad_alpha
 
 
@@ -139,7 +142,7 @@ def _torch_core_grads(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor, alpha:
 def _core_grads_op(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor,
                    alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if triton_allowed(compiling=True) and supported(u, gc, b, alpha):  # runs from compiled code only
-        return _triton_core_grads(u, gc, b, alpha)
+        return _triton_core_grads(u, gc, b, alpha, True)
     grad_b, grad_alpha = _torch_core_grads(u, gc, b, alpha)
     return grad_b.to(b.dtype), grad_alpha.to(alpha.dtype)  # the operator's outputs have fixed dtypes
 

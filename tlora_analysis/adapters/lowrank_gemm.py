@@ -168,7 +168,7 @@ def _row_major(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                            bias: torch.Tensor | None, core: torch.Tensor | None = None,
-                           scale: torch.Tensor | None = None) -> torch.Tensor:
+                           scale: torch.Tensor | None = None, compiled: bool = False) -> torch.Tensor:
     m, k = x.shape
     n, r = w.shape[1], u.shape[1]
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
@@ -180,7 +180,7 @@ def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
                out if bias is None else bias, out)
     ints = (m, n, k, r, x.stride(0), w_rm.stride(0), u.stride(0), v_rm.stride(0), *core_strides)
     grid = min(constexprs["NUM_SMS"], triton.cdiv(m, bm) * triton.cdiv(n, bn))
-    _run_kernel(_lowrank_matmul_kernel, grid, tensors, ints, constexprs, stages, warps)
+    _run_kernel(_lowrank_matmul_kernel, grid, tensors, ints, constexprs, stages, warps, compiled)
     return out
 
 
@@ -198,10 +198,10 @@ def _cublas_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
 
 
 def _dispatch(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-              core: torch.Tensor | None, scale: torch.Tensor | None, allowed: bool) -> torch.Tensor:
+              core: torch.Tensor | None, scale: torch.Tensor | None, allowed: bool, compiled: bool) -> torch.Tensor:
     if (allowed and supported(x, w, u, v, core=core, scale=scale)
             and (bias is None or (bias.dtype == x.dtype and bias.stride(0) == 1))):
-        return _triton_lowrank_matmul(x, w, u, v, bias, core, scale)
+        return _triton_lowrank_matmul(x, w, u, v, bias, core, scale, compiled)
     return _cublas_lowrank_matmul(x, w, u, v, bias, core, scale)
 
 
@@ -209,7 +209,7 @@ def _dispatch(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor
 def _lowrank_matmul_op(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                        bias: torch.Tensor | None, core: torch.Tensor | None,
                        scale: torch.Tensor | None) -> torch.Tensor:
-    return _dispatch(x, w, u, v, bias, core, scale, triton_allowed(compiling=True))  # runs from compiled code only
+    return _dispatch(x, w, u, v, bias, core, scale, triton_allowed(compiling=True), True)  # runs from compiled code only
 
 
 @_lowrank_matmul_op.register_fake
@@ -241,4 +241,5 @@ def lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.T
                          f"core (r × r) and a one-element scale")
     if torch.compiler.is_compiling():
         return _lowrank_matmul_op(x, w, u, v, bias, core, scale)
-    return _dispatch(x, w, u, v, bias, core, scale, triton_allowed(compiling=False, device_type=x.device.type))
+    return _dispatch(x, w, u, v, bias, core, scale, triton_allowed(compiling=False, device_type=x.device.type),
+                     False)

@@ -71,11 +71,13 @@ def triton_ready(device_type: str) -> bool:
     return device_type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
 
 
-def _cuda_scratch(size: int, stream: int) -> int | torch.Tensor:
-    """Scratch for a kernel's device-side TMA descriptors: one buffer per device and stream,
-    reused (kernels on one stream run one after another), so a launch allocates nothing; under
-    CUDA graph capture each launch still gets its own, from the graph's memory pool."""
-    if torch.cuda.is_current_stream_capturing():
+def _cuda_scratch(size: int, stream: int, reuse: bool = True) -> int | torch.Tensor:
+    """Scratch for a kernel's device-side TMA descriptors: in eager mode one buffer per device and
+    stream, reused (kernels on one stream run one after another), so a launch allocates nothing.
+    A fresh one under CUDA graph capture (from the graph's memory pool) and where ``reuse`` is
+    False: from compiled code, whose CUDA graph trees own the memory allocated while they warm up
+    and refuse tensors that outlive their graphs."""
+    if not reuse or torch.cuda.is_current_stream_capturing():
         return torch.empty(size, device="cuda", dtype=torch.int8)
     key = (torch.cuda.current_device(), stream)
     buffer = _scratch.get(key)
@@ -85,8 +87,13 @@ def _cuda_scratch(size: int, stream: int) -> int | torch.Tensor:
 
 
 def _cuda_allocator(size: int, alignment: int, stream: int) -> int | torch.Tensor:
-    """Triton's allocator hook for its JIT launches: the same scratch as cached launches."""
+    """Triton's allocator hook for its JIT launches in eager mode: the same scratch as cached launches."""
     return _cuda_scratch(size, stream)
+
+
+def _fresh_cuda_allocator(size: int, alignment: int, stream: int) -> torch.Tensor:
+    """Triton's allocator hook for its JIT launches from compiled code: a fresh scratch."""
+    return _cuda_scratch(size, stream, reuse=False)
 
 
 def _cpu_allocator(size: int, alignment: int, stream: object) -> torch.Tensor:
@@ -123,14 +130,15 @@ class _Launch:
         except (AttributeError, ValueError):
             return None
 
-    def __call__(self, grid: int, stream: int, args: tuple) -> None:
-        scratch = _cuda_scratch(grid * self.scratch_per_program, stream) if self.scratch_per_program else None
+    def __call__(self, grid: int, stream: int, args: tuple, reuse_scratch: bool) -> None:
+        scratch = _cuda_scratch(grid * self.scratch_per_program, stream, reuse_scratch) \
+            if self.scratch_per_program else None
         self.launch(grid, 1, 1, stream, self.function, self.cooperative, self.pdl, scratch, None,
                     self.metadata, None, None, None, *args)
 
 
 def run(kernel: object, grid: int, tensors: tuple[torch.Tensor, ...], ints: tuple[int, ...], constexprs: dict,
-        stages: int, warps: int) -> None:
+        stages: int, warps: int, compiled: bool = False) -> None:
     """``kernel[(grid,)](*tensors, *ints, **constexprs)``: the cached launch where one exists, else
     Triton's JIT (first call of a layout, the interpreter, launch hooks set, 64-bit integers),
     whose compiled kernel is then cached.
@@ -140,6 +148,8 @@ def run(kernel: object, grid: int, tensors: tuple[torch.Tensor, ...], ints: tupl
     specializes on besides the constexprs, provided the kernel lists its integer parameters in
     ``do_not_specialize`` (else Triton would also specialize on integers being 1 or multiples of
     16, which the key does not see: such a kernel is never cached, only JIT-launched).
+    ``compiled``: called from ``torch.compile``d code (a custom operator), where every launch
+    gets a fresh descriptor scratch (see ``_cuda_scratch``).
     """
     device = tensors[0].device
     pointers = tuple(t.data_ptr() for t in tensors)
@@ -150,10 +160,12 @@ def run(kernel: object, grid: int, tensors: tuple[torch.Tensor, ...], ints: tupl
     fits_int32 = max(ints) <= _INT32_MAX
     if (ready is not None and fits_int32 and device.index == torch.cuda.current_device()
             and not (_hooked(hooks.launch_enter_hook) or _hooked(hooks.launch_exit_hook))):
-        ready(grid, torch._C._cuda_getCurrentRawStream(device.index), (*pointers, *ints, *constexprs.values()))
+        ready(grid, torch._C._cuda_getCurrentRawStream(device.index), (*pointers, *ints, *constexprs.values()),
+              not compiled)
         return
     # Triton keeps the allocator in a context variable, and the backward runs in autograd's own thread
-    triton.set_allocator(_cpu_allocator if device.type == "cpu" else _cuda_allocator)
+    triton.set_allocator(_cpu_allocator if device.type == "cpu" else _fresh_cuda_allocator if compiled
+                         else _cuda_allocator)
     compiled = kernel[(grid,)](*tensors, *ints, **constexprs, num_stages=stages, num_warps=warps)
     if device.type == "cuda" and fits_int32 and _ints_unspecialized(kernel, len(tensors), len(ints)) \
             and (ready := _Launch.of(compiled)) is not None:
