@@ -7,8 +7,8 @@ looks up its cache on every call, and its launcher asks the driver about every p
 compiled kernel is kept by what selects it and called through its launcher directly, with the
 pointers as integers (docs/benchmarks.md, "Idea 11" and "Idea 12").
 
-Used by ``lowrank_gemm`` (the fused layer's two large products); a new kernel of the layer's
-launches through :func:`run` as well.
+Used by ``lowrank_gemm`` (the fused layer's two large products) and ``core_grads`` (its ∂B and
+∂α); a new kernel of the layer's launches through :func:`run` as well.
 """
 
 from __future__ import annotations
