@@ -55,6 +55,8 @@ if importlib.util.find_spec("triton") is not None:
     def _core_grads_kernel(u_ptr, gc_ptr, b_ptr, alpha_ptr, share_ptr, count_ptr, grad_b_ptr, grad_alpha_ptr,
                            M, R, stride_u, stride_gc, stride_b0, stride_b1,
                            RP: tl.constexpr, BM: tl.constexpr, PB: tl.constexpr):
+        """This program's share of G (float32, zeros past r); the last program to finish sums all
+        shares and writes ∂B = α G (r × r, row-major) and ∂α = ⟨B, G⟩."""
         pid = tl.program_id(0)
         programs = tl.num_programs(0)
         offs_r = tl.arange(0, RP)
