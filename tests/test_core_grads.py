@@ -133,6 +133,9 @@ b, alpha = torch.tensor([[1.0, 2], [3, 4]], dtype=torch.float16), torch.tensor([
 grad_b, grad_alpha = core_grads(u, gc, b, alpha)
 report["hand"] = [grad_b.tolist(), grad_alpha.tolist()]
 report["hand_calls"] = len(calls) - report["calls"]
+# a float32, zero-dimensional α next to float16 factors keeps its own dtype and shape
+grad_b, grad_alpha = core_grads(u, gc, b, torch.tensor(2.0))
+report["alpha_float32"] = [str(grad_b.dtype), str(grad_alpha.dtype), list(grad_alpha.shape), grad_alpha.item()]
 print(json.dumps(report))
 """
 
@@ -166,6 +169,7 @@ class TestInterpreted:
     def test_by_hand(self, interpreted):
         assert interpreted["hand_calls"] == 1
         assert interpreted["hand"] == [[[16.0, 8.0], [16.0, 8.0]], [56.0]]
+        assert interpreted["alpha_float32"] == ["torch.float16", "torch.float32", [], 56.0]
 
     def test_refuses_what_it_cannot_run(self, interpreted):
         assert not any(interpreted["unsupported"].values()), interpreted["unsupported"]
