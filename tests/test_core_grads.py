@@ -9,12 +9,6 @@ summation and the final rounding of each result.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -22,9 +16,7 @@ from tlora_analysis.adapters import core_grads as core_grads_module
 from tlora_analysis.adapters import triton_launch
 from tlora_analysis.adapters.core_grads import core_grads, supported
 
-from test_lowrank_gemm import HOPPER, INTERPRETER_OK
-
-ROOT = Path(__file__).resolve().parents[1]
+from test_lowrank_gemm import HOPPER, needs_interpreter, run_interpreted
 
 # (tokens, rank, layouts): fewer rows than a block, more blocks than programs (the interpreter's
 # 16-row blocks and 4 shares), padded ranks (20 → 32, 40 → 64), the largest rank, u and gc as
@@ -142,14 +134,10 @@ print(json.dumps(report))
 
 @pytest.fixture(scope="module")
 def interpreted():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", INTERPRETED], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreted(INTERPRETED)
 
 
-@pytest.mark.skipif(not INTERPRETER_OK, reason="needs triton ≥ 3.7 (the test extra installs it on Linux x86-64)")
+@needs_interpreter
 class TestInterpreted:
     @pytest.mark.parametrize("i", range(len(CASES)))
     def test_kernel_matches_float64(self, interpreted, i):

@@ -135,16 +135,26 @@ def layer_errors(dtype, device, dropout):
     return {k: rel_err(out["fast"][k], out["ref"][k]) for k in out["ref"]}
 
 
-@pytest.fixture(scope="module")
-def interpreted():
+def run_interpreted(script: str) -> dict:
+    """The JSON report ``script`` prints last, run under Triton's interpreter in a subprocess (the
+    interpreter is chosen when a kernel is defined)."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", INTERPRETED], cwd=ROOT, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not INTERPRETER_OK, reason="needs triton ≥ 3.7 (the test extra installs it on Linux x86-64)")
+needs_interpreter = pytest.mark.skipif(not INTERPRETER_OK,
+                                       reason="needs triton ≥ 3.7 (the test extra installs it on Linux x86-64)")
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    return run_interpreted(INTERPRETED)
+
+
+@needs_interpreter
 class TestInterpreted:
     @pytest.mark.parametrize("i", range(len(CASES)))
     def test_kernel_matches_float64(self, interpreted, i):
