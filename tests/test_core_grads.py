@@ -78,7 +78,8 @@ def test_gradients_not_needed_are_none():
 def test_shapes_that_do_not_chain_are_refused():
     u, gc, b, alpha = operands(CASES[0], torch.float64)
     for bad in ((u, gc[:, :-1], b, alpha), (u, gc[:-1], b, alpha), (u, gc, b[:-1], alpha),
-                (u, gc, b, torch.ones(2, dtype=torch.float64)), (u[None], gc[None], b, alpha)):
+                (u, gc, b, torch.ones(2, dtype=torch.float64)), (u[None], gc[None], b, alpha),
+                (u[0, 0], gc[0, 0], b, alpha)):
         with pytest.raises(ValueError, match="shapes do not chain"):
             core_grads(*bad)
 

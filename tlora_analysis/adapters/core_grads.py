@@ -163,8 +163,7 @@ def core_grads(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor, alpha: torch.
     torch composition. Under ``torch.compile`` a custom operator, which keeps the kernel whole.
     No autograd: for use inside autograd Functions (adapters/fast.py).
     """
-    r = u.shape[-1]
-    if u.dim() != 2 or gc.shape != u.shape or b.shape != (r, r) or alpha.numel() != 1:
+    if u.dim() != 2 or gc.shape != u.shape or b.shape != (u.shape[1], u.shape[1]) or alpha.numel() != 1:
         raise ValueError(f"shapes do not chain: u {tuple(u.shape)}, gc {tuple(gc.shape)}, b {tuple(b.shape)}, "
                          f"alpha {tuple(alpha.shape)}; need u and gc (M × r), b (r × r) and a one-element alpha")
     if not (need_b or need_alpha):
