@@ -42,7 +42,7 @@ from torch.nn import functional as F
 
 from tlora_analysis.adapters import lowrank_gemm
 from tlora_analysis.adapters.core_grads import core_grads
-from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul, supported
+from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul, lowrank_matmul_with_core_grads, supported
 
 SHAPES = {"q/k/v/o": (2048, 2048), "gate/up": (5632, 2048), "down": (2048, 5632)}  # (out, in)
 LAYERS_PER_STEP = {"q/k/v/o": 4 * 16, "gate/up": 2 * 16, "down": 16}  # the benchmark model's 16 blocks
@@ -132,6 +132,10 @@ def layer(tokens: int, out: int, inp: int, r: int, device: str,
         core_grads(u, gc_, b, alpha)
         return lowrank_matmul(gout, w0, gc_, a.T, core=b.T, scale=alpha), gc_
 
+    def core_grads_in_gemm_bwd():
+        gc_ = gout @ c.T
+        return lowrank_matmul_with_core_grads(gout, w0, gc_, a.T, core=b.T, scale=alpha, y=u)[0], gc_
+
     def torch_core_grads():
         core = u.T @ gc
         return alpha * core, torch.dot(b.reshape(-1), core.reshape(-1))
@@ -191,6 +195,9 @@ def layer(tokens: int, out: int, inp: int, r: int, device: str,
         "whole epilogue fwd": epilogue_fwd, "whole epilogue bwd": epilogue_bwd,
         "whole epilogue+core fwd": core_fwd, "whole epilogue+core bwd": core_bwd,
         "whole epilogue+core+core grads bwd": core_grads_bwd,
+        "∂x GEMM with ∂B and ∂α in its epilogue": lambda: lowrank_matmul_with_core_grads(gout, w0, gc, a.T, core=b.T,
+                                                                                     scale=alpha, y=u),
+        "whole epilogue+core bwd, ∂B and ∂α in the GEMM": core_grads_in_gemm_bwd,
         "whole stacked fwd": stacked_fwd, "whole stacked bwd": stacked_bwd,
     }, (x, w0.T, u, m)
 

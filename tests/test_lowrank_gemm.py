@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, lowrank_gemm, triton_launch
-from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul, supported
+from tlora_analysis.adapters import core_grads as core_grads_module
+from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul, lowrank_matmul_with_core_grads, supported
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -61,6 +62,38 @@ def rel_err(got, want):
     return ((got.double().cpu() - want.cpu()).abs().max() / want.abs().max()).item()
 
 
+# besides CASES, for the core gradients in the GEMM's epilogue: several row blocks per program
+# (the interpreter's 4 programs and 32-row tiles) and, on a GPU, the benchmark model's tile counts
+GRAD_CASES = [(300, 32, 32, 16, False, False, False), (130, 48, 64, 40, True, True, False)]
+
+
+def with_grads_operands(case, dtype, device="cpu"):
+    """x, w, u, v (no bias), a transposed core and a scale (the fused layer's ∂x call: core = Bᵀ),
+    and y of u's shape."""
+    x, w, u, v, _ = operands(case, dtype, device)
+    core, scale = core_operands(case, dtype, device, transposed=True)
+    y = torch.randn(u.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device, dtype)
+    return x, w, u, v, core, scale, y
+
+
+def with_grads_errors(got, ops):
+    """Relative errors of (out, scale · yᵀ u, ⟨core, uᵀ y⟩) against float64 from the same operands;
+    the last against Σ |core ∘ uᵀ y|, the scale of its summation error (it may cancel)."""
+    x, w, u, v, core, scale, y = ops
+    h = u.double().cpu().T @ y.double().cpu()  # r × r
+    terms = core.double().cpu() * h
+    out, grad_core, grad_scale = got
+    return [rel_err(out, dense64(x, w, u, v, None, core, scale)), rel_err(grad_core, scale.double().cpu() * h.T),
+            abs(grad_scale.double().cpu().item() - terms.sum().item()) / terms.abs().sum().item()]
+
+
+def composition_with_grads(ops):
+    """The same three results from cuBLAS and torch's core gradients (G rounded to the dtype first)."""
+    x, w, u, v, core, scale, y = ops
+    return (lowrank_gemm._cublas_lowrank_matmul(x, w, u, v, None, core, scale),
+            *core_grads_module._torch_core_grads(y, u, core.T, scale))
+
+
 INTERPRETED = r"""
 import json, sys
 import torch
@@ -68,11 +101,16 @@ from torch import nn
 from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, lowrank_gemm
 from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul, supported
 sys.path.insert(0, "tests")
-from test_lowrank_gemm import CASES, core_operands, dense64, layer_errors, operands, rel_err, unsupported_cases
+from test_lowrank_gemm import (CASES, GRAD_CASES, composition_with_grads, core_operands, dense64, layer_errors, operands,
+                               rel_err, unsupported_cases, with_grads_errors, with_grads_operands)
+from tlora_analysis.adapters import core_grads as core_grads_module
+from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul_with_core_grads
 
-calls = []
+calls, grads_calls = [], []
 kernel = lowrank_gemm._triton_lowrank_matmul
 lowrank_gemm._triton_lowrank_matmul = lambda *a: calls.append(1) or kernel(*a)
+grads_kernel = core_grads_module._triton_core_grads
+core_grads_module._triton_core_grads = lambda *a: grads_calls.append(1) or grads_kernel(*a)
 report = {"cases": []}
 # the default backend ("auto"): the interpreter only in compiled code (on a GPU the kernel runs in eager mode too)
 ops = operands(CASES[1], torch.float16)
@@ -95,17 +133,27 @@ for case in CASES:
         rel_err(lowrank_matmul(*ops, core=core), dense64(*ops, core)),
         rel_err(lowrank_matmul(*ops, scale=scale), dense64(*ops, None, scale))]
 report["core_calls"] = len(calls)
+report["with_grads"] = []
+for case in CASES + GRAD_CASES:  # ∂x, ∂B and ∂α in one launch
+    ops = with_grads_operands(case, torch.float16)
+    first, again = (lowrank_matmul_with_core_grads(*ops[:4], core=ops[4], scale=ops[5], y=ops[6]) for _ in range(2))
+    report["with_grads"].append({"errors": with_grads_errors(first, ops),
+                                 "composition_errors": with_grads_errors(composition_with_grads(ops), ops),
+                                 "repeatable": all(torch.equal(a, b) for a, b in zip(first, again)),
+                                 "dtypes": [str(t.dtype) for t in first]})
+report["with_grads_calls"] = len(calls) - report["core_calls"]
+report["with_grads_core_grads_calls"] = len(grads_calls)
 # by hand: x = I, w = (0, 1/8, ..., 63/8), u = 1, v = 2 I, bias = (0, 1, ..., 7): out = w + 2 + bias, exactly
 x, w = torch.eye(8, dtype=torch.float16), (torch.arange(64.0) / 8).reshape(8, 8).half()
 u, v, bias = torch.ones(8, 8, dtype=torch.float16), 2 * torch.eye(8, dtype=torch.float16), torch.arange(8.0).half()
 report["unsupported"] = unsupported_cases("cpu")
 report["hand_exact"] = bool(torch.equal(lowrank_matmul(x, w, u, v, bias), w + 2 + bias))
-calls.clear()
+calls.clear(); grads_calls.clear()
 report["layer"] = layer_errors(torch.float16, "cpu", dropout=0.0)
-report["layer_kernel_calls"] = len(calls)  # forward and ∂x
-calls.clear()
+report["layer_kernel_calls"] = [len(calls), len(grads_calls)]  # forward and ∂x (with ∂B and ∂α); none
+calls.clear(); grads_calls.clear()
 report["layer_input_dropout"] = layer_errors(torch.float16, "cpu", dropout=0.3)
-report["layer_input_dropout_kernel_calls"] = len(calls)  # forward only: ∂x needs the mask
+report["layer_input_dropout_kernel_calls"] = [len(calls), len(grads_calls)]  # forward only: ∂x needs the mask
 print(json.dumps(report))
 """
 
@@ -177,12 +225,25 @@ class TestInterpreted:
     def test_hand_computed_case_is_exact(self, interpreted):
         assert interpreted["hand_exact"]
 
+    @pytest.mark.parametrize("i", range(len(CASES + GRAD_CASES)))
+    def test_core_gradients_in_the_epilogue_match_float64(self, interpreted, i):
+        case = interpreted["with_grads"][i]
+        assert max(case["errors"]) < 4e-3, case  # as core_and_scale; the gradients: one float16 rounding
+        # G summed in float32 and rounded once: no worse than cuBLAS and torch, which round G first
+        assert all(e <= c + 1e-4 for e, c in zip(case["errors"][1:], case["composition_errors"][1:])), case
+        assert case["repeatable"]  # a fixed order of summation
+        assert case["dtypes"] == ["torch.float16"] * 3
+
+    def test_core_gradients_in_the_epilogue_need_no_launch_of_their_own(self, interpreted):
+        assert interpreted["with_grads_calls"] == 2 * len(CASES + GRAD_CASES)
+        assert interpreted["with_grads_core_grads_calls"] == 0
+
     def test_fused_tlora_layer_runs_it_and_matches_float64(self, interpreted):
-        assert interpreted["layer_kernel_calls"] == 2
+        assert interpreted["layer_kernel_calls"] == [2, 0]
         assert max(interpreted["layer"].values()) < 5e-3, interpreted["layer"]
 
     def test_input_dropout_keeps_the_cublas_input_gradient(self, interpreted):
-        assert interpreted["layer_input_dropout_kernel_calls"] == 1
+        assert interpreted["layer_input_dropout_kernel_calls"] == [1, 1]  # and core_grads' own launch
         assert max(interpreted["layer_input_dropout"].values()) < 5e-3, interpreted["layer_input_dropout"]
 
 
@@ -203,6 +264,45 @@ def test_core_and_scale_by_hand():
                                                                                  dtype=torch.float64), torch.eye(2, dtype=torch.float64)
     out = lowrank_matmul(x, w, u, v, core=core, scale=torch.tensor(3.0, dtype=torch.float64))
     assert torch.equal(out, torch.tensor([[6.0, 3.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("case", CASES + GRAD_CASES)
+def test_with_core_grads_fallback_is_exact_in_float64(case):
+    ops = with_grads_operands(case, torch.float64)
+    got = lowrank_matmul_with_core_grads(*ops[:4], core=ops[4], scale=ops[5], y=ops[6])
+    assert max(with_grads_errors(got, ops)) < 1e-12
+    assert [t.dtype for t in got] == [torch.float64] * 3 and got[2].shape == ops[5].shape
+
+
+def test_with_core_grads_by_hand():
+    """x = 0, u = [[1, 2]], y = [[3, 1]], core = [[0, 1], [1, 0]], scale = 2: yᵀ u = [[3, 6], [1, 2]],
+    so scale · yᵀ u = [[6, 12], [2, 4]] and ⟨core, uᵀ y⟩ = 6 + 1 = 7; out = 2 (2 1) v with v = I."""
+    f64 = dict(dtype=torch.float64)
+    out, grad_core, grad_scale = lowrank_matmul_with_core_grads(
+        torch.zeros(1, 4, **f64), torch.ones(4, 2, **f64), torch.tensor([[1.0, 2.0]], **f64), torch.eye(2, **f64),
+        core=torch.tensor([[0.0, 1.0], [1.0, 0.0]], **f64), scale=torch.tensor(2.0, **f64),
+        y=torch.tensor([[3.0, 1.0]], **f64))
+    assert out.tolist() == [[4.0, 2.0]] and grad_core.tolist() == [[6.0, 12.0], [2.0, 4.0]]
+    assert grad_scale.item() == 7.0 and grad_scale.shape == ()
+
+
+def test_with_core_grads_shape_mismatch_is_a_clear_error():
+    x, w, u, v, core, scale, y = with_grads_operands(CASES[0], torch.float64)
+    with pytest.raises(ValueError, match=r"y \(70, 7\), u \(70, 8\)"):
+        lowrank_matmul_with_core_grads(x, w, u, v, core=core, scale=scale, y=y[:, 1:])
+    with pytest.raises(ValueError, match="shapes do not chain"):
+        lowrank_matmul_with_core_grads(x, w, u, v, core=core[1:], scale=scale, y=y)
+
+
+def test_torch_compile_keeps_the_operator_with_core_grads_whole():
+    ops = with_grads_operands(CASES[1], torch.float64)
+    fn = lambda x, w, u, v, core, scale, y: [t * 2 for t in lowrank_matmul_with_core_grads(  # noqa: E731
+        x, w, u, v, core=core, scale=scale, y=y)]
+    explanation = torch._dynamo.explain(fn)(*ops)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    for got, want in zip(torch.compile(fn, backend="aot_eager", fullgraph=True)(*ops), fn(*ops)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch._dynamo.reset()
 
 
 def unsupported_cases(device):
@@ -317,13 +417,57 @@ def test_cuda_fused_layer_matches_float64(dtype, monkeypatch, triton_backend):
     assert max(errors.values()) < (3e-2 if dtype == torch.bfloat16 else 5e-3), errors
 
 
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper (or newer) CUDA GPU and triton")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_core_gradients_in_the_epilogue_match_float64(dtype, triton_backend, monkeypatch):
+    """Against float64, no worse than cuBLAS and torch, repeatable bit for bit, and the counter back
+    at zero; the benchmark model's ∂x shapes give 16 (q/k/v/o, gate/up: 512 tiles on 132
+    programs) and 32 (down: 1408 tiles) programs for the gradients."""
+    grads_calls = []
+    grads_kernel = core_grads_module._triton_core_grads
+    monkeypatch.setattr(core_grads_module, "_triton_core_grads", lambda *a: grads_calls.append(1) or grads_kernel(*a))
+    cases = CASES + GRAD_CASES + [(8192, 256, 2048, 32, False, True, False), (8192, 384, 5632, 32, False, True, False),
+                                  (4000, 512, 1024, 64, False, True, False)]
+    for case in cases:
+        ops = with_grads_operands(case, dtype, "cuda")
+        first, again = (lowrank_matmul_with_core_grads(*ops[:4], core=ops[4], scale=ops[5], y=ops[6])
+                        for _ in range(2))
+        errors, composition = with_grads_errors(first, ops), with_grads_errors(composition_with_grads(ops), ops)
+        tol = 1.6e-2 if dtype == torch.bfloat16 else 2e-3
+        assert max(errors) < tol, (case, errors)
+        assert all(e <= c + tol / 8 for e, c in zip(errors, composition)), (case, errors, composition)
+        assert all(torch.equal(a, b) for a, b in zip(first, again)), case
+    assert not grads_calls
+    torch.cuda.synchronize()
+    assert all(c.item() == 0 for c in core_grads_module._counters.values())
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper (or newer) CUDA GPU and triton")
+def test_cuda_core_gradients_in_the_epilogue_under_graph_replay(triton_backend):
+    ops = with_grads_operands((8192, 256, 2048, 32, False, True, False), torch.bfloat16, "cuda")
+    call = lambda: lowrank_matmul_with_core_grads(*ops[:4], core=ops[4], scale=ops[5], y=ops[6])  # noqa: E731
+    eager = call()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        call()  # compiled and cached off the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = call()
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert all(torch.equal(a, b) for a, b in zip(captured, eager))
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 def test_cached_launch_only_for_kernels_with_unspecialized_integers():
     """The launch cache's key has no integer values: a kernel qualifies only if Triton does not
-    specialize it on them (the GEMM lists its ten integers in ``do_not_specialize``)."""
+    specialize it on them (the GEMM lists its eleven integers in ``do_not_specialize``)."""
     import triton
 
-    assert triton_launch._ints_unspecialized(lowrank_gemm._lowrank_matmul_kernel, 8, 10)
+    assert triton_launch._ints_unspecialized(lowrank_gemm._lowrank_matmul_kernel, 13, 11)
 
     @triton.jit
     def specialized(p, n):

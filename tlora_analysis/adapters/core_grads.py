@@ -51,14 +51,13 @@ if importlib.util.find_spec("triton") is not None:
     import triton
     import triton.language as tl
 
-    @triton.jit(do_not_specialize=["M", "R", "stride_u", "stride_gc", "stride_b0", "stride_b1"])
-    def _core_grads_kernel(u_ptr, gc_ptr, b_ptr, alpha_ptr, share_ptr, count_ptr, grad_b_ptr, grad_alpha_ptr,
-                           M, R, stride_u, stride_gc, stride_b0, stride_b1,
+    @triton.jit
+    def core_grads_program(pid, programs, u_ptr, gc_ptr, b_ptr, alpha_ptr, share_ptr, count_ptr, grad_b_ptr,
+                           grad_alpha_ptr, M, R, stride_u, stride_gc, stride_b0, stride_b1,
                            RP: tl.constexpr, BM: tl.constexpr, PB: tl.constexpr):
-        """This program's share of G (float32, zeros past r); the last program to finish sums all
-        shares and writes ∂B = α G (r × r, row-major) and ∂α = ⟨B, G⟩."""
-        pid = tl.program_id(0)
-        programs = tl.num_programs(0)
+        """Program ``pid`` of ``programs``: its share of G (float32, zeros past r) over its blocks of
+        rows; the last of them to finish sums all shares and writes ∂B = α G (r × r, row-major) and
+        ∂α = ⟨B, G⟩. Also the epilogue of the fused layer's ∂x GEMM (lowrank_gemm.py)."""
         offs_r = tl.arange(0, RP)
         share = tl.zeros((RP, RP), dtype=tl.float32)
         for start in range(pid * BM, M, programs * BM):  # this program's blocks of rows
@@ -88,6 +87,14 @@ if importlib.util.find_spec("triton") is not None:
                      .to(grad_alpha_ptr.dtype.element_ty))
             tl.store(count_ptr, 0)  # ready for the next launch on this stream
 
+    @triton.jit(do_not_specialize=["M", "R", "stride_u", "stride_gc", "stride_b0", "stride_b1"])
+    def _core_grads_kernel(u_ptr, gc_ptr, b_ptr, alpha_ptr, share_ptr, count_ptr, grad_b_ptr, grad_alpha_ptr,
+                           M, R, stride_u, stride_gc, stride_b0, stride_b1,
+                           RP: tl.constexpr, BM: tl.constexpr, PB: tl.constexpr):
+        core_grads_program(tl.program_id(0), tl.num_programs(0), u_ptr, gc_ptr, b_ptr, alpha_ptr, share_ptr,
+                           count_ptr, grad_b_ptr, grad_alpha_ptr, M, R, stride_u, stride_gc, stride_b0, stride_b1,
+                           RP, BM, PB)
+
 
 # Rows per block, the most shares (programs), warps: 8192 tokens give 32 programs of one block
 # each; the interpreter gets small blocks and few shares, so that tests cover several of both.
@@ -113,6 +120,18 @@ def _counter(device: torch.device, reuse: bool) -> torch.Tensor:
     return counter
 
 
+def shares_per_step(rp: int, max_shares: int) -> int:
+    """How many shares the last program adds at a time (the constexpr PB of :func:`core_grads_program`)."""
+    return min(triton.next_power_of_2(max_shares), max(1, _SUM_ELEMENTS_PER_STEP // (rp * rp)))
+
+
+def program_buffers(u: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, shares: int, rp: int,
+                    compiled: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What :func:`core_grads_program` writes: the shares, the counter, ∂B and ∂α."""
+    return (torch.empty(shares, rp, rp, device=u.device, dtype=torch.float32), _counter(u.device, not compiled),
+            torch.empty(b.shape, device=u.device, dtype=b.dtype), torch.empty_like(alpha))
+
+
 def _triton_core_grads(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor,
                        compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     m, r = u.shape
@@ -121,15 +140,11 @@ def _triton_core_grads(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor, alpha
     programs = min(max_shares, triton.cdiv(m, bm))
     constexprs = _constexprs.get((rp, bm, max_shares))
     if constexprs is None:
-        pb = min(triton.next_power_of_2(max_shares), max(1, _SUM_ELEMENTS_PER_STEP // (rp * rp)))
-        constexprs = _constexprs[(rp, bm, max_shares)] = {"RP": rp, "BM": bm, "PB": pb}
-    shares = torch.empty(programs, rp, rp, device=u.device, dtype=torch.float32)
-    grad_b = torch.empty(r, r, device=u.device, dtype=b.dtype)
-    grad_alpha = torch.empty_like(alpha)
-    tensors = (u, gc, b, alpha, shares, _counter(u.device, not compiled), grad_b, grad_alpha)
-    _run_kernel(_core_grads_kernel, programs, tensors, (m, r, u.stride(0), gc.stride(0), *b.stride()), constexprs, 1,
-                warps, compiled)
-    return grad_b, grad_alpha
+        constexprs = _constexprs[(rp, bm, max_shares)] = {"RP": rp, "BM": bm, "PB": shares_per_step(rp, max_shares)}
+    buffers = program_buffers(u, b, alpha, programs, rp, compiled)
+    _run_kernel(_core_grads_kernel, programs, (u, gc, b, alpha, *buffers),
+                (m, r, u.stride(0), gc.stride(0), *b.stride()), constexprs, 1, warps, compiled)
+    return buffers[2], buffers[3]
 
 
 def _torch_core_grads(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, need_b: bool = True,
@@ -140,13 +155,19 @@ def _torch_core_grads(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor, alpha:
     return grad_b, grad_alpha
 
 
+def dispatch(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, allowed: bool,
+             compiled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(∂B, ∂α) in b's and alpha's dtypes: the kernel where ``allowed`` and supported, else torch."""
+    if allowed and supported(u, gc, b, alpha):
+        return _triton_core_grads(u, gc, b, alpha, compiled)
+    grad_b, grad_alpha = _torch_core_grads(u, gc, b, alpha)
+    return grad_b.to(b.dtype), grad_alpha.to(alpha.dtype)
+
+
 @torch.library.custom_op("tlora_analysis::core_grads", mutates_args=())
 def _core_grads_op(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor,
                    alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if triton_allowed(compiling=True) and supported(u, gc, b, alpha):  # runs from compiled code only
-        return _triton_core_grads(u, gc, b, alpha, True)
-    grad_b, grad_alpha = _torch_core_grads(u, gc, b, alpha)
-    return grad_b.to(b.dtype), grad_alpha.to(alpha.dtype)  # the operator's outputs have fixed dtypes
+    return dispatch(u, gc, b, alpha, triton_allowed(compiling=True), True)  # runs from compiled code only
 
 
 @_core_grads_op.register_fake

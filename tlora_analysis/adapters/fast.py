@@ -28,8 +28,9 @@ random numbers). ``TLoRALinear.dropout_mask`` ("auto", "redraw", "store") choose
 
 Gradients are exact for B, α and x: with gc = g Cᵀ (tokens × r) and G = uᵀ gc (r × r),
 ∂L/∂B = α G, ∂L/∂α = Σ B ∘ G, ∂L/∂u = gc (α B)ᵀ, ∂L/∂x = ∂L/∂u Aᵀ (+ g W0 for the base).
-∂L/∂B and ∂L/∂α come from :func:`~.core_grads.core_grads` (one Triton launch where the kernel
-runs, else torch).
+∂L/∂B and ∂L/∂α come from the fused layer's ∂x GEMM where the Triton kernel runs
+(:func:`~.lowrank_gemm.lowrank_matmul_with_core_grads`), else from :func:`~.core_grads.core_grads`
+(one Triton launch where that kernel runs, else torch).
 A and C are frozen buffers and get no gradient; neither does a frozen W0 or bias.
 """
 
@@ -41,7 +42,7 @@ import torch
 from torch.nn import functional as F
 
 from .core_grads import core_grads
-from .lowrank_gemm import lowrank_matmul
+from .lowrank_gemm import lowrank_matmul, lowrank_matmul_with_core_grads
 
 __all__ = ["IMPLEMENTATIONS", "TLoRAAdapterFunction", "TLoRALinearFunction", "TLoRAMergedFunction",
            "plain_adapter_output"]
@@ -197,14 +198,21 @@ class TLoRALinearFunction(torch.autograd.Function):
         weight, u, a, b, c, alpha = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1])
         go = ctx.out_mask.backward(g) if ctx.out_mask is not None else g
-        gc, grad_b, grad_alpha = _core_grads(ctx, go, u, b, c, alpha)
+        need_b, need_alpha = ctx.needs_input_grad[4], ctx.needs_input_grad[6]
         grad_x = None
-        if ctx.needs_input_grad[0]:
-            if ctx.in_mask is None:  # g W0 + α (gc Bᵀ) Aᵀ in one GEMM (Triton) or β = 1 accumulation (cuBLAS)
+        if ctx.needs_input_grad[0] and ctx.in_mask is None and (need_b or need_alpha):
+            # g W0 + α (gc Bᵀ) Aᵀ in one GEMM with ∂B and ∂α in its epilogue (Triton), else β = 1
+            # accumulation (cuBLAS) and core_grads
+            grad_x, grad_b, grad_alpha = lowrank_matmul_with_core_grads(g, weight, go @ c.T, a.T, core=b.T,
+                                                                        scale=alpha, y=u)
+            grad_b, grad_alpha = (grad_b if need_b else None), (grad_alpha if need_alpha else None)
+        else:
+            gc, grad_b, grad_alpha = _core_grads(ctx, go, u, b, c, alpha)
+            if ctx.needs_input_grad[0] and ctx.in_mask is None:
                 grad_x = lowrank_matmul(g, weight, gc, a.T, core=b.T, scale=alpha)
-            else:
+            elif ctx.needs_input_grad[0]:
                 grad_x = _input_grad_from_u(gc @ (alpha * b).T, a, ctx.in_mask).addmm_(g, weight)
-            grad_x = grad_x.view(ctx.x_shape)
+        grad_x = None if grad_x is None else grad_x.view(ctx.x_shape)
         return grad_x, None, None, None, grad_b, None, grad_alpha, None, None, None
 
 

@@ -23,10 +23,11 @@ import importlib.util
 
 import torch
 
+from . import core_grads as _core_grads
 from .triton_launch import BACKENDS, get_backend, set_backend, triton_allowed, triton_ready
 from .triton_launch import run as _run_kernel
 
-__all__ = ["BACKENDS", "get_backend", "lowrank_matmul", "set_backend", "supported"]
+__all__ = ["BACKENDS", "get_backend", "lowrank_matmul", "lowrank_matmul_with_core_grads", "set_backend", "supported"]
 
 _HALF = (torch.bfloat16, torch.float16)
 
@@ -68,6 +69,8 @@ if importlib.util.find_spec("triton") is not None:
     import triton
     import triton.language as tl
 
+    from .core_grads import core_grads_program
+
     @triton.jit
     def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
         """Grouped order: GROUP_M row-blocks share each column-block of W while it is in L2."""
@@ -79,12 +82,14 @@ if importlib.util.find_spec("triton") is not None:
     # Integer arguments are not specialized on their values (Triton would compile again for every
     # size that is, or is not, a multiple of 16): one compiled kernel per layout serves all shapes.
     @triton.jit(do_not_specialize=["M", "N", "K", "R", "stride_x", "stride_w", "stride_u", "stride_v",
-                                   "stride_core0", "stride_core1"])
-    def _lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, R,
-                               stride_x, stride_w, stride_u, stride_v, stride_core0, stride_core1,
+                                   "stride_core0", "stride_core1", "stride_y"])
+    def _lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_ptr, out_ptr,
+                               y_ptr, share_ptr, count_ptr, grad_core_ptr, grad_scale_ptr, M, N, K, R,
+                               stride_x, stride_w, stride_u, stride_v, stride_core0, stride_core1, stride_y,
                                W_T: tl.constexpr, V_T: tl.constexpr, RP: tl.constexpr, HAS_CORE: tl.constexpr,
                                HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, NUM_SMS: tl.constexpr,
-                               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+                               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+                               CORE_GRADS: tl.constexpr, GRAD_PROGRAMS: tl.constexpr, PB: tl.constexpr):
         # TMA descriptors over the row-major storage; W and V may be stored transposed (W_T, V_T).
         x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[stride_x, 1], block_shape=[BM, BK])
         if W_T:
@@ -140,6 +145,17 @@ if importlib.util.find_spec("triton") is not None:
             left, right = tl.split(halves)
             out_desc.store([om, on], left.to(out_desc.dtype))
             out_desc.store([om, on + BN // 2], right.to(out_desc.dtype))
+        if CORE_GRADS:
+            # scale · yᵀ u and ⟨core, uᵀ y⟩ (the fused layer's ∂B and ∂α), after their tiles, by the
+            # programs that have one tile fewer than the others (all of them if none has)
+            grid = tl.num_programs(0)
+            light = (grid - num_pid_m * num_pid_n % grid - 1) % grid + 1
+            programs = min(min(light, GRAD_PROGRAMS), num_pid_m)
+            pid = tl.program_id(0) - (grid - light)
+            if (pid >= 0) & (pid < programs):
+                core_grads_program(pid, programs, y_ptr, u_ptr, core_ptr, scale_ptr, share_ptr, count_ptr,
+                                   grad_core_ptr, grad_scale_ptr, M, R, stride_y, stride_u, stride_core1,
+                                   stride_core0, RP, BM, PB)
 
 
 # (BM, BN, BK, pipeline stages, warps): the fastest of 30 tiles and kernel variants measured on
@@ -147,17 +163,20 @@ if importlib.util.find_spec("triton") is not None:
 # small tiles so that tests cover several tiles per program.
 _TILE = (128, 256, 64, 3, 8)
 _INTERPRETER_TILE = (32, 32, 16, 1, 4)
+_GRAD_PROGRAMS = 32  # the most programs that share the core gradients' work (as in core_grads.py)
 
 
 @functools.cache
 def _config(device: torch.device, w_t: bool, v_t: bool, r: int, has_core: bool, has_scale: bool,
-            has_bias: bool) -> tuple[dict, int, int, int, int]:
+            has_bias: bool, core_grads: bool = False) -> tuple[dict, int, int, int, int]:
     """(constexprs, BM, BN, stages, warps) for one operand layout on one device: built once."""
     bm, bn, bk, stages, warps = _INTERPRETER_TILE if device.type == "cpu" else _TILE
     num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    constexprs = {"W_T": w_t, "V_T": v_t, "RP": max(16, triton.next_power_of_2(r)), "HAS_CORE": has_core,
+    rp = max(16, triton.next_power_of_2(r))
+    constexprs = {"W_T": w_t, "V_T": v_t, "RP": rp, "HAS_CORE": has_core,
                   "HAS_SCALE": has_scale, "HAS_BIAS": has_bias, "NUM_SMS": num_sms,
-                  "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}
+                  "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "CORE_GRADS": core_grads,
+                  "GRAD_PROGRAMS": _GRAD_PROGRAMS, "PB": _core_grads.shares_per_step(rp, _GRAD_PROGRAMS)}
     return constexprs, bm, bn, stages, warps
 
 
@@ -168,20 +187,30 @@ def _row_major(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                            bias: torch.Tensor | None, core: torch.Tensor | None = None,
-                           scale: torch.Tensor | None = None, compiled: bool = False) -> torch.Tensor:
+                           scale: torch.Tensor | None = None, compiled: bool = False,
+                           y: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """The kernel's output; with ``y`` (core and scale then required) also scale · yᵀ u and ⟨core, uᵀ y⟩."""
     m, k = x.shape
     n, r = w.shape[1], u.shape[1]
     out = torch.empty(m, n, device=x.device, dtype=x.dtype)
     (w_rm, w_t), (v_rm, v_t) = _row_major(w), _row_major(v)
     constexprs, bm, bn, stages, warps = _config(x.device, w_t, v_t, r, core is not None, scale is not None,
-                                                bias is not None)
+                                                bias is not None, y is not None)
     core_strides = core.stride() if core is not None else (0, 0)
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    grid = min(constexprs["NUM_SMS"], tiles)
+    if y is None:
+        grads = (out,) * 5
+    else:  # as many shares as the kernel's core-gradient programs (see the kernel)
+        light = (grid - tiles % grid - 1) % grid + 1
+        shares = min(light, _GRAD_PROGRAMS, triton.cdiv(m, bm))
+        grads = (y, *_core_grads.program_buffers(y, core, scale, shares, constexprs["RP"], compiled))
     tensors = (x, w_rm, u, v_rm, out if core is None else core, out if scale is None else scale,
-               out if bias is None else bias, out)
-    ints = (m, n, k, r, x.stride(0), w_rm.stride(0), u.stride(0), v_rm.stride(0), *core_strides)
-    grid = min(constexprs["NUM_SMS"], triton.cdiv(m, bm) * triton.cdiv(n, bn))
+               out if bias is None else bias, out, *grads)
+    ints = (m, n, k, r, x.stride(0), w_rm.stride(0), u.stride(0), v_rm.stride(0), *core_strides,
+            0 if y is None else y.stride(0))
     _run_kernel(_lowrank_matmul_kernel, grid, tensors, ints, constexprs, stages, warps, compiled)
-    return out
+    return out if y is None else (out, grads[3], grads[4])
 
 
 def _cublas_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
@@ -203,6 +232,18 @@ def _dispatch(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor
             and (bias is None or (bias.dtype == x.dtype and bias.stride(0) == 1))):
         return _triton_lowrank_matmul(x, w, u, v, bias, core, scale, compiled)
     return _cublas_lowrank_matmul(x, w, u, v, bias, core, scale)
+
+
+def _check_shapes(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, core: torch.Tensor | None,
+                  scale: torch.Tensor | None) -> None:
+    m, k = x.shape
+    r = u.shape[1]
+    if (w.shape[0] != k or u.shape[0] != m or v.shape != (r, w.shape[1])
+            or (core is not None and core.shape != (r, r)) or (scale is not None and scale.numel() != 1)):
+        core_shape = "" if core is None else f", core {tuple(core.shape)}"
+        raise ValueError(f"shapes do not chain: x {tuple(x.shape)}, w {tuple(w.shape)}, u {tuple(u.shape)}, "
+                         f"v {tuple(v.shape)}{core_shape}; need x (M × K), w (K × N), u (M × r), v (r × N), "
+                         f"core (r × r) and a one-element scale")
 
 
 @torch.library.custom_op("tlora_analysis::lowrank_matmul", mutates_args=())
@@ -231,15 +272,51 @@ def lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.T
     eager mode a plain call (the operator's dispatch would cost the host more than the launch).
     No autograd: for use inside autograd Functions (adapters/fast.py).
     """
-    m, k = x.shape
-    r = u.shape[1]
-    if (w.shape[0] != k or u.shape[0] != m or v.shape != (r, w.shape[1])
-            or (core is not None and core.shape != (r, r)) or (scale is not None and scale.numel() != 1)):
-        core_shape = "" if core is None else f", core {tuple(core.shape)}"
-        raise ValueError(f"shapes do not chain: x {tuple(x.shape)}, w {tuple(w.shape)}, u {tuple(u.shape)}, "
-                         f"v {tuple(v.shape)}{core_shape}; need x (M × K), w (K × N), u (M × r), v (r × N), "
-                         f"core (r × r) and a one-element scale")
+    _check_shapes(x, w, u, v, core, scale)
     if torch.compiler.is_compiling():
         return _lowrank_matmul_op(x, w, u, v, bias, core, scale)
     return _dispatch(x, w, u, v, bias, core, scale, triton_allowed(compiling=False, device_type=x.device.type),
                      False)
+
+
+def _dispatch_with_core_grads(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, core: torch.Tensor,
+                              scale: torch.Tensor, y: torch.Tensor, allowed: bool,
+                              compiled: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if allowed and supported(x, w, u, v, core=core, scale=scale) and _core_grads.supported(y, u, core.T, scale):
+        return _triton_lowrank_matmul(x, w, u, v, None, core, scale, compiled, y)
+    out = _dispatch(x, w, u, v, None, core, scale, allowed, compiled)
+    return (out, *_core_grads.dispatch(y, u, core.T, scale, allowed, compiled))
+
+
+@torch.library.custom_op("tlora_analysis::lowrank_matmul_with_core_grads", mutates_args=())
+def _with_core_grads_op(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, core: torch.Tensor,
+                        scale: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _dispatch_with_core_grads(x, w, u, v, core, scale, y, triton_allowed(compiling=True), True)
+
+
+@_with_core_grads_op.register_fake
+def _(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, core: torch.Tensor, scale: torch.Tensor,
+      y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return x.new_empty(x.shape[0], w.shape[1]), core.new_empty(core.shape), torch.empty_like(scale)
+
+
+def lowrank_matmul_with_core_grads(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *,
+                                   core: torch.Tensor, scale: torch.Tensor,
+                                   y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x w + scale · (u core) v, scale · yᵀ u, ⟨core, uᵀ y⟩) for y (M × r) besides
+    :func:`lowrank_matmul`'s operands; the second result has core's dtype, the third scale's.
+
+    In the fused TLoRA layer's backward (x = g, w = W0, u = g Cᵀ, v = Aᵀ, core = Bᵀ, scale = α,
+    y = the forward's x A) these are ∂L/∂x, ∂L/∂B and ∂L/∂α. Where the kernel runs, the last two
+    come from its own launch: the programs that have one output tile fewer than the others
+    compute them after their tiles (:func:`~.core_grads.core_grads`' algorithm: float32 shares
+    summed in a fixed order), instead of a launch of their own. Else :func:`lowrank_matmul` and
+    :func:`~.core_grads.core_grads`.
+    """
+    if y.shape != u.shape:
+        raise ValueError(f"shapes do not chain: y {tuple(y.shape)}, u {tuple(u.shape)}; need y of u's shape (M × r)")
+    _check_shapes(x, w, u, v, core, scale)
+    if torch.compiler.is_compiling():
+        return _with_core_grads_op(x, w, u, v, core, scale, y)
+    return _dispatch_with_core_grads(x, w, u, v, core, scale, y,
+                                     triton_allowed(compiling=False, device_type=x.device.type), False)
