@@ -175,9 +175,13 @@ class TLoRALinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, alpha: torch.Tensor,
-                p_in: float, p_out: float, store_mask: bool) -> torch.Tensor:
+                p_in: float, p_out: float, store_mask: bool, u: torch.Tensor | None = None) -> torch.Tensor:
+        """``u``: x A when already computed (shared_projection.py; no input dropout), else computed here."""
         x2 = x.reshape(-1, x.shape[-1])
-        u, ctx.in_mask = _forward_u(x2, a, p_in, store_mask)
+        if u is None:
+            u, ctx.in_mask = _forward_u(x2, a, p_in, store_mask)
+        else:
+            ctx.in_mask = None
         if p_out > 0:
             m = (alpha * b) @ c  # r × out: α and B folded into C once per forward
             out, ctx.out_mask = _dropout(u @ m, p_out, store_mask)
@@ -213,7 +217,7 @@ class TLoRALinearFunction(torch.autograd.Function):
             elif ctx.needs_input_grad[0]:
                 grad_x = _input_grad_from_u(gc @ (alpha * b).T, a, ctx.in_mask).addmm_(g, weight)
         grad_x = None if grad_x is None else grad_x.view(ctx.x_shape)
-        return grad_x, None, None, None, grad_b, None, grad_alpha, None, None, None
+        return grad_x, None, None, None, grad_b, None, grad_alpha, None, None, None, None
 
 
 def _merged_weight(weight: torch.Tensor, a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

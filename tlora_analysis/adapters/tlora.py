@@ -18,6 +18,7 @@ from .fast import (
     TLoRAMergedFunction,
     plain_adapter_output,
 )
+from .shared_projection import shared_projection
 
 __all__ = ["TLoRALinear", "init_frozen_factors"]
 
@@ -144,8 +145,9 @@ class TLoRALinear(AdaptedLinear):
             base = self.base_layer
             if self._impl == "merged" and p_in == p_out == 0:
                 return TLoRAMergedFunction.apply(x, base.weight, base.bias, *factors)
+            u = shared_projection(self, x, factors[0]) if p_in == 0 else None
             return TLoRALinearFunction.apply(x, base.weight, base.bias, *factors, p_in, p_out,
-                                             self._store_mask(x))
+                                             self._store_mask(x), u)
         return super().forward(x)
 
     @torch.no_grad()

@@ -1,0 +1,194 @@
+"""Sibling layers that read one input share its projection x [A_1 | A_2 …]: same function, learned
+from the calls' order, dropped when that order changes, never stale (adapters/shared_projection.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, apply_adapters, lowrank_gemm
+from tlora_analysis.adapters import shared_projection as sp
+from tlora_analysis.adapters.shared_projection import get_projection_sharing, set_projection_sharing
+
+from test_lowrank_gemm import HOPPER
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.fixture(autouse=True)
+def sharing_on():
+    set_projection_sharing(True)
+    yield
+    set_projection_sharing(True)
+
+
+def siblings(layer: TLoRALinear) -> list[str]:
+    return [ref().layer_name for ref in sp._siblings.get(layer, []) if ref() is not None]
+
+
+def layers(n=3, dtype=torch.float64, rank=4, dropout=0.0, position="output", device="cpu"):
+    """n fused TLoRA layers of one input width (16), random B, as q/k/v of one block."""
+    out = []
+    for i in range(n):
+        torch.manual_seed(i)
+        layer = TLoRALinear(nn.Linear(16, 8 + 8 * i), f"layer{i}",
+                            TLoRAConfig(rank=rank, alpha_init=0.6, dropout=dropout, dropout_position=position,
+                                        seed=i)).to(device, dtype)
+        with torch.no_grad():
+            layer.tlora_B.normal_()
+        out.append(layer)
+    return out
+
+
+def run(mods, x):
+    """Outputs and (x, B, α) gradients of the layers applied to one input, in order."""
+    x = x.detach().clone().requires_grad_(True)
+    for m in mods:
+        m.zero_grad(set_to_none=True)
+    ys = [m(x) for m in mods]
+    sum((y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).reshape(y.shape)).sum()
+        for y in ys).backward()
+    return [y.detach() for y in ys] + [x.grad] + [t.grad for m in mods for t in (m.tlora_B, m.tlora_alpha)]
+
+
+def test_siblings_are_learned_then_share_one_product(monkeypatch):
+    mods = layers()
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    set_projection_sharing(False)
+    want = run(mods, x)
+    set_projection_sharing(True)
+    first = run(mods, x)  # learns: layer1 and layer2 read layer0's input
+    assert siblings(mods[0]) == ["layer1", "layer2"] and not siblings(mods[1])
+    products = []
+    matmul = sp._stacked_factors
+    monkeypatch.setattr(sp, "_stacked_factors", lambda *a: products.append(1) or matmul(*a))
+    second = run(mods, x)
+    assert len(products) == 1  # one x [A_0 | A_1 | A_2] for the three layers
+    for got in (first, second):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-13, atol=1e-13)
+
+
+def test_a_new_input_each_call_gets_its_own_projections():
+    mods = layers()
+    x = torch.randn(4, 16, dtype=torch.float64)
+    run(mods, x)
+    y = torch.randn(4, 16, dtype=torch.float64)
+    got = [m(y) for m in mods]
+    set_projection_sharing(False)
+    for g, m in zip(got, mods):
+        torch.testing.assert_close(g, m(y), rtol=1e-13, atol=1e-13)
+
+
+def test_an_input_or_factor_changed_in_place_is_projected_again():
+    mods = layers(2)
+    x = torch.randn(4, 16, dtype=torch.float64)
+    run(mods, x)  # learn
+    with torch.no_grad():
+        mods[0](x)  # projects x for both
+        x.mul_(3)  # a new version of the same tensor
+        got = mods[1](x)
+        mods[0](x)  # projects x for both again
+        mods[1].tlora_A.mul_(2)  # the sibling's factor changed after its slice was computed
+        got_a = mods[1](x)
+        set_projection_sharing(False)
+        torch.testing.assert_close(got_a, mods[1](x), rtol=1e-13, atol=1e-13)
+        mods[1].tlora_A.div_(2)
+        torch.testing.assert_close(got, mods[1](x), rtol=1e-13, atol=1e-13)
+
+
+def test_a_sibling_that_stops_reading_the_input_is_forgotten():
+    mods = layers()
+    x = torch.randn(4, 16, dtype=torch.float64)
+    run(mods, x)
+    assert siblings(mods[0]) == ["layer1", "layer2"]
+    with torch.no_grad():
+        mods[0](x), mods[2](x)  # layer1 is not called with x this time
+        mods[0](torch.randn(4, 16, dtype=torch.float64))  # a new input: layer1's slice was not taken
+    assert siblings(mods[0]) == ["layer2"]
+
+
+def test_input_dropout_and_the_plain_path_do_not_share():
+    mods = layers(2, dropout=0.5, position="input")
+    x = torch.randn(4, 16, dtype=torch.float64)
+    run(mods, x), run(mods, x)
+    assert not siblings(mods[0])
+    mods = layers(2)
+    mods[1].impl = "plain"
+    run(mods, x), run(mods, x)
+    assert not siblings(mods[0])  # layer1 never asks for a projection
+
+
+def test_sharing_off_keeps_no_state_and_the_switch_is_validated():
+    set_projection_sharing(False)
+    assert get_projection_sharing() is False
+    mods = layers(2)
+    run(mods, torch.randn(4, 16, dtype=torch.float64))
+    assert not siblings(mods[0]) and sp._slot.x is None
+    with pytest.raises(TypeError, match="True or False"):
+        set_projection_sharing("yes")
+
+
+def test_llama_block_learns_attention_and_mlp_siblings_and_matches():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=4, vocab_size=50)).double()
+    apply_adapters(model, TLoRAConfig(rank=4, target_modules=TARGETS, dropout=0.0))
+    for name, p in model.named_parameters():
+        if "tlora_B" in name:
+            nn.init.normal_(p)
+    ids = torch.randint(0, 50, (2, 7))
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        return [loss.detach()] + [p.grad for p in model.parameters() if p.requires_grad]
+
+    set_projection_sharing(False)
+    want = step()
+    set_projection_sharing(True)
+    for _ in range(2):
+        for g, w in zip(step(), want):
+            torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-14)
+    attn, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert siblings(attn.q_proj) == ["model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj"]
+    assert siblings(mlp.gate_proj) == ["model.layers.0.mlp.up_proj"]
+    assert not siblings(attn.o_proj) and not siblings(mlp.down_proj)
+
+
+def test_torch_compile_traces_siblings_without_graph_breaks():
+    mods = layers(2)
+    x = torch.randn(4, 16, dtype=torch.float64)
+    run(mods, x)  # learned in eager mode; compiled code computes each projection itself
+    fn = lambda t: mods[0](t) + mods[1](t)[:, :8]  # noqa: E731
+    explanation = torch._dynamo.explain(fn)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch.testing.assert_close(torch.compile(fn, backend="aot_eager", fullgraph=True)(x), fn(x), rtol=1e-13,
+                               atol=1e-13)
+    torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper (or newer) CUDA GPU and triton")
+@pytest.mark.parametrize("rank", [32, 8])
+def test_cuda_strided_slices_run_the_kernel_and_match(rank, monkeypatch):
+    """The slices of x [A_0 | A_1 | A_2] are strided views; the Triton GEMM takes them (forward, and
+    as y in the ∂x GEMM's core gradients) and gives what each layer's own projection gives."""
+    calls = []
+    kernel = lowrank_gemm._triton_lowrank_matmul
+    monkeypatch.setattr(lowrank_gemm, "_triton_lowrank_matmul", lambda *a: calls.append(a[2].stride(0)) or kernel(*a))
+    mods = layers(dtype=torch.bfloat16, rank=rank, device="cuda")
+    x = torch.randn(300, 16, dtype=torch.bfloat16, device="cuda")
+    set_projection_sharing(False)
+    want = run(mods, x)
+    set_projection_sharing(True)
+    run(mods, x)
+    calls.clear()
+    got = run(mods, x)
+    assert 3 * rank in calls  # the siblings' forward GEMMs read u with the stacked row stride
+    assert len(calls) == 6  # forward and ∂x of each layer, all through the kernel
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.float(), w.float(), rtol=2e-2, atol=2e-2 * w.float().abs().max().item())
