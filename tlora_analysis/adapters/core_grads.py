@@ -21,7 +21,7 @@ import importlib.util
 import torch
 
 from .triton_launch import run as _run_kernel
-from .triton_launch import triton_allowed, triton_ready
+from .triton_launch import cdiv, triton_allowed, triton_ready
 
 __all__ = ["core_grads", "supported"]
 
@@ -103,21 +103,25 @@ _INTERPRETER_TILE = (16, 4, 4)
 _SUM_ELEMENTS_PER_STEP = 8192  # the last program adds this many float32 of the shares at a time
 _constexprs: dict[tuple[int, int, int], dict] = {}  # (rp, bm, shares) → constexprs: one long-lived dict each
 _counters: dict[tuple[int, int], torch.Tensor] = {}  # (device, stream) → the zeroed int32 counter
+_shares: dict[tuple[int, int], torch.Tensor] = {}  # (device, stream) → float32 room for the shares
 
 
-def _counter(device: torch.device, reuse: bool) -> torch.Tensor:
-    """The counter of finished programs: zero before a launch, and reset to zero by its last
-    program. In eager mode one per device and stream, where launches run one after another;
-    otherwise a fresh one: on the CPU, under CUDA graph capture (a memset in the graph zeroes it
-    on every replay), and from compiled code, whose CUDA graph trees own the memory allocated
-    while they warm up and refuse tensors that outlive their graphs."""
+def _kept_buffers(device: torch.device, shares: int, reuse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Room for ``shares`` float32 elements of shares, and the counter of finished programs: zero
+    before a launch, and reset to zero by its last program. In eager mode both are kept per
+    device and stream, where launches run one after another; otherwise fresh: on the CPU, under
+    CUDA graph capture (a memset in the graph zeroes the counter on every replay), and from
+    compiled code, whose CUDA graph trees own the memory allocated while they warm up and refuse
+    tensors that outlive their graphs."""
     if not reuse or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
-        return torch.zeros(1, device=device, dtype=torch.int32)
+        return torch.empty(shares, device=device, dtype=torch.float32), torch.zeros(1, device=device, dtype=torch.int32)
     key = (device.index, torch._C._cuda_getCurrentRawStream(device.index))
-    counter = _counters.get(key)
+    counter, room = _counters.get(key), _shares.get(key)
     if counter is None:
         counter = _counters[key] = torch.zeros(1, device=device, dtype=torch.int32)
-    return counter
+    if room is None or room.numel() < shares:
+        room = _shares[key] = torch.empty(shares, device=device, dtype=torch.float32)
+    return room, counter
 
 
 def shares_per_step(rp: int, max_shares: int) -> int:
@@ -128,16 +132,16 @@ def shares_per_step(rp: int, max_shares: int) -> int:
 def program_buffers(u: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, shares: int, rp: int,
                     compiled: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """What :func:`core_grads_program` writes: the shares, the counter, ∂B and ∂α."""
-    return (torch.empty(shares, rp, rp, device=u.device, dtype=torch.float32), _counter(u.device, not compiled),
-            torch.empty(b.shape, device=u.device, dtype=b.dtype), torch.empty_like(alpha))
+    return (*_kept_buffers(u.device, shares * rp * rp, not compiled), torch.empty(b.shape, device=u.device, dtype=b.dtype),
+            torch.empty_like(alpha))
 
 
 def _triton_core_grads(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor,
                        compiled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     m, r = u.shape
     bm, max_shares, warps = _INTERPRETER_TILE if u.device.type == "cpu" else _TILE
-    rp = max(16, triton.next_power_of_2(r))
-    programs = min(max_shares, triton.cdiv(m, bm))
+    rp = max(16, 1 << (r - 1).bit_length())  # the next power of two (triton's costs a JIT call)
+    programs = min(max_shares, cdiv(m, bm))
     constexprs = _constexprs.get((rp, bm, max_shares))
     if constexprs is None:
         constexprs = _constexprs[(rp, bm, max_shares)] = {"RP": rp, "BM": bm, "PB": shares_per_step(rp, max_shares)}

@@ -24,7 +24,7 @@ import importlib.util
 import torch
 
 from . import core_grads as _core_grads
-from .triton_launch import BACKENDS, get_backend, set_backend, triton_allowed, triton_ready
+from .triton_launch import BACKENDS, cdiv, get_backend, set_backend, triton_allowed, triton_ready
 from .triton_launch import run as _run_kernel
 
 __all__ = ["BACKENDS", "get_backend", "lowrank_matmul", "lowrank_matmul_with_core_grads", "set_backend", "supported"]
@@ -197,13 +197,13 @@ def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
     constexprs, bm, bn, stages, warps = _config(x.device, w_t, v_t, r, core is not None, scale is not None,
                                                 bias is not None, y is not None)
     core_strides = core.stride() if core is not None else (0, 0)
-    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    tiles = cdiv(m, bm) * cdiv(n, bn)
     grid = min(constexprs["NUM_SMS"], tiles)
     if y is None:
         grads = (out,) * 5
     else:  # as many shares as the kernel's core-gradient programs (see the kernel)
         light = (grid - tiles % grid - 1) % grid + 1
-        shares = min(light, _GRAD_PROGRAMS, triton.cdiv(m, bm))
+        shares = min(light, _GRAD_PROGRAMS, cdiv(m, bm))
         grads = (y, *_core_grads.program_buffers(y, core, scale, shares, constexprs["RP"], compiled))
     tensors = (x, w_rm, u, v_rm, out if core is None else core, out if scale is None else scale,
                out if bias is None else bias, out, *grads)

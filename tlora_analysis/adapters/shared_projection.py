@@ -101,14 +101,16 @@ def shared_projection(layer: nn.Module, x: torch.Tensor, a: torch.Tensor) -> tor
         return None
     if slot.pending:  # the previous owner's siblings that were not called with its input
         _forget(slot.owner(), set(slot.pending))
-    siblings = [s for ref in _siblings.get(layer, ()) if (s := ref()) is not None
-                and s.tlora_A.dtype == a.dtype and s.tlora_A.device == a.device and s.tlora_A.shape[0] == a.shape[0]]
     slot.x, slot.version, slot.owner, slot.pending = weakref.ref(x), x._version, weakref.ref(layer), {}
+    siblings, factors = [], [a]
+    for ref in _siblings.get(layer, ()):
+        if (s := ref()) is not None and (f := s.tlora_A).dtype == a.dtype and f.device == a.device \
+                and f.shape[0] == a.shape[0]:
+            siblings.append(s)
+            factors.append(f)
     if not siblings:
         return None
-    factors = [a] + [s.tlora_A for s in siblings]
-    with torch.no_grad():
-        projections = x.reshape(-1, x.shape[-1]) @ _stacked_factors(layer, factors)
+    projections = x.detach().reshape(-1, x.shape[-1]) @ _stacked_factors(layer, factors)  # no autograd
     slices = projections.split([f.shape[1] for f in factors], dim=1)
     slot.pending = {id(s): (weakref.ref(s), f, f._version, u) for s, f, u in zip(siblings, factors[1:], slices[1:])}
     return slices[0]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import operator
 import os
 
 import torch
@@ -22,13 +23,19 @@ import torch
 if importlib.util.find_spec("triton") is not None:
     import triton
 
-__all__ = ["BACKENDS", "get_backend", "run", "set_backend", "triton_allowed", "triton_ready"]
+__all__ = ["BACKENDS", "cdiv", "get_backend", "run", "set_backend", "triton_allowed", "triton_ready"]
 
 BACKENDS = ("auto", "triton", "cublas")
 _backend = "auto"
 _INT32_MAX = 2**31 - 1
 _compiled: dict[tuple, "_Launch"] = {}  # see run()
+_data_ptr, _dtype = torch.Tensor.data_ptr, operator.attrgetter("dtype")  # run()'s per-tensor reads, without a generator
 _scratch: dict[tuple[int, int], torch.Tensor] = {}  # (device, stream) → descriptor scratch
+
+
+def cdiv(a: int, b: int) -> int:
+    """⌈a / b⌉ on the host (``triton.cdiv`` is a JIT function: 2 µs a call)."""
+    return -(-a // b)
 
 
 def set_backend(backend: str) -> None:
@@ -152,9 +159,8 @@ def run(kernel: object, grid: int, tensors: tuple[torch.Tensor, ...], ints: tupl
     gets a fresh descriptor scratch (see ``_cuda_scratch``).
     """
     device = tensors[0].device
-    pointers = tuple(t.data_ptr() for t in tensors)
-    key = (id(kernel), device.index, id(constexprs), tuple(t.dtype for t in tensors),
-           tuple(p % 16 == 0 for p in pointers))
+    pointers = tuple(map(_data_ptr, tensors))
+    key = (id(kernel), device.index, id(constexprs), tuple(map(_dtype, tensors)), tuple([p & 15 == 0 for p in pointers]))
     ready = _compiled.get(key)
     hooks = triton.knobs.runtime
     fits_int32 = max(ints) <= _INT32_MAX
