@@ -10,8 +10,11 @@ shares in a fixed order, so the result does not depend on scheduling, and writes
 G stays in float32 until those two are rounded, where the torch composition rounds G to the
 operands' dtype first.
 
-Where Triton does not run (see :func:`supported`, and :func:`~.triton_launch.set_backend` for
-when it is used) the torch composition runs instead, the same operations as before this module.
+Where the fused layer's ∂x goes through the Triton GEMM, that GEMM's own programs run this
+algorithm (:func:`core_grads_program`, lowrank_gemm.py: "Idea 15"); this launch serves the other
+cases (input dropout, the "adapter" and "merged" paths, no gradient for x). Where Triton does not
+run (see :func:`supported`, and :func:`~.triton_launch.set_backend` for when it is used) the
+torch composition runs instead, the same operations as before this module.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ Four implementations, selected per layer by ``TLoRALinear.impl``:
   where cuBLAS folds α B into the small factor and accumulates the base product onto the
   adapter's (``addmm_``, β = 1) or, by default on Hopper GPUs in half precision, one Triton
   GEMM applies α and B and carries the rank-r term in its accumulator. With dropout on the
-  output (forward) or the input (∂x) that direction stays with the β = 1 accumulation.
+  output (forward) or the input (∂x) that direction stays with the β = 1 accumulation. Without
+  input dropout, u may come from a sibling layer's call (shared_projection.py).
 - ``"merged"`` (opt-in): :class:`TLoRAMergedFunction`, one product with W0 + ΔW, rebuilt from
   the factors in the forward and again in the backward (weight-sized passes instead of
   activation-sized ones). Without dropout only (else "fused"); W0 + ΔW is rounded to W0's

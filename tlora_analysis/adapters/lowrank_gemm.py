@@ -13,7 +13,9 @@ measurement (``_TILE``). It runs on CUDA GPUs of compute capability ≥ 9 (Hoppe
 Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors) for tests; :func:`supported` says
 when it applies, :func:`set_backend` when it is used (by default wherever it applies on a GPU,
 eager mode included), ``triton_launch`` how it is launched cheaply, and :func:`lowrank_matmul`
-falls back to cuBLAS otherwise.
+falls back to cuBLAS otherwise. :func:`lowrank_matmul_with_core_grads` is the layer's ∂x product:
+the persistent grid leaves some programs a tile short, and those compute ∂B and ∂α after their
+tiles (core_grads.py's algorithm) instead of a launch of their own (docs/benchmarks.md, "Idea 15").
 """
 
 from __future__ import annotations
