@@ -130,12 +130,18 @@ def test_sharing_off_keeps_no_state_and_the_switch_is_validated():
         set_projection_sharing("yes")
 
 
-def test_llama_block_learns_attention_and_mlp_siblings_and_matches():
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_llama_block_learns_attention_and_mlp_siblings_and_matches(checkpointing):
+    """Also with activation checkpointing, whose backward runs the forward again (in autograd's thread)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=4, vocab_size=50)).double()
+                                         num_attention_heads=4, num_key_value_heads=4, vocab_size=50,
+                                         use_cache=False)).double()
+    if checkpointing:
+        model.train()
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     apply_adapters(model, TLoRAConfig(rank=4, target_modules=TARGETS, dropout=0.0))
     for name, p in model.named_parameters():
         if "tlora_B" in name:
