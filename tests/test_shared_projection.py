@@ -141,7 +141,10 @@ def test_llama_block_learns_attention_and_mlp_siblings_and_matches(checkpointing
                                          use_cache=False)).double()
     if checkpointing:
         model.train()
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5 (the older name is deprecated)
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     apply_adapters(model, TLoRAConfig(rank=4, target_modules=TARGETS, dropout=0.0))
     for name, p in model.named_parameters():
         if "tlora_B" in name:
