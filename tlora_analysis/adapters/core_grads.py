@@ -154,12 +154,10 @@ def _triton_core_grads(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor, alpha
     return buffers[2], buffers[3]
 
 
-def _torch_core_grads(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, need_b: bool = True,
-                      need_alpha: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _torch_core_grads(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor,
+                      alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     g_core = u.T @ gc  # r × r
-    grad_b = alpha * g_core if need_b else None
-    grad_alpha = torch.dot(b.reshape(-1), g_core.reshape(-1)).reshape(alpha.shape) if need_alpha else None
-    return grad_b, grad_alpha
+    return alpha * g_core, torch.dot(b.reshape(-1), g_core.reshape(-1)).reshape(alpha.shape)
 
 
 def dispatch(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, allowed: bool,
@@ -198,8 +196,7 @@ def core_grads(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor, alpha: torch.
         return None, None
     if torch.compiler.is_compiling():
         grad_b, grad_alpha = _core_grads_op(u, gc, b, alpha)
-    elif triton_allowed(compiling=False, device_type=u.device.type) and supported(u, gc, b, alpha):
-        grad_b, grad_alpha = _triton_core_grads(u, gc, b, alpha)
     else:
-        return _torch_core_grads(u, gc, b, alpha, need_b, need_alpha)
+        grad_b, grad_alpha = dispatch(u, gc, b, alpha, triton_allowed(compiling=False, device_type=u.device.type),
+                                      False)
     return grad_b if need_b else None, grad_alpha if need_alpha else None

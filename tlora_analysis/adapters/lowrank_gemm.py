@@ -203,10 +203,8 @@ def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
     grid = min(constexprs["NUM_SMS"], tiles)
     if y is None:
         grads = (out,) * 5
-    else:  # as many shares as the kernel's core-gradient programs (see the kernel)
-        light = (grid - tiles % grid - 1) % grid + 1
-        shares = min(light, _GRAD_PROGRAMS, cdiv(m, bm))
-        grads = (y, *_core_grads.program_buffers(y, core, scale, shares, constexprs["RP"], compiled))
+    else:  # room for the most shares the kernel's core-gradient programs write (kept per stream in eager mode)
+        grads = (y, *_core_grads.program_buffers(y, core, scale, _GRAD_PROGRAMS, constexprs["RP"], compiled))
     tensors = (x, w_rm, u, v_rm, out if core is None else core, out if scale is None else scale,
                out if bias is None else bias, out, *grads)
     ints = (m, n, k, r, x.stride(0), w_rm.stride(0), u.stride(0), v_rm.stride(0), *core_strides,
