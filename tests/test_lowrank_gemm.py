@@ -288,7 +288,7 @@ def test_with_core_grads_by_hand():
 
 def test_with_core_grads_shape_mismatch_is_a_clear_error():
     x, w, u, v, core, scale, y = with_grads_operands(CASES[0], torch.float64)
-    with pytest.raises(ValueError, match=r"y \(70, 7\), u \(70, 8\)"):
+    with pytest.raises(ValueError, match=r"u \(70, 8\).*y \(70, 7\)"):
         lowrank_matmul_with_core_grads(x, w, u, v, core=core, scale=scale, y=y[:, 1:])
     with pytest.raises(ValueError, match="shapes do not chain"):
         lowrank_matmul_with_core_grads(x, w, u, v, core=core[1:], scale=scale, y=y)

@@ -109,16 +109,17 @@ _counters: dict[tuple[int, int], torch.Tensor] = {}  # (device, stream) → the 
 _shares: dict[tuple[int, int], torch.Tensor] = {}  # (device, stream) → float32 room for the shares
 
 
-def _kept_buffers(device: torch.device, shares: int, reuse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _kept_buffers(device: int, shares: int, reuse: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Room for ``shares`` float32 elements of shares, and the counter of finished programs: zero
     before a launch, and reset to zero by its last program. In eager mode both are kept per
-    device and stream, where launches run one after another; otherwise fresh: on the CPU, under
-    CUDA graph capture (a memset in the graph zeroes the counter on every replay), and from
-    compiled code, whose CUDA graph trees own the memory allocated while they warm up and refuse
-    tensors that outlive their graphs."""
-    if not reuse or device.type != "cuda" or torch.cuda.is_current_stream_capturing():
-        return torch.empty(shares, device=device, dtype=torch.float32), torch.zeros(1, device=device, dtype=torch.int32)
-    key = (device.index, torch._C._cuda_getCurrentRawStream(device.index))
+    device (its index; -1 for the CPU) and stream, where launches run one after another;
+    otherwise fresh: on the CPU, under CUDA graph capture (a memset in the graph zeroes the
+    counter on every replay), and from compiled code, whose CUDA graph trees own the memory
+    allocated while they warm up and refuse tensors that outlive their graphs."""
+    if not reuse or device < 0 or torch.cuda.is_current_stream_capturing():
+        where = "cpu" if device < 0 else device
+        return torch.empty(shares, device=where, dtype=torch.float32), torch.zeros(1, device=where, dtype=torch.int32)
+    key = (device, torch._C._cuda_getCurrentRawStream(device))
     counter, room = _counters.get(key), _shares.get(key)
     if counter is None:
         counter = _counters[key] = torch.zeros(1, device=device, dtype=torch.int32)
@@ -135,8 +136,8 @@ def shares_per_step(rp: int, max_shares: int) -> int:
 def program_buffers(u: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor, shares: int, rp: int,
                     compiled: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """What :func:`core_grads_program` writes: the shares, the counter, ∂B and ∂α."""
-    return (*_kept_buffers(u.device, shares * rp * rp, not compiled), torch.empty(b.shape, device=u.device, dtype=b.dtype),
-            torch.empty_like(alpha))
+    return (*_kept_buffers(u.get_device(), shares * rp * rp, not compiled), b.new_empty(b.shape),
+            alpha.new_empty(alpha.shape))
 
 
 def _triton_core_grads(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor,

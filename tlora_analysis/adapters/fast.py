@@ -125,7 +125,7 @@ def _core_grads(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(gc = go Cᵀ, ∂L/∂B, ∂L/∂α) from the gradient ``go`` of the adapter output (tokens × out);
     ∂L/∂u = gc (α B)ᵀ is left to the caller, who may fold it into the next product."""
-    gc = go @ c.T  # tokens × r: the one pass over go
+    gc = F.linear(go, c)  # go Cᵀ (tokens × r): the one pass over go
     grad_b, grad_alpha = core_grads(u, gc, b, alpha, need_b=ctx.needs_input_grad[ctx.b_index],
                                     need_alpha=ctx.needs_input_grad[ctx.b_index + 2])
     return gc, grad_b, grad_alpha
@@ -135,7 +135,7 @@ def _forward_u(x2: torch.Tensor, a: torch.Tensor, p_in: float,
                store: bool) -> tuple[torch.Tensor, _DropoutMask | _StoredMask | None]:
     """u = dropout(x) A (tokens × r) and the input dropout's mask (None without input dropout)."""
     xd, mask = _dropout(x2, p_in, store)
-    return xd @ a, mask
+    return torch.mm(xd, a), mask
 
 
 def _input_grad_from_u(grad_u: torch.Tensor, a: torch.Tensor, mask: _DropoutMask | _StoredMask | None) -> torch.Tensor:
@@ -192,7 +192,7 @@ class TLoRALinearFunction(torch.autograd.Function):
             # the adapter costs one write of (tokens × out), not a separate add pass.
             out.addmm_(x2, weight.T)
         else:  # x W0ᵀ + α (u B) C in one GEMM where Triton runs (no activation written twice), else as above
-            out = lowrank_matmul(x2, weight.T, u, c, bias, core=b, scale=alpha)
+            out = lowrank_matmul(x2, weight, u, c, bias, core=b, scale=alpha, transpose_w=True)
             ctx.out_mask = None
         ctx.save_for_backward(weight, u, a, b, c, alpha)
         ctx.x_shape, ctx.b_index = x.shape, 4
@@ -208,13 +208,13 @@ class TLoRALinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0] and ctx.in_mask is None and (need_b or need_alpha):
             # g W0 + α (gc Bᵀ) Aᵀ in one GEMM with ∂B and ∂α in its epilogue (Triton), else β = 1
             # accumulation (cuBLAS) and core_grads
-            grad_x, grad_b, grad_alpha = lowrank_matmul_with_core_grads(g, weight, go @ c.T, a.T, core=b.T,
-                                                                        scale=alpha, y=u)
+            grad_x, grad_b, grad_alpha = lowrank_matmul_with_core_grads(
+                g, weight, F.linear(go, c), a, core=b, scale=alpha, y=u, transpose_v=True, transpose_core=True)
             grad_b, grad_alpha = (grad_b if need_b else None), (grad_alpha if need_alpha else None)
         else:
             gc, grad_b, grad_alpha = _core_grads(ctx, go, u, b, c, alpha)
             if ctx.needs_input_grad[0] and ctx.in_mask is None:
-                grad_x = lowrank_matmul(g, weight, gc, a.T, core=b.T, scale=alpha)
+                grad_x = lowrank_matmul(g, weight, gc, a, core=b, scale=alpha, transpose_v=True, transpose_core=True)
             elif ctx.needs_input_grad[0]:
                 grad_x = _input_grad_from_u(gc @ (alpha * b).T, a, ctx.in_mask).addmm_(g, weight)
         grad_x = None if grad_x is None else grad_x.view(ctx.x_shape)

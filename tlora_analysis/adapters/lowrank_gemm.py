@@ -35,36 +35,79 @@ _HALF = (torch.bfloat16, torch.float16)
 
 
 def _tma_ok(t: torch.Tensor) -> bool:
-    """TMA's rules for a 2-D operand or its transpose: one unit stride, rows that do not overlap,
-    the row stride and the base address 16-byte aligned."""
-    (s0, s1), (n0, n1) = t.stride(), t.shape
-    row, width = (s0, n1) if s1 == 1 else ((s1, n0) if s0 == 1 else (0, 1))  # (0, 1): neither is contiguous
-    return row >= width and row * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
+    """TMA's rules for a row-major 2-D operand: unit column stride, rows that do not overlap, the
+    row stride and the base address 16-byte aligned."""
+    s0, s1 = t.stride()
+    return s1 == 1 and s0 >= t.shape[1] and s0 * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
 
 
-def supported(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *,
-              core: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> bool:
-    """Whether :func:`lowrank_matmul` runs the Triton kernel for these operands (else cuBLAS).
-
-    x (M × K) row-major; w (K × N) and v (r × N) either row-major or transposed views of
-    row-major storage; u (M × r) row-major; core (r × r) any layout; all of one half-precision
-    dtype (bfloat16 or float16: in float32 Triton's tensor cores would round inputs to TF32,
-    cuBLAS does not), scale any floating dtype, all on one device; rank ≤ 64 (the largest tested;
-    its tiles must fit in shared memory next to the main loop's); output rows (N) a multiple of
-    16 bytes.
-    """
+def _applies(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+             core: torch.Tensor | None, scale: torch.Tensor | None, y: torch.Tensor | None, n: int, r: int) -> bool:
+    """:func:`supported`'s conditions on operands whose shapes chain (:func:`_chain`), w and v as
+    stored. Straight-line: this runs on every eager call."""
     dtype = x.dtype
     if dtype not in _HALF or not triton_ready(x.device.type):
         return False
     device = x.get_device()
-    for t in (x, w, u, v) if core is None else (x, w, u, v, core):  # straight-line: this runs every call
-        if t.dtype != dtype or t.get_device() != device or t.dim() != 2 or t.numel() == 0:
+    for t in (w, u, v) if core is None else (w, u, v, core):
+        if t.dtype != dtype or t.get_device() != device:
             return False
     if scale is not None and (scale.get_device() != device or not scale.dtype.is_floating_point):
         return False
-    return (x.stride(1) == 1 and u.stride(1) == 1 and u.shape[1] <= 64
-            and w.shape[1] * x.element_size() % 16 == 0
+    if bias is not None and (bias.dtype != dtype or bias.get_device() != device or bias.dim() != 1
+                             or bias.shape[0] != n or bias.stride(0) != 1):
+        return False
+    if y is not None and (y.dtype != dtype or y.get_device() != device or y.stride(1) != 1):
+        return False
+    return (0 < r <= 64 and n * x.element_size() % 16 == 0 and x.numel() > 0
             and _tma_ok(x) and _tma_ok(w) and _tma_ok(u) and _tma_ok(v))
+
+
+def _chain(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, core: torch.Tensor | None,
+           scale: torch.Tensor | None, y: torch.Tensor | None, w_t: bool, v_t: bool) -> tuple[int, int, int, int]:
+    """(M, N, K, r) where x (M × K), op(w) (K × N), u (M × r), op(v) (r × N), core (r × r), a
+    one-element scale and y (M × r) chain; else a ValueError that shows them."""
+    if x.dim() == w.dim() == u.dim() == v.dim() == 2:
+        m, k = x.shape
+        kw, n = (w.shape[1], w.shape[0]) if w_t else w.shape
+        mu, r = u.shape
+        rv, nv = (v.shape[1], v.shape[0]) if v_t else v.shape
+        if (kw == k and mu == m and rv == r and nv == n and (core is None or core.shape == (r, r))
+                and (scale is None or scale.numel() == 1) and (y is None or y.shape == u.shape)):
+            return m, n, k, r
+    shapes = {"x": x, "w": w.T if w_t else w, "u": u, "v": v.T if v_t else v, "core": core, "y": y}
+    shown = ", ".join(f"{name} {tuple(t.shape)}" for name, t in shapes.items() if t is not None)
+    raise ValueError(f"shapes do not chain: {shown}; need x (M × K), w (K × N), u (M × r), v (r × N), core (r × r), "
+                     f"y (M × r) and a one-element scale (w, v and core as the product uses them: transposed "
+                     f"where transpose_w, transpose_v or transpose_core says so)")
+
+
+def _stored(t: torch.Tensor, transposed: bool) -> tuple[torch.Tensor, bool]:
+    """``t`` as row-major storage, and whether the product uses its transpose: a transposed view
+    that was passed as is becomes its storage with the flag flipped (the kernel reads either)."""
+    if t.stride(-1) == 1 or t.stride(0) != 1:
+        return t, transposed
+    return t.T, not transposed
+
+
+def supported(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *,
+              core: torch.Tensor | None = None, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+              transpose_w: bool = False, transpose_v: bool = False) -> bool:
+    """Whether :func:`lowrank_matmul` runs the Triton kernel for these operands (else cuBLAS).
+
+    Shapes that chain; x (M × K) and u (M × r) row-major; w and v row-major, or transposed views
+    of row-major storage (or row-major with ``transpose_w`` / ``transpose_v``); core (r × r) any
+    layout; all of one half-precision dtype (bfloat16 or float16: in float32 Triton's tensor
+    cores would round inputs to TF32, cuBLAS does not), scale any floating dtype, bias (N)
+    contiguous in x's dtype, all on one device; 1 ≤ rank ≤ 64 (the largest tested; its tiles
+    must fit in shared memory next to the main loop's); output rows (N) a multiple of 16 bytes.
+    """
+    (w, w_t), (v, v_t) = _stored(w, transpose_w), _stored(v, transpose_v)
+    try:
+        _, n, _, r = _chain(x, w, u, v, core, scale, None, w_t, v_t)
+    except ValueError:
+        return False
+    return _applies(x, w, u, v, bias, core, scale, None, n, r)
 
 
 if importlib.util.find_spec("triton") is not None:
@@ -169,11 +212,12 @@ _GRAD_PROGRAMS = 32  # the most programs that share the core gradients' work (as
 
 
 @functools.cache
-def _config(device: torch.device, w_t: bool, v_t: bool, r: int, has_core: bool, has_scale: bool,
-            has_bias: bool, core_grads: bool = False) -> tuple[dict, int, int, int, int]:
-    """(constexprs, BM, BN, stages, warps) for one operand layout on one device: built once."""
-    bm, bn, bk, stages, warps = _INTERPRETER_TILE if device.type == "cpu" else _TILE
-    num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+def _config(device: int, w_t: bool, v_t: bool, r: int, has_core: bool, has_scale: bool,
+            has_bias: bool, core_grads: bool) -> tuple[dict, int, int, int, int]:
+    """(constexprs, BM, BN, stages, warps) for one operand layout on one device (its index, -1
+    for the CPU): built once."""
+    bm, bn, bk, stages, warps = _INTERPRETER_TILE if device < 0 else _TILE
+    num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device >= 0 else 4
     rp = max(16, triton.next_power_of_2(r))
     constexprs = {"W_T": w_t, "V_T": v_t, "RP": rp, "HAS_CORE": has_core,
                   "HAS_SCALE": has_scale, "HAS_BIAS": has_bias, "NUM_SMS": num_sms,
@@ -182,32 +226,27 @@ def _config(device: torch.device, w_t: bool, v_t: bool, r: int, has_core: bool, 
     return constexprs, bm, bn, stages, warps
 
 
-def _row_major(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """``t``'s row-major storage, and whether ``t`` is its transpose."""
-    return (t, False) if t.stride(-1) == 1 else (t.T, True)
-
-
 def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                           bias: torch.Tensor | None, core: torch.Tensor | None = None,
-                           scale: torch.Tensor | None = None, compiled: bool = False,
-                           y: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
-    """The kernel's output; with ``y`` (core and scale then required) also scale · yᵀ u and ⟨core, uᵀ y⟩."""
-    m, k = x.shape
-    n, r = w.shape[1], u.shape[1]
-    out = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    (w_rm, w_t), (v_rm, v_t) = _row_major(w), _row_major(v)
-    constexprs, bm, bn, stages, warps = _config(x.device, w_t, v_t, r, core is not None, scale is not None,
+                           bias: torch.Tensor | None, core: torch.Tensor | None, scale: torch.Tensor | None,
+                           y: torch.Tensor | None, w_t: bool, v_t: bool, core_t: bool, m: int, n: int, k: int, r: int,
+                           compiled: bool) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """The kernel's output, w and v as stored; with ``y`` (core and scale then required) also
+    scale · yᵀ u and ⟨op(core), uᵀ y⟩."""
+    out = x.new_empty((m, n))
+    constexprs, bm, bn, stages, warps = _config(x.get_device(), w_t, v_t, r, core is not None, scale is not None,
                                                 bias is not None, y is not None)
-    core_strides = core.stride() if core is not None else (0, 0)
-    tiles = cdiv(m, bm) * cdiv(n, bn)
-    grid = min(constexprs["NUM_SMS"], tiles)
+    if core is None:
+        core_strides = (0, 0)
+    else:
+        core_strides = core.stride()[::-1] if core_t else core.stride()
+    grid = min(constexprs["NUM_SMS"], cdiv(m, bm) * cdiv(n, bn))
     if y is None:
         grads = (out,) * 5
     else:  # room for the most shares the kernel's core-gradient programs write (kept per stream in eager mode)
         grads = (y, *_core_grads.program_buffers(y, core, scale, _GRAD_PROGRAMS, constexprs["RP"], compiled))
-    tensors = (x, w_rm, u, v_rm, out if core is None else core, out if scale is None else scale,
+    tensors = (x, w, u, v, out if core is None else core, out if scale is None else scale,
                out if bias is None else bias, out, *grads)
-    ints = (m, n, k, r, x.stride(0), w_rm.stride(0), u.stride(0), v_rm.stride(0), *core_strides,
+    ints = (m, n, k, r, x.stride(0), w.stride(0), u.stride(0), v.stride(0), *core_strides,
             0 if y is None else y.stride(0))
     _run_kernel(_lowrank_matmul_kernel, grid, tensors, ints, constexprs, stages, warps, compiled)
     return out if y is None else (out, grads[3], grads[4])
@@ -226,44 +265,46 @@ def _cublas_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
     return out.addmm_(x, w)
 
 
-def _dispatch(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-              core: torch.Tensor | None, scale: torch.Tensor | None, allowed: bool, compiled: bool) -> torch.Tensor:
-    if (allowed and supported(x, w, u, v, core=core, scale=scale)
-            and (bias is None or (bias.dtype == x.dtype and bias.stride(0) == 1))):
-        return _triton_lowrank_matmul(x, w, u, v, bias, core, scale, compiled)
-    return _cublas_lowrank_matmul(x, w, u, v, bias, core, scale)
-
-
-def _check_shapes(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, core: torch.Tensor | None,
-                  scale: torch.Tensor | None) -> None:
-    m, k = x.shape
-    r = u.shape[1]
-    if (w.shape[0] != k or u.shape[0] != m or v.shape != (r, w.shape[1])
-            or (core is not None and core.shape != (r, r)) or (scale is not None and scale.numel() != 1)):
-        core_shape = "" if core is None else f", core {tuple(core.shape)}"
-        raise ValueError(f"shapes do not chain: x {tuple(x.shape)}, w {tuple(w.shape)}, u {tuple(u.shape)}, "
-                         f"v {tuple(v.shape)}{core_shape}; need x (M × K), w (K × N), u (M × r), v (r × N), "
-                         f"core (r × r) and a one-element scale")
+def _lowrank(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+             core: torch.Tensor | None, scale: torch.Tensor | None, y: torch.Tensor | None, w_t: bool, v_t: bool,
+             core_t: bool, allowed: bool, compiled: bool) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """Both public functions' work: the kernel where ``allowed`` and it applies, else cuBLAS (and
+    core_grads.py for the core gradients). w, v and core as the caller passed them, op() by flag."""
+    (w, w_t), (v, v_t) = _stored(w, w_t), _stored(v, v_t)
+    m, n, k, r = _chain(x, w, u, v, core, scale, y, w_t, v_t)
+    if allowed and _applies(x, w, u, v, bias, core, scale, y, n, r):
+        return _triton_lowrank_matmul(x, w, u, v, bias, core, scale, y, w_t, v_t, core_t, m, n, k, r, compiled)
+    op_core = None if core is None else (core.T if core_t else core)
+    out = _cublas_lowrank_matmul(x, w.T if w_t else w, u, v.T if v_t else v, bias, op_core, scale)
+    if y is None:
+        return out
+    return (out, *_core_grads.dispatch(y, u, core if core_t else core.T, scale, allowed, compiled))
 
 
 @torch.library.custom_op("tlora_analysis::lowrank_matmul", mutates_args=())
 def _lowrank_matmul_op(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                       bias: torch.Tensor | None, core: torch.Tensor | None,
-                       scale: torch.Tensor | None) -> torch.Tensor:
-    return _dispatch(x, w, u, v, bias, core, scale, triton_allowed(compiling=True), True)  # runs from compiled code only
+                       bias: torch.Tensor | None, core: torch.Tensor | None, scale: torch.Tensor | None,
+                       transpose_w: bool, transpose_v: bool, transpose_core: bool) -> torch.Tensor:
+    return _lowrank(x, w, u, v, bias, core, scale, None, transpose_w, transpose_v, transpose_core,
+                    triton_allowed(compiling=True), True)  # runs from compiled code only
 
 
 @_lowrank_matmul_op.register_fake
 def _(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-      core: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:
-    return x.new_empty(x.shape[0], w.shape[1])
+      core: torch.Tensor | None, scale: torch.Tensor | None, transpose_w: bool, transpose_v: bool,
+      transpose_core: bool) -> torch.Tensor:
+    return x.new_empty(x.shape[0], w.shape[0] if transpose_w else w.shape[1])
 
 
 def lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                    bias: torch.Tensor | None = None, *, core: torch.Tensor | None = None,
-                   scale: torch.Tensor | None = None) -> torch.Tensor:
-    """x w + scale · (u core) v (+ bias) for x (M × K), w (K × N), u (M × r), v (r × N), core
-    (r × r), scale (one element), bias (N): M × N. Without core or scale, x w + u v (+ bias).
+                   scale: torch.Tensor | None = None, transpose_w: bool = False, transpose_v: bool = False,
+                   transpose_core: bool = False) -> torch.Tensor:
+    """x op(w) + scale · (u op(core)) op(v) (+ bias) for x (M × K), op(w) (K × N), u (M × r),
+    op(v) (r × N), op(core) (r × r), scale (one element), bias (N): M × N. Without core or
+    scale, x op(w) + u op(v) (+ bias). op(t) is tᵀ where ``transpose_t`` says so (as BLAS's
+    transa), else t: the fused layer passes W0, A and B as stored, with no transposed views to
+    build on every call.
 
     The Triton kernel where the backend (:func:`set_backend`) allows it and :func:`supported`
     says it runs (float32 accumulation; scale · u core rounded once to x's dtype, then one
@@ -272,51 +313,45 @@ def lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.T
     eager mode a plain call (the operator's dispatch would cost the host more than the launch).
     No autograd: for use inside autograd Functions (adapters/fast.py).
     """
-    _check_shapes(x, w, u, v, core, scale)
     if torch.compiler.is_compiling():
-        return _lowrank_matmul_op(x, w, u, v, bias, core, scale)
-    return _dispatch(x, w, u, v, bias, core, scale, triton_allowed(compiling=False, device_type=x.device.type),
-                     False)
-
-
-def _dispatch_with_core_grads(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, core: torch.Tensor,
-                              scale: torch.Tensor, y: torch.Tensor, allowed: bool,
-                              compiled: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if allowed and supported(x, w, u, v, core=core, scale=scale) and _core_grads.supported(y, u, core.T, scale):
-        return _triton_lowrank_matmul(x, w, u, v, None, core, scale, compiled, y)
-    out = _dispatch(x, w, u, v, None, core, scale, allowed, compiled)
-    return (out, *_core_grads.dispatch(y, u, core.T, scale, allowed, compiled))
+        _chain(x, w, u, v, core, scale, None, transpose_w, transpose_v)  # a clear error while tracing
+        return _lowrank_matmul_op(x, w, u, v, bias, core, scale, transpose_w, transpose_v, transpose_core)
+    return _lowrank(x, w, u, v, bias, core, scale, None, transpose_w, transpose_v, transpose_core,
+                    triton_allowed(compiling=False, device_type=x.device.type), False)
 
 
 @torch.library.custom_op("tlora_analysis::lowrank_matmul_with_core_grads", mutates_args=())
 def _with_core_grads_op(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, core: torch.Tensor,
-                        scale: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _dispatch_with_core_grads(x, w, u, v, core, scale, y, triton_allowed(compiling=True), True)
+                        scale: torch.Tensor, y: torch.Tensor, transpose_w: bool, transpose_v: bool,
+                        transpose_core: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _lowrank(x, w, u, v, None, core, scale, y, transpose_w, transpose_v, transpose_core,
+                    triton_allowed(compiling=True), True)
 
 
 @_with_core_grads_op.register_fake
 def _(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, core: torch.Tensor, scale: torch.Tensor,
-      y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return x.new_empty(x.shape[0], w.shape[1]), core.new_empty(core.shape), torch.empty_like(scale)
+      y: torch.Tensor, transpose_w: bool, transpose_v: bool,
+      transpose_core: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (x.new_empty(x.shape[0], w.shape[0] if transpose_w else w.shape[1]), core.new_empty(core.shape),
+            torch.empty_like(scale))
 
 
 def lowrank_matmul_with_core_grads(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *,
-                                   core: torch.Tensor, scale: torch.Tensor,
-                                   y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x w + scale · (u core) v, scale · yᵀ u, ⟨core, uᵀ y⟩) for y (M × r) besides
-    :func:`lowrank_matmul`'s operands; the second result has core's dtype, the third scale's.
+                                   core: torch.Tensor, scale: torch.Tensor, y: torch.Tensor,
+                                   transpose_w: bool = False, transpose_v: bool = False,
+                                   transpose_core: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x op(w) + scale · (u op(core)) op(v), scale · yᵀ u, ⟨op(core), uᵀ y⟩) for y (M × r)
+    besides :func:`lowrank_matmul`'s operands; the second result has core's dtype, the third scale's.
 
-    In the fused TLoRA layer's backward (x = g, w = W0, u = g Cᵀ, v = Aᵀ, core = Bᵀ, scale = α,
-    y = the forward's x A) these are ∂L/∂x, ∂L/∂B and ∂L/∂α. Where the kernel runs, the last two
-    come from its own launch: the programs that have one output tile fewer than the others
-    compute them after their tiles (:func:`~.core_grads.core_grads`' algorithm: float32 shares
-    summed in a fixed order), instead of a launch of their own. Else :func:`lowrank_matmul` and
-    :func:`~.core_grads.core_grads`.
+    In the fused TLoRA layer's backward (x = g, w = W0, u = g Cᵀ, op(v) = Aᵀ, op(core) = Bᵀ,
+    scale = α, y = the forward's x A) these are ∂L/∂x, ∂L/∂B and ∂L/∂α. Where the kernel runs,
+    the last two come from its own launch: the programs that have one output tile fewer than the
+    others compute them after their tiles (:func:`~.core_grads.core_grads`' algorithm: float32
+    shares summed in a fixed order), instead of a launch of their own. Else :func:`lowrank_matmul`
+    and :func:`~.core_grads.core_grads`.
     """
-    if y.shape != u.shape:
-        raise ValueError(f"shapes do not chain: y {tuple(y.shape)}, u {tuple(u.shape)}; need y of u's shape (M × r)")
-    _check_shapes(x, w, u, v, core, scale)
     if torch.compiler.is_compiling():
-        return _with_core_grads_op(x, w, u, v, core, scale, y)
-    return _dispatch_with_core_grads(x, w, u, v, core, scale, y,
-                                     triton_allowed(compiling=False, device_type=x.device.type), False)
+        _chain(x, w, u, v, core, scale, y, transpose_w, transpose_v)
+        return _with_core_grads_op(x, w, u, v, core, scale, y, transpose_w, transpose_v, transpose_core)
+    return _lowrank(x, w, u, v, None, core, scale, y, transpose_w, transpose_v, transpose_core,
+                    triton_allowed(compiling=False, device_type=x.device.type), False)

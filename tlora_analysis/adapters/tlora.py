@@ -104,29 +104,42 @@ class TLoRALinear(AdaptedLinear):
         return self._dropout_mask == "store" or (self._dropout_mask == "auto" and x.device.type != "cuda")
 
     def _dropout_probabilities(self) -> tuple[float, float]:
-        p = self.dropout.p if isinstance(self.dropout, nn.Dropout) and self.dropout.training else 0.0
+        dropout = self._modules["dropout"]
+        p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
         return (p, 0.0) if self.dropout_position == "input" else (0.0, p)
 
     def _fast_factors(self, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
         """(A, B, C, α) when a fast path applies to ``x`` (not "plain", CPU or CUDA, no autocast, one
-        dtype), else None. Read once here: each module attribute read costs the host time that a
-        large model's step, issued layer by layer from Python, adds up (docs/benchmarks.md)."""
+        dtype, A and C frozen buffers), else None.
+
+        Read from the module's registries directly: ``nn.Module.__getattr__`` costs the host about
+        half a microsecond a name, which a large model's step, issued layer by layer from Python,
+        adds up (docs/benchmarks.md, "Host time per layer"). A or C made a parameter (to train
+        them) is not in the buffers: the plain path then gives it its gradient.
+        """
         if self._impl == "plain":
             return None
         device = x.device.type
         if device not in ("cpu", "cuda") or torch.is_autocast_enabled(device):
             return None
-        a, b, c, alpha = factors = self.tlora_A, self.tlora_B, self.tlora_C, self.tlora_alpha
+        buffers, params = self._buffers, self._parameters
+        a, b, c = buffers.get("tlora_A"), params.get("tlora_B"), buffers.get("tlora_C")
+        alpha = params["tlora_alpha"] if "tlora_alpha" in params else buffers.get("tlora_alpha")
+        if a is None or b is None or c is None or alpha is None or a.requires_grad or c.requires_grad:
+            return None
         dtype = a.dtype
-        return factors if x.dtype == b.dtype == c.dtype == alpha.dtype == dtype else None
+        return (a, b, c, alpha) if x.dtype == b.dtype == c.dtype == alpha.dtype == dtype else None
 
-    def _base_fusable(self) -> bool:
-        """Whether the base layer can join the fused Function: a plain, frozen, hook-free nn.Linear
-        in the adapter's dtype (its own parameters, weight and bias, read directly)."""
-        base = self.base_layer
-        return (type(base) is nn.Linear and not (base._forward_hooks or base._forward_pre_hooks)
-                and not any(p is not None and p.requires_grad for p in base._parameters.values())
-                and base.weight.dtype == self.tlora_A.dtype)
+    def _fusable_base(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """(W0, bias) when the base layer can join the fused Function: a plain, frozen, hook-free
+        nn.Linear in the adapter's dtype; else None."""
+        base = self._modules["base_layer"]
+        if type(base) is not nn.Linear or base._forward_hooks or base._forward_pre_hooks:
+            return None
+        weight, bias = base._parameters["weight"], base._parameters["bias"]
+        if weight.requires_grad or (bias is not None and bias.requires_grad) or weight.dtype != dtype:
+            return None
+        return weight, bias
 
     def adapter_output(self, x: torch.Tensor) -> torch.Tensor:
         """α·((x A) B) C with this layer's dropout, in A's dtype."""
@@ -139,15 +152,16 @@ class TLoRALinear(AdaptedLinear):
                                     self.dropout, self.dropout_position)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        factors = None if self.merged or self._impl not in ("fused", "merged") else self._fast_factors(x)
-        if factors is not None and self._base_fusable():
+        impl = self._impl
+        factors = None if self.merged or (impl != "fused" and impl != "merged") else self._fast_factors(x)
+        base = None if factors is None else self._fusable_base(factors[0].dtype)
+        if base is not None:
             p_in, p_out = self._dropout_probabilities()
-            base = self.base_layer
-            if self._impl == "merged" and p_in == p_out == 0:
-                return TLoRAMergedFunction.apply(x, base.weight, base.bias, *factors)
+            if impl == "merged" and p_in == p_out == 0:
+                return TLoRAMergedFunction.apply(x, *base, *factors)
             u = shared_projection(self, x, factors[0]) if p_in == 0 else None
-            return TLoRALinearFunction.apply(x, base.weight, base.bias, *factors, p_in, p_out,
-                                             self._store_mask(x), u)
+            store = self._store_mask(x) if p_in or p_out else False
+            return TLoRALinearFunction.apply(x, *base, *factors, p_in, p_out, store, u)
         return super().forward(x)
 
     @torch.no_grad()

@@ -78,15 +78,16 @@ def triton_ready(device_type: str) -> bool:
     return device_type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
 
 
-def _cuda_scratch(size: int, stream: int, reuse: bool = True) -> int | torch.Tensor:
+def _cuda_scratch(size: int, stream: int, reuse: bool = True, device: int | None = None) -> int | torch.Tensor:
     """Scratch for a kernel's device-side TMA descriptors: in eager mode one buffer per device and
     stream, reused (kernels on one stream run one after another), so a launch allocates nothing.
     A fresh one under CUDA graph capture (from the graph's memory pool) and where ``reuse`` is
     False: from compiled code, whose CUDA graph trees own the memory allocated while they warm up
-    and refuse tensors that outlive their graphs."""
+    and refuse tensors that outlive their graphs. ``device``: the current device's index, where
+    the caller knows it."""
     if not reuse or torch.cuda.is_current_stream_capturing():
         return torch.empty(size, device="cuda", dtype=torch.int8)
-    key = (torch.cuda.current_device(), stream)
+    key = (torch.cuda.current_device() if device is None else device, stream)
     buffer = _scratch.get(key)
     if buffer is None or buffer.numel() < size:
         buffer = _scratch[key] = torch.empty(size, device="cuda", dtype=torch.int8)
@@ -137,8 +138,8 @@ class _Launch:
         except (AttributeError, ValueError):
             return None
 
-    def __call__(self, grid: int, stream: int, args: tuple, reuse_scratch: bool) -> None:
-        scratch = _cuda_scratch(grid * self.scratch_per_program, stream, reuse_scratch) \
+    def __call__(self, grid: int, device: int, stream: int, args: tuple, reuse_scratch: bool) -> None:
+        scratch = _cuda_scratch(grid * self.scratch_per_program, stream, reuse_scratch, device) \
             if self.scratch_per_program else None
         self.launch(grid, 1, 1, stream, self.function, self.cooperative, self.pdl, scratch, None,
                     self.metadata, None, None, None, *args)
@@ -158,22 +159,21 @@ def run(kernel: object, grid: int, tensors: tuple[torch.Tensor, ...], ints: tupl
     ``compiled``: called from ``torch.compile``d code (a custom operator), where every launch
     gets a fresh descriptor scratch (see ``_cuda_scratch``).
     """
-    device = tensors[0].device
+    device = tensors[0].get_device()  # -1 on the CPU (the interpreter), where nothing is cached
     pointers = tuple(map(_data_ptr, tensors))
-    key = (id(kernel), device.index, id(constexprs), tuple(map(_dtype, tensors)), tuple([p & 15 == 0 for p in pointers]))
+    key = (id(kernel), device, id(constexprs), tuple(map(_dtype, tensors)), tuple([p & 15 == 0 for p in pointers]))
     ready = _compiled.get(key)
     hooks = triton.knobs.runtime
     fits_int32 = max(ints) <= _INT32_MAX
-    if (ready is not None and fits_int32 and device.index == torch.cuda.current_device()
+    if (ready is not None and fits_int32 and device == torch.cuda.current_device()
             and not (_hooked(hooks.launch_enter_hook) or _hooked(hooks.launch_exit_hook))):
-        ready(grid, torch._C._cuda_getCurrentRawStream(device.index), (*pointers, *ints, *constexprs.values()),
+        ready(grid, device, torch._C._cuda_getCurrentRawStream(device), (*pointers, *ints, *constexprs.values()),
               not compiled)
         return
     # Triton keeps the allocator in a context variable, and the backward runs in autograd's own thread
-    triton.set_allocator(_cpu_allocator if device.type == "cpu" else _fresh_cuda_allocator if compiled
-                         else _cuda_allocator)
+    triton.set_allocator(_cpu_allocator if device < 0 else _fresh_cuda_allocator if compiled else _cuda_allocator)
     compiled = kernel[(grid,)](*tensors, *ints, **constexprs, num_stages=stages, num_warps=warps)
-    if device.type == "cuda" and fits_int32 and _ints_unspecialized(kernel, len(tensors), len(ints)) \
+    if device >= 0 and fits_int32 and _ints_unspecialized(kernel, len(tensors), len(ints)) \
             and (ready := _Launch.of(compiled)) is not None:
         _compiled[key] = ready
 
