@@ -24,7 +24,8 @@ def sharing_on():
 
 
 def siblings(layer: TLoRALinear) -> list[str]:
-    return [ref().layer_name for ref in sp._siblings.get(layer, []) if ref() is not None]
+    group = sp._groups.get(layer)
+    return [] if group is None else [ref().layer_name for ref in group.siblings if ref() is not None]
 
 
 def layers(n=3, dtype=torch.float64, rank=4, dropout=0.0, position="output", device="cpu"):

@@ -28,19 +28,36 @@ from torch import nn
 __all__ = ["get_projection_sharing", "set_projection_sharing", "shared_projection"]
 
 _enabled = True
-_siblings: weakref.WeakKeyDictionary[nn.Module, list[weakref.ref]] = weakref.WeakKeyDictionary()
-_stacked: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
+
+
+class _Group:
+    """An owner's learned siblings (weak references), and its stacked factors [A_owner | A_sibling …]
+    with what they were built from: each factor (held, so that its id stays its own), its data
+    pointer and version, and which siblings could join (same dtype, device and input width)."""
+
+    __slots__ = ("owner", "siblings", "state", "factors", "members", "stacked")
+
+    def __init__(self, owner: nn.Module) -> None:
+        self.owner = weakref.ref(owner)
+        self.siblings: list[weakref.ref] = []
+        self.state: tuple = ()
+        self.factors: list[torch.Tensor] = []
+        self.members: list[int] = []
+        self.stacked: torch.Tensor | None = None
+
+
+_groups: weakref.WeakKeyDictionary[nn.Module, _Group] = weakref.WeakKeyDictionary()
 
 
 class _Slot(threading.local):
-    """The last input an owner projected: weak reference to x, x's version, weak reference to the
-    owner, and per sibling (by id) a weak reference to it, the factor A its slice was computed from
+    """The last input an owner projected: weak reference to x, x's version, the owner's group,
+    and per sibling (by id) a weak reference to it, the factor A its slice was computed from
     with A's version, and the slice u."""
 
     def __init__(self) -> None:
         self.x: weakref.ref | None = None
         self.version = -1
-        self.owner: weakref.ref | None = None
+        self.group: _Group | None = None
         self.pending: dict[int, tuple[weakref.ref, torch.Tensor, int, torch.Tensor]] = {}
 
 
@@ -62,27 +79,29 @@ def get_projection_sharing() -> bool:
     return _enabled
 
 
-def _stacked_factors(owner: nn.Module, factors: list[torch.Tensor]) -> torch.Tensor:
-    """[A_owner | A_sibling …] (in × Σ r), rebuilt only when one of the factors changed."""
-    key = tuple((id(a), a.data_ptr(), a._version) for a in factors)
-    cached = _stacked.get(owner)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    stacked = torch.cat(factors, dim=1)
-    _stacked[owner] = (key, stacked)
-    return stacked
+def _stacked_factors(group: _Group, factors: list[torch.Tensor]) -> tuple[torch.Tensor | None, list[int]]:
+    """[A_owner | A_sibling …] (in × Σ r) and the indices of the siblings in it: rebuilt only when
+    one of the factors changed (another tensor, other storage, or written in place)."""
+    state = tuple([(id(f), f.data_ptr(), f._version) for f in factors])
+    if state == group.state:
+        return group.stacked, group.members
+    a = factors[0]
+    members = [i for i, f in enumerate(factors[1:]) if f.dtype == a.dtype and f.device == a.device
+               and f.shape[0] == a.shape[0]]
+    group.stacked = torch.cat([a] + [factors[1 + i] for i in members], dim=1) if members else None
+    group.state, group.factors, group.members = state, factors, members
+    return group.stacked, members
 
 
-def _learn(owner: nn.Module, layer: nn.Module) -> None:
-    siblings = _siblings.setdefault(owner, [])
-    if layer is not owner and all(ref() is not layer for ref in siblings):
-        siblings.append(weakref.ref(layer))
+def _learn(group: _Group, layer: nn.Module) -> None:
+    if group.owner() is not layer and all(ref() is not layer for ref in group.siblings):
+        group.siblings.append(weakref.ref(layer))
 
 
-def _forget(owner: nn.Module | None, ids: set[int]) -> None:
+def _forget(group: _Group | None, ids: set[int]) -> None:
     """Drop the owner's siblings that did not take their slice."""
-    if owner is not None and owner in _siblings:
-        _siblings[owner] = [ref for ref in _siblings[owner] if ref() is not None and id(ref()) not in ids]
+    if group is not None:
+        group.siblings = [ref for ref in group.siblings if ref() is not None and id(ref()) not in ids]
 
 
 def shared_projection(layer: nn.Module, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:
@@ -96,21 +115,28 @@ def shared_projection(layer: nn.Module, x: torch.Tensor, a: torch.Tensor) -> tor
         entry = slot.pending.pop(id(layer), None)
         if entry is not None and entry[0]() is layer and entry[1] is a and entry[2] == a._version:
             return entry[3]
-        if entry is None and (owner := slot.owner()) is not None:
-            _learn(owner, layer)
+        if entry is None and slot.group is not None:
+            _learn(slot.group, layer)
         return None
     if slot.pending:  # the previous owner's siblings that were not called with its input
-        _forget(slot.owner(), set(slot.pending))
-    slot.x, slot.version, slot.owner, slot.pending = weakref.ref(x), x._version, weakref.ref(layer), {}
-    siblings, factors = [], [a]
-    for ref in _siblings.get(layer, ()):
-        if (s := ref()) is not None and (f := s.tlora_A).dtype == a.dtype and f.device == a.device \
-                and f.shape[0] == a.shape[0]:
-            siblings.append(s)
+        _forget(slot.group, set(slot.pending))
+    group = _groups.get(layer)
+    if group is None:
+        group = _groups[layer] = _Group(layer)
+    slot.x, slot.version, slot.group, slot.pending = weakref.ref(x), x._version, group, {}
+    refs, alive, factors = [], [], [a]
+    for ref in group.siblings:  # the siblings alive, with their current factors (read from the buffers)
+        if (s := ref()) is not None and (f := s._buffers.get("tlora_A")) is not None:
+            refs.append(ref)
+            alive.append(s)
             factors.append(f)
-    if not siblings:
+    if not refs:
         return None
-    projections = x.detach().reshape(-1, x.shape[-1]) @ _stacked_factors(layer, factors)  # no autograd
-    slices = projections.split([f.shape[1] for f in factors], dim=1)
-    slot.pending = {id(s): (weakref.ref(s), f, f._version, u) for s, f, u in zip(siblings, factors[1:], slices[1:])}
+    stacked, members = _stacked_factors(group, factors)
+    if stacked is None:
+        return None
+    projections = torch.mm(x.detach().reshape(-1, x.shape[-1]), stacked)  # no autograd
+    slices = projections.split([a.shape[1]] + [factors[1 + i].shape[1] for i in members], dim=1)
+    state = group.state
+    slot.pending = {id(alive[i]): (refs[i], factors[1 + i], state[1 + i][2], u) for i, u in zip(members, slices[1:])}
     return slices[0]
