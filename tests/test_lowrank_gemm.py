@@ -133,6 +133,17 @@ for case in CASES:
         rel_err(lowrank_matmul(*ops, core=core), dense64(*ops, core)),
         rel_err(lowrank_matmul(*ops, scale=scale), dense64(*ops, None, scale))]
 report["core_calls"] = len(calls)
+report["flags"] = []
+for case in CASES:  # w, v and core passed as stored with transpose flags: the other layout of each
+    x, w, u, v, bias = operands(case, torch.float16)
+    core, scale = core_operands(case, torch.float16)
+    stored = [t.T.contiguous() for t in (w, v, core)]
+    got = lowrank_matmul(x, stored[0], u, stored[1], bias, core=stored[2], scale=scale, transpose_w=True,
+                         transpose_v=True, transpose_core=True)
+    report["flags"].append({"supported": supported(x, stored[0], u, stored[1], core=stored[2], scale=scale, bias=bias,
+                                                   transpose_w=True, transpose_v=True),
+                            "err": rel_err(got, dense64(x, w, u, v, bias, core, scale))})
+report["flags_calls"] = len(calls) - report["core_calls"]
 report["with_grads"] = []
 for case in CASES + GRAD_CASES:  # ∂x, ∂B and ∂α in one launch
     ops = with_grads_operands(case, torch.float16)
@@ -141,7 +152,7 @@ for case in CASES + GRAD_CASES:  # ∂x, ∂B and ∂α in one launch
                                  "composition_errors": with_grads_errors(composition_with_grads(ops), ops),
                                  "repeatable": all(torch.equal(a, b) for a, b in zip(first, again)),
                                  "dtypes": [str(t.dtype) for t in first]})
-report["with_grads_calls"] = len(calls) - report["core_calls"]
+report["with_grads_calls"] = len(calls) - report["core_calls"] - report["flags_calls"]
 report["with_grads_core_grads_calls"] = len(grads_calls)
 # by hand: x = I, w = (0, 1/8, ..., 63/8), u = 1, v = 2 I, bias = (0, 1, ..., 7): out = w + 2 + bias, exactly
 x, w = torch.eye(8, dtype=torch.float16), (torch.arange(64.0) / 8).reshape(8, 8).half()
@@ -234,6 +245,11 @@ class TestInterpreted:
         assert case["repeatable"]  # a fixed order of summation
         assert case["dtypes"] == ["torch.float16"] * 3
 
+    def test_transpose_flags_read_the_stored_layouts(self, interpreted):
+        assert interpreted["flags_calls"] == len(CASES)
+        for case in interpreted["flags"]:
+            assert case["supported"] and case["err"] < 2e-3
+
     def test_core_gradients_in_the_epilogue_need_no_launch_of_their_own(self, interpreted):
         assert interpreted["with_grads_calls"] == 2 * len(CASES + GRAD_CASES)
         assert interpreted["with_grads_core_grads_calls"] == 0
@@ -255,6 +271,29 @@ def test_fallback_is_exact_in_float64(case):
     core, scale = core_operands(case, torch.float64, transposed=case[5])
     for c, s in ((core, scale), (core, None), (None, scale)):
         torch.testing.assert_close(lowrank_matmul(*ops, core=c, scale=s), dense64(*ops, c, s), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_transpose_flags_are_exact_in_float64(case):
+    """op(t) = tᵀ where a flag says so: the same result as passing the transposed views."""
+    x, w, u, v, bias = operands(case, torch.float64)
+    core, scale = core_operands(case, torch.float64)
+    want = dense64(x, w, u, v, bias, core, scale)
+    got = lowrank_matmul(x, w.T, u, v.T, bias, core=core.T, scale=scale, transpose_w=True, transpose_v=True,
+                         transpose_core=True)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    y = torch.randn(u.shape, dtype=torch.float64)
+    plain = lowrank_matmul_with_core_grads(x, w, u, v, core=core, scale=scale, y=y)
+    flagged = lowrank_matmul_with_core_grads(x, w.T.contiguous(), u, v, core=core.T.contiguous(), scale=scale, y=y,
+                                             transpose_w=True, transpose_core=True)
+    for a, b in zip(flagged, plain):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_a_bias_that_broadcasts_takes_cublas_and_is_exact():
+    x, w, u, v, _ = operands(CASES[1], torch.float64)
+    bias = torch.randn(x.shape[0], w.shape[1], dtype=torch.float64)  # (M × N): addmm broadcasts it, the kernel cannot
+    torch.testing.assert_close(lowrank_matmul(x, w, u, v, bias), x @ w + u @ v + bias, rtol=1e-12, atol=1e-12)
 
 
 def test_core_and_scale_by_hand():
@@ -314,7 +353,11 @@ def unsupported_cases(device):
                                                               device)[:4]),
            "u not row-major": supported(x, w, u.T.contiguous().T, v),
            "rank 72 (over 64)": supported(*operands((16, 16, 16, 72, False, False, False), torch.float16, device)[:4]),
-           "overlapping rows of x": supported(x[:1].expand(x.shape), w, u, v)}
+           "overlapping rows of x": supported(x[:1].expand(x.shape), w, u, v),
+           "a bias of the wrong length": supported(x, w, u, v, bias=torch.zeros(w.shape[1] + 1, dtype=x.dtype,
+                                                                                   device=device)),
+           "a bias not contiguous": supported(x, w, u, v, bias=torch.zeros(2 * w.shape[1], dtype=x.dtype,
+                                                                             device=device)[::2])}
     return out
 
 
@@ -345,6 +388,8 @@ def test_shape_mismatch_is_a_clear_error():
         lowrank_matmul(x, w, u, v, core=torch.zeros(8, 4, dtype=x.dtype))
     with pytest.raises(ValueError, match="one-element scale"):
         lowrank_matmul(x, w, u, v, scale=torch.ones(2, dtype=x.dtype))
+    with pytest.raises(ValueError, match=r"w \(40, 48\).*transpose_w"):  # w (48 × 40) used as wᵀ
+        lowrank_matmul(x, w, u, v, transpose_w=True)
 
 
 def test_torch_compile_keeps_the_operator_whole():

@@ -99,6 +99,21 @@ def test_an_input_or_factor_changed_in_place_is_projected_again():
         torch.testing.assert_close(got, mods[1](x), rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_factor_replaced_by_another_tensor_is_stacked_again(which):
+    """A new A (another tensor, even at the same address with the same version) rebuilds the stack."""
+    mods = layers(2)
+    x = torch.randn(4, 16, dtype=torch.float64)
+    run(mods, x), run(mods, x)  # learn, then share
+    old = mods[which].tlora_A
+    mods[which].tlora_A = torch.randn_like(old)  # a new buffer
+    del old
+    got = run(mods, x)
+    set_projection_sharing(False)
+    for g, w in zip(got, run(mods, x)):
+        torch.testing.assert_close(g, w, rtol=1e-13, atol=1e-13)
+
+
 def test_a_sibling_that_stops_reading_the_input_is_forgotten():
     mods = layers()
     x = torch.randn(4, 16, dtype=torch.float64)

@@ -174,6 +174,26 @@ def test_trainable_base_weight_falls_back_and_gets_its_gradient():
     torch.testing.assert_close(g, layer.base_layer.weight.grad, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("name", ["tlora_A", "tlora_C"])
+@pytest.mark.parametrize("as_parameter", [True, False])
+def test_a_factor_made_trainable_falls_back_and_gets_its_gradient(impl, name, as_parameter):
+    """The fast paths give A and C no gradient; a user who trains one gets the plain path."""
+    layer = make_layer(torch.float64, impl)
+    factor = getattr(layer, name)
+    if as_parameter:
+        delattr(layer, name)
+        setattr(layer, name, nn.Parameter(factor.detach().clone()))
+    else:
+        factor.requires_grad_(True)
+    x = torch.randn(6, 12, dtype=torch.float64)
+    layer(x).square().sum().backward()
+    got = getattr(layer, name).grad.clone()
+    getattr(layer, name).grad = None
+    reference(layer, x, 0.0, "output", True).square().sum().backward()
+    torch.testing.assert_close(got, getattr(layer, name).grad, rtol=1e-12, atol=1e-12)
+
+
 def test_hooks_on_base_layer_still_fire():
     layer = make_layer(torch.float64, "fused")
     seen = []
