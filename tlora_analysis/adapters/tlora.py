@@ -114,7 +114,7 @@ class TLoRALinear(AdaptedLinear):
 
         Read from the module's registries directly: ``nn.Module.__getattr__`` costs the host about
         half a microsecond a name, which a large model's step, issued layer by layer from Python,
-        adds up (docs/benchmarks.md, "Host time per layer"). A or C made a parameter (to train
+        adds up (docs/benchmarks.md, "Idea 17"). A or C made a parameter (to train
         them) is not in the buffers: the plain path then gives it its gradient.
         """
         if self._impl == "plain":
