@@ -24,11 +24,10 @@ import importlib.util
 import torch
 
 from .triton_launch import run as _run_kernel
-from .triton_launch import cdiv, triton_allowed, triton_ready
+from .triton_launch import HALF_DTYPES, cdiv, triton_allowed, triton_ready
 
 __all__ = ["core_grads", "supported"]
 
-_HALF = (torch.bfloat16, torch.float16)
 _MAX_RANK = 64
 
 
@@ -40,7 +39,7 @@ def supported(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor, alpha: torch.T
     element of any floating dtype; 1 ≤ r ≤ 64; M ≥ 1.
     """
     dtype = u.dtype
-    if dtype not in _HALF or not triton_ready(u.device.type):
+    if dtype not in HALF_DTYPES or not triton_ready(u.device.type):
         return False
     device = u.get_device()
     for t in (u, gc, b):

@@ -195,7 +195,7 @@ class TLoRALinearFunction(torch.autograd.Function):
             out = lowrank_matmul(x2, weight, u, c, bias, core=b, scale=alpha, transpose_w=True)
             ctx.out_mask = None
         ctx.save_for_backward(weight, u, a, b, c, alpha)
-        ctx.x_shape, ctx.b_index = x.shape, 4
+        ctx.x_shape = x.shape
         return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -203,19 +203,20 @@ class TLoRALinearFunction(torch.autograd.Function):
         weight, u, a, b, c, alpha = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1])
         go = ctx.out_mask.backward(g) if ctx.out_mask is not None else g
-        need_b, need_alpha = ctx.needs_input_grad[4], ctx.needs_input_grad[6]
+        need_x, need_b, need_alpha = ctx.needs_input_grad[0], ctx.needs_input_grad[4], ctx.needs_input_grad[6]
+        gc = F.linear(go, c)  # go Cᵀ (tokens × r): the one pass over go
         grad_x = None
-        if ctx.needs_input_grad[0] and ctx.in_mask is None and (need_b or need_alpha):
+        if need_x and ctx.in_mask is None and (need_b or need_alpha):
             # g W0 + α (gc Bᵀ) Aᵀ in one GEMM with ∂B and ∂α in its epilogue (Triton), else β = 1
             # accumulation (cuBLAS) and core_grads
             grad_x, grad_b, grad_alpha = lowrank_matmul_with_core_grads(
-                g, weight, F.linear(go, c), a, core=b, scale=alpha, y=u, transpose_v=True, transpose_core=True)
+                g, weight, gc, a, core=b, scale=alpha, y=u, transpose_v=True, transpose_core=True)
             grad_b, grad_alpha = (grad_b if need_b else None), (grad_alpha if need_alpha else None)
         else:
-            gc, grad_b, grad_alpha = _core_grads(ctx, go, u, b, c, alpha)
-            if ctx.needs_input_grad[0] and ctx.in_mask is None:
+            grad_b, grad_alpha = core_grads(u, gc, b, alpha, need_b=need_b, need_alpha=need_alpha)
+            if need_x and ctx.in_mask is None:
                 grad_x = lowrank_matmul(g, weight, gc, a, core=b, scale=alpha, transpose_v=True, transpose_core=True)
-            elif ctx.needs_input_grad[0]:
+            elif need_x:
                 grad_x = _input_grad_from_u(gc @ (alpha * b).T, a, ctx.in_mask).addmm_(g, weight)
         grad_x = None if grad_x is None else grad_x.view(ctx.x_shape)
         return grad_x, None, None, None, grad_b, None, grad_alpha, None, None, None, None

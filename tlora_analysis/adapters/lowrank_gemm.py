@@ -26,12 +26,11 @@ import importlib.util
 import torch
 
 from . import core_grads as _core_grads
-from .triton_launch import BACKENDS, cdiv, get_backend, set_backend, triton_allowed, triton_ready
+from .triton_launch import BACKENDS, HALF_DTYPES, cdiv, get_backend, set_backend, triton_allowed, triton_ready
 from .triton_launch import run as _run_kernel
 
 __all__ = ["BACKENDS", "get_backend", "lowrank_matmul", "lowrank_matmul_with_core_grads", "set_backend", "supported"]
 
-_HALF = (torch.bfloat16, torch.float16)
 
 
 def _tma_ok(t: torch.Tensor) -> bool:
@@ -46,7 +45,7 @@ def _applies(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
     """:func:`supported`'s conditions on operands whose shapes chain (:func:`_chain`), w and v as
     stored. Straight-line: this runs on every eager call."""
     dtype = x.dtype
-    if dtype not in _HALF or not triton_ready(x.device.type):
+    if dtype not in HALF_DTYPES or not triton_ready(x.device.type):
         return False
     device = x.get_device()
     for t in (w, u, v) if core is None else (w, u, v, core):

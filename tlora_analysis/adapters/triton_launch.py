@@ -23,9 +23,10 @@ import torch
 if importlib.util.find_spec("triton") is not None:
     import triton
 
-__all__ = ["BACKENDS", "cdiv", "get_backend", "run", "set_backend", "triton_allowed", "triton_ready"]
+__all__ = ["BACKENDS", "HALF_DTYPES", "cdiv", "get_backend", "run", "set_backend", "triton_allowed", "triton_ready"]
 
 BACKENDS = ("auto", "triton", "cublas")
+HALF_DTYPES = (torch.bfloat16, torch.float16)  # what the kernels take (in float32 tensor cores would round to TF32)
 _backend = "auto"
 _INT32_MAX = 2**31 - 1
 _compiled: dict[tuple, "_Launch"] = {}  # see run()
