@@ -46,7 +46,7 @@ def distribution_tables(method: str = "tlora", n_layers: int = 3, step: int = 40
                              "bin_right": hi, "count": c, "density": d, "n_entries": 400, "n_sampled": 400})
             stats.append({**_ident(method, layer, "query", step), "matrix": matrix, "n_entries": 400,
                           "n_sampled": 400, "mean": x.mean(), "std": x.std(), "skew": 0.01, "excess_kurtosis": -0.1,
-                          "ks_stat": 0.03, "ks_pvalue": 0.8, "k2_pvalue": 0.7, "shapiro_stat": 0.99,
+                          "ks_stat": 0.03, "k2_pvalue": 0.7, "shapiro_stat": 0.99,
                           "shapiro_pvalue": 0.6, "shapiro_n": 400})
             levels = (np.arange(1, 51) - 0.5) / 50
             from scipy.stats import norm
@@ -81,7 +81,7 @@ def similarity_frames(n_layers: int = 4, step: int = 40, r: int = 4, seed: int =
         for module in MODULES:
             ident = {"run_a": "t", "run_b": "l", "method_a": "tlora", "method_b": "lora",
                      "layer": f"encoder.layer.{layer}.attention.self.{module}", "layer_index": layer,
-                     "module": module, "step": step, "null_kind": "random"}
+                     "module": module, "step": step}
             row = {**ident, "cosine_dW": rng.uniform(-0.2, 0.4), "cosine_merged_paper": rng.uniform(0.95, 0.99),
                    "rel_diff_dW": rng.uniform(1, 2), "phi_rr": rng.uniform(0, 1)}
             for col in ("cosine_dW", "cosine_merged_paper", "rel_diff_dW", "phi_rr"):
@@ -93,6 +93,28 @@ def similarity_frames(n_layers: int = 4, step: int = 40, r: int = 4, seed: int =
                 for j in range(1, r + 1):
                     phi.append({**ident, "i": i, "j": j, "phi": rng.uniform(0, 1)})
     return pd.DataFrame(per), pd.DataFrame(phi)
+
+
+def reachable_frame(n_layers: int = 4, step: int = 40, seed: int = 0) -> pd.DataFrame:
+    """Rows shaped like ``analysis.reachable``: each statistic with its null band and mean."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for layer in range(n_layers):
+        for module in MODULES:
+            row = {"run_a": "t", "run_b": "l", "method_a": "tlora", "method_b": "lora",
+                   "layer": f"encoder.layer.{layer}.attention.self.{module}", "layer_index": layer, "module": module,
+                   "step": step, "n_null": 2000, "reachable_fraction": rng.uniform(1e-4, 6e-4),
+                   "null_mean_reachable_fraction": 4e-4, "max_cosine": rng.uniform(0.01, 0.03),
+                   "cosine_dW": rng.uniform(-0.01, 0.01), "cosine_reachable": rng.uniform(-0.5, 0.5),
+                   "null_mean_cosine_reachable": 0.0, "overlap_out": rng.uniform(0.01, 0.03),
+                   "overlap_in": rng.uniform(0.01, 0.03), "null_mean_overlap_out": 0.02, "null_mean_overlap_in": 0.02}
+            for col, half in (("reachable_fraction", 3e-4), ("cosine_reachable", 0.25), ("overlap_out", 0.007),
+                              ("overlap_in", 0.007)):
+                centre = row.get(f"null_mean_{col}", 0.0)
+                row[f"null_lo_{col}"], row[f"null_hi_{col}"] = centre - half, centre + half
+            row["null_lo_cosine_dW"], row["null_hi_cosine_dW"] = -0.25 * row["max_cosine"], 0.25 * row["max_cosine"]
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def metrics_frame(methods=("tlora", "lora", "full"), steps: int = 20) -> pd.DataFrame:

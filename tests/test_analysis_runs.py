@@ -228,8 +228,10 @@ def test_similarity_matches_dense(runs, pair):
             pb = paper(b, db)
             ma, mb = w0(a, layer) + pa, w0(b, layer) + pb
             assert row.cosine_merged_paper == pytest.approx(np.sum(ma * mb) / (np.linalg.norm(ma) * np.linalg.norm(mb)), rel=1e-10)
-            assert row.null_kind == "random" and row.n_null == 20
+            assert row.n_null == 20
             assert row.null_lo_cosine_dW <= row.null_mean_cosine_dW <= row.null_hi_cosine_dW
+            assert row.null_sd_cosine_dW == pytest.approx(1 / np.sqrt(da.size))
+            assert 1 / 21 <= row.p_cosine_dW <= 1
 
 
 def paper(run, dw):
@@ -251,16 +253,20 @@ def test_similarity_random_null_is_seeded_and_centred(runs):
     assert (one.null_lo_phi_rr < one.null_hi_phi_rr).all()
 
 
-def test_similarity_null_runs_are_pair_statistics(runs):
+def test_similarity_p_values_are_the_rank_among_the_null_draws(runs):
+    """p = (1 + #{draws ≥ observed}) / (N + 1): recomputed here from draws made with the module's own law."""
+    from tlora_analysis.analysis.nulls import RandomNull
+
     a, b = runs["tlora"], runs["lora"]
-    sim = analysis.similarity(a, b, null_runs=[runs["tlora_s1"], runs["tlora_s2"]]).per_layer
-    direct = analysis.similarity(runs["tlora_s1"], runs["tlora_s2"], n_null=2).per_layer
-    assert (sim.null_kind == "runs").all() and (sim.n_null == 1).all()
-    for stat in STATISTICS:
-        np.testing.assert_allclose(sim[f"null_mean_{stat}"], direct[stat], rtol=1e-12)
-        np.testing.assert_allclose(sim[f"null_lo_{stat}"], direct[stat], rtol=1e-12)
-    with pytest.raises(ValueError, match="at least 2"):
-        analysis.similarity(a, b, null_runs=[runs["tlora_s1"]])
+    layer, step = a.layers[0], a.steps[-1]
+    row = rows(analysis.similarity(a, b, layers=[layer], steps=[step], n_null=300, seed=5).per_layer, layer, step).iloc[0]
+    sa = np.linalg.svd(dense_update(a, layer, step), compute_uv=False)
+    sb = np.linalg.svd(dense_update(b, layer, step), compute_uv=False)
+    sa, sb = sa[sa > 1e-12 * sa[0]], sb[sb > 1e-12 * sb[0]]
+    draws = RandomNull(300, 5, layer, a.layer_shapes[layer], sa.size, sb.size).statistics(sa, sb, "right")["cosine_dW"]
+    assert row.p_cosine_dW == pytest.approx((1 + np.sum(draws >= row.cosine_dW - 1e-12)) / 301)
+    with pytest.raises(ValueError, match="n_null"):
+        analysis.similarity(a, b, n_null=1)
 
 
 class LayerSubset:

@@ -15,7 +15,7 @@ from tlora_analysis.figures import distributions, norms, similarity, spectra, st
 
 from figure_checks import (
     assert_no_overlapping_labels, axis_texts, distribution_tables, eigen_frame, metrics_frame, norms_frame,
-    similarity_frames, spectra_frame,
+    reachable_frame, similarity_frames, spectra_frame,
 )
 
 
@@ -81,7 +81,7 @@ def test_fro_norm_B_heatmaps_panels_labels_and_nan():
     assert image.shape == (4, 5)  # layers × steps
     assert image.mask.sum() == 1  # the NaN cell is masked (drawn grey), not zero
     assert "Frobenius" in axis_texts(fig) + fig.axes[-1].get_ylabel()
-    assert "training step" in axis_texts(fig)
+    assert "recorded snapshot (labelled by step, not to scale)" in axis_texts(fig)
     assert_no_overlapping_labels(fig)
 
 
@@ -251,7 +251,37 @@ def test_null_band_draws_band_mean_and_observed():
     observed = [l for l in ax.get_lines() if l.get_label() == "observed"][0]
     q = per[per["module"] == "query"].sort_values("layer_index")
     assert observed.get_ydata() == pytest.approx(q["cosine_dW"].to_numpy())
-    assert "random" in fig.legends[0].get_texts()[0].get_text()
+    assert fig.legends[0].get_texts()[0].get_text() == "null 2.5–97.5% band"
+    assert_no_overlapping_labels(fig)
+
+
+def test_cosine_against_nulls_draws_both_bands_and_the_reachable_envelope():
+    per, _ = similarity_frames()
+    reach = reachable_frame()
+    fig = similarity.cosine_against_nulls(per, reach)
+    ax = fig.axes[0]
+    assert len(ax.collections) == 2  # unconstrained and method-aware bands
+    q = reach[reach["module"] == "query"].sort_values("layer_index")
+    envelope = [l for l in ax.get_lines() if l.get_label().startswith("±√f")][0]
+    assert envelope.get_ydata() == pytest.approx(q["max_cosine"].to_numpy())
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("unconstrained" in t for t in labels) and any("method-aware" in t for t in labels)
+    assert len(similarity.cosine_against_nulls(per).axes[0].collections) == 1
+    assert_no_overlapping_labels(fig)
+
+
+@pytest.mark.parametrize("draw, values", [(similarity.reachable_panels, ("reachable_fraction", "cosine_reachable")),
+                                          (similarity.overlap_panels, ("overlap_out", "overlap_in"))])
+def test_reachable_and_overlap_panels_one_row_per_statistic(draw, values):
+    reach = reachable_frame()
+    fig = draw(reach)
+    axes = [ax for ax in fig.axes if ax.get_lines()]
+    assert len(axes) == 4  # two statistics × (query, value)
+    for ax, value in zip(axes[::2], values):
+        observed = [l for l in ax.get_lines() if l.get_label() == "observed"][0]
+        q = reach[reach["module"] == "query"].sort_values("layer_index")
+        assert observed.get_ydata() == pytest.approx(q[value].to_numpy())
+    assert "LoRA's" in fig.get_suptitle()
     assert_no_overlapping_labels(fig)
 
 

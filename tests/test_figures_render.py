@@ -15,15 +15,15 @@ from tlora_analysis.figures.catalog import catalog_names
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
     made = {m: make_tiny_run(base, method=m, steps=4) for m in ("tlora", "lora", "full")}
-    made["null"] = [make_tiny_run(base, method="lora", steps=4, seed=s) for s in (1, 2)]
     made["no_w0"] = make_tiny_run(base, method="tlora", steps=4, store_base_weights=False, name="tlora-no-w0")
+    made["lora_s1"] = make_tiny_run(base, method="lora", steps=4, seed=1)
     return made
 
 
 @pytest.fixture(scope="module")
 def rendered(runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("figs")
-    paths = render_all([runs["tlora"], runs["lora"], runs["full"]], out, null_runs=runs["null"])
+    paths = render_all([runs["tlora"], runs["lora"], runs["full"]], out)
     return out, paths
 
 
@@ -42,8 +42,7 @@ def test_index_lists_caption_command_and_runs(rendered, runs):
     md = (out / "index.md").read_text()
     html = (out / "index.html").read_text()
     assert f"tlora-analysis figures {runs['tlora'].path}" in md
-    nulls = " ".join(str(r.path) for r in runs["null"])
-    assert f"--null {nulls} -o {out}" in md and "Skipped" not in md
+    assert f"{runs['full'].path} -o {out}" in md and "Skipped" not in md
     for name in catalog_names():
         assert f"]({name}.png)" in md and f"src='{name}.png'" in html
     assert "paper-faithful" in md and "Paper Fig. 10" in md
@@ -51,9 +50,9 @@ def test_index_lists_caption_command_and_runs(rendered, runs):
 
 
 def test_roles_come_from_run_json(runs):
-    roles = RunRoles([runs["lora"], runs["full"], runs["tlora"], runs["null"][0]])
+    roles = RunRoles([runs["lora"], runs["full"], runs["tlora"], runs["lora_s1"]])
     assert (roles.tlora, roles.lora, roles.full) == (runs["tlora"], runs["lora"], runs["full"])
-    assert roles.extra == [runs["null"][0]]
+    assert roles.extra == [runs["lora_s1"]]
     assert "[extra]" in roles.describe()
     with pytest.raises(ValueError, match="at least one run"):
         RunRoles([])
@@ -84,8 +83,6 @@ def test_runs_without_base_weights_skip_only_what_needs_w0(runs, tmp_path):
 def test_bad_arguments_are_rejected(runs, tmp_path):
     with pytest.raises(ValueError, match="unknown figure"):
         render([runs["tlora"]], tmp_path, only=["fig99"], progress=False)
-    with pytest.raises(ValueError, match="at least two null runs"):
-        render([runs["tlora"], runs["lora"]], tmp_path, null_runs=[runs["null"][0]], progress=False)
     with pytest.raises(TypeError, match="Run or a run directory"):
         render([42], tmp_path, progress=False)
 

@@ -1,121 +1,175 @@
-"""The claims report: values are the stated summaries of analysis tables, verdicts follow the
-null baselines, files are written, bad input is refused."""
+"""The claims report: one row per claim with the stated columns, values that are the stated
+summaries of analysis tables, decisions from the stated rules, replicates as the run-to-run
+null, files written, bad input refused with a clear message."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
-from figure_checks import similarity_frames
 from helpers_runs import make_tiny_run
 from tlora_analysis import analysis
 from tlora_analysis.cli import main
-from tlora_analysis.report import CLAIM_COLUMNS, evaluate_claims, write_report
-from tlora_analysis.report.claims import cosine_claims
+from tlora_analysis.report import (
+    CLAIM_COLUMNS, CLAIM_IDS, DECISIONS, LAYER_COLUMNS, ReplicateError, evaluate_claims, write_report,
+)
+from tlora_analysis.report.verdict import decide_effect, decide_sameness
+
+N_NULL = 300
+REQUIRED = ("claim_id", "statistic", "estimate", "ci_lo", "ci_hi", "p_value", "null", "decision", "paper")
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
-    return {"tlora": make_tiny_run(base, method="tlora", steps=4),
-            "lora": make_tiny_run(base, method="lora", steps=4),
-            "no_w0": make_tiny_run(base, method="tlora", steps=4, store_base_weights=False, name="no-w0")}
+    made = {f"{m}{s}": make_tiny_run(base, method=m, steps=6, seed=s) for m in ("tlora", "lora") for s in (0, 1)}
+    made["no_w0"] = make_tiny_run(base, method="tlora", steps=6, store_base_weights=False, name="no-w0")
+    return made
 
 
 @pytest.fixture(scope="module")
-def claims(runs):
-    return evaluate_claims(runs["tlora"], runs["lora"], n_null=20)
+def single(runs):
+    return evaluate_claims(runs["tlora0"], runs["lora0"], n_null=N_NULL)
 
 
-def _row(claims: pd.DataFrame, start: str) -> pd.Series:
-    return claims[claims["claim"].str.startswith(start)].iloc[0]
+@pytest.fixture(scope="module")
+def replicated(runs):
+    return evaluate_claims([runs["tlora0"], runs["tlora1"]], [runs["lora0"], runs["lora1"]], n_null=N_NULL)
 
 
-def test_one_row_per_claim_with_every_column(claims):
-    assert list(claims.columns) == list(CLAIM_COLUMNS)
-    assert len(claims) == 8
-    assert not claims.isna().any().any()
-    assert _row(claims, "TLoRA and LoRA weights are similar")["paper"] == "0.91–0.99 per layer (merged weights)"
+def _row(report, claim_id: str) -> pd.Series:
+    return report.claims.set_index("claim_id").loc[claim_id]
 
 
-def test_values_are_the_stated_summaries_of_analysis_tables(runs, claims):
-    step = runs["tlora"].steps[-1]
-    sim = analysis.similarity(runs["tlora"], runs["lora"], steps=[step], n_null=20)
-    assert _row(claims, "TLoRA and LoRA learn similar")["value"].startswith(
-        f"{np.median(sim.per_layer['cosine_dW']):.3f},")
-    assert _row(claims, "TLoRA and LoRA updates span")["value"].startswith(f"{np.median(sim.per_layer['phi_rr']):.3f},")
-    stats = analysis.distributions(runs["tlora"], matrices=("B",), steps=[step]).stats
-    assert _row(claims, "B's entries")["value"].startswith(f"D = {np.median(stats['ks_stat']):.3f}")
-    across = analysis.scaling(runs["tlora"], steps=[step]).across_layers
-    cv = across.loc[across["module"] == "all", "alpha_cv"].iloc[0]
-    assert _row(claims, "α differs")["value"].startswith(f"CV {cv:.3f}")
+def test_one_row_per_claim_with_the_machine_readable_columns(single):
+    claims = single.claims
+    assert tuple(claims.columns[: len(REQUIRED)]) == REQUIRED and tuple(claims.columns) == CLAIM_COLUMNS
+    assert tuple(claims["claim_id"]) == CLAIM_IDS
+    assert set(claims["decision"]) <= set(DECISIONS)
+    assert claims[["statistic", "null", "paper", "claim", "test"]].map(bool).all().all()
+    assert tuple(single.layers.columns) == LAYER_COLUMNS and len(single.layers) > 0
+    assert _row(single, "cosine_merged_faithful")["paper"] == "0.91–0.99 per layer (merged weights)"
 
 
-def test_merged_eigenvalue_claim_compares_with_w0(claims):
-    row = _row(claims, "eigenvalue spectra resemble (paper-faithful")
-    assert "W0 alone (step 0)" in row["null_baseline"]
-    assert row["value"].startswith("D = ")
+def test_alignment_claims_are_stouffer_combinations_of_the_analysis_tables(runs, single):
+    sim = analysis.similarity(runs["tlora0"], runs["lora0"], steps="last", n_null=N_NULL,
+                              seed=_pair_seed(0)).per_layer
+    reach = analysis.reachable(runs["tlora0"], runs["lora0"], steps="last", n_null=N_NULL, seed=_pair_seed(0))
+    for claim, frame, value, z in (("update_cosine", sim, "cosine_dW", "z_cosine_dW"),
+                                   ("reachable_cosine", reach, "cosine_reachable", "z_cosine_reachable"),
+                                   ("cosine_merged_faithful", sim, "cosine_merged_paper", "z_cosine_merged_paper")):
+        row = _row(single, claim)
+        zs = frame[z].to_numpy(float)
+        assert row["p_value"] == pytest.approx(stats.norm.sf(zs.sum() / math.sqrt(zs.size)), rel=1e-9), claim
+        assert row["estimate"] == pytest.approx(frame[value].mean(), rel=1e-9), claim
+        lo, hi = stats.t.interval(0.95, zs.size - 1, loc=frame[value].mean(), scale=stats.sem(frame[value]))
+        assert (row["ci_lo"], row["ci_hi"]) == pytest.approx((lo, hi), rel=1e-9), claim
+        assert row["decision"] == ("supported" if row["p_value"] <= 0.05 else "not supported")
+    ratio = reach["reachable_fraction"] / reach["null_mean_reachable_fraction"]
+    assert _row(single, "reachable_fraction")["estimate"] == pytest.approx(ratio.mean(), rel=1e-9)
+    overlap = pd.concat([reach["z_overlap_out"], reach["z_overlap_in"]])
+    assert _row(single, "subspace_overlap")["p_value"] == pytest.approx(
+        stats.norm.sf(overlap.sum() / math.sqrt(overlap.size)), rel=1e-9)
 
 
-def test_verdicts_follow_the_null_band():
-    per, _ = similarity_frames(n_layers=4)
-    per["n_null"] = 100
-    aligned = per.assign(cosine_dW=0.9, null_hi_cosine_dW=0.1, phi_rr=0.05, null_hi_phi_rr=0.2)
-    rows = {c.claim: c for c in cosine_claims(SimpleNamespace(per_layer=aligned))}
-    assert rows["TLoRA and LoRA learn similar updates (corrected cosine)"].verdict.startswith(
-        "the updates point in similar directions: 8/8")
-    assert "chance level" in rows["TLoRA and LoRA updates span overlapping subspaces"].verdict
-    merged = rows["TLoRA and LoRA weights are similar (paper-faithful cosine)"]
-    assert merged.verdict.startswith("above the null") or "says nothing" in merged.verdict
-    unrelated = per.assign(cosine_dW=0.0, null_hi_cosine_dW=0.1, cosine_merged_paper=0.97,
-                           null_hi_cosine_merged_paper=0.99, n_null=2)
-    rows = {c.claim: c for c in cosine_claims(SimpleNamespace(per_layer=unrelated))}
-    assert "no more aligned than the null" in rows["TLoRA and LoRA learn similar updates (corrected cosine)"].verdict
-    assert "says nothing about the updates" in rows["TLoRA and LoRA weights are similar (paper-faithful cosine)"].verdict
-    assert "too few for a band" in rows["TLoRA and LoRA learn similar updates (corrected cosine)"].verdict
+def _pair_seed(index: int, seed: int = 0) -> int:
+    from tlora_analysis.report.claims import _pair_seed as pair_seed
+    return pair_seed(seed, index)
 
 
-def test_without_base_weights_merged_claims_are_marked(runs):
-    table = evaluate_claims(runs["no_w0"], runs["lora"], n_null=10)
-    assert "store_base_weights=True" in _row(table, "eigenvalue spectra resemble (paper-faithful")["verdict"]
-    assert "store_base_weights=True" in _row(table, "TLoRA and LoRA weights are similar")["verdict"]
+def test_gaussian_b_is_fisher_over_shapiro_wilk(runs, single):
+    table = analysis.distributions(runs["tlora0"], matrices=("B",), steps="last").stats
+    row = _row(single, "gaussian_B")
+    assert row["p_value"] == pytest.approx(stats.combine_pvalues(table["shapiro_pvalue"], method="fisher").pvalue)
+    assert row["estimate"] == pytest.approx(table["excess_kurtosis"].mean())
+    assert row["decision"] == ("not supported" if row["p_value"] <= 0.05 else "supported")
+    calls = single.layers[single.layers["claim_id"] == "gaussian_B"]
+    assert (calls["p_holm"] >= calls["p_value"]).all() and len(calls) == len(table)
+
+
+def test_one_run_per_method_leaves_the_run_to_run_claims_inconclusive(single):
+    for claim in ("stable_norms", "alpha_varies"):
+        row = _row(single, claim)
+        assert row["decision"] == "inconclusive" and "Needs replicate TLoRA runs" in row["detail"]
+        assert math.isnan(row["p_value"])
+    assert not math.isnan(_row(single, "stable_norms")["estimate"])
+
+
+def test_replicates_decide_the_run_to_run_claims(replicated, runs):
+    assert len(replicated.arms.pairs) == 2
+    for claim in ("stable_norms", "alpha_varies"):
+        row = _row(replicated, claim)
+        assert row["decision"] in ("supported", "not supported") and 0 < row["p_value"] <= 1
+    row = _row(replicated, "alpha_varies")
+    a = np.array([[analysis.scaling(r, steps="last").per_layer.set_index("layer")["alpha"][n]
+                   for r in (runs["tlora0"], runs["tlora1"])] for n in runs["tlora0"].layers])
+    ms_layer = a.shape[1] * np.var(a.mean(axis=1), ddof=1)
+    resid = a - a.mean(axis=1, keepdims=True) - a.mean(axis=0, keepdims=True) + a.mean()
+    f = ms_layer / (np.sum(resid**2) / ((a.shape[0] - 1) * (a.shape[1] - 1)))
+    assert f"F = {f:.3g}" in row["test"]
+    assert 0 <= row["ci_lo"] <= row["estimate"] <= row["ci_hi"] <= 1  # an intraclass correlation
+    assert "over 2 replicates" in _row(replicated, "update_cosine")["test"]
+
+
+def test_without_base_weights_the_merged_claims_are_inconclusive(runs):
+    report = evaluate_claims(runs["no_w0"], runs["lora0"], n_null=N_NULL)
+    for claim in ("eigen_merged_faithful", "cosine_merged_faithful"):
+        row = _row(report, claim)
+        assert row["decision"] == "inconclusive" and "store_base_weights=True" in row["detail"]
+
+
+def test_decision_rules():
+    assert decide_effect(0.01, 0.05) == "supported" and decide_effect(0.2, 0.05) == "not supported"
+    assert decide_effect(0.01, 0.05, min_p=0.1) == "inconclusive" and decide_effect(math.nan, 0.05) == "inconclusive"
+    assert decide_sameness(0.01, 0.05) == "not supported" and decide_sameness(0.2, 0.05) == "supported"
+    assert decide_sameness(0.5, 0.05, min_p=0.125) == "inconclusive"
+    assert decide_sameness(0.05, 0.05) == "not supported"  # p ≤ α rejects
 
 
 def test_write_report_files(runs, tmp_path):
-    path = write_report(runs["tlora"], runs["lora"].path, tmp_path / "rep", n_null=10)
+    path = write_report([runs["tlora0"], runs["tlora1"]], runs["lora0"].path, tmp_path / "rep", n_null=N_NULL)
     assert path == tmp_path / "rep" / "report.md"
     md = path.read_text()
-    assert md.count("\n| ") == 9  # header + 8 claims
-    assert "| Claim | Paper fig. | Statistic | Ours | Null baseline | Verdict | Paper's number |" in md
-    assert "tlora-analysis report" in md
+    assert "| Claim | Paper fig. | Decision | Estimate [95% CI] | p | Paper's number |" in md
+    assert all(f"## `{c}`" in md for c in CLAIM_IDS) and "α = 0.05" in md and "Fixed by construction" in md
+    assert f"--tlora {runs['tlora0'].path} {runs['tlora1'].path} --lora {runs['lora0'].path}" in md
     html = (tmp_path / "rep" / "report.html").read_text()
-    assert html.count("<tr>") == 9 and "‖ΔW‖_F" in html
-    assert len(pd.read_csv(tmp_path / "rep" / "claims.csv")) == 8
+    assert html.count("<h2>") == len(CLAIM_IDS) and "‖ΔW‖_F" in html
+    claims = pd.read_csv(tmp_path / "rep" / "claims.csv")
+    assert tuple(claims.columns) == CLAIM_COLUMNS and len(claims) == len(CLAIM_IDS)
+    assert tuple(pd.read_csv(tmp_path / "rep" / "claims_layers.csv").columns) == LAYER_COLUMNS
 
 
-def test_bad_input(runs, tmp_path):
-    with pytest.raises(ValueError, match="first run must be a TLoRA run"):
-        evaluate_claims(runs["lora"], runs["tlora"])
-    with pytest.raises(ValueError, match="at least two null runs"):
-        evaluate_claims(runs["tlora"], runs["lora"], null_runs=[runs["lora"]])
-    assert main(["report", str(runs["lora"].path), str(runs["tlora"].path), "-o", str(tmp_path)]) == 1
+def test_bad_input_is_named(runs):
+    with pytest.raises(ReplicateError, match="not tlora runs"):
+        evaluate_claims(runs["lora0"], runs["tlora0"])
+    with pytest.raises(ReplicateError, match="share seed 0"):
+        evaluate_claims([runs["tlora0"], runs["no_w0"]], runs["lora0"])
+    with pytest.raises(ReplicateError, match="at least one TLoRA run and one LoRA run"):
+        evaluate_claims([], runs["lora0"])
+    with pytest.raises(ValueError, match="alpha must be"):
+        evaluate_claims(runs["tlora0"], runs["lora0"], alpha=1.5)
+    with pytest.raises(ValueError, match="n_null must be"):
+        evaluate_claims(runs["tlora0"], runs["lora0"], n_null=10)
 
 
-def test_cli_report(runs, tmp_path, capsys):
-    assert main(["report", str(runs["tlora"].path), str(runs["lora"].path), "-o", str(tmp_path), "--n-null", "5"]) == 0
-    out = capsys.readouterr().out
-    assert "TLoRA paper claims, checked" in out and (tmp_path / "report.html").exists()
-
-
-def test_stability_compares_with_the_step_half_way_through_training(tmp_path):
-    from tlora_analysis.recording import Explicit
-
-    # Snapshots crowd the start (as log-spaced schedules do): the median snapshot is step 2,
-    # the step nearest half-way through 16 steps is 8.
-    run = make_tiny_run(tmp_path, method="tlora", steps=16, schedule=Explicit([1, 2, 3, 8, 16]))
-    row = _row(evaluate_claims(run, make_tiny_run(tmp_path, method="lora", steps=16), n_null=5),
-               "update norms are stable")
-    assert "(step 16) − ‖ΔW‖_F(step 8)" in row["statistic"]
+def test_cli_report_sorts_runs_by_method_and_reads_folders(runs, tmp_path, capsys):
+    folder = runs["tlora0"].path.parent
+    out = tmp_path / "from-folder"
+    code = main(["report", str(runs["tlora0"].path), str(runs["lora0"].path), "-o", str(out), "--n-null", "200"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "TLoRA paper claims, tested" in captured.out and "report: gaussian_B …" in captured.err
+    assert (out / "claims.csv").exists()
+    # a folder of runs is split by method; same-seed TLoRA runs in it are refused by name
+    assert main(["report", str(folder), "-o", str(tmp_path / "all"), "--quiet"]) == 1
+    assert "share seed 0" in capsys.readouterr().err
+    code = main(["report", "--tlora", str(runs["tlora0"].path), str(runs["tlora1"].path), "--lora",
+                 str(runs["lora1"].path), "--alpha", "0.01", "--n-null", "200", "-o", str(tmp_path / "flags"), "--quiet"])
+    assert code == 0 and "α = 0.01" in (tmp_path / "flags" / "report.md").read_text()
+    assert main(["report", str(runs["lora0"].path), "-o", str(tmp_path / "x")]) == 1
+    assert "at least one TLoRA run" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from scipy.sparse.linalg import LinearOperator, svds
 
 from ..lowrank import FactoredUpdate
 from .select import IDENTITY_COLUMNS, LayerSelection, StepSelection, TableBuilder, sweep
-from .updates import UpdateSource, base_weight, require_base_weights
+from .updates import UpdateSource, require_base_weights
 
 __all__ = ["intruders", "merged_top_left_vectors", "count_intruders"]
 
@@ -70,7 +70,7 @@ def intruders(
     source = UpdateSource(run)
     table = TableBuilder(IDENTITY_COLUMNS + ("k", "threshold", "n_intruders"))
     for layer, step, ident in sweep(run, layers, steps):
-        w0 = base_weight(run, layer)
+        w0 = source.base(layer)
         if k > min(w0.weight.shape):
             raise ValueError(f"k={k} exceeds min(out, in) = {min(w0.weight.shape)} of layer {layer!r}")
         top = merged_top_left_vectors(w0.weight, source.update(layer, step), int(k))

@@ -21,7 +21,7 @@ import pandas as pd
 from ..lowrank import FactoredUpdate
 from .select import IDENTITY_COLUMNS, LayerSelection, StepSelection, TableBuilder, select_layers, sweep
 from .spectra import EIG_COLUMNS, eigen_rows, square_layers
-from .updates import UpdateSource, base_weight, require_base_weights
+from .updates import UpdateSource, require_base_weights
 
 __all__ = ["paper_faithful_update", "inner_with_dense", "merged_eigenvalues", "CONSTRUCTIONS"]
 
@@ -80,7 +80,7 @@ def merged_eigenvalues(
         upd = source.update(layer, step)
         if paper_faithful:
             upd = paper_faithful_update(upd, run.method)
-        lam = np.linalg.eigvals(merged_dense(upd, base_weight(run, layer).weight)).astype(np.complex128)
+        lam = np.linalg.eigvals(merged_dense(upd, source.base(layer).weight)).astype(np.complex128)
         lam = lam[np.lexsort((np.angle(lam), -np.abs(lam)))]
         table.add(lam.size, **ident, construction=construction, **eigen_rows(lam))
     return table.frame()

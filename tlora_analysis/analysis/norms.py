@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..lowrank import as_float64
 from .select import IDENTITY_COLUMNS, LayerSelection, StepSelection, TableBuilder, sweep
-from .updates import UpdateSource, base_weight
+from .updates import UpdateSource
 
 __all__ = ["norms", "matrix_norms", "NORM_COLUMNS"]
 
@@ -57,7 +57,7 @@ def norms(run: Any, layers: LayerSelection = None, steps: StepSelection = "all")
         b_norms = matrix_norms(factors.get("B"))
         alpha = factors.get("alpha", math.nan)
         fro_dw, spec_dw = upd.fro_norm(), upd.spectral_norm()
-        fro_w0 = base_weight(run, layer).fro_norm if run.has_base_weights else math.nan
+        fro_w0 = source.base(layer).fro_norm if run.has_base_weights else math.nan
         table.add(
             **ident, fro_norm_A=a_norms[0], spectral_norm_A=a_norms[1], fro_norm_B=b_norms[0],
             spectral_norm_B=b_norms[1], fro_norm_C=c_norms[0], spectral_norm_C=c_norms[1], alpha=alpha,

@@ -19,7 +19,11 @@ import zlib
 
 import numpy as np
 
-__all__ = ["haar_block", "haar_frames", "layer_rng", "RandomNull", "MergedRandomNull", "summarize"]
+__all__ = ["haar_block", "haar_frames", "layer_rng", "RandomNull", "MergedRandomNull", "summarize", "HAAR",
+           "MERGED", "SUBSPACES", "HAAR_IN_REACH"]
+
+# The random streams of one layer, one per null (layer_rng's ``purpose``).
+HAAR, MERGED, SUBSPACES, HAAR_IN_REACH = 1, 2, 3, 4
 
 
 def layer_rng(seed: int, layer: str, purpose: int) -> np.random.Generator:
@@ -66,10 +70,15 @@ def _inner_with_random(sa: np.ndarray, x: np.ndarray, sb: np.ndarray, y: np.ndar
 
 
 class RandomNull:
-    """Null statistics of ΔW_a against norm-matched random partners, for one layer."""
+    """Null statistics of ΔW_a against norm-matched random partners, for one layer.
 
-    def __init__(self, n: int, seed: int, layer: str, shape: tuple[int, int], ka: int, kb: int) -> None:
-        rng = layer_rng(seed, layer, 1)
+    ``shape`` is the space the singular vectors are drawn in: (out, in) for the unconstrained
+    null, (p, q) for TLoRA's reachable set in its own coordinates; ``purpose`` separates the
+    random streams of different nulls of one layer."""
+
+    def __init__(self, n: int, seed: int, layer: str, shape: tuple[int, int], ka: int, kb: int,
+                 purpose: int = HAAR) -> None:
+        rng = layer_rng(seed, layer, purpose)
         out, inn = shape
         self.x = haar_block(rng, n, out, ka, kb)  # U_aᵀ U_R
         self.y = haar_block(rng, n, inn, ka, kb)  # V_aᵀ V_R
@@ -89,6 +98,13 @@ class RandomNull:
         }
 
 
+def _bilinear(u: np.ndarray, w: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """u_jᵀ W v_j per draw and column (n × k), from one GEMM W [v_1 … v_n] and a column-wise dot."""
+    n, inn, k = v.shape
+    wv = (w @ np.swapaxes(v, 0, 1).reshape(inn, n * k)).reshape(w.shape[0], n, k)
+    return np.einsum("nok,onk->nk", u, wv)
+
+
 class MergedRandomNull:
     """Null of the paper-faithful merged cosine cos(W0a + P_a, W0b + R), for one layer.
 
@@ -97,12 +113,12 @@ class MergedRandomNull:
     """
 
     def __init__(self, n: int, seed: int, layer: str, w0_a: np.ndarray, w0_b: np.ndarray, kb: int) -> None:
-        rng = layer_rng(seed, layer, 2)
+        rng = layer_rng(seed, layer, MERGED)
         out, inn = w0_a.shape
         self.u = haar_frames(rng, n, out, kb)
         self.v = haar_frames(rng, n, inn, kb)
-        self.d_a = np.einsum("nok,oi,nik->nk", self.u, w0_a, self.v)  # u_jᵀ W0a v_j
-        self.d_b = np.einsum("nok,oi,nik->nk", self.u, w0_b, self.v)
+        self.d_a = _bilinear(self.u, w0_a, self.v)  # u_jᵀ W0a v_j
+        self.d_b = self.d_a if w0_b is w0_a or np.array_equal(w0_a, w0_b) else _bilinear(self.u, w0_b, self.v)
         self.w0_ab = float(np.sum(w0_a * w0_b))
         self.w0_b2 = float(np.sum(w0_b * w0_b))
 
@@ -113,8 +129,8 @@ class MergedRandomNull:
         ua, sa, va = pa_svd
         kb = sb.size
         u, v = self.u[:, :, :kb], self.v[:, :, :kb]
-        x = np.einsum("oa,nob->nab", ua, u)
-        y = np.einsum("ia,nib->nab", va, v)
+        x = np.matmul(ua.T, u)  # n × k_a × k_b
+        y = np.matmul(va.T, v)
         pa_r = _inner_with_random(sa, x, sb, y)
         w0a_r, w0b_r = self.d_a[:, :kb] @ sb, self.d_b[:, :kb] @ sb
         num = self.w0_ab + pa_w0b + w0a_r + pa_r

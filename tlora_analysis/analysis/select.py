@@ -19,12 +19,14 @@ import pandas as pd
 __all__ = [
     "SelectionError", "LayerSelection", "StepSelection", "select_layers", "select_steps",
     "pick_steps", "layer_index", "module_name", "Identity", "sweep", "TableBuilder", "IDENTITY_COLUMNS",
+    "NoCommonLayersError", "common_steps", "match_layers", "pair_identity", "PAIR_COLUMNS",
 ]
 
 LayerSelection = Union[None, str, Sequence[str]]
 StepSelection = Union[str, int, Sequence[int]]
 
 IDENTITY_COLUMNS = ("run", "method", "layer", "layer_index", "module", "step", "epoch")
+PAIR_COLUMNS = ("run_a", "run_b", "method_a", "method_b", "layer", "layer_index", "module", "step")
 
 _INT_RE = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
@@ -182,3 +184,44 @@ def sweep(run: Any, layers: LayerSelection = None, steps: StepSelection = "all")
     for layer in chosen_layers:
         for step in chosen_steps:
             yield layer, step, ident(layer, step)
+
+
+class NoCommonLayersError(ValueError):
+    """Two runs adapted disjoint sets of layers, so nothing can be compared."""
+
+
+def pair_identity(run_a: Any, run_b: Any, layer: str) -> dict[str, Any]:
+    """The identity columns of a pair table (:data:`PAIR_COLUMNS` but ``step``)."""
+    return {"run_a": run_a.name, "run_b": run_b.name, "method_a": run_a.method, "method_b": run_b.method,
+            "layer": layer, "layer_index": layer_index(layer), "module": module_name(layer)}
+
+
+def common_steps(runs: Sequence[Any], steps: StepSelection) -> list[int]:
+    """Steps recorded by every run, selected by ``steps``; a named step one run lacks is an error."""
+    if not isinstance(steps, (str, int, np.integer)) or isinstance(steps, bool):
+        for run in runs:
+            pick_steps(run.steps, steps, what=f"run {run.name!r}")
+    common = sorted(set.intersection(*(set(run.steps) for run in runs)))
+    if not common:
+        names = ", ".join(f"{r.name!r}: {list(r.steps)[:6]}" for r in runs)
+        raise SelectionError(f"the runs share no recorded step ({names}); record them on a common schedule")
+    return pick_steps(common, steps, what="the steps the runs share")
+
+
+def match_layers(run_a: Any, run_b: Any, layers: LayerSelection) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(chosen, common, only in a, only in b): the selected layers both runs adapted, same shape in both."""
+    in_b = set(run_b.layers)
+    common = [name for name in run_a.layers if name in in_b]
+    only_a = [name for name in run_a.layers if name not in in_b]
+    in_a = set(run_a.layers)
+    only_b = [name for name in run_b.layers if name not in in_a]
+    if not common:
+        raise NoCommonLayersError(
+            f"runs {run_a.name!r} and {run_b.name!r} have no layer in common ({run_a.name!r}: "
+            f"{run_a.layers[:4]}, {run_b.name!r}: {run_b.layers[:4]}); compare runs that adapted the same modules")
+    chosen = select_layers(common, layers, what=f"the layers runs {run_a.name!r} and {run_b.name!r} share")
+    for name in chosen:
+        if tuple(run_a.layer_shapes[name]) != tuple(run_b.layer_shapes[name]):
+            raise ValueError(f"layer {name!r} is {run_a.layer_shapes[name]} in {run_a.name!r} but "
+                             f"{run_b.layer_shapes[name]} in {run_b.name!r}: the runs use different models")
+    return chosen, common, only_a, only_b

@@ -2,44 +2,43 @@
 
 Per matched (layer, step): cos(ΔW_a, ΔW_b) and ‖ΔW_a − ΔW_b‖_F / ‖ΔW_b‖_F exact from the
 factors; the LoRA paper's subspace similarity φ(i, j) (grid and its value at i = j = r);
-and the paper-faithful cosine of merged weights (shared/PAPER.md §5.1: near 1 for any two
-small updates, reported only to put the paper's figure next to the right quantity).
+and the paper-faithful cosine of merged weights (near 1 for any two small updates that share
+W0: docs/paper.md; reported only to put the paper's figure next to the right quantity).
 
-Every statistic comes with a null band: with ``null_runs`` (runs that should be unrelated,
-e.g. the same method with independent seeds) the same statistic over every pair of them
-(``null_kind="runs"``); otherwise ``n_null`` norm-matched random partners of ΔW_b
-(``null_kind="random"``, see :mod:`.nulls`).
+Every statistic comes with its null law under "ΔW_b is unrelated to ΔW_a": ``n_null`` partners
+R = U diag(σ_b) Vᵀ with ΔW_b's singular values and Haar-random singular vectors, drawn exactly
+in law (:mod:`.nulls`). The table gives the null's mean and 95% band (2.5 / 97.5 percentiles)
+and, for the cosines and φ, the upper-tail Monte-Carlo p-value and its z-score (docs/statistics.md).
+For TLoRA, whose update is confined to a fixed subspace, :func:`.reachable.reachable` gives the
+method-aware null beside this unconstrained one.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..lowrank import FactoredUpdate
 from .merged import inner_with_dense, paper_faithful_update
+from ..stats import haar_cosine_variance, mc_pvalue, z_from_p
 from .nulls import MergedRandomNull, RandomNull, summarize
 from .select import (
-    LayerSelection, SelectionError, StepSelection, TableBuilder, layer_index, module_name, pick_steps, select_layers,
+    PAIR_COLUMNS, LayerSelection, StepSelection, TableBuilder, common_steps, match_layers, pair_identity, pick_steps,
 )
 from .spectra import numerical_rank
-from .updates import BaseWeight, UpdateSource, base_weight
+from .updates import BaseWeight, UpdateSource
 
-__all__ = ["SimilarityTables", "similarity", "STATISTICS", "NoCommonLayersError"]
+__all__ = ["SimilarityTables", "similarity", "STATISTICS", "TESTED"]
 
 STATISTICS = ("cosine_dW", "cosine_merged_paper", "rel_diff_dW", "phi_rr")
-PAIR_COLUMNS = ("run_a", "run_b", "method_a", "method_b", "layer", "layer_index", "module", "step")
-PER_LAYER_COLUMNS = PAIR_COLUMNS + STATISTICS + ("phi_side", "null_kind", "n_null") + tuple(
-    f"null_{kind}_{stat}" for stat in STATISTICS for kind in ("mean", "lo", "hi"))
-
-
-class NoCommonLayersError(ValueError):
-    """Two runs adapted disjoint sets of layers, so nothing can be compared."""
+TESTED = ("cosine_dW", "cosine_merged_paper", "phi_rr")  # upper-tail p-values: "more alike than unrelated updates"
+PER_LAYER_COLUMNS = PAIR_COLUMNS + STATISTICS + ("phi_side", "n_null", "null_sd_cosine_dW") + tuple(
+    f"null_{kind}_{stat}" for stat in STATISTICS for kind in ("mean", "lo", "hi")) + tuple(
+    f"{kind}_{stat}" for stat in TESTED for kind in ("p", "z"))
 
 
 @dataclass
@@ -67,7 +66,7 @@ class _Side:
         self.source = UpdateSource(run)
 
     def base(self, layer: str) -> BaseWeight | None:
-        return base_weight(self.run, layer) if self.run.has_base_weights else None
+        return self.source.base(layer) if self.run.has_base_weights else None
 
     def paper_update(self, update: FactoredUpdate) -> FactoredUpdate | None:
         out, inn = update.shape
@@ -170,51 +169,9 @@ def _pair_statistics(a: _Side, b: _Side, algebra: _PairAlgebra, layer: str, step
     return out
 
 
-def _common_steps(runs: Sequence[Any], steps: StepSelection) -> list[int]:
-    """Steps recorded by every run, selected by ``steps``; a named step one run lacks is an error."""
-    if not isinstance(steps, (str, int, np.integer)) or isinstance(steps, bool):
-        for run in runs:
-            pick_steps(run.steps, steps, what=f"run {run.name!r}")
-    common = sorted(set.intersection(*(set(run.steps) for run in runs)))
-    if not common:
-        names = ", ".join(f"{r.name!r}: {list(r.steps)[:6]}" for r in runs)
-        raise SelectionError(f"the runs share no recorded step ({names}); record them on a common schedule")
-    return pick_steps(common, steps, what="the steps the runs share")
-
-
-def _match_layers(run_a: Any, run_b: Any, layers: LayerSelection) -> tuple[list[str], list[str], list[str], list[str]]:
-    in_b = set(run_b.layers)
-    common = [name for name in run_a.layers if name in in_b]
-    only_a = [name for name in run_a.layers if name not in in_b]
-    in_a = set(run_a.layers)
-    only_b = [name for name in run_b.layers if name not in in_a]
-    if not common:
-        raise NoCommonLayersError(
-            f"runs {run_a.name!r} and {run_b.name!r} have no layer in common ({run_a.name!r}: "
-            f"{run_a.layers[:4]}, {run_b.name!r}: {run_b.layers[:4]}); compare runs that adapted the same modules")
-    chosen = select_layers(common, layers, what=f"the layers runs {run_a.name!r} and {run_b.name!r} share")
-    for name in chosen:
-        if tuple(run_a.layer_shapes[name]) != tuple(run_b.layer_shapes[name]):
-            raise ValueError(f"layer {name!r} is {run_a.layer_shapes[name]} in {run_a.name!r} but "
-                             f"{run_b.layer_shapes[name]} in {run_b.name!r}: the runs use different models")
-    return chosen, common, only_a, only_b
-
-
-def _validate_nulls(null_runs: Sequence[Any] | None, layers: list[str], n_null: int) -> list[Any]:
-    if null_runs is None or len(null_runs) == 0:
-        if isinstance(n_null, bool) or not isinstance(n_null, (int, np.integer)) or n_null < 2:
-            raise ValueError(f"n_null must be an int ≥ 2 (random null draws), got {n_null!r}")
-        return []
-    null_runs = list(null_runs)
-    if len(null_runs) < 2:
-        raise ValueError("null_runs needs at least 2 runs (the null statistics are taken between pairs of them); "
-                         "pass more runs or null_runs=None for random norm-matched nulls")
-    for run in null_runs:
-        missing = [name for name in layers if name not in set(run.layers)]
-        if missing:
-            raise SelectionError(f"null run {run.name!r} lacks compared layer(s) {missing[:4]}; "
-                                 "null runs must adapt the same layers")
-    return null_runs
+def _validate_n_null(n_null: int) -> None:
+    if isinstance(n_null, bool) or not isinstance(n_null, (int, np.integer)) or n_null < 2:
+        raise ValueError(f"n_null must be an int ≥ 2 (null draws per layer; 2,000 or more for p-values), got {n_null!r}")
 
 
 def similarity(
@@ -222,35 +179,33 @@ def similarity(
     run_b: Any,
     layers: LayerSelection = None,
     steps: StepSelection = "all",
-    null_runs: Sequence[Any] | None = None,
-    n_null: int = 100,
+    n_null: int = 2000,
     seed: int = 0,
     side: str = "right",
     phi_steps: StepSelection = "last",
 ) -> SimilarityTables:
-    """Similarity of two runs' updates per matched (layer, step), with null bands.
+    """Similarity of two runs' updates per matched (layer, step), with exact-in-law null draws.
 
     Steps are matched by number (``steps`` selects among the steps both runs recorded; a
     listed step one run lacks is an error). ``side`` picks the singular vectors φ compares:
     "right" (input side, the row space: the LoRA paper compared A's right singular vectors)
     or "left" (output side). The φ grid is truncated to each update's numerical rank and
     kept for ``phi_steps`` (default the last selected step) to keep the table small.
+    ``n_null`` null draws are made per layer (seeded by ``seed`` and the layer name) and
+    shared by its steps.
     """
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}")
-    chosen, common, only_a, only_b = _match_layers(run_a, run_b, layers)
-    null_runs = _validate_nulls(null_runs, chosen, n_null)
-    chosen_steps = _common_steps([run_a, run_b, *null_runs], steps)
+    _validate_n_null(n_null)
+    chosen, common, only_a, only_b = match_layers(run_a, run_b, layers)
+    chosen_steps = common_steps([run_a, run_b], steps)
     grid_steps = set(pick_steps(chosen_steps, phi_steps, what="the selected steps"))
     a, b = _Side(run_a), _Side(run_b)
-    null_sides = [_Side(run) for run in null_runs]
     per_layer = TableBuilder(PER_LAYER_COLUMNS)
     phi = TableBuilder(PAIR_COLUMNS + ("phi_side", "i", "j", "phi"))
     for layer in chosen:
-        pair_id = {"run_a": run_a.name, "run_b": run_b.name, "method_a": run_a.method, "method_b": run_b.method,
-                   "layer": layer, "layer_index": layer_index(layer), "module": module_name(layer)}
+        pair_id = pair_identity(run_a, run_b, layer)
         algebra = _PairAlgebra()
-        null_algebras = {pair: _PairAlgebra() for pair in itertools.combinations(range(len(null_sides)), 2)}
         random_null: dict[tuple[int, int], RandomNull] = {}
         merged_null: dict[int, MergedRandomNull] = {}
         for step in chosen_steps:
@@ -259,26 +214,21 @@ def similarity(
                 grid = stats["grid"]
                 ii, jj = np.meshgrid(np.arange(1, grid.shape[0] + 1), np.arange(1, grid.shape[1] + 1), indexing="ij")
                 phi.add(grid.size, **pair_id, step=step, phi_side=side, i=ii.ravel(), j=jj.ravel(), phi=grid.ravel())
-            if null_sides:
-                draws = _null_from_runs(null_sides, null_algebras, layer, step, side)
-                kind, n_draws = "runs", len(null_sides) * (len(null_sides) - 1) // 2
-            else:
-                draws = _null_random(stats, layer, side, n_null, seed, random_null, merged_null)
-                kind, n_draws = "random", n_null
-            bands = summarize(draws)
-            per_layer.add(**pair_id, step=step, **{s: stats[s] for s in STATISTICS}, phi_side=side,
-                          null_kind=kind, n_null=n_draws, **bands)
+            draws = _null_random(stats, layer, side, n_null, seed, random_null, merged_null)
+            per_layer.add(**pair_id, step=step, **{s: stats[s] for s in STATISTICS}, phi_side=side, n_null=n_null,
+                          null_sd_cosine_dW=math.sqrt(haar_cosine_variance(*run_a.layer_shapes[layer])),
+                          **summarize(draws), **_tests(stats, draws))
     return SimilarityTables(per_layer.frame(), phi.frame(), common, only_a, only_b)
 
 
-def _null_from_runs(sides: list[_Side], algebras: dict[tuple[int, int], _PairAlgebra], layer: str, step: int,
-                    side: str) -> dict[str, np.ndarray]:
-    values: dict[str, list[float]] = {s: [] for s in STATISTICS}
-    for (i, j), algebra in algebras.items():
-        stats = _pair_statistics(sides[i], sides[j], algebra, layer, step, side, want_grid=False)
-        for s in STATISTICS:
-            values[s].append(stats[s])
-    return {s: np.asarray(v, dtype=np.float64) for s, v in values.items()}
+def _tests(stats: dict[str, Any], draws: dict[str, np.ndarray]) -> dict[str, float]:
+    """Upper-tail Monte-Carlo p-values and z-scores (from the mid-rank) of the tested statistics."""
+    out: dict[str, float] = {}
+    for name in TESTED:
+        mc = mc_pvalue(draws[name], stats[name], "greater")
+        out[f"p_{name}"] = mc.pvalue
+        out[f"z_{name}"] = float(z_from_p(mc.mid)) if np.isfinite(mc.mid) else math.nan
+    return out
 
 
 def _null_random(stats: dict[str, Any], layer: str, side: str, n_null: int, seed: int,

@@ -2,9 +2,10 @@
 
 TLoRA's A and C are frozen, so their thin QR decompositions are computed once per layer and
 every step's :class:`FactoredUpdate` reuses them: a step then costs O(r³), not
-O((out + in)·r²). W0 (float64) and its SVD are cached per (run path, layer) for the merged
-analyses and intruder dimensions. Analyzers walk layers in the outer loop and steps in the
-inner one, so a cache of a few layers keeps memory flat in the number of snapshots.
+O((out + in)·r²). W0 (float64) and its SVD are kept per layer by the same source, for the
+merged analyses and intruder dimensions. Analyzers walk layers in the outer loop and steps in
+the inner one, so a cache of a few layers keeps memory flat in the number of snapshots; the
+caches live and die with one analysis call (nothing is cached across calls or runs).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from ..lowrank import FactoredUpdate, as_float64, thin_qr
 
-__all__ = ["UpdateSource", "BaseWeight", "base_weight", "require_base_weights", "MissingBaseWeightError"]
+__all__ = ["UpdateSource", "BaseWeight", "require_base_weights", "MissingBaseWeightError"]
 
 
 class MissingBaseWeightError(ValueError):
@@ -48,6 +49,12 @@ class UpdateSource:
     def __init__(self, run: Any, cache_layers: int = 2) -> None:
         self.run = run
         self._frozen = _LRU(cache_layers)
+        self._base = _LRU(cache_layers)
+
+    def base(self, layer: str) -> "BaseWeight":
+        """W0 of ``layer`` in float64 with its norm and SVD (read once per layer by this source)."""
+        require_base_weights(self.run, "this merged-weight analysis")
+        return self._base.get(layer, lambda: BaseWeight(self.run.base_weight(layer)))
 
     def _frozen_factors(self, layer: str) -> dict[str, Any]:
         def make() -> dict[str, Any]:
@@ -111,9 +118,6 @@ class BaseWeight:
         return u, s, vt.T
 
 
-_BASE_CACHE = _LRU(4)
-
-
 def require_base_weights(run: Any, analysis: str) -> None:
     """Raise :class:`MissingBaseWeightError` saying how to store W0 when the run lacks it."""
     if not run.has_base_weights:
@@ -121,10 +125,3 @@ def require_base_weights(run: Any, analysis: str) -> None:
             f"{analysis} needs the base weights W0, which run {run.name!r} did not store; record "
             "the run again with store_base_weights=True (SnapshotRecorder or the training runner) "
             "to store them")
-
-
-def base_weight(run: Any, layer: str) -> BaseWeight:
-    """W0 of ``layer`` (cached per run path and layer: W0 never changes during training)."""
-    require_base_weights(run, "this merged-weight analysis")
-    key = (str(run.path), layer)
-    return _BASE_CACHE.get(key, lambda: BaseWeight(run.base_weight(layer)))

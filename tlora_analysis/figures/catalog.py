@@ -41,8 +41,11 @@ class FigureContext:
 
     def similarity(self):
         r = self.roles
-        return self.cached("similarity", lambda: analysis.similarity(r.tlora, r.lora, null_runs=r.null or None,
-                                                                     steps="last"))
+        return self.cached("similarity", lambda: analysis.similarity(r.tlora, r.lora, steps="last"))
+
+    def reachable(self) -> pd.DataFrame:
+        r = self.roles
+        return self.cached("reachable", lambda: analysis.reachable(r.tlora, r.lora, steps="last"))
 
     def metrics(self) -> pd.DataFrame:
         return self.cached("metrics", lambda: metrics_table(self.roles.all_runs))
@@ -91,7 +94,7 @@ class FigureSpec:
 def _histograms(ctx: FigureContext) -> Figure:
     run = ctx.roles.tlora
     mats = ("W0", "A", "B", "C") if run.has_base_weights else ("A", "B", "C")
-    tables = analysis.distributions(run, matrices=mats, bins=50, layers=[run.layers[0]], steps="last")
+    tables = analysis.distributions(run, matrices=mats, bins="fd", layers=[run.layers[0]], steps="last")
     return distributions.entry_histograms(tables.histogram, tables.stats)
 
 
@@ -143,9 +146,10 @@ CATALOG: tuple[FigureSpec, ...] = (
                "Paper Fig. 3: training loss (solid) and validation loss (dashed) of every run against the step.",
                "figures.training.loss_curves(figures.runs.metrics_table(runs))", (), _loss),
     FigureSpec("fig04_entry_histograms", "Entry histograms (TLoRA, first layer)",
-               "Paper Fig. 4: 50-bin density histograms of the entries of W0 (when stored), A, B and C of the first "
-               "adapted layer at the last step, with skew, excess kurtosis and KS distance printed.",
-               "t = analysis.distributions(run, matrices=('W0', 'A', 'B', 'C'), bins=50, layers=[run.layers[0]], "
+               "Paper Fig. 4: density histograms of the entries of W0 (when stored), A, B and C of the first "
+               "adapted layer at the last step (bins by the Freedman–Diaconis rule, not the paper's fixed 50), with "
+               "skew, excess kurtosis, KS distance and Shapiro–Wilk p printed.",
+               "t = analysis.distributions(run, matrices=('W0', 'A', 'B', 'C'), bins='fd', layers=[run.layers[0]], "
                "steps='last'); figures.distributions.entry_histograms(t.histogram, t.stats)", ("tlora",), _histograms),
     FigureSpec("fig05_fro_norm_B", "Frobenius norm of B (TLoRA)",
                "Paper Fig. 5: Frobenius norm of B per layer and recorded step, one panel per module.",
@@ -177,19 +181,32 @@ CATALOG: tuple[FigureSpec, ...] = (
                "merged weights (near 1 for any small updates), right the cosine of the updates themselves.",
                "figures.similarity.cosine_heatmap(analysis.similarity(tlora, lora, steps='last').per_layer)",
                ("tlora", "lora"), lambda ctx: similarity.cosine_heatmap(ctx.similarity().per_layer)),
-    FigureSpec("cosine_null_band", "Update cosine against the null",
-               "Corrected Fig. 10: cos(ΔW_TLoRA, ΔW_LoRA) per layer with the null baseline's 95% band "
-               "(independent-seed runs if given, else norm-matched random updates).",
-               "figures.similarity.null_band(analysis.similarity(tlora, lora, null_runs=...).per_layer, 'cosine_dW')",
-               ("tlora", "lora"), lambda ctx: similarity.null_band(ctx.similarity().per_layer, "cosine_dW")),
-    FigureSpec("subspace_overlap_null_band", "Subspace overlap φ(r, r) against the null",
-               "φ(r, r) between the TLoRA and LoRA updates' top-r left singular subspaces per layer, with the "
-               "null baseline's 95% band.",
-               "figures.similarity.null_band(analysis.similarity(...).per_layer, 'phi_rr')",
-               ("tlora", "lora"), lambda ctx: similarity.null_band(ctx.similarity().per_layer, "phi_rr")),
+    FigureSpec("cosine_null_band", "Update cosine against both nulls",
+               "Corrected Fig. 10: cos(ΔW_TLoRA, ΔW_LoRA) per layer at the last step. Grey: the unconstrained null "
+               "(TLoRA's update with its singular values and uniformly random singular vectors, 2,000 exact draws); "
+               "green: the method-aware null (random singular vectors inside TLoRA's reachable set, the run's own A "
+               "and C kept); dotted: ±√f, the largest cosine any TLoRA update could have with this LoRA update.",
+               "figures.similarity.cosine_against_nulls(analysis.similarity(tlora, lora, steps='last').per_layer, "
+               "analysis.reachable(tlora, lora, steps='last'))",
+               ("tlora", "lora"), lambda ctx: similarity.cosine_against_nulls(ctx.similarity().per_layer,
+                                                                               ctx.reachable())),
+    FigureSpec("reachable_set", "LoRA's update inside TLoRA's reachable set",
+               "Top: the share f of ΔW_LoRA's energy inside the set TLoRA can reach (fixed by its frozen A and C), "
+               "against the null of unrelated subspaces (mean r²/(out·in)). Bottom: the cosine between TLoRA's "
+               "update and that part, against random directions inside the set. Bands: 2.5–97.5% of 2,000 exact "
+               "draws per layer.",
+               "figures.similarity.reachable_panels(analysis.reachable(tlora, lora, steps='last'))",
+               ("tlora", "lora"), lambda ctx: similarity.reachable_panels(ctx.reachable())),
+    FigureSpec("subspace_overlap_null_band", "Subspace overlap φ with TLoRA's frozen subspaces",
+               "φ between ΔW_LoRA's top singular subspaces and TLoRA's col(Cᵀ) (output side, top) and col(A) (input "
+               "side, bottom), per layer, with the 2.5–97.5% band of 2,000 draws of unrelated subspaces (mean r/d). "
+               "TLoRA's singular subspaces are these frozen ones whatever B learns, so this is what the paper-style φ "
+               "between TLoRA and LoRA measures.",
+               "figures.similarity.overlap_panels(analysis.reachable(tlora, lora, steps='last'))",
+               ("tlora", "lora"), lambda ctx: similarity.overlap_panels(ctx.reachable())),
     FigureSpec("phi_heatmaps", "Subspace overlap φ(i, j)",
-               "φ(i, j) between the top-i singular directions of ΔW_TLoRA and the top-j of ΔW_LoRA for the first "
-               "layers at the last step.",
+               "φ(i, j) between the top-i right (input-side) singular directions of ΔW_TLoRA and the top-j of "
+               "ΔW_LoRA for the first layers at the last step; TLoRA's are spanned by its frozen A.",
                "figures.similarity.phi_heatmaps(analysis.similarity(tlora, lora).phi)", ("tlora", "lora"),
                lambda ctx: similarity.phi_heatmaps(ctx.similarity().phi)),
     FigureSpec("singular_values", "Singular values of ΔW over training",

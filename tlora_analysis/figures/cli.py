@@ -11,9 +11,9 @@ from .runs import RunRoles
 
 
 def _run(args: argparse.Namespace) -> int:
-    roles = RunRoles.from_paths(args.runs, args.null)
+    roles = RunRoles.from_paths(args.runs)
     print(f"runs:\n{roles.describe()}", file=sys.stderr)
-    result = render(roles.runs, args.output, roles.null, only=args.only, progress=not args.quiet)
+    result = render(roles.runs, args.output, only=args.only, progress=not args.quiet)
     print(f"wrote {len(result.written)} figures (PDF + PNG) to {result.out_dir}; "
           f"skipped {len(result.skipped)}; index: {result.index[0]}")
     return 0
@@ -27,8 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "with the reason.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (TLoRA, LoRA, full; more seeds allowed)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder for the figures and the index")
-    p.add_argument("--null", nargs="+", default=[], metavar="RUN",
-                   help="independent-seed runs used as the null baseline of the similarity figures")
     p.add_argument("--only", nargs="+", metavar="NAME", choices=catalog_names(), help="draw only these figures")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

@@ -81,7 +81,8 @@ def layer_step_heatmaps(
     """Heatmaps layer × step of ``value``, one panel per module, one shared colour bar.
 
     Signed values get a diverging map centred at 0; ``log=True`` uses a log colour scale for
-    positive values. NaN cells are grey.
+    positive values. NaN cells are grey. Columns are the recorded snapshots, equally wide and
+    labelled by their step (a log-spaced schedule is not drawn to scale; the axis says so).
     """
     require_columns(frame, (*_IDENTITY, value), source)
     mods = _modules(frame, modules)
@@ -95,7 +96,7 @@ def layer_step_heatmaps(
     for ax, module in zip(axes[0], mods):
         mappable = draw_heatmap(ax, _layer_by_step(sub[sub["module"] == module], value), norm, cmap)
         ax.set_title(f"{module} ({short_module(module)})")
-        ax.set_xlabel("training step")
+        ax.set_xlabel("recorded snapshot (labelled by step, not to scale)")
         ax.set_ylabel("layer")
     fig.colorbar(ScalarMappable(norm=mappable.norm, cmap=mappable.cmap), ax=list(axes[0]), label=label,
                  shrink=0.9, pad=0.02)

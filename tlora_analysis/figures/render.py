@@ -40,16 +40,12 @@ class RenderResult:
         return [p for paths in self.written.values() for p in paths] + list(self.index)
 
 
-def figures_command(runs: Sequence[RunLike], out_dir: str | os.PathLike, null_runs: Sequence[RunLike] = ()) -> str:
+def figures_command(runs: Sequence[RunLike], out_dir: str | os.PathLike) -> str:
     """The ``tlora-analysis figures`` command line that regenerates this figure set."""
     def path(r: RunLike) -> str:
         return str(getattr(r, "path", r))
 
-    parts = ["tlora-analysis", "figures", *map(path, runs)]
-    if null_runs:
-        parts += ["--null", *map(path, null_runs)]
-    parts += ["-o", str(out_dir)]
-    return shlex.join(parts)
+    return shlex.join(["tlora-analysis", "figures", *map(path, runs), "-o", str(out_dir)])
 
 
 def _select(only: Iterable[str] | None) -> list[FigureSpec]:
@@ -66,7 +62,6 @@ def _select(only: Iterable[str] | None) -> list[FigureSpec]:
 def render(
     runs: Sequence[RunLike],
     out_dir: str | os.PathLike,
-    null_runs: Sequence[RunLike] = (),
     only: Iterable[str] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
@@ -78,10 +73,7 @@ def render(
     analysis it draws raises a ValueError (e.g. no square layer, no eval metrics).
     ``log`` receives one line per skip (default: stderr).
     """
-    roles = RunRoles.from_paths(runs, null_runs)
-    if len(roles.null) == 1:
-        raise ValueError("give at least two null runs (the null statistics compare pairs of them), or none to use "
-                         "norm-matched random updates")
+    roles = RunRoles.from_paths(runs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log = log or (lambda line: print(line, file=sys.stderr))
@@ -104,20 +96,19 @@ def render(
             for ext in ("pdf", "png"):  # a stale file from an earlier run would contradict the index
                 (out / f"{spec.name}.{ext}").unlink(missing_ok=True)
             log(f"skipped {spec.name}: {reason}")
-    cmd = command or figures_command(runs, out, null_runs)
+    cmd = command or figures_command(runs, out)
     result.index = _write_index(result, specs, roles, cmd)
     return result
 
 
-def render_all(runs: Sequence[RunLike], out_dir: str | os.PathLike, null_runs: Sequence[RunLike] = ()) -> list[Path]:
+def render_all(runs: Sequence[RunLike], out_dir: str | os.PathLike) -> list[Path]:
     """Write every figure the runs support (PDF + PNG) and index.md / index.html; return the paths."""
-    return render(runs, out_dir, null_runs).paths
+    return render(runs, out_dir).paths
 
 
 def _write_index(result: RenderResult, specs: list[FigureSpec], roles: RunRoles, command: str) -> list[Path]:
     made = [s for s in specs if s.name in result.written]
     runs_md = "\n".join(f"- `{r.method}` {r.name}: `{r.path}`" for r in roles.runs)
-    runs_md += "".join(f"\n- null baseline {r.name}: `{r.path}`" for r in roles.null)
     md = ["# Figures", "", "Runs:", "", runs_md, "", "Regenerate all with:", "", f"    {command}", ""]
     for s in made:
         md += [f"## {s.title}", "", f"![{s.title}]({s.name}.png)", "", s.caption, "",
@@ -127,7 +118,6 @@ def _write_index(result: RenderResult, specs: list[FigureSpec], roles: RunRoles,
     h = html.escape
     body = [f"<h1>Figures</h1><p>Runs:</p><ul>"
             + "".join(f"<li><code>{h(r.method)}</code> {h(r.name)}: <code>{h(str(r.path))}</code></li>" for r in roles.runs)
-            + "".join(f"<li>null baseline {h(r.name)}: <code>{h(str(r.path))}</code></li>" for r in roles.null)
             + f"</ul><p>Regenerate all with:</p><pre>{h(command)}</pre>"]
     for s in made:
         body.append(f"<figure id='{h(s.name)}'><h2>{h(s.title)}</h2><img src='{h(s.name)}.png' alt='{h(s.title)}' "

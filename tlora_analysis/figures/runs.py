@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -39,11 +39,10 @@ class RunRoles:
     """The runs of one figure set, sorted into roles by their recorded method.
 
     The first run of each method is its main run; ``extra`` holds further runs (e.g. more
-    seeds), drawn in curves and scatter plots; ``null`` the runs given as null baselines.
+    seeds), drawn in curves and scatter plots.
     """
 
     runs: list[Run]
-    null: list[Run] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.runs:
@@ -57,8 +56,8 @@ class RunRoles:
                 self.by_method[run.method] = run
 
     @classmethod
-    def from_paths(cls, runs: Iterable[RunLike], null: Iterable[RunLike] = ()) -> "RunRoles":
-        return cls([as_run(r) for r in runs], [as_run(r) for r in null])
+    def from_paths(cls, runs: Iterable[RunLike]) -> "RunRoles":
+        return cls([as_run(r) for r in runs])
 
     @property
     def tlora(self) -> Run | None:
@@ -80,7 +79,6 @@ class RunRoles:
         """One line per run and its role, for the CLI and the index."""
         lines = [f"{run.method:>5}  {run.name}  ({run.path})" + ("" if self.by_method[run.method] is run else "  [extra]")
                  for run in self.runs]
-        lines += [f" null  {run.name}  ({run.path})" for run in self.null]
         return "\n".join(lines)
 
 

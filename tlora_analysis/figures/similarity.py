@@ -1,9 +1,10 @@
 """TLoRA vs LoRA comparison figures: paper figures 9 (difference heatmap) and 10 (cosine
 heatmap layer × {query, value}), with the corrected companions: the update cosine per layer
-against its null band, and the subspace overlap φ(i, j).
+against its two nulls, TLoRA's reachable set, and the subspace overlap φ.
 
 The paper's cosine was taken between merged weights W0 + ΔW, which share W0 and so sit near 1
-for any two small updates (PAPER.md §5.1); both are drawn, labelled, on the same colour scale.
+for any two small updates (docs/paper.md); both are drawn, labelled, on the same colour scale.
+Every band is the 2.5–97.5% range of the exact null draws the analysis table carries.
 """
 
 from __future__ import annotations
@@ -19,16 +20,22 @@ from ._heatmap import draw_heatmap
 from .style import (DIVERGING_CMAP, OKABE_ITO, SEQUENTIAL_CMAP, diverging_norm, method_label, new_figure,
                     sequential_norm, styled)
 
-__all__ = ["SIMILARITY_LABELS", "difference_heatmap", "cosine_heatmap", "null_band", "phi_heatmaps"]
+__all__ = ["SIMILARITY_LABELS", "difference_heatmap", "cosine_heatmap", "null_band", "cosine_against_nulls",
+           "reachable_panels", "overlap_panels", "phi_heatmaps"]
 
 SIMILARITY_LABELS = {
     "cosine_dW": r"cosine of updates cos($\Delta W_1, \Delta W_2$)",
     "cosine_merged_paper": r"paper-faithful cosine of merged weights $W_0 + \Delta W$",
     "rel_diff_dW": r"$\|\Delta W_1 - \Delta W_2\|_F / \|\Delta W_1\|_F$",
     "phi_rr": r"subspace overlap $\varphi(r, r)$",
+    "reachable_fraction": r"reachable fraction $f = \|P_C \Delta W P_A\|_F^2 / \|\Delta W\|_F^2$",
+    "cosine_reachable": r"cosine inside the reachable set $c_S$",
+    "overlap_out": r"$\varphi$ with TLoRA's col($C^\top$) (output side)",
+    "overlap_in": r"$\varphi$ with TLoRA's col($A$) (input side)",
 }
 _PER_LAYER = ("layer", "layer_index", "module", "step")
-_NULL_KIND = {"runs": "independent-seed runs", "random": "norm-matched random updates"}
+_HAAR_TEXT = "unconstrained null (Haar-random singular vectors)"
+_REACH_TEXT = "method-aware null (inside TLoRA's reachable set)"
 _DIFFERENCE_TEXT = {
     "paper_faithful": r"paper-faithful: $(\Delta W_{LoRA}/s)^\top - \Delta W_{TLoRA}^\top$ (merged, transposed, LoRA scale $s$ dropped)",
     "corrected": r"corrected: $\Delta W_{LoRA} - \Delta W_{TLoRA}$ ($W_0$ cancels)",
@@ -118,6 +125,32 @@ def cosine_heatmap(
     return fig
 
 
+def _draw_band(ax, part: pd.DataFrame, value: str, color: str, label: str, with_mean: bool = True) -> None:
+    """Shade the null band of ``value`` over layers (step-wise), optionally with its mean dashed."""
+    x = part["layer_index"].to_numpy()
+    ax.fill_between(x, part[f"null_lo_{value}"].to_numpy(float), part[f"null_hi_{value}"].to_numpy(float), color=color,
+                    lw=0, step="mid", alpha=0.45, label=label)
+    if with_mean and f"null_mean_{value}" in part:
+        ax.plot(x, part[f"null_mean_{value}"].to_numpy(float), ls="--", lw=0.8, color="0.35", label="null mean")
+
+
+def _observed(ax, part: pd.DataFrame, value: str, label: str = "observed") -> None:
+    x = part["layer_index"].to_numpy()
+    ax.plot(x, part[value].to_numpy(float), marker="o", ms=3, lw=0.9, color=OKABE_ITO[0], label=label)
+    ax.set_xlabel("layer")
+    ax.set_xticks(x)
+    ax.grid(True, axis="y")
+
+
+def _draws(frame: pd.DataFrame) -> str:
+    return f", {int(frame['n_null'].iloc[0])} draws" if "n_null" in frame and pd.notna(frame["n_null"].iloc[0]) else ""
+
+
+def _legend(fig: Figure, ax, ncols: int = 3) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=ncols)
+
+
 @styled
 def null_band(
     per_layer: pd.DataFrame,
@@ -125,36 +158,103 @@ def null_band(
     step: int | str | None = "last",
     modules: Sequence[str] | None = None,
 ) -> Figure:
-    """``value`` per layer (points) against its null baseline (shaded 2.5–97.5 % band, dashed mean).
+    """``value`` per layer (points) against its null (shaded 2.5–97.5 % band of the exact draws, dashed mean).
 
-    One panel per module. A point outside the band is a layer where the two runs agree more
-    (or less) than the null (independent-seed runs or norm-matched random updates) explains.
+    One panel per module. Works on ``analysis.similarity(...).per_layer`` (the unconstrained
+    null of cosine_dW, cosine_merged_paper, phi_rr) and on ``analysis.reachable(...)``
+    (reachable_fraction, cosine_reachable, overlap_out, overlap_in).
     """
-    cols = (f"null_mean_{value}", f"null_lo_{value}", f"null_hi_{value}")
-    require_columns(per_layer, (*_PER_LAYER, value, *cols), "analysis.similarity(...).per_layer")
+    cols = (f"null_lo_{value}", f"null_hi_{value}")
+    require_columns(per_layer, (*_PER_LAYER, value, *cols), "analysis.similarity(...).per_layer or analysis.reachable")
     at, chosen = pick_step(per_layer, step)
     mods = module_order(at["module"].astype(str)) if modules is None else list(modules)
     fig, axes = new_figure("double" if len(mods) > 1 else "single", height=2.1, ncols=len(mods), sharey=True)
-    kind = str(at["null_kind"].iloc[0]) if "null_kind" in at else ""
-    draws = f", n={int(at['n_null'].iloc[0])}" if "n_null" in at and pd.notna(at["n_null"].iloc[0]) else ""
     for ax, module in zip(axes[0], mods):
         part = at[at["module"] == module].sort_values("layer_index")
-        x = part["layer_index"].to_numpy()
-        ax.fill_between(x, part[cols[1]].to_numpy(float), part[cols[2]].to_numpy(float), color="0.8", lw=0,
-                        step="mid", label=f"null 2.5–97.5% band ({_NULL_KIND.get(kind, kind)}{draws})")
-        ax.plot(x, part[cols[0]].to_numpy(float), ls="--", lw=0.8, color="0.35", label="null mean")
-        ax.plot(x, part[value].to_numpy(float), marker="o", lw=0.9, color=OKABE_ITO[0], label="observed")
+        _draw_band(ax, part, value, "0.8", f"null 2.5–97.5% band{_draws(at)}")
+        _observed(ax, part, value)
+        ax.set_title(f"{module} ({short_module(module)})")
+    axes[0, 0].set_ylabel(SIMILARITY_LABELS.get(value, value), fontsize=6.5)
+    _legend(fig, axes[0, 0])
+    fig.suptitle(f"{_pair_title(at)}: {SIMILARITY_LABELS.get(value, value)} per layer at step {chosen} against the null")
+    return fig
+
+
+@styled
+def cosine_against_nulls(
+    per_layer: pd.DataFrame,
+    reach: pd.DataFrame | None = None,
+    step: int | str | None = "last",
+    modules: Sequence[str] | None = None,
+) -> Figure:
+    """Corrected Fig. 10: cos(ΔW_TLoRA, ΔW_LoRA) per layer against both nulls.
+
+    Grey: the unconstrained null (``similarity``'s draws). With ``reach``
+    (``analysis.reachable``): the method-aware band (TLoRA's update with random singular vectors
+    inside its reachable set, which keeps the run's A and C) and ±√f, the largest cosine any
+    TLoRA update could reach with this LoRA update.
+    """
+    require_columns(per_layer, (*_PER_LAYER, "cosine_dW", "null_lo_cosine_dW", "null_hi_cosine_dW"),
+                    "analysis.similarity(...).per_layer")
+    at, chosen = pick_step(per_layer, step)
+    mods = module_order(at["module"].astype(str)) if modules is None else list(modules)
+    fig, axes = new_figure("double" if len(mods) > 1 else "single", height=2.3, ncols=len(mods), sharey=True)
+    reach_at = pick_step(reach, chosen)[0] if reach is not None else None
+    for ax, module in zip(axes[0], mods):
+        part = at[at["module"] == module].sort_values("layer_index")
+        _draw_band(ax, part, "cosine_dW", "0.8", f"{_HAAR_TEXT}{_draws(at)}", with_mean=False)
+        if reach_at is not None:
+            inside = reach_at[reach_at["module"] == module].sort_values("layer_index")
+            _draw_band(ax, inside, "cosine_dW", OKABE_ITO[2], f"{_REACH_TEXT}{_draws(inside)}", with_mean=False)
+            x, top = inside["layer_index"].to_numpy(), inside["max_cosine"].to_numpy(float)
+            ax.plot(x, top, ls=":", lw=0.8, color=OKABE_ITO[4], label="±√f: the most any TLoRA update could reach")
+            ax.plot(x, -top, ls=":", lw=0.8, color=OKABE_ITO[4])
+        _observed(ax, part, "cosine_dW")
         ax.axhline(0, color="0.6", lw=0.4)
         ax.set_title(f"{module} ({short_module(module)})")
-        ax.set_xlabel("layer")
-        ax.set_xticks(x)
-        ax.grid(True, axis="y")
-    axes[0, 0].set_ylabel(SIMILARITY_LABELS.get(value, value), fontsize=6.5)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=3)
-    what = {"cosine_dW": "cosine of the updates", "phi_rr": "subspace overlap φ(r, r)"}.get(value, value)
-    fig.suptitle(f"{_pair_title(at)}: {what} per layer at step {chosen} against the null")
+    axes[0, 0].set_ylabel(SIMILARITY_LABELS["cosine_dW"], fontsize=6.5)
+    _legend(fig, axes[0, 0], ncols=2)
+    fig.suptitle(f"{_pair_title(at)}: cosine of the updates per layer at step {chosen}, against both nulls")
     return fig
+
+
+def _rows_by_module(reach: pd.DataFrame, values: Sequence[str], step: int | str | None, title: str) -> Figure:
+    require_columns(reach, (*_PER_LAYER, *values, *(f"null_{k}_{v}" for v in values for k in ("lo", "hi"))),
+                    "analysis.reachable(run_tlora, run_other)")
+    at, chosen = pick_step(reach, step)
+    mods = module_order(at["module"].astype(str))
+    fig, axes = new_figure("double" if len(mods) > 1 else "single", height=1.2 + 1.6 * len(values), nrows=len(values),
+                           ncols=len(mods), sharex="col", sharey="row")
+    for row, value in enumerate(values):
+        for ax, module in zip(axes[row], mods):
+            part = at[at["module"] == module].sort_values("layer_index")
+            _draw_band(ax, part, value, "0.8", f"null 2.5–97.5% band{_draws(at)}")
+            _observed(ax, part, value)
+            if row == 0:
+                ax.set_title(f"{module} ({short_module(module)})")
+            if row < len(values) - 1:
+                ax.set_xlabel("")
+        axes[row, 0].set_ylabel(SIMILARITY_LABELS.get(value, value), fontsize=6)
+    _legend(fig, axes[0, 0])
+    other = method_label(at["method_b"].iloc[0]) if "method_b" in at else "the other run"
+    fig.suptitle(f"{_pair_title(at)}: {title.format(other=other)} at step {chosen}")
+    return fig
+
+
+@styled
+def reachable_panels(reach: pd.DataFrame, step: int | str | None = "last") -> Figure:
+    """TLoRA's reachable set S per layer: the share of the other update's energy inside S (top, null
+    mean r²/(out·in)) and TLoRA's cosine with that part (bottom, null: random directions inside S)."""
+    return _rows_by_module(reach, ("reachable_fraction", "cosine_reachable"), step,
+                           "{other}'s update inside TLoRA's reachable set")
+
+
+@styled
+def overlap_panels(reach: pd.DataFrame, step: int | str | None = "last") -> Figure:
+    """φ between the other update's top singular subspaces and TLoRA's frozen col(Cᵀ) (output side,
+    top) and col(A) (input side, bottom): TLoRA's own singular subspaces, fixed at initialisation."""
+    return _rows_by_module(reach, ("overlap_out", "overlap_in"), step,
+                           "{other}'s top singular subspaces against TLoRA's frozen ones (null mean r/d)")
 
 
 @styled
@@ -164,7 +264,11 @@ def phi_heatmaps(
     step: int | str | None = "last",
     max_layers: int = 4,
 ) -> Figure:
-    """Subspace overlap φ(i, j) = ‖U₁[:, :i]ᵀ U₂[:, :j]‖²_F / min(i, j) for a few layers, on [0, 1]."""
+    """Subspace overlap φ(i, j) = ‖U₁[:, :i]ᵀ U₂[:, :j]‖²_F / min(i, j) for a few layers, on [0, 1].
+
+    The side (left = output, right = input singular vectors) is the table's ``phi_side`` and
+    named in the title; for TLoRA those subspaces are its frozen col(Cᵀ) and col(A).
+    """
     require_columns(phi, ("layer", "layer_index", "module", "step", "i", "j", "phi"), "analysis.similarity(...).phi")
     at, chosen = pick_step(phi, step)
     names = at.drop_duplicates("layer").sort_values(["layer_index", "layer"])["layer"].tolist()
@@ -184,5 +288,7 @@ def phi_heatmaps(
         ax.set_xlabel(f"j (top-j of {b_name})")
         ax.set_ylabel(f"i (top-i of {a_name})")
     fig.colorbar(mesh, ax=list(axes[0]), label=r"$\varphi(i, j)$", pad=0.02)
-    fig.suptitle(f"{_pair_title(at)}: subspace overlap of the top singular directions at step {chosen}")
+    side = str(at["phi_side"].iloc[0]) if "phi_side" in at else ""
+    side_text = {"left": "left (output-side)", "right": "right (input-side)"}.get(side, side)
+    fig.suptitle(f"{_pair_title(at)}: overlap of the top {side_text} singular directions at step {chosen}")
     return fig

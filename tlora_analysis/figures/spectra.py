@@ -37,17 +37,28 @@ def _one_layer_step(frame: pd.DataFrame, layer: str | None, step: int | str | No
     return at, chosen_layer, chosen_step
 
 
-def _density(ax: Axes, values: np.ndarray, method: str, log_x: bool = False) -> int:
-    """KDE (when there are ≥ 3 distinct values) plus a rug of the values; returns how many were drawn."""
-    values = values[np.isfinite(values)]
-    color = method_color(method)
-    if values.size == 0:
-        return 0
-    if values.size >= 3 and np.ptp(values) > 0:
-        sns.kdeplot(x=values, ax=ax, color=color, fill=True, alpha=0.25, linewidth=1.0, warn_singular=False,
-                    log_scale=log_x, cut=0)
-    sns.rugplot(x=values, ax=ax, color=color, height=0.05, alpha=0.6, linewidth=0.5)
-    return int(values.size)
+MIN_KDE_POINTS = 20  # below this a density estimate mostly shows its bandwidth: draw the points instead
+
+
+def _distribution_panel(ax: Axes, values: dict[str, np.ndarray], log_x: bool = False) -> dict[str, int]:
+    """One method's values per entry: KDE plus rug when every method has ≥ MIN_KDE_POINTS distinct
+    values, else a strip of points (one row per method). Returns the counts drawn."""
+    values = {m: v[np.isfinite(v)] for m, v in values.items()}
+    if all(np.unique(v).size >= MIN_KDE_POINTS for v in values.values()):
+        for method, v in values.items():
+            sns.kdeplot(x=v, ax=ax, color=method_color(method), fill=True, alpha=0.25, linewidth=1.0,
+                        warn_singular=False, log_scale=log_x, cut=0)
+            sns.rugplot(x=v, ax=ax, color=method_color(method), height=0.05, alpha=0.6, linewidth=0.5)
+        ax.set_ylabel("density (KDE)")
+    else:
+        for row, (method, v) in enumerate(values.items()):
+            ax.scatter(v, np.full(v.size, row), s=10, color=method_color(method), alpha=0.8, linewidths=0)
+        ax.set_yticks(range(len(values)), [method_label(m) for m in values])
+        ax.set_ylim(-0.8, len(values) - 0.2)
+        ax.set_ylabel(f"points (< {MIN_KDE_POINTS} values: no KDE)", fontsize=6)
+        if log_x and all((v > 0).all() for v in values.values()):
+            ax.set_xscale("log")
+    return {m: int(v.size) for m, v in values.items()}
 
 
 def _counts(ax: Axes, counts: dict[str, int]) -> None:
@@ -86,14 +97,13 @@ def eigenvalue_densities(
         at, name, chosen = _one_layer_step(merged, layer, step)
         kind = str(at["construction"].iloc[0])
         for ax, sign in zip(axes[r], ("positive", "negative")):
-            counts = {}
+            parts = {}
             for method in _methods(at):
                 re = at.loc[at["method"] == method, "eig_real"].to_numpy(float)
-                counts[method] = _density(ax, re[re > 0] if sign == "positive" else re[re < 0], method)
-            _counts(ax, counts)
+                parts[method] = re[re > 0] if sign == "positive" else re[re < 0]
+            _counts(ax, _distribution_panel(ax, parts))
             ax.set_title(("Re λ > 0, " if sign == "positive" else "Re λ < 0, ") + _CONSTRUCTION_TEXT.get(kind, kind))
             ax.set_xlabel(r"Re $\lambda$")
-            ax.set_ylabel("density (KDE)")
             ax.margins(y=0.15)
         titles.append(f"{name}, step {chosen}")
         r += 1
@@ -101,14 +111,12 @@ def eigenvalue_densities(
         require_columns(update, _EIG, "analysis.eigenvalues")
         at, name, chosen = _one_layer_step(update, layer, step)
         plane, modulus = axes[r]
-        counts = {}
         for method in _methods(at):
             part = at[at["method"] == method]
             plane.scatter(part["eig_real"], part["eig_imag"], s=8, color=method_color(method), alpha=0.8,
                           linewidths=0, label=method_label(method))
-            counts[method] = _density(modulus, part["eig_abs"].to_numpy(float), method,
-                                      log_x=bool((part["eig_abs"] > 0).all()))
-        _counts(modulus, counts)
+        _counts(modulus, _distribution_panel(modulus, {m: at.loc[at["method"] == m, "eig_abs"].to_numpy(float)
+                                                       for m in _methods(at)}, log_x=bool((at["eig_abs"] > 0).all())))
         modulus.margins(y=0.15)
         plane.axhline(0, color="0.6", lw=0.5)
         plane.axvline(0, color="0.6", lw=0.5)
@@ -116,7 +124,6 @@ def eigenvalue_densities(
         plane.set_ylabel(r"Im $\lambda(\Delta W)$")
         plane.set_title(r"corrected: nonzero eigenvalues of $\Delta W$ (complex)")
         modulus.set_xlabel(r"$|\lambda(\Delta W)|$")
-        modulus.set_ylabel("density (KDE)")
         modulus.set_title(r"corrected: $|\lambda|$ of $\Delta W$")
         titles.append(f"{name}, step {chosen}")
         plane.ticklabel_format(axis="both", style="sci", scilimits=(-2, 3))
