@@ -1,6 +1,6 @@
 """The factored update ΔW = scale · left @ core @ right, and its exact algebra.
 
-Every adapter's update is a product of thin factors (shared/DESIGN.md):
+Every adapter's update is a product of thin factors (docs/architecture.md):
 
 - TLoRA: left = Cᵀ (out × r), core = Bᵀ (r × r), right = Aᵀ (r × in), scale = α.
 - LoRA: left = B (out × r), core = identity, right = A (r × in), scale = lora_alpha / r.

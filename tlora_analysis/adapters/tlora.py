@@ -1,4 +1,4 @@
-"""The TLoRA layer: h = W0 x + b + Dropout(α · ((x A) B) C)  (shared/PAPER.md §1)."""
+"""The TLoRA layer: h = W0 x + b + Dropout(α · ((x A) B) C)  (docs/paper.md)."""
 
 from __future__ import annotations
 

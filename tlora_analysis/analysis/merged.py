@@ -1,4 +1,4 @@
-"""Merged weights W0 + ΔW: the corrected construction and the paper's (shared/PAPER.md §5).
+"""Merged weights W0 + ΔW: the corrected construction and the paper's (docs/paper.md).
 
 - corrected: W0 + ΔW, ΔW in the (out × in) orientation with its scale (LoRA's lora_alpha/r).
 - paper_faithful: the construction behind the paper's figures 8 and 10: the update added

@@ -1,7 +1,7 @@
 """Norm trajectories: Frobenius and spectral norms of A, B, C, ΔW, and α·‖B‖_F, per layer and step.
 
 Column names always say which norm (the paper's "L2 norm" is Frobenius in its figure 5 and
-spectral in its figure 7: shared/PAPER.md §5.4). A and C are stored as trained (TLoRA:
+spectral in its figure 7: docs/paper.md). A and C are stored as trained (TLoRA:
 A in × r, C r × out; LoRA: A r × in, B out × r); norms do not depend on orientation.
 """
 

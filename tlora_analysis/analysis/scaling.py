@@ -1,7 +1,7 @@
 """TLoRA's trainable scale α: per layer and step, and its variation across layers.
 
 α and B are not separately identifiable (only α·B enters ΔW; their split depends on weight
-decay, shared/PAPER.md §5.6), so ‖B‖_F and α·‖B‖_F come next to α.
+decay, docs/paper.md), so ‖B‖_F and α·‖B‖_F come next to α.
 """
 
 from __future__ import annotations

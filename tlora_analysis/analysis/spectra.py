@@ -1,7 +1,7 @@
 """Singular values, rank summaries and nonzero eigenvalues of ΔW, exact from the factors.
 
 For TLoRA and LoRA these cost O(r³) per (layer, step) once the outer factors are
-decomposed (shared/DESIGN.md); full fine-tuning goes through the dense path.
+decomposed (docs/architecture.md); full fine-tuning goes through the dense path.
 """
 
 from __future__ import annotations

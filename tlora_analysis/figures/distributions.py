@@ -1,6 +1,6 @@
 """Entry distributions: paper figure 4 (histograms of W0, A, B, C for one layer) and the
 corrected Q-Q panels, both with the effect sizes (skew, excess kurtosis, KS distance) printed
-next to the picture rather than p-values alone (PAPER.md §5.5).
+next to the picture rather than p-values alone (docs/paper.md).
 
 They draw ``analysis.distributions(...)`` tables: ``.histogram``, ``.stats`` and ``.qq``.
 """
