@@ -139,17 +139,44 @@ def test_random_null_statistics_match_dense_for_given_frames():
     assert st["phi_rr"][0] == pytest.approx(np.linalg.norm(va.T @ v_r) ** 2 / 4, rel=1e-10)
 
 
-def test_merged_random_null_matches_dense():
+@pytest.mark.parametrize("shared_w0", [False, True], ids=["two-W0", "one-W0-rotated-frames"])
+def test_merged_random_null_matches_dense(shared_w0):
+    """Each draw equals the dense merged cosine with the partner its frames define: R = U diag(σ_b) Vᵀ,
+    U, V the drawn frames, or P u', Q v' when they are drawn in the shared W0's singular bases."""
+    from tlora_analysis.analysis.updates import BaseWeight
+
     rng = np.random.default_rng(10)
-    w0a, w0b = rng.standard_normal((12, 12)), rng.standard_normal((12, 12))
+    w0a = BaseWeight(rng.standard_normal((12, 12)))
+    w0b = w0a if shared_w0 else BaseWeight(rng.standard_normal((12, 12)))
     pa, pb = random_update(rng, 12, 12, 3), random_update(rng, 12, 12, 3)
     null = MergedRandomNull(4, 0, "layer", w0a, w0b, 3)
+    assert (null._rotation is not None) == shared_w0
     sb = pb.singular_values()
-    ma = w0a + pa.dense()
-    got = null.cosine(pa.svd(), float(np.sum(pa.dense() * w0b)), float(np.linalg.norm(ma)), sb)
+    ma = w0a.weight + pa.dense()
+    got = null.cosine(pa.svd(), float(np.sum(pa.dense() * w0b.weight)), float(np.linalg.norm(ma)), sb)
+    u, v = null._frames(0)
+    if shared_w0:
+        p_left, _, q_right = w0a.svd
+        u, v = np.einsum("ij,njk->nik", p_left, u), np.einsum("ij,njk->nik", q_right, v)
     for k in range(4):
-        mb = w0b + null.u[k] @ np.diag(sb) @ null.v[k].T
+        mb = w0b.weight + u[k] @ np.diag(sb) @ v[k].T
         assert got[k] == pytest.approx(np.sum(ma * mb) / (np.linalg.norm(ma) * np.linalg.norm(mb)), rel=1e-10)
+
+
+def test_merged_random_null_draws_in_bounded_chunks(monkeypatch):
+    """Chunked draws (forced small here) give the same null as one chunk would from the same law."""
+    from tlora_analysis.analysis.updates import BaseWeight
+
+    monkeypatch.setattr(MergedRandomNull, "_CHUNK_FLOATS", 24 * 3 * 5)
+    rng = np.random.default_rng(11)
+    w0 = BaseWeight(rng.standard_normal((12, 12)))
+    null = MergedRandomNull(23, 0, "layer", w0, w0, 3)
+    assert len(null._chunks) == 5 and sum(c for _, c in null._chunks) == 23
+    pa = random_update(rng, 12, 12, 3)
+    ma = w0.weight + pa.dense()
+    got = null.cosine(pa.svd(), float(np.sum(pa.dense() * w0.weight)), float(np.linalg.norm(ma)), np.ones(3))
+    again = null.cosine(pa.svd(), float(np.sum(pa.dense() * w0.weight)), float(np.linalg.norm(ma)), np.ones(3))
+    assert got.shape == (23,) and np.isfinite(got).all() and np.array_equal(got, again)  # redrawn exactly
 
 
 def test_summarize_ignores_nan():

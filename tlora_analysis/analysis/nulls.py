@@ -3,9 +3,10 @@
 The null partner of ΔW_a is R = U_R diag(σ_b) V_Rᵀ: ΔW_b's singular values (so the same
 rank and Frobenius norm, "norm-matched") with Haar-random singular vectors. Because the
 statistics depend on U_R only through U_aᵀ U_R (k_a × k_b), that block is drawn directly:
-for U_R = G (GᵀG)^{-1/2} with G Gaussian (the polar factor is Haar), U_aᵀ U_R has the law of
-G₁ (G₁ᵀG₁ + W)^{-1/2} with G₁ a k_a × k_b Gaussian and W ~ Wishart(dim − k_a, I) (Bartlett).
-This is exact in distribution and costs O(k³) per draw instead of O(dim·k²).
+for U_R = G R⁻¹ with G Gaussian and R the Cholesky factor of GᵀG (the Q of G's QR with a
+positive diagonal, which is Haar), U_aᵀ U_R has the law of G₁ R⁻¹ with G₁ a k_a × k_b
+Gaussian and RᵀR = G₁ᵀG₁ + W, W ~ Wishart(dim − k_a, I) (Bartlett). This is exact in
+distribution and costs O(k³) per draw instead of O(dim·k²).
 
 Draws are made once per layer (seeded by the seed and the layer name) and reused at every
 step: each step's null band is exactly distributed, and bands of different steps share
@@ -18,6 +19,7 @@ import math
 import zlib
 
 import numpy as np
+import torch
 
 __all__ = ["haar_block", "haar_frames", "layer_rng", "RandomNull", "MergedRandomNull", "summarize", "HAAR",
            "MERGED", "SUBSPACES", "HAAR_IN_REACH"]
@@ -31,9 +33,11 @@ def layer_rng(seed: int, layer: str, purpose: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(layer.encode()), purpose])
 
 
-def _inv_sqrt(s: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh(s)
-    return (v / np.sqrt(w)[..., None, :]) @ np.swapaxes(v, -1, -2)
+def _matmul(a: np.ndarray, b: np.ndarray, transpose_a: bool = False) -> np.ndarray:
+    """Batched a @ b (aᵀ @ b with ``transpose_a``) through torch's batched GEMM: numpy's stacked
+    matmul falls back to a loop for transposed views (10× slower for 1024 × 32 frames)."""
+    ta = torch.from_numpy(a)
+    return torch.matmul(ta.transpose(-1, -2) if transpose_a else ta, torch.from_numpy(b)).numpy()
 
 
 def _wishart_identity(rng: np.random.Generator, n: int, df: int, k: int) -> np.ndarray:
@@ -41,7 +45,7 @@ def _wishart_identity(rng: np.random.Generator, n: int, df: int, k: int) -> np.n
     lower = np.tril(rng.standard_normal((n, k, k)), -1)
     idx = np.arange(k)
     lower[:, idx, idx] = np.sqrt(rng.chisquare(df - idx, size=(n, k)))
-    return lower @ np.swapaxes(lower, -1, -2)
+    return _matmul(lower, np.ascontiguousarray(np.swapaxes(lower, -1, -2)))
 
 
 def haar_block(rng: np.random.Generator, n: int, dim: int, p: int, k: int) -> np.ndarray:
@@ -54,9 +58,9 @@ def haar_block(rng: np.random.Generator, n: int, dim: int, p: int, k: int) -> np
         rest = _wishart_identity(rng, n, df, k)
     else:
         g2 = rng.standard_normal((n, df, k))
-        rest = np.swapaxes(g2, -1, -2) @ g2
-    gram = np.swapaxes(g1, -1, -2) @ g1 + rest
-    return g1 @ _inv_sqrt(gram)
+        rest = _matmul(g2, g2, transpose_a=True)
+    lower = np.linalg.cholesky(_matmul(g1, g1, transpose_a=True) + rest)  # gram = L Lᵀ = RᵀR with R = Lᵀ
+    return np.swapaxes(np.linalg.solve(lower, np.swapaxes(g1, -1, -2)), -1, -2)  # G₁ R⁻¹ = (L⁻¹ G₁ᵀ)ᵀ
 
 
 def haar_frames(rng: np.random.Generator, n: int, dim: int, k: int) -> np.ndarray:
@@ -108,30 +112,65 @@ def _bilinear(u: np.ndarray, w: np.ndarray, v: np.ndarray) -> np.ndarray:
 class MergedRandomNull:
     """Null of the paper-faithful merged cosine cos(W0a + P_a, W0b + R), for one layer.
 
-    W0 is full rank, so R's singular vectors are drawn explicitly (n × (out + in) × k) and
-    uᵀW0v is computed once per layer and draw: O(n·out·in·k) per layer, O(n·(out+in)·k²) per step.
+    W0 is full rank, so R's singular vectors are drawn explicitly as (out + in) × k frames and
+    the null needs uᵀW0v per draw. When both runs share one square W0 = P diag(s) Qᵀ, frames are
+    drawn in W0's singular bases (P u' is Haar when u' is), so uᵀW0v = Σ_i s_i u'_i v'_i costs
+    O(n·d·k) instead of a GEMM with W0; otherwise W0 [v_1 … v_n] is one GEMM, O(n·out·in·k).
+    To keep memory bounded at any layer size the draws are made in chunks of at most
+    ``_CHUNK_FLOATS`` numbers, each chunk from its own seeded stream so that it can be drawn
+    again exactly: each step draws the frames (O(n·(out + in)·k²)) to project P_a on them, and
+    the first also computes uᵀW0v.
     """
 
-    def __init__(self, n: int, seed: int, layer: str, w0_a: np.ndarray, w0_b: np.ndarray, kb: int) -> None:
-        rng = layer_rng(seed, layer, MERGED)
-        out, inn = w0_a.shape
-        self.u = haar_frames(rng, n, out, kb)
-        self.v = haar_frames(rng, n, inn, kb)
-        self.d_a = _bilinear(self.u, w0_a, self.v)  # u_jᵀ W0a v_j
-        self.d_b = self.d_a if w0_b is w0_a or np.array_equal(w0_a, w0_b) else _bilinear(self.u, w0_b, self.v)
-        self.w0_ab = float(np.sum(w0_a * w0_b))
-        self.w0_b2 = float(np.sum(w0_b * w0_b))
+    _CHUNK_FLOATS = 1 << 23  # 64 MiB of float64 per frame chunk
+
+    def __init__(self, n: int, seed: int, layer: str, w0_a, w0_b, kb: int) -> None:
+        """``w0_a``, ``w0_b``: the two runs' W0 as objects with ``weight`` (float64 array) and ``svd``."""
+        out, inn = w0_a.weight.shape
+        self.kb, self.shape, self.n = kb, (out, inn), n
+        self._key = [seed, zlib.crc32(layer.encode()), MERGED]
+        size = max(1, self._CHUNK_FLOATS // ((out + inn) * kb))
+        self._chunks = [(start, min(size, n - start)) for start in range(0, n, size)]
+        self._w0 = (w0_a, w0_b)
+        self._same = w0_b is w0_a or np.array_equal(w0_a.weight, w0_b.weight)
+        self._rotation = w0_a.svd if self._same and out == inn else None
+        self.d_a: np.ndarray | None = None  # u_jᵀ W0a v_j per draw and column, made with the first step's frames
+        self.d_b: np.ndarray | None = None
+        self.w0_ab = float(np.sum(w0_a.weight * w0_b.weight))
+        self.w0_b2 = float(np.sum(w0_b.weight * w0_b.weight))
+
+    def _bilinear_w0(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w0_a, w0_b = self._w0
+        if self._rotation is not None:
+            d_a = np.einsum("nij,i,nij->nj", u, self._rotation[1], v)  # u'ᵀ diag(s) v'
+        else:
+            d_a = _bilinear(u, w0_a.weight, v)
+        return d_a, d_a if self._same else _bilinear(u, w0_b.weight, v)
+
+    def _frames(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([*self._key, index])
+        count = self._chunks[index][1]
+        return haar_frames(rng, count, self.shape[0], self.kb), haar_frames(rng, count, self.shape[1], self.kb)
 
     def cosine(self, pa_svd: tuple[np.ndarray, np.ndarray, np.ndarray], pa_w0b: float, pa_norm_merged: float,
                sb: np.ndarray) -> np.ndarray:
         """Per draw; pa_svd: (U, σ, V) of P_a truncated to its nonzero σ; pa_w0b = ⟨P_a, W0b⟩;
         pa_norm_merged = ‖W0a + P_a‖_F; sb: the nonzero σ of P_b."""
         ua, sa, va = pa_svd
+        if self._rotation is not None:  # P_a's singular vectors in the basis the frames are drawn in
+            ua, va = self._rotation[0].T @ ua, self._rotation[2].T @ va
         kb = sb.size
-        u, v = self.u[:, :, :kb], self.v[:, :, :kb]
-        x = np.matmul(ua.T, u)  # n × k_a × k_b
-        y = np.matmul(va.T, v)
-        pa_r = _inner_with_random(sa, x, sb, y)
+        pa_r = np.empty(self.n)
+        first = self.d_a is None
+        if first:
+            self.d_a, self.d_b = np.empty((self.n, self.kb)), np.empty((self.n, self.kb))
+        for index, (start, count) in enumerate(self._chunks):
+            u, v = self._frames(index)
+            if first:
+                self.d_a[start:start + count], self.d_b[start:start + count] = self._bilinear_w0(u, v)
+            x = _matmul(np.ascontiguousarray(u[:, :, :kb]), ua, transpose_a=True)  # count × k_b × k_a
+            y = _matmul(np.ascontiguousarray(v[:, :, :kb]), va, transpose_a=True)
+            pa_r[start:start + count] = _inner_with_random(sa, np.swapaxes(x, 1, 2), sb, np.swapaxes(y, 1, 2))
         w0a_r, w0b_r = self.d_a[:, :kb] @ sb, self.d_b[:, :kb] @ sb
         num = self.w0_ab + pa_w0b + w0a_r + pa_r
         merged_b = np.sqrt(np.maximum(self.w0_b2 + 2.0 * w0b_r + float(sb @ sb), 0.0))

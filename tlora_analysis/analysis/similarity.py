@@ -249,8 +249,8 @@ def _null_random(stats: dict[str, Any], layer: str, side: str, n_null: int, seed
         pa_svd = _nonzero_svd(stats["pa"])
         if spb.size:
             if spb_all.size not in merged_null:
-                merged_null[spb_all.size] = MergedRandomNull(
-                    n_null, seed, layer, stats["w0a"].weight, stats["w0b"].weight, spb_all.size)
+                merged_null[spb_all.size] = MergedRandomNull(n_null, seed, layer, stats["w0a"], stats["w0b"],
+                                                             spb_all.size)
             m = stats["merged"]
             draws["cosine_merged_paper"] = merged_null[spb_all.size].cosine(pa_svd, m["pa_w0b"], m["norm_a"], spb)
     return draws
