@@ -114,7 +114,7 @@ def entry_statistics(x: np.ndarray, n_entries: int, shapiro_max: int, rng: np.ra
     out["excess_kurtosis"] = float(sps.kurtosis(x, fisher=True))
     # KS distance to the fitted normal, an effect size: with fitted mean and std the plain KS
     # law gives invalid (too large) p-values, so none is reported; Shapiro–Wilk is the test.
-    out["ks_stat"] = float(sps.kstest(x, "norm", args=(out["mean"], std)).statistic)
+    out["ks_stat"] = float(sps.kstest(x, sps.norm(out["mean"], std).cdf).statistic)
     if n >= 20:
         out["k2_pvalue"] = float(sps.normaltest(x).pvalue)
     if n >= 3:
