@@ -35,6 +35,14 @@ def _check_rank(rank: Any) -> None:
         raise ValueError(f"rank must be a positive integer, got {rank}; the paper uses 32")
 
 
+def _modules_tuple(modules: Sequence[str] | None) -> tuple[str, ...] | None:
+    if modules is None:
+        return None
+    if isinstance(modules, str):
+        return (modules,)
+    return tuple(modules)
+
+
 def _check_dropout(p: Any) -> None:
     if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
         raise ValueError(f"dropout must be a probability in [0, 1), got {p!r}")
@@ -60,6 +68,9 @@ class TLoRAConfig(_Base):
     std_C = 1/√(3·out)), "gaussian" (std 1/√r on both), or "orthogonal" (orthonormal
     columns of A and rows of C). dropout_position: "output" (the paper's setup, after α) or
     "input" (LoRA-style, on x). train_alpha=False keeps α fixed at alpha_init.
+    modules_to_save: None (default) trains the model's classification head (a top-level
+    ``classifier`` or ``score``) next to the adapter, as PEFT does for sequence classification;
+    ``()`` keeps it frozen (the paper's setup); a list names the modules to train.
     """
 
     rank: int = 32
@@ -70,14 +81,14 @@ class TLoRAConfig(_Base):
     init: Literal["paper", "gaussian", "orthogonal"] = "paper"
     dropout_position: Literal["output", "input"] = "output"
     train_alpha: bool = True
-    modules_to_save: Sequence[str] = ()
+    modules_to_save: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", "tlora")
         _check_rank(self.rank)
         _check_dropout(self.dropout)
         object.__setattr__(self, "target_modules", _targets_tuple(self.target_modules))
-        object.__setattr__(self, "modules_to_save", tuple(self.modules_to_save))
+        object.__setattr__(self, "modules_to_save", _modules_tuple(self.modules_to_save))
         if self.init not in ("paper", "gaussian", "orthogonal"):
             raise ValueError(f"init must be 'paper', 'gaussian' or 'orthogonal', got {self.init!r}")
         if self.dropout_position not in ("output", "input"):
@@ -93,6 +104,7 @@ class LoRAConfig(_Base):
     """LoRA (Hu et al. 2021): ΔW = scaling · B A, PEFT's function and initialisation.
 
     lora_alpha=None means lora_alpha = rank (scaling 1). use_rslora divides by √r instead.
+    modules_to_save: as for :class:`TLoRAConfig` (None: the classification head trains).
     """
 
     rank: int = 8
@@ -101,14 +113,14 @@ class LoRAConfig(_Base):
     dropout: float = 0.0
     use_rslora: bool = False
     seed: int = 0
-    modules_to_save: Sequence[str] = ()
+    modules_to_save: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", "lora")
         _check_rank(self.rank)
         _check_dropout(self.dropout)
         object.__setattr__(self, "target_modules", _targets_tuple(self.target_modules))
-        object.__setattr__(self, "modules_to_save", tuple(self.modules_to_save))
+        object.__setattr__(self, "modules_to_save", _modules_tuple(self.modules_to_save))
         if self.lora_alpha is not None and not (isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0):
             raise ValueError(f"lora_alpha must be a positive number or None, got {self.lora_alpha!r}")
 
@@ -122,17 +134,21 @@ class LoRAConfig(_Base):
 class FullConfig(_Base):
     """Full fine-tuning: every parameter trains (target_modules=None) or only the selected modules.
 
-    The tracked layers (for snapshots and ΔW = W_t − W0) are the targeted ``nn.Linear``
-    modules, or every ``nn.Linear`` when target_modules is None.
+    The tracked layers (for snapshots and ΔW = W_t − W0) are the ``track_modules`` when given
+    (e.g. the layers the adapters of the runs compared with it adapt: a dense snapshot of every
+    layer is large), else the targeted ``nn.Linear`` modules, or every ``nn.Linear`` when
+    target_modules is None. modules_to_save: as for :class:`TLoRAConfig`.
     """
 
     target_modules: TargetSpec | None = None
-    modules_to_save: Sequence[str] = ()
+    modules_to_save: Sequence[str] | None = None
+    track_modules: TargetSpec | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", "full")
         object.__setattr__(self, "target_modules", _targets_tuple(self.target_modules, allow_none=True))
-        object.__setattr__(self, "modules_to_save", tuple(self.modules_to_save))
+        object.__setattr__(self, "track_modules", _targets_tuple(self.track_modules, allow_none=True))
+        object.__setattr__(self, "modules_to_save", _modules_tuple(self.modules_to_save))
 
 
 AdapterConfig = TLoRAConfig | LoRAConfig | FullConfig

@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..adapters.inject import head_module_names
 from .bundled import BUNDLED_MODEL_NAME, bundled_model_dir
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
 ]
 
 HEAD_MODES = ("fresh", "frozen")
-_HEAD_NAMES = ("classifier", "score")
 
 
 class UnknownModelError(FileNotFoundError):
@@ -78,11 +78,6 @@ def resolve_model_source(spec: str | os.PathLike | None) -> tuple[str, str]:
             f"a hub id such as roberta-large, or leave --model out for the bundled {BUNDLED_MODEL_NAME}"
         )
     return text, text
-
-
-def head_module_names(model: nn.Module) -> tuple[str, ...]:
-    """Top-level names of the classification head (``classifier`` or ``score``)."""
-    return tuple(n for n, _ in model.named_children() if n in _HEAD_NAMES)
 
 
 def load_model(

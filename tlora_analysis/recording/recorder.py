@@ -10,6 +10,7 @@ process of rank 0 writes; the others count steps and do nothing else.
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import os
 import subprocess
 import time
@@ -185,10 +186,9 @@ class SnapshotRecorder:
         counts = count_parameters(self.model)
         now = time.time()
         model_cfg = getattr(self.model, "config", None)
-        try:
-            import transformers
-            tf_version = transformers.__version__
-        except ImportError:
+        try:  # the installed version, without importing transformers (it may not be installed: [train] extra)
+            tf_version = importlib.metadata.version("transformers")
+        except importlib.metadata.PackageNotFoundError:
             tf_version = None
         return json_safe({
             "format": RUN_FORMAT,
