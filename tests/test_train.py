@@ -89,32 +89,6 @@ def test_same_command_twice_gives_the_same_metrics(tiny, tmp_path):
     assert c.train_losses != a.train_losses
 
 
-def test_resume_continues_to_the_same_result(tiny, tmp_path, monkeypatch):
-    import tlora_analysis.experiments.train as runner
-
-    straight = train(_config(tiny, tmp_path, run_dir=str(tmp_path / "straight"), epochs=3))
-    real_save = runner.save_trainer_state
-
-    def save_then_die(run_dir, model, optimizer, scheduler, step, extra):
-        real_save(run_dir, model, optimizer, scheduler, step, extra)
-        if step == 6:
-            raise KeyboardInterrupt("killed right after the epoch-1 evaluation")
-
-    monkeypatch.setattr(runner, "save_trainer_state", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(tiny, tmp_path, run_dir=str(tmp_path / "resumed"), epochs=3))
-    assert Run(tmp_path / "resumed").config["status"] == "interrupted"
-    monkeypatch.setattr(runner, "save_trainer_state", real_save)
-    resumed = train(_config(tiny, tmp_path, run_dir=str(tmp_path / "resumed"), epochs=3, resume=True))
-    assert Run(resumed.run_dir).config["resumed_at_steps"] == [6]
-    assert resumed.steps == straight.steps == 18
-    assert [e["accuracy"] for e in resumed.evals[-2:]] == [e["accuracy"] for e in straight.evals[-2:]]
-    a, b = Run(straight.run_dir), Run(resumed.run_dir)
-    for layer in a.layers:
-        for key, t in a.trainable(layer, 18).items():
-            torch.testing.assert_close(b.trainable(layer, 18)[key], t)
-
-
 def test_paper_preset_and_head_modes(tiny, tmp_path):
     result = train(_config(tiny, tmp_path, method="tlora", head="frozen", epochs=1))
     assert result.parameters["trainable"] == 4 * (4 * 4 + 1)  # r² + 1 per adapted matrix, head frozen

@@ -7,6 +7,7 @@ so it can be written beside a saved adapter or a run.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Sequence
 
@@ -21,11 +22,23 @@ def _targets_tuple(targets: TargetSpec | None, allow_none: bool = False) -> str 
             return None
         raise ValueError("target_modules is required: e.g. ['query', 'value'] or a regex string")
     if isinstance(targets, str):
+        _check_regex(targets, targets)
         return targets
     targets = tuple(targets)
     if not targets or not all(isinstance(t, str) and t for t in targets):
         raise ValueError(f"target_modules must be a regex string or a non-empty list of names, got {targets!r}")
+    for t in targets:
+        if t.startswith("re:"):
+            _check_regex(t[3:], t)
     return targets
+
+
+def _check_regex(pattern: str, entry: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"target {entry!r} is not a valid regular expression ({exc}); fix the pattern, or give "
+                         "module names such as ['query', 'value']") from exc
 
 
 def _check_rank(rank: Any) -> None:

@@ -138,7 +138,7 @@ def _validate(model: nn.Module, config: AdapterConfig) -> dict[str, nn.Module]:
     for name in config.modules_to_save or ():
         if name not in modules and not match_targets(model, (name,)):
             raise ValueError(f"modules_to_save entry {name!r} matches no module of the model")
-        if match_targets(model, (name,)).keys() & targets.keys():
+        if not isinstance(config, FullConfig) and match_targets(model, (name,)).keys() & targets.keys():
             raise ValueError(f"{name!r} is both a target and in modules_to_save; choose one")
     return targets
 
