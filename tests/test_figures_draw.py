@@ -301,7 +301,8 @@ def test_loss_curves_train_and_validation():
     fig = training.loss_curves(metrics)
     ax = fig.axes[0]
     assert len(ax.get_lines()) == 2
-    assert ax.get_ylabel() == "cross-entropy loss"
+    assert ax.get_ylabel() == "loss"
+    assert training.loss_curves(metrics, loss="MSE loss").axes[0].get_ylabel() == "MSE loss"
     epoch_fig = training.loss_curves(metrics, x="epoch")
     assert epoch_fig.axes[0].get_xlabel() == "epoch"
     assert_no_overlapping_labels(fig)
@@ -317,12 +318,17 @@ def test_method_curves_and_scatter():
     loss_ax, acc_ax = fig.axes
     assert len(loss_ax.get_lines()) == 3 and len(acc_ax.get_lines()) == 3
     assert acc_ax.get_ylabel() == "validation accuracy"
+    assert fig._suptitle.get_text().startswith("TLoRA vs LoRA vs Full FT")
     assert_no_overlapping_labels(fig)
+    two = training.method_curves(metrics[metrics["method"] != "full"], baseline=0.546)
+    assert two._suptitle.get_text().startswith("TLoRA vs LoRA:")
+    assert any(np.allclose(line.get_ydata(), 0.546) for line in two.axes[1].get_lines())  # the majority line
     with pytest.raises(ValueError, match="evaluated metrics present"):
         training.method_curves(metrics, metric="pearson")
     outcome = pd.DataFrame({"run": ["a", "b", "c"], "method": ["tlora", "lora", "full"],
                             "trainable": [34, 1024, 100000], "accuracy": [0.8, 0.85, np.nan]})
-    scatter = training.params_vs_accuracy(outcome)
+    scatter = training.params_vs_accuracy(outcome, baseline=0.6)
+    assert any(np.allclose(line.get_ydata(), 0.6) for line in scatter.axes[0].get_lines())
     assert scatter.axes[0].get_xscale() == "log"
     assert len(scatter.axes[0].collections) == 2  # the NaN run is not drawn
     assert_no_overlapping_labels(scatter)
