@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             for command in commands:
                 p = sub.add_parser(command, help=f"(needs the [{extra}] extra)", add_help=False)
+                p.add_argument("args", nargs=argparse.REMAINDER)
                 p.set_defaults(func=_unavailable(extra, exc.name))
             continue
         module.register(sub)
