@@ -332,3 +332,15 @@ def test_method_curves_and_scatter():
     assert scatter.axes[0].get_xscale() == "log"
     assert len(scatter.axes[0].collections) == 2  # the NaN run is not drawn
     assert_no_overlapping_labels(scatter)
+
+
+def test_spectral_norm_colour_bar_reads_as_plain_numbers():
+    from tlora_analysis.figures import norms as norm_figs
+
+    rows = [{"run": "r", "method": "tlora", "layer": f"l.{i}.q", "layer_index": i, "module": "q", "step": 5,
+             "epoch": None, "spectral_norm_A": 3.1 + 0.1 * i, "spectral_norm_B": 4.2 + 0.2 * i,
+             "spectral_norm_C": 5.0 + 0.1 * i} for i in range(4)]
+    fig = norm_figs.spectral_norm_heatmap(pd.DataFrame(rows))
+    fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[-1].get_yticklabels() if t.get_text()]
+    assert labels and not any("10^" in t or "times" in t or "×" in t for t in labels), labels

@@ -84,7 +84,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--log-every", type=int, help="training-loss event every N steps (default 10)")
     r.add_argument("--no-base-weights", dest="store_base_weights", action="store_false",
                    help="do not store W0 of the adapted layers (paper-faithful merged figures need it)")
+    r.add_argument("--no-save-weights", dest="save_weights", action="store_false",
+                   help="write neither the resume point (trainer_state/) nor the final adapter/ (no --resume later); "
+                        "for full fine-tuning those are about four copies of the model")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     r.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last evaluation")
-    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar or summary")
+    r.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (the data sizes, warnings and the summary are still printed)")
+    r.add_argument("--quiet", dest="verbose", action="store_false", help="print nothing but errors")
     p.set_defaults(func=_run)

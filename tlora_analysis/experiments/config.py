@@ -25,6 +25,9 @@ class TrainConfig:
     snapshots: "every:N", "log:K" (K log-spaced steps) or a comma list of steps.
     progress: the tqdm bars (training and evaluation); verbose: the data sizes before training,
     warnings (constant predictions) and the summary after it, printed with or without bars.
+    save_weights=False writes neither the resume point (trainer_state/) nor the final adapter/:
+    the run can be analysed but not resumed or reloaded (for full fine-tuning those are about
+    four copies of the model).
     """
 
     method: str = "tlora"
@@ -60,6 +63,7 @@ class TrainConfig:
     log_every: int = 10
     snapshots: str = "log:20"
     store_base_weights: bool = True
+    save_weights: bool = True
     precision: str = "fp32"
     device: str = "auto"
     run_dir: str | None = None
@@ -95,6 +99,8 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.overwrite and self.resume:
             raise ValueError("give --overwrite or --resume, not both")
+        if self.resume and not self.save_weights:
+            raise ValueError("--resume needs the resume point that --no-save-weights leaves out; drop one of them")
         if self.task == "local" and not (self.train_file and self.validation_file):
             raise ValueError("task 'local' needs --train-file and --validation-file")
         if self.task != "local" and (self.train_file or self.validation_file or self.test_file):

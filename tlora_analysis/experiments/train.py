@@ -372,9 +372,10 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
                                   f"{metrics.get(primary)} only reflects the label balance")
             # Everything up to this step is on disk before the resume point names it.
             recorder.flush()
-            save_trainer_state(run_dir, model, optimizer, scheduler, at_step,
-                               {"best": state["best"], "evals": state["evals"], "train_losses": state["train_losses"]},
-                               run_id=recorder.run_id)
+            if config.save_weights:
+                save_trainer_state(run_dir, model, optimizer, scheduler, at_step,
+                                   {"best": state["best"], "evals": state["evals"],
+                                    "train_losses": state["train_losses"]}, run_id=recorder.run_id)
         barrier(ctx)
 
     progress = None
@@ -438,7 +439,7 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
             last = {**last, **{f"test_{k}": v for k, v in metrics.items()}}
         summary = {"best": state["best"], "last": last, "steps": step}
         recorder.close(summary=summary)
-        if ctx.is_main:
+        if ctx.is_main and config.save_weights:
             if config.method == "peft-lora":
                 model.save_pretrained(str(run_dir / "adapter"))
             else:
