@@ -64,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--split-seed", type=int, help="seed of the bundled data's train/validation/test split (default 0)")
     d.add_argument("--max-length", type=int, help="token limit (default 128; capped by the model)")
     d.add_argument("--max-train-examples", type=int, help="a seeded subset of the training set")
-    d.add_argument("--max-eval-examples", type=int, help="a seeded subset of the validation set")
+    d.add_argument("--max-eval-examples", type=int,
+                   help="a subset of the validation (and test) set, seeded by --split-seed: the same for every --seed")
     o = p.add_argument_group("optimisation")
     o.add_argument("--seed", type=int, help="seeds data order, dropout, adapter and head init (default 0)")
     o.add_argument("--epochs", type=float, help="default 3 (paper 30)")

@@ -292,7 +292,8 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
     max_length = effective_max_length(loaded.tokenizer, loaded.model, config.max_length)
 
     train_frame = subsample(task.splits["train"], config.max_train_examples, config.seed)
-    eval_frame = subsample(task.splits["validation"], config.max_eval_examples, config.seed)
+    # the evaluated subset depends on the data only (split_seed), so runs of different seeds score the same examples
+    eval_frame = subsample(task.splits["validation"], config.max_eval_examples, config.split_seed)
     facts = _task_facts(task, train_frame, eval_frame)
     train_set = encode_split(train_frame, loaded.tokenizer, max_length, task.is_regression)
     eval_set = encode_split(eval_frame, loaded.tokenizer, max_length, task.is_regression)
@@ -431,7 +432,7 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
             progress = None
         last = state["evals"][-1] if state["evals"] else {}
         if ctx.is_main and config.eval_test and "test" in task.splits:
-            test_set = encode_split(subsample(task.splits["test"], config.max_eval_examples, config.seed),
+            test_set = encode_split(subsample(task.splits["test"], config.max_eval_examples, config.split_seed),
                                     loaded.tokenizer, max_length, task.is_regression)
             metrics = evaluate(model, make_loader(test_set, loaded.tokenizer, config.eval_batch_size, False, config.seed),
                                ctx.device, task.is_regression, autocast, progress=show_bars, desc="evaluate test")
