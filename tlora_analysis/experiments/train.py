@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..adapters import FullConfig, LoRAConfig, TLoRAConfig, apply_adapters, count_parameters, save_adapter
+from ..fileio import read_json
 from ..recording import EveryN, Explicit, LogSpaced, SnapshotRecorder
 from ..store import Run, RunExistsError
 from .checkpoint import load_trainer_state, save_trainer_state
@@ -337,8 +338,6 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
     state = {"best": {}, "evals": [], "train_losses": []}
     step = 0
     if config.resume:
-        from ..fileio import read_json
-
         meta = load_trainer_state(run_dir, model, optimizer, scheduler, read_json(run_dir / "run.json").get("run_id"))
         step = int(meta["step"])
         state = {"best": meta["best"], "evals": meta["evals"], "train_losses": [tuple(x) for x in meta["train_losses"]]}

@@ -156,7 +156,7 @@ def _write_index(result: RenderResult, specs: list[FigureSpec], roles: RunRoles,
         body.append("<p>See also: " + ", ".join(f"<a href='{h(name)}'>{h(what)}</a>" for name, what in links) + ".</p>")
     body.append("<table><tr>" + "".join(f"<th>{h(c)}</th>" for c in header) + "</tr>"
                 + "".join("<tr>" + "".join(f"<td>{h(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>")
-    body += [f"<p>Runs:</p><ul>"
+    body += ["<p>Runs:</p><ul>"
             + "".join(f"<li><code>{h(r.method)}</code> {h(r.name)}: <code>{h(str(r.path))}</code></li>" for r in roles.runs)
             + "".join(f"<li>null baseline {h(r.name)}: <code>{h(str(r.path))}</code></li>" for r in roles.null)
             + f"</ul><p>Regenerate all with:</p><pre>{h(command)}</pre>"]
