@@ -144,8 +144,10 @@ def spectral_norm_heatmap(norms: pd.DataFrame, step: int | str | None = "last", 
     ax.set_xlabel("matrix")
     ax.set_ylabel("layer and module")
     cbar = fig.colorbar(mesh, ax=ax, label=r"spectral norm $\|\cdot\|_2$" + (" (log scale)" if log else ""), pad=0.02)
-    if log:  # plain numbers at 1-2-5 steps: a narrow log range otherwise shows one "4×10⁰"-style label
-        cbar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    if log:  # plain numbers, more per decade when the range is narrow ("4×10⁰"-style single labels otherwise)
+        decades = np.log10(norm.vmax / norm.vmin)
+        subs = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades < 1.5 else (1.0, 2.0, 5.0) if decades < 3 else (1.0,)
+        cbar.ax.yaxis.set_major_locator(LogLocator(subs=subs))
         cbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
         cbar.ax.yaxis.set_minor_locator(NullLocator())
     ax.set_title(f"{_title_prefix(at)}spectral norms at step {chosen} (paper Fig. 7)")
