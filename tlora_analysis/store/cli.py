@@ -15,7 +15,11 @@ _METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "eval_loss")
 
 
 def _clean(row: Any) -> dict[str, Any]:
-    return {k: (None if v != v else v) for k, v in row.items()}  # NaN → None for JSON
+    """NaN → None (JSON), the step as an int."""
+    out = {k: (None if v != v else v) for k, v in row.items()}
+    if out.get("step") is not None:
+        out["step"] = int(out["step"])
+    return out
 
 
 def summary(run: Run) -> dict[str, Any]:
