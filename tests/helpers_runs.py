@@ -22,13 +22,13 @@ __all__ = ["make_tiny_run", "tiny_model", "tiny_batch", "tiny_config", "one_torc
 
 
 def tiny_config(method: str, rank: int = 4, seed: int = 0, targets=("query", "value")):
-    """The adapter config of a tiny run (dropout 0, so training is deterministic)."""
+    """The adapter config of a tiny run (dropout 0, so training is deterministic; the random head stays frozen)."""
     if method == "tlora":
-        return TLoRAConfig(rank=rank, target_modules=targets, seed=seed, dropout=0.0)
+        return TLoRAConfig(rank=rank, target_modules=targets, seed=seed, dropout=0.0, modules_to_save=())
     if method == "lora":
-        return LoRAConfig(rank=rank, target_modules=targets, seed=seed, lora_alpha=2 * rank)
+        return LoRAConfig(rank=rank, target_modules=targets, seed=seed, lora_alpha=2 * rank, modules_to_save=())
     if method == "full":
-        return FullConfig(target_modules=targets)
+        return FullConfig(target_modules=targets, modules_to_save=())
     raise ValueError(f"method must be 'tlora', 'lora' or 'full', got {method!r}")
 
 

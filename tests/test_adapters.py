@@ -1,5 +1,6 @@
 """Adapters: the TLoRA formula, PEFT-equivalent LoRA, merging, counting, save/load, bad input."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -19,7 +20,7 @@ from tlora_analysis import (
     merge_and_unload,
     save_adapter,
 )
-from tlora_analysis.adapters import LoRALinear, TLoRALinear, tracked_linears
+from tlora_analysis.adapters import LoRALinear, TLoRALinear, adapter_config, tracked_linears
 from tlora_analysis.fileio import CorruptFileError
 
 
@@ -132,7 +133,8 @@ def test_lora_matches_peft_outputs_and_gradients():
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    ours = apply_adapters(tiny_bert(), LoRAConfig(rank=4, target_modules=["query", "value"], lora_alpha=16))
+    ours = apply_adapters(tiny_bert(), LoRAConfig(rank=4, target_modules=["query", "value"], lora_alpha=16,
+                                                  modules_to_save=()))
     ref = get_peft_model(tiny_bert(), PeftLoraConfig(r=4, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.0))
     randomize_trainables(ours)
     ref_modules = dict(ref.named_modules())
@@ -210,6 +212,34 @@ def test_count_parameters_and_modules_to_save():
     assert c.trainable == 68 + 66 and c.total == c.trainable + c.frozen
     assert c.adapter_buffers == 4 * 4 * (32 + 32)
     assert c.total == sum(p.numel() for p in tiny_bert().parameters()) + 68
+
+
+@pytest.mark.parametrize("config", [TLoRAConfig(rank=4, target_modules=["query", "value"]),
+                                    LoRAConfig(rank=4, target_modules=["query", "value"]),
+                                    FullConfig(target_modules=["query"])])
+def test_the_classification_head_trains_by_default_and_freezes_on_request(config):
+    model = apply_adapters(tiny_bert(), config)
+    assert all(p.requires_grad for p in model.classifier.parameters())
+    assert adapter_config(model).modules_to_save == ("classifier",)  # the resolved list is what gets recorded
+    assert count_parameters(model).groups["head"]["trainable"] == 32 * 2 + 2
+    frozen = apply_adapters(tiny_bert(), dataclasses.replace(config, modules_to_save=()))
+    assert not any(p.requires_grad for p in frozen.classifier.parameters())
+    assert adapter_config(frozen).modules_to_save == ()
+
+
+def test_a_model_without_a_head_needs_none():
+    encoder = tiny_bert().bert
+    model = apply_adapters(encoder, TLoRAConfig(rank=4, target_modules=["query", "value"]))
+    assert adapter_config(model).modules_to_save == ()
+
+
+def test_full_config_tracks_only_track_modules_when_given():
+    model = apply_adapters(tiny_bert(), FullConfig(track_modules=["query", "value"]))
+    assert all(p.requires_grad for p in model.parameters())
+    assert sorted(tracked_linears(model)) == sorted(f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(2)
+                                                    for m in ("query", "value"))
+    with pytest.raises(ValueError, match="track_modules"):
+        apply_adapters(tiny_bert(), FullConfig(track_modules=["attention"]))
 
 
 def test_full_config_trains_everything_or_selected_modules():

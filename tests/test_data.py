@@ -210,3 +210,83 @@ def test_missing_bundled_wheels_name_the_pip_command(monkeypatch):
     monkeypatch.setattr(data, "installed_file", lambda *a: bundled.installed_file("no_such_module_xyz", *a[1:]))
     with pytest.raises(data.DataUnavailableError, match="bundled data set is unavailable"):
         data.rotten_tomatoes_path()
+
+
+# ---------------------------------------------------------------- wrong input, named
+
+COLA_ROWS = "gj04\t1\t\tThe cat sat.\ngj04\t0\t*\tCat the sat.\ngj04\t1\t\tA dog ran.\n"
+STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+LAYOUTS = {  # one tiny train.tsv per GLUE task, in the original layout
+    "cola": COLA_ROWS,
+    "sst2": "sentence\tlabel\ngood film\t1\nbad film\t0\n",
+    "mrpc": MRPC,
+    "qnli": "index\tquestion\tsentence\tlabel\n0\tWho?\tHim.\tentailment\n",
+    "qqp": "id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n0\t1\t2\tA?\tB?\t0\n",
+    "rte": "index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\tnot_entailment\n",
+    "wnli": "index\tsentence1\tsentence2\tlabel\n0\tA.\tB.\t1\n",
+    "stsb": STSB_HEADER + "0\tg\tf\t2012\t1\ts\ts\tA.\tB.\t3.800\n",
+    "mnli": "index\tpromptID\tpairID\tgenre\ts1bp\ts2bp\ts1p\ts2p\tsentence1\tsentence2\tlabel1\tgold_label\n"
+            "0\t1\t2\tg\tx\tx\tx\tx\tP.\tH.\tneutral\tneutral\n",
+}
+
+
+@pytest.mark.parametrize("actual", sorted(LAYOUTS))
+def test_every_glue_folder_passed_as_another_task_names_its_task(tmp_path, actual):
+    from tlora_analysis.experiments.data import WrongTaskError, guess_glue_task
+
+    _write(tmp_path / "train.tsv", LAYOUTS[actual])
+    _write(tmp_path / "dev.tsv", LAYOUTS[actual])
+    _write(tmp_path / "dev_matched.tsv", LAYOUTS[actual])
+    assert guess_glue_task(tmp_path) == actual
+    other = "stsb" if actual != "stsb" else "cola"
+    with pytest.raises(WrongTaskError, match=f"use --task {actual}"):
+        load_glue_tsv(other, tmp_path)
+
+
+def test_cola_release_layout_is_read(tmp_path):
+    raw = tmp_path / "cola_public" / "raw"
+    _write(raw / "in_domain_train.tsv", COLA_ROWS)
+    _write(raw / "in_domain_dev.tsv", "gj04\t1\t\tIn domain.\n")
+    _write(raw / "out_of_domain_dev.tsv", "clc95\t0\t*\tOut domain of.\n")
+    for folder in (raw, raw.parent):
+        data = load_task("cola", data_dir=folder)
+        assert len(data.splits["train"]) == 3 and list(data.splits["validation"]["text"]) == ["In domain.", "Out domain of."]
+        assert "in_domain_train.tsv" in data.source
+
+
+def test_header_only_and_empty_files_are_named(tmp_path):
+    _write(tmp_path / "g" / "train.tsv", "sentence\tlabel\n")
+    _write(tmp_path / "g" / "dev.tsv", "sentence\tlabel\ngood\t1\n")
+    with pytest.raises(ValueError, match=r"train.tsv holds only a header line"):
+        load_glue_tsv("sst2", tmp_path / "g")
+    _write(tmp_path / "h.csv", "text,label\n")
+    _write(tmp_path / "e.csv", "")
+    _write(tmp_path / "ok.csv", "text,label\na,1\nb,0\n")
+    with pytest.raises(ValueError, match=r"h.csv holds no examples"):
+        load_local_files(tmp_path / "h.csv", tmp_path / "ok.csv", ("text",))
+    with pytest.raises(ValueError, match=r"e.csv is empty"):
+        load_local_files(tmp_path / "ok.csv", tmp_path / "e.csv", ("text",))
+
+
+def test_float_labels_need_regression(tmp_path):
+    pd.DataFrame({"text": ["a", "b", "c"], "label": [0.5, 3.8, 2.25]}).to_csv(tmp_path / "s.csv", index=False)
+    with pytest.raises(ValueError, match=r"fractional numbers \(e.g. 0.5\).*--regression"):
+        load_local_files(tmp_path / "s.csv", tmp_path / "s.csv", ("text",))
+    pd.DataFrame({"text": ["a", "b"], "label": [1.0, 0.0]}).to_csv(tmp_path / "i.csv", index=False)
+    whole = load_local_files(tmp_path / "i.csv", tmp_path / "i.csv", ("text",))
+    assert whole.num_labels == 2 and list(whole.splits["train"]["label"]) == [1, 0]
+    pd.DataFrame({"text": ["a"], "label": ["pos"]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(ValueError, match="drop --regression"):
+        load_local_files(tmp_path / "t.csv", tmp_path / "t.csv", ("text",), regression=True)
+
+
+def test_data_dir_needs_a_glue_task(tmp_path):
+    from tlora_analysis.experiments.config import TrainConfig
+
+    _write(tmp_path / "train.tsv", MRPC)
+    with pytest.raises(ValueError, match="needs --task; .* looks like MRPC: add --task mrpc"):
+        TrainConfig(data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="needs --task"):
+        load_task("rotten_tomatoes", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="--task local"):
+        TrainConfig(task="rte", train_file="x.csv")

@@ -331,7 +331,8 @@ def test_loss_curves_train_and_validation():
     fig = training.loss_curves(metrics)
     ax = fig.axes[0]
     assert len(ax.get_lines()) == 2
-    assert ax.get_ylabel() == "cross-entropy loss"
+    assert ax.get_ylabel() == "loss"
+    assert training.loss_curves(metrics, loss="MSE loss").axes[0].get_ylabel() == "MSE loss"
     epoch_fig = training.loss_curves(metrics, x="epoch")
     assert epoch_fig.axes[0].get_xlabel() == "epoch"
     assert_no_overlapping_labels(fig)
@@ -347,12 +348,29 @@ def test_method_curves_and_scatter():
     loss_ax, acc_ax = fig.axes
     assert len(loss_ax.get_lines()) == 3 and len(acc_ax.get_lines()) == 3
     assert acc_ax.get_ylabel() == "validation accuracy"
+    assert fig._suptitle.get_text().startswith("TLoRA vs LoRA vs Full FT")
     assert_no_overlapping_labels(fig)
+    two = training.method_curves(metrics[metrics["method"] != "full"], baseline=0.546)
+    assert two._suptitle.get_text().startswith("TLoRA vs LoRA:")
+    assert any(np.allclose(line.get_ydata(), 0.546) for line in two.axes[1].get_lines())  # the majority line
     with pytest.raises(ValueError, match="evaluated metrics present"):
         training.method_curves(metrics, metric="pearson")
     outcome = pd.DataFrame({"run": ["a", "b", "c"], "method": ["tlora", "lora", "full"],
                             "trainable": [34, 1024, 100000], "accuracy": [0.8, 0.85, np.nan]})
-    scatter = training.params_vs_accuracy(outcome)
+    scatter = training.params_vs_accuracy(outcome, baseline=0.6)
+    assert any(np.allclose(line.get_ydata(), 0.6) for line in scatter.axes[0].get_lines())
     assert scatter.axes[0].get_xscale() == "log"
     assert len(scatter.axes[0].collections) == 2  # the NaN run is not drawn
     assert_no_overlapping_labels(scatter)
+
+
+def test_spectral_norm_colour_bar_reads_as_plain_numbers():
+    from tlora_analysis.figures import norms as norm_figs
+
+    rows = [{"run": "r", "method": "tlora", "layer": f"l.{i}.q", "layer_index": i, "module": "q", "step": 5,
+             "epoch": None, "spectral_norm_A": 3.1 + 0.1 * i, "spectral_norm_B": 4.2 + 0.2 * i,
+             "spectral_norm_C": 5.0 + 0.1 * i} for i in range(4)]
+    fig = norm_figs.spectral_norm_heatmap(pd.DataFrame(rows))
+    fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[-1].get_yticklabels() if t.get_text()]
+    assert labels and not any("10^" in t or "times" in t or "×" in t for t in labels), labels

@@ -112,3 +112,45 @@ def test_cli_figures(runs, tmp_path, capsys):
         "fig02_trainable_parameters.pdf", "fig02_trainable_parameters.png", "fig10_cosine.pdf", "fig10_cosine.png",
         "index.html", "index.md"]
     assert main(["figures", str(tmp_path / "missing"), "-o", str(tmp_path)]) == 1
+
+
+def test_index_leads_with_headline_numbers_and_links_report_and_results(runs, tmp_path):
+    (tmp_path / "report.html").write_text("<html></html>")
+    (tmp_path / "results.md").write_text("# results")
+    render([runs["tlora"], runs["lora"]], tmp_path, only=["fig02_trainable_parameters"], progress=False)
+    md, html = (tmp_path / "index.md").read_text(), (tmp_path / "index.html").read_text()
+    assert "[claims report](report.html)" in md and "[results table](results.md)" in md
+    assert "<a href='report.html'>" in html and "<a href='results.md'>" in html
+    assert "| tlora-r4-s0 | tlora | 68 | accuracy 0.5000 (step 4) |" in md  # the tiny runs log accuracy 0.5
+
+
+def test_a_run_given_twice_or_without_snapshots_is_refused(runs, tmp_path, capsys):
+    with pytest.raises(ValueError, match="given twice"):
+        RunRoles.from_paths([runs["tlora"].path, runs["tlora"].path])
+    assert main(["figures", str(runs["tlora"].path), str(runs["tlora"].path), "-o", str(tmp_path)]) == 1
+    assert "given twice" in capsys.readouterr().err
+    empty = make_tiny_run(tmp_path, method="tlora", steps=1, name="emptied")
+    for snap in (empty.path / "snapshots").iterdir():
+        snap.unlink()
+    assert main(["figures", str(empty.path), "-o", str(tmp_path / "f")]) == 1
+    assert "no readable snapshot" in capsys.readouterr().err
+
+
+def test_figures_output_defaults_to_a_figures_folder(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["figures", str(runs["tlora"].path), "--only", "fig06_alpha", "-q"]) == 0
+    assert (tmp_path / "figures" / "fig06_alpha.png").is_file() and (tmp_path / "figures" / "index.html").is_file()
+
+
+def test_a_peft_folder_counts_its_parameters_from_the_adapter_tensors(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from helpers_runs import tiny_model
+    from tlora_analysis.figures import parameter_table
+
+    model = get_peft_model(tiny_model(0), LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
+    model.save_pretrained(tmp_path / "adapter")
+    table = parameter_table([tmp_path / "adapter"])
+    assert table["trainable"].tolist() == [sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)]
+    result = render([tmp_path / "adapter"], tmp_path / "figs", only=["fig02_trainable_parameters"], progress=False)
+    assert "fig02_trainable_parameters" in result.written and not result.skipped

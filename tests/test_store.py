@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -214,3 +215,100 @@ def test_cli_inspect_and_verify(tmp_path, capsys):
     assert main(["verify", str(run.path)]) == 1
     assert "000000001.safetensors" in capsys.readouterr().out
     assert main(["inspect", str(tmp_path / "missing")]) == 1
+
+
+# ---------------------------------------------------------------- damage verify names (manifest, run id, values)
+
+def _rewrite(path, change):
+    """Rewrite a snapshot with ``change(tensors)`` applied and a valid checksum (damage a checksum cannot see)."""
+    from tlora_analysis.fileio import load_tensors, save_tensors
+
+    tensors, meta = load_tensors(path)
+    meta.pop("sha256")
+    change(tensors)
+    save_tensors(path, tensors, meta)
+
+
+def _problems(run_path):
+    report = Run(run_path).verify()
+    return {os.path.basename(p.path): p.message for p in report.problems}
+
+
+def test_verify_catches_a_snapshot_deleted_from_the_middle(tmp_path):
+    run = make_tiny_run(tmp_path, "tlora", steps=4)
+    run.snapshot_path(2).unlink()
+    assert "manifest lists step 2" in _problems(run.path)["000000002.safetensors"]
+
+
+def test_verify_and_reader_catch_a_same_step_snapshot_from_another_run(tmp_path):
+    run = make_tiny_run(tmp_path, "tlora", steps=3)
+    other = make_tiny_run(tmp_path, "tlora", steps=3, seed=1, lr=5e-2)
+    os.replace(other.snapshot_path(2), run.snapshot_path(2))
+    assert "another run" in _problems(run.path)["000000002.safetensors"]
+    with pytest.raises(ValueError, match="000000002.safetensors was written by another run"):
+        Run(run.path).update(run.layers[0], 2)
+
+
+def test_verify_and_reader_catch_frozen_factors_of_another_seed(tmp_path):
+    run = make_tiny_run(tmp_path, "tlora", steps=2)
+    other = make_tiny_run(tmp_path, "tlora", steps=2, seed=1)
+    shutil.copy(other.path / "frozen.safetensors", run.path / "frozen.safetensors")
+    assert "another run" in _problems(run.path)["frozen.safetensors"]
+    with pytest.raises(ValueError, match="frozen.safetensors was written by another run"):
+        Run(run.path).update(run.layers[0], 2)
+
+
+def test_verify_catches_a_reshaped_and_a_nan_tensor_with_valid_checksums(tmp_path):
+    from tlora_analysis.store import NonFiniteError
+
+    run = make_tiny_run(tmp_path, "tlora", steps=3)
+    key = f"{run.layers[1]}.tlora_B"
+    _rewrite(run.snapshot_path(1), lambda t: t.__setitem__(key, t[key][:2].contiguous()))
+    _rewrite(run.snapshot_path(2), lambda t: t[key].__setitem__((0, 0), float("nan")))
+    problems = _problems(run.path)
+    assert "has shape (2, 4)" in problems["000000001.safetensors"] and key in problems["000000001.safetensors"]
+    assert "NaN" in problems["000000002.safetensors"] and key in problems["000000002.safetensors"]
+    with pytest.raises(NonFiniteError, match="000000002.safetensors.*NaN"):
+        Run(run.path).update(run.layers[1], 2)
+
+
+def test_verify_catches_an_emptied_metrics_file_and_a_missing_manifest(tmp_path):
+    run = make_tiny_run(tmp_path, "tlora", steps=3)
+    (run.path / "metrics.jsonl").write_bytes(b"")
+    assert "emptied or cut short" in _problems(run.path)["metrics.jsonl"]
+    (run.path / "manifest.jsonl").unlink()
+    assert "missing" in _problems(run.path)["manifest.jsonl"]
+
+
+def test_verify_names_a_missing_or_looping_snapshot_folder_and_a_dangling_file(tmp_path):
+    run = make_tiny_run(tmp_path, "tlora", steps=2)
+    target = run.snapshot_path(1)
+    os.replace(target, tmp_path / "elsewhere")
+    os.symlink(tmp_path / "gone", target)
+    assert "symbolic link" in _problems(run.path)["000000001.safetensors"]
+    shutil.rmtree(run.path / "snapshots")
+    os.symlink(run.path / "snapshots", run.path / "snapshots")  # a loop
+    assert "loops" in _problems(run.path)["snapshots"]
+
+
+def test_run_json_without_layers_or_with_an_unknown_method_is_named(tmp_path):
+    run = make_tiny_run(tmp_path, "tlora", steps=1)
+    cfg = json.loads((run.path / "run.json").read_text())
+    (run.path / "run.json").write_text(json.dumps({**cfg, "method": "qlora"}))
+    with pytest.raises(NotARunError, match="names method 'qlora'"):
+        Run(run.path)
+    del cfg["layers"]
+    (run.path / "run.json").write_text(json.dumps(cfg))
+    with pytest.raises(CorruptFileError, match="no 'layers' record"):
+        Run(run.path)
+
+
+def test_every_file_carries_the_run_id(tmp_path):
+    from tlora_analysis.fileio import load_tensors
+
+    run = make_tiny_run(tmp_path, "tlora", steps=2)
+    assert len(run.run_id) == 32
+    for path in [run.path / "frozen.safetensors", *map(run.snapshot_path, run.steps)]:
+        assert load_tensors(path)[1]["run_id"] == run.run_id
+    lines = [json.loads(x) for x in (run.path / "manifest.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [None, 0, 1, 2] and {x["run_id"] for x in lines} == {run.run_id}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,32 +91,6 @@ def test_same_command_twice_gives_the_same_metrics(tiny, tmp_path):
     assert c.train_losses != a.train_losses
 
 
-def test_resume_continues_to_the_same_result(tiny, tmp_path, monkeypatch):
-    import tlora_analysis.experiments.train as runner
-
-    straight = train(_config(tiny, tmp_path, run_dir=str(tmp_path / "straight"), epochs=3))
-    real_save = runner.save_trainer_state
-
-    def save_then_die(run_dir, model, optimizer, scheduler, step, extra):
-        real_save(run_dir, model, optimizer, scheduler, step, extra)
-        if step == 6:
-            raise KeyboardInterrupt("killed right after the epoch-1 evaluation")
-
-    monkeypatch.setattr(runner, "save_trainer_state", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(_config(tiny, tmp_path, run_dir=str(tmp_path / "resumed"), epochs=3))
-    assert Run(tmp_path / "resumed").config["status"] == "interrupted"
-    monkeypatch.setattr(runner, "save_trainer_state", real_save)
-    resumed = train(_config(tiny, tmp_path, run_dir=str(tmp_path / "resumed"), epochs=3, resume=True))
-    assert Run(resumed.run_dir).config["resumed_at_steps"] == [6]
-    assert resumed.steps == straight.steps == 18
-    assert [e["accuracy"] for e in resumed.evals[-2:]] == [e["accuracy"] for e in straight.evals[-2:]]
-    a, b = Run(straight.run_dir), Run(resumed.run_dir)
-    for layer in a.layers:
-        for key, t in a.trainable(layer, 18).items():
-            torch.testing.assert_close(b.trainable(layer, 18)[key], t)
-
-
 def test_paper_preset_and_head_modes(tiny, tmp_path):
     result = train(_config(tiny, tmp_path, method="tlora", head="frozen", epochs=1))
     assert result.parameters["trainable"] == 4 * (4 * 4 + 1)  # r² + 1 per adapted matrix, head frozen
@@ -185,3 +161,61 @@ def test_no_space_left_keeps_the_run_readable(tiny, tmp_path, monkeypatch):
     run = Run(tmp_path / "run")
     assert run.steps == [0, 3, 6]
     assert run.trainable(run.layers[0], 6)["tlora_B"].abs().sum() > 0
+
+
+# ---------------------------------------------------------------- task-aware metrics end to end
+
+def _glue_folder(folder, task):
+    """A tiny GLUE folder of ``task`` in its original layout, learnable by the tiny model's vocabulary."""
+    from test_train_fixtures import sentiment_frame
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, seed, n in (("train.tsv", 1, 96), ("dev.tsv", 2, 32)):
+        frame = sentiment_frame(n, seed)
+        if task == "cola":  # headerless: source, label, original mark, sentence
+            text = "".join(f"src\t{y}\t{'' if y else '*'}\t{s}\n" for s, y in zip(frame["sentence"], frame["label"]))
+        else:  # STS-B: a score in [0, 5] that the positive words raise
+            head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+            text = head + "".join(f"{i}\tg\tf\t2012\t{i}\ts\ts\t{s}\tthe movie\t{4.5 * y + 0.25 * (i % 3):.2f}\n"
+                                  for i, (s, y) in enumerate(zip(frame["sentence"], frame["label"])))
+        (folder / name).write_text(text)
+    return folder
+
+
+def test_cola_is_judged_by_mcc_and_stsb_by_pearson_with_an_mse_loss(tiny, tmp_path):
+    from tlora_analysis.figures.catalog import FigureContext
+    from tlora_analysis.figures import RunRoles
+
+    common = {k: v for k, v in tiny.items() if k == "model"}
+    cola = train(_config(common, tmp_path, task="cola", data_dir=str(_glue_folder(tmp_path / "CoLA", "cola")),
+                         run_dir=str(tmp_path / "cola"), epochs=4, lr=3e-2, dropout=0.0))
+    run = Run(cola.run_dir)
+    assert run.config["selection_metric"] == "mcc" and cola.selection_metric == "mcc"
+    assert cola.best["mcc"] == max(e["mcc"] for e in cola.evals)
+    assert run.config["regression"] is False and run.config["loss"] == "cross_entropy"
+    assert run.config["majority_baseline"]["mcc"] == 0.0
+    assert FigureContext(RunRoles([run])).eval_metric() == "mcc"
+    stsb = train(_config(common, tmp_path, task="stsb", data_dir=str(_glue_folder(tmp_path / "STS-B", "stsb")),
+                         run_dir=str(tmp_path / "stsb"), epochs=2))
+    run = Run(stsb.run_dir)
+    assert run.config["regression"] is True and run.config["hyperparameters"]["regression"] is True
+    assert run.config["loss"] == "mse" and run.config["selection_metric"] == "pearson"
+    assert "majority_baseline" not in run.config
+    ctx = FigureContext(RunRoles([run]))
+    assert ctx.eval_metric() == "pearson" and ctx.loss() == "MSE loss"
+    assert stsb.best.get("pearson") is not None
+
+
+def test_a_frozen_head_that_had_to_be_made_up_is_announced(tiny, tmp_path):
+    from transformers import BertModel
+
+    from tlora_analysis.experiments.models import load_model
+
+    headless = tmp_path / "headless"
+    BertModel.from_pretrained(tiny["model"]).save_pretrained(headless)
+    for f in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        if (Path(tiny["model"]) / f).is_file():
+            shutil.copy(Path(tiny["model"]) / f, headless / f)
+    with pytest.warns(UserWarning, match="no trained classification head.*--head fresh"):
+        loaded = load_model(str(headless), 2, head="frozen")
+    assert loaded.head_note and "random" in loaded.head_note

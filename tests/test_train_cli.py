@@ -69,3 +69,44 @@ def test_snapshot_schedules():
     for bad in ("every:x", "sometimes", "log:"):
         with pytest.raises(ValueError, match="snapshot schedule"):
             parse_snapshot_schedule(bad, 100)
+
+
+def _tiny_argv(tmp_path, *extra):
+    model = make_tiny_model(tmp_path / "model")
+    task = make_local_task(tmp_path / "data")
+    return ["train", "--model", str(model), "--task", "local", "--train-file", task["train_file"],
+            "--validation-file", task["validation_file"], "--text-columns", "sentence", "--rank", "4",
+            "--epochs", "1", "--batch-size", "16", "--max-length", "16", *extra]
+
+
+def test_no_progress_still_prints_data_sizes_first_and_the_summary(tmp_path, capsys):
+    assert main(_tiny_argv(tmp_path, "--no-progress", "--run-dir", str(tmp_path / "run"))) == 0
+    out = capsys.readouterr().out
+    assert out.index("train 96, validation 32; majority class: accuracy") < out.index("best     step")
+    assert "baseline majority class: accuracy" in out and "time " in out
+    assert main(["inspect", str(tmp_path / "run")]) == 0
+    shown = capsys.readouterr().out
+    assert "best" in shown and "accuracy" in shown and "majority" in shown
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--targets", "re:["), "not a valid regular expression"),
+    (("--device", "tpu"), "device 'tpu' is not supported"),
+    (("--data-dir", "."), "needs --task"),
+])
+def test_bad_flags_are_named_without_a_traceback(tmp_path, capsys, flags, message):
+    assert main(_tiny_argv(tmp_path, *flags, "--run-dir", str(tmp_path / "run"))) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_a_model_folder_with_only_pickled_weights_is_refused(tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    model = make_tiny_model(tmp_path / "model")
+    torch.save(load_file(model / "model.safetensors"), model / "pytorch_model.bin")
+    (model / "model.safetensors").unlink()
+    argv = _tiny_argv(tmp_path / "x", "--run-dir", str(tmp_path / "run"))
+    argv[argv.index("--model") + 1] = str(model)
+    assert main(argv) == 1
+    assert "only pickled weights (pytorch_model.bin)" in capsys.readouterr().err

@@ -20,21 +20,24 @@ from .adapters import (  # noqa: E402
     save_adapter,
 )
 from .lowrank import FactoredUpdate  # noqa: E402
-from .recording import SnapshotRecorder  # noqa: E402
+from .recording import EveryN, Explicit, LogSpaced, SnapshotRecorder  # noqa: E402
 from .store import Run  # noqa: E402
 from . import analysis  # noqa: E402
 
 __all__ = [
     "FactoredUpdate", "FullConfig", "LoRAConfig", "TLoRAConfig", "adapted_layers", "apply_adapters",
     "count_parameters", "load_adapter", "merge_and_unload", "save_adapter", "__version__",
-    "Run", "SnapshotRecorder", "analysis", "figures", "report",
+    "Run", "SnapshotRecorder", "RecorderCallback", "EveryN", "LogSpaced", "Explicit", "analysis", "figures", "report",
 ]
 
 
 def __getattr__(name: str):
-    """``tlora_analysis.figures`` / ``.report`` on first use (they import matplotlib)."""
-    if name in ("figures", "report"):
-        import importlib
+    """Imported on first use: ``figures`` / ``report`` (matplotlib, the ``[figures]`` extra) and
+    ``RecorderCallback`` (transformers, the ``[train]`` extra)."""
+    import importlib
 
+    if name in ("figures", "report"):
         return importlib.import_module(f".{name}", __name__)
+    if name == "RecorderCallback":
+        return importlib.import_module(".recording", __name__).RecorderCallback
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

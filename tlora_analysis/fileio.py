@@ -153,6 +153,11 @@ def safetensors_bytes(blocks: Sequence[TensorBlock], metadata: Mapping[str, str]
     Blocks of wider dtypes come first, so each tensor's offset is a multiple of its element
     size (as safetensors' own writer arranges); the header is padded to 8 bytes with spaces.
     """
+    return _encode(blocks, metadata)[0]
+
+
+def _encode(blocks: Sequence[TensorBlock], metadata: Mapping[str, str]) -> tuple[bytes, str]:
+    """The file's bytes and the checksum written into its header."""
     header: dict[str, Any] = {}
     entries, parts, offset = [], [], 0
     for block in sorted(blocks, key=lambda b: -b.buffer.element_size()):
@@ -177,28 +182,34 @@ def safetensors_bytes(blocks: Sequence[TensorBlock], metadata: Mapping[str, str]
     meta = {**metadata, CHECKSUM_KEY: _checksum(entries)}
     text = json.dumps({"__metadata__": meta, **header}, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    return b"".join([struct.pack("<Q", len(text)), text, *parts])
+    return b"".join([struct.pack("<Q", len(text)), text, *parts]), meta[CHECKSUM_KEY]
 
 
 def save_tensors(
     path: str | os.PathLike,
     tensors: Mapping[str, torch.Tensor] | Sequence[TensorBlock],
     metadata: Mapping[str, Any] | None = None,
-) -> None:
-    """Atomically write a safetensors file with a checksum and JSON-encoded metadata.
+) -> str:
+    """Atomically write a safetensors file with a checksum and JSON-encoded metadata; return the checksum.
 
     ``tensors`` is a name → tensor mapping, or :class:`TensorBlock` s (the recorder's flat buffers).
     """
     blocks = [TensorBlock.of(k, v) for k, v in tensors.items()] if isinstance(tensors, Mapping) else list(tensors)
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    atomic_write_bytes(path, safetensors_bytes(blocks, meta))
+    data, checksum = _encode(blocks, meta)
+    atomic_write_bytes(path, data)
+    return checksum
 
 
 def open_tensors(path: str | os.PathLike):
     """``safe_open`` a file lazily, turning a damaged header into a named error."""
     path = Path(path)
     if not path.is_file():
+        if path.is_symlink():
+            raise FileNotFoundError(f"{path} is a symbolic link to {os.readlink(path)!r}, which does not exist")
         raise FileNotFoundError(f"{path} does not exist")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"{path} cannot be read (permission denied); fix its permissions")
     try:
         return safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:

@@ -9,6 +9,7 @@ Everything is validated before the model is touched.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -31,9 +32,12 @@ __all__ = [
     "merge_and_unload",
     "remove_adapters",
     "match_targets",
+    "head_module_names",
+    "HEAD_NAMES",
 ]
 
 CONFIG_ATTR = "tlora_analysis_config"
+HEAD_NAMES = ("classifier", "score")  # the classification heads of transformers' *ForSequenceClassification
 _LAYER_CLASSES = {"tlora": TLoRALinear, "lora": LoRALinear}
 
 
@@ -64,6 +68,20 @@ def match_targets(model: nn.Module, targets: str | tuple[str, ...] | None) -> di
     return {n: m for n, m in found.items() if not n.endswith(".base_layer")}
 
 
+def head_module_names(model: nn.Module) -> tuple[str, ...]:
+    """Top-level names of the model's classification head (``classifier`` or ``score``)."""
+    return tuple(n for n, _ in model.named_children() if n in HEAD_NAMES)
+
+
+def _resolve_modules_to_save(model: nn.Module, config: AdapterConfig, targets: dict[str, nn.Module]) -> AdapterConfig:
+    """The config with ``modules_to_save=None`` replaced by the model's head (not targeted)."""
+    if config.modules_to_save is not None:
+        return config
+    heads = tuple(h for h in head_module_names(model)
+                  if not any(n == h or n.startswith(h + ".") for n in targets))
+    return dataclasses.replace(config, modules_to_save=heads)
+
+
 def adapter_config(model: nn.Module) -> AdapterConfig | None:
     """The config :func:`apply_adapters` put on the model, or None."""
     return getattr(model, CONFIG_ATTR, None)
@@ -78,7 +96,8 @@ def tracked_linears(model: nn.Module) -> dict[str, nn.Module]:
     """The layers whose update a recorder tracks: adapted layers, or full FT's targets."""
     config = adapter_config(model)
     if isinstance(config, FullConfig):
-        return {n: m for n, m in match_targets(model, config.target_modules).items() if isinstance(m, nn.Linear)}
+        chosen = config.target_modules if config.track_modules is None else config.track_modules
+        return {n: m for n, m in match_targets(model, chosen).items() if isinstance(m, nn.Linear)}
     return dict(adapted_layers(model))
 
 
@@ -110,11 +129,16 @@ def _validate(model: nn.Module, config: AdapterConfig) -> dict[str, nn.Module]:
                     f"({m.in_features} → {m.out_features}): ΔW cannot have rank above {limit}. "
                     f"Use rank ≤ {limit} or leave that layer out of target_modules"
                 )
+    if isinstance(config, FullConfig) and config.track_modules is not None:
+        tracked = match_targets(model, config.track_modules)
+        if not tracked or any(not isinstance(m, nn.Linear) for m in tracked.values()):
+            raise ValueError(f"track_modules {config.track_modules!r} must match nn.Linear layers only, and at least "
+                             f"one. {_suggestions(model)}")
     modules = dict(model.named_modules())
-    for name in config.modules_to_save:
+    for name in config.modules_to_save or ():
         if name not in modules and not match_targets(model, (name,)):
             raise ValueError(f"modules_to_save entry {name!r} matches no module of the model")
-        if match_targets(model, (name,)).keys() & targets.keys():
+        if not isinstance(config, FullConfig) and match_targets(model, (name,)).keys() & targets.keys():
             raise ValueError(f"{name!r} is both a target and in modules_to_save; choose one")
     return targets
 
@@ -125,9 +149,13 @@ def apply_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     TLoRA and LoRA wrap each targeted ``nn.Linear``; only the adapter parameters (and
     ``modules_to_save``) stay trainable. FullConfig leaves the modules as they are and makes
     all parameters (or the targets' parameters, plus ``modules_to_save``) trainable.
-    On any error the model is left unchanged.
+    ``modules_to_save=None`` (the default) means the model's classification head, so a head
+    that ``from_pretrained(..., num_labels=K)`` initialised fresh is trained, not left random.
+    The model keeps the resolved config (``adapter_config(model)``). On any error the model is
+    left unchanged.
     """
     targets = _validate(model, config)
+    config = _resolve_modules_to_save(model, config, targets)
     for p in model.parameters():
         p.requires_grad_(False)
     if isinstance(config, FullConfig):

@@ -35,7 +35,7 @@ def _adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, layer in adapted_layers(model).items():
         for key, t in {**layer.trainable_state(), **layer.frozen_state()}.items():
             tensors[f"{name}.{key}"] = t
-    for prefix in config.modules_to_save:
+    for prefix in config.modules_to_save or ():
         for name, p in model.named_parameters():
             if name.startswith(prefix + ".") or ("." + prefix + ".") in ("." + name):
                 tensors[name] = p

@@ -1,12 +1,15 @@
-"""The runner's resume point: trainable weights, optimizer, scheduler and RNG state, no pickle.
+"""The runner's resume point: trainable weights, optimizer, scheduler and RNG state in one file, no pickle.
 
-Written atomically into ``<run_dir>/trainer_state/`` at every evaluation (safetensors for the
-tensors, JSON for the rest), so ``--resume`` continues from the last evaluated step with the
-same optimizer moments, learning-rate schedule and random streams.
+``<run_dir>/trainer_state/state.safetensors`` holds the tensors (trainable parameters, AdamW
+moments, torch and NumPy RNG states) and, in its metadata, the JSON rest (step, scheduler,
+parameter groups, Python RNG, best and past evaluations) plus the run id of the run it belongs
+to. One file written atomically: a process killed at any instant leaves the previous resume
+point or the new one, never a mixture of two steps.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -15,16 +18,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..fileio import load_tensors, read_json, save_tensors, write_json
+from ..fileio import CorruptFileError, load_tensors, save_tensors
 
-__all__ = ["save_trainer_state", "load_trainer_state", "STATE_DIR"]
+__all__ = ["save_trainer_state", "load_trainer_state", "STATE_DIR", "STATE_FILE"]
 
 STATE_DIR = "trainer_state"
+STATE_FILE = "state.safetensors"
 
 
 def save_trainer_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                       step: int, extra: dict[str, Any]) -> None:
-    folder = Path(run_dir) / STATE_DIR
+                       step: int, extra: dict[str, Any], run_id: str | None = None) -> None:
+    """Write the resume point of ``step`` (``extra``: JSON values kept with it, e.g. best and evals)."""
     tensors = {f"param.{n}": p for n, p in model.named_parameters() if p.requires_grad}
     opt = optimizer.state_dict()
     for idx, state in opt["state"].items():
@@ -33,27 +37,39 @@ def save_trainer_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.O
     tensors["rng.torch"] = torch.get_rng_state()
     np_state = np.random.get_state()
     tensors["rng.numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
-    save_tensors(folder / "state.safetensors", tensors)
-    write_json(folder / "state.json", {
+    py_state = random.getstate()
+    state = {
         "step": step,
         "param_groups": opt["param_groups"],
         "scheduler": scheduler.state_dict(),
         "rng_numpy_pos": int(np_state[2]),
-        "rng_python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
         **extra,
-    })
+    }
+    save_tensors(Path(run_dir) / STATE_DIR / STATE_FILE, tensors,
+                 {"format": "tlora_analysis.trainer_state", "run_id": run_id or "", "state": json.dumps(state)})
 
 
-def load_trainer_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
-    """Restore what :func:`save_trainer_state` wrote; returns its JSON (step, best, ...)."""
-    folder = Path(run_dir) / STATE_DIR
-    if not (folder / "state.json").is_file():
+def load_trainer_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                       run_id: str | None = None) -> dict[str, Any]:
+    """Restore what :func:`save_trainer_state` wrote; returns its JSON part (step, best, ...).
+
+    ``run_id``: the run's id from run.json; a resume point written for another run is refused.
+    """
+    path = Path(run_dir) / STATE_DIR / STATE_FILE
+    if not path.is_file():
         raise FileNotFoundError(
-            f"{folder} has no saved trainer state: the run never reached an evaluation, so there is nothing "
+            f"{path.parent} has no saved trainer state: the run never reached an evaluation, so there is nothing "
             f"to resume from. Start again with --overwrite"
         )
-    meta = read_json(folder / "state.json")
-    tensors, _ = load_tensors(folder / "state.safetensors")
+    tensors, meta = load_tensors(path)
+    if "state" not in meta:
+        raise CorruptFileError(f"{path} has no 'state' record in its metadata: it was not written by this runner, "
+                               "or is damaged. Start again with --overwrite")
+    if run_id and meta.get("run_id") != run_id:
+        raise CorruptFileError(f"{path} belongs to another run (run id {meta.get('run_id')!r}, this run's is "
+                               f"{run_id!r}): it was copied in from elsewhere. Remove it and start again with --overwrite")
+    state = json.loads(meta["state"])
     params = dict(model.named_parameters())
     with torch.no_grad():
         for key, value in tensors.items():
@@ -63,15 +79,15 @@ def load_trainer_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.O
                     raise ValueError(f"the saved trainer state has parameter {name!r}, which this model lacks; "
                                      "resume with the same model and method")
                 params[name].copy_(value.to(params[name].device))
-    state: dict[int, dict[str, torch.Tensor]] = {}
+    optim_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
             _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    scheduler.load_state_dict(meta["scheduler"])
+            optim_state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
+    scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
-    np.random.set_state(("MT19937", tensors["rng.numpy"].numpy().astype(np.uint32), meta["rng_numpy_pos"], 0, 0.0))
-    version, inner, gauss = meta["rng_python"]
+    np.random.set_state(("MT19937", tensors["rng.numpy"].numpy().astype(np.uint32), state["rng_numpy_pos"], 0, 0.0))
+    version, inner, gauss = state["rng_python"]
     random.setstate((version, tuple(inner), gauss))
-    return meta
+    return state

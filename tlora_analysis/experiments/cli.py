@@ -64,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--split-seed", type=int, help="seed of the bundled data's train/validation/test split (default 0)")
     d.add_argument("--max-length", type=int, help="token limit (default 128; capped by the model)")
     d.add_argument("--max-train-examples", type=int, help="a seeded subset of the training set")
-    d.add_argument("--max-eval-examples", type=int, help="a seeded subset of the validation set")
+    d.add_argument("--max-eval-examples", type=int,
+                   help="a subset of the validation (and test) set, seeded by --split-seed: the same for every --seed")
     o = p.add_argument_group("optimisation")
     o.add_argument("--seed", type=int, help="seeds data order, dropout, adapter and head init (default 0)")
     o.add_argument("--epochs", type=float, help="default 3 (paper 30)")
@@ -84,7 +85,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--log-every", type=int, help="training-loss event every N steps (default 10)")
     r.add_argument("--no-base-weights", dest="store_base_weights", action="store_false",
                    help="do not store W0 of the adapted layers (paper-faithful merged figures need it)")
+    r.add_argument("--no-save-weights", dest="save_weights", action="store_false",
+                   help="write neither the resume point (trainer_state/) nor the final adapter/ (no --resume later); "
+                        "for full fine-tuning those are about four copies of the model")
     r.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     r.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last evaluation")
-    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar or summary")
+    r.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (the data sizes, warnings and the summary are still printed)")
+    r.add_argument("--quiet", dest="verbose", action="store_false", help="print nothing but errors")
     p.set_defaults(func=_run)

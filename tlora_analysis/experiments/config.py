@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
+
+from .data import BUNDLED_TASK, data_dir_needs_task, normalize_task
 
 __all__ = ["TrainConfig", "METHODS", "PRECISIONS"]
 
@@ -20,6 +23,11 @@ class TrainConfig:
     ``train_file``/``validation_file``. dropout None means the method's default (TLoRA 0.5 on
     the adapter output as in the paper; LoRA 0.0). epochs is the budget unless max_steps is set.
     snapshots: "every:N", "log:K" (K log-spaced steps) or a comma list of steps.
+    progress: the tqdm bars (training and evaluation); verbose: the data sizes before training,
+    warnings (constant predictions) and the summary after it, printed with or without bars.
+    save_weights=False writes neither the resume point (trainer_state/) nor the final adapter/:
+    the run can be analysed but not resumed or reloaded (for full fine-tuning those are about
+    four copies of the model).
     """
 
     method: str = "tlora"
@@ -55,12 +63,14 @@ class TrainConfig:
     log_every: int = 10
     snapshots: str = "log:20"
     store_base_weights: bool = True
+    save_weights: bool = True
     precision: str = "fp32"
     device: str = "auto"
     run_dir: str | None = None
     overwrite: bool = False
     resume: bool = False
     progress: bool = True
+    verbose: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -89,8 +99,18 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if self.overwrite and self.resume:
             raise ValueError("give --overwrite or --resume, not both")
+        if self.resume and not self.save_weights:
+            raise ValueError("--resume needs the resume point that --no-save-weights leaves out; drop one of them")
         if self.task == "local" and not (self.train_file and self.validation_file):
             raise ValueError("task 'local' needs --train-file and --validation-file")
+        if self.task != "local" and (self.train_file or self.validation_file or self.test_file):
+            raise ValueError(f"--train-file / --validation-file are read with --task local (got --task {self.task}); "
+                             "add --task local, or give a GLUE folder with --task NAME --data-dir DIR")
+        if self.data_dir is not None and normalize_task(self.task) in (BUNDLED_TASK, "local"):
+            raise ValueError(data_dir_needs_task(self.data_dir))
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
+            raise ValueError(f"device {self.device!r} is not supported; use auto (CUDA when present), cpu, "
+                             "cuda or cuda:N")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

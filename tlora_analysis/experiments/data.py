@@ -24,6 +24,10 @@ __all__ = [
     "DataUnavailableError",
     "MissingColumnError",
     "UnknownTaskError",
+    "WrongTaskError",
+    "guess_glue_task",
+    "normalize_task",
+    "data_dir_needs_task",
     "BUNDLED_TASK",
     "GLUE_TASKS",
     "load_task",
@@ -153,22 +157,35 @@ class GlueSpec:
     hub_validation: str = "validation"
     has_header: bool = True
     is_regression: bool = False
+    display: str = ""
 
 
 GLUE_TASKS: dict[str, GlueSpec] = {
-    "sst2": GlueSpec(("sentence",), ("sentence",), "label", None, 2),
-    "mrpc": GlueSpec(("sentence1", "sentence2"), ("#1 String", "#2 String"), "Quality", None, 2),
-    "rte": GlueSpec(("sentence1", "sentence2"), ("sentence1", "sentence2"), "label", ("entailment", "not_entailment"), 2),
-    "qnli": GlueSpec(("question", "sentence"), ("question", "sentence"), "label", ("entailment", "not_entailment"), 2),
-    "cola": GlueSpec(("sentence",), (3,), 1, None, 2, has_header=False),
-    "stsb": GlueSpec(("sentence1", "sentence2"), ("sentence1", "sentence2"), "score", None, 1, is_regression=True),
+    "sst2": GlueSpec(("sentence",), ("sentence",), "label", None, 2, display="SST-2"),
+    "mrpc": GlueSpec(("sentence1", "sentence2"), ("#1 String", "#2 String"), "Quality", None, 2, display="MRPC"),
+    "rte": GlueSpec(("sentence1", "sentence2"), ("sentence1", "sentence2"), "label", ("entailment", "not_entailment"), 2,
+                    display="RTE"),
+    "wnli": GlueSpec(("sentence1", "sentence2"), ("sentence1", "sentence2"), "label", None, 2, display="WNLI"),
+    "qnli": GlueSpec(("question", "sentence"), ("question", "sentence"), "label", ("entailment", "not_entailment"), 2,
+                     display="QNLI"),
+    "qqp": GlueSpec(("question1", "question2"), ("question1", "question2"), "is_duplicate", None, 2, display="QQP"),
+    "cola": GlueSpec(("sentence",), (3,), 1, None, 2, has_header=False, display="CoLA"),
+    "stsb": GlueSpec(("sentence1", "sentence2"), ("sentence1", "sentence2"), "score", None, 1, is_regression=True,
+                     display="STS-B"),
     "mnli": GlueSpec(("premise", "hypothesis"), ("sentence1", "sentence2"), "gold_label",
                      ("entailment", "neutral", "contradiction"), 3, dev_file="dev_matched.tsv",
-                     hub_validation="validation_matched"),
+                     hub_validation="validation_matched", display="MNLI"),
 }
 
 _GLUE_LABEL_NAMES = {"sst2": ("negative", "positive"), "mrpc": ("not_equivalent", "equivalent"),
-                     "cola": ("unacceptable", "acceptable")}
+                     "cola": ("unacceptable", "acceptable"), "qqp": ("not_duplicate", "duplicate"),
+                     "wnli": ("not_entailment", "entailment")}
+# CoLA as its authors release it (cola_public/raw): GLUE's dev.tsv is in_domain_dev + out_of_domain_dev.
+COLA_RELEASE_FILES = {"train": ("in_domain_train.tsv",), "validation": ("in_domain_dev.tsv", "out_of_domain_dev.tsv")}
+
+
+class WrongTaskError(ValueError):
+    """A GLUE folder's files belong to another task than the one asked for."""
 
 
 def _read_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -176,16 +193,62 @@ def _read_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
     if not path.is_file():
         raise DataUnavailableError(f"{path} does not exist; a GLUE folder holds train.tsv and dev.tsv (dev_matched.tsv for MNLI)")
     with open(path, encoding="utf-8-sig", newline="") as fh:
-        rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+        rows = [r for r in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE) if r]
     if not rows:
-        raise ValueError(f"{path} is empty")
+        raise ValueError(f"{path} is empty: it holds no rows; give the task's data file")
     return rows[0], rows
+
+
+_HEADERS = {  # the first header fields of each GLUE task's train.tsv
+    "mrpc": ("Quality", "#1 ID"), "sst2": ("sentence", "label"), "qnli": ("index", "question", "sentence"),
+    "qqp": ("id", "qid1", "qid2"), "stsb": ("index", "genre", "filename"), "mnli": ("index", "promptID", "pairID"),
+}
+
+
+def guess_glue_task(folder: str | os.PathLike) -> str | None:
+    """Which GLUE task a folder in the original TSV layout holds, from its training file's first rows.
+
+    RTE and WNLI share a header (``index sentence1 sentence2 label``) and differ in their labels
+    (strings vs 0/1); CoLA has no header (four fields, the second a 0/1 label). None when unsure.
+    """
+    folder = Path(folder)
+    path = folder / "train.tsv"
+    if not path.is_file():
+        return "cola" if all((folder / n).is_file() for n in COLA_RELEASE_FILES["train"]) else None
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        rows = [r for _, r in zip(range(6), csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)) if r]
+    if not rows:
+        return None
+    head = tuple(rows[0])
+    for task, prefix in _HEADERS.items():
+        if head[: len(prefix)] == prefix:
+            return task
+    if head[:4] == ("index", "sentence1", "sentence2", "label"):
+        labels = {r[3] for r in rows[1:] if len(r) > 3}
+        return "wnli" if labels and labels <= {"0", "1"} else "rte"
+    if len(head) == 4 and all(len(r) == 4 and r[1] in ("0", "1") for r in rows):
+        return "cola"
+    return None
+
+
+def _check_task_fits(folder: Path, task: str) -> None:
+    """Refuse, with the right ``--task``, a folder whose files belong to another GLUE task."""
+    guess = guess_glue_task(folder)
+    if guess is not None and guess != task:
+        raise WrongTaskError(
+            f"--task {task} was given, but {folder} holds {GLUE_TASKS[guess].display} files "
+            f"(its train.tsv has {GLUE_TASKS[guess].display}'s layout); use --task {guess}, or give the "
+            f"{GLUE_TASKS[task].display} folder"
+        )
 
 
 def _tsv_frame(path: Path, spec: GlueSpec, task: str) -> pd.DataFrame:
     header, rows = _read_tsv(path)
     if spec.has_header:
         rows = rows[1:]
+        if not rows:
+            raise ValueError(f"{path} holds only a header line ({' '.join(header)[:80]}) and no examples; "
+                             "give the task's full data file")
         wanted = list(spec.tsv_text) + [spec.tsv_label]
         missing = [c for c in wanted if c not in header]
         if missing:
@@ -253,9 +316,34 @@ def load_glue_tsv(task: str, data_dir: str | os.PathLike) -> TaskData:
     folder = Path(data_dir)
     if not folder.is_dir():
         raise DataUnavailableError(f"--data-dir {folder} is not a folder; give the GLUE task folder holding train.tsv and {spec.dev_file}")
+    _check_task_fits(folder, task)
+    if task == "cola" and not (folder / "train.tsv").is_file():
+        return _cola_release(folder, spec)
     splits = {"train": _tsv_frame(folder / "train.tsv", spec, task),
               "validation": _tsv_frame(folder / spec.dev_file, spec, task)}
     return _glue_data(task, splits, source=f"local GLUE TSV folder {folder}")
+
+
+def _cola_release(folder: Path, spec: GlueSpec) -> TaskData:
+    """CoLA in its authors' layout (in_domain_train.tsv; in_domain_dev.tsv + out_of_domain_dev.tsv = GLUE's dev).
+
+    The folder may be ``cola_public/raw`` itself or ``cola_public`` (its ``raw/`` is used).
+    """
+    if (folder / "raw").is_dir() and not (folder / COLA_RELEASE_FILES["train"][0]).is_file():
+        folder = folder / "raw"
+    names = [n for files in COLA_RELEASE_FILES.values() for n in files]
+    if not (folder / COLA_RELEASE_FILES["train"][0]).is_file():
+        raise DataUnavailableError(f"{folder} holds neither train.tsv (GLUE's layout) nor {names[0]} (CoLA's own "
+                                   f"release); give the CoLA folder")
+    splits = {}
+    for split, files in COLA_RELEASE_FILES.items():
+        present = [folder / n for n in files if (folder / n).is_file()]
+        if not present:
+            raise DataUnavailableError(f"{folder} has no {' or '.join(files)}: CoLA's release layout needs "
+                                       f"{', '.join(names)}")
+        splits[split] = pd.concat([_tsv_frame(p, spec, "cola") for p in present], ignore_index=True)
+    used = ", ".join(n for n in names if (folder / n).is_file())
+    return _glue_data("cola", splits, source=f"CoLA release folder {folder} ({used})")
 
 
 def load_glue_hub(task: str) -> TaskData:
@@ -301,7 +389,27 @@ def _read_local(path: Path) -> pd.DataFrame:
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(_READERS)}")
-    return reader(path)
+    try:
+        frame = reader(path)
+    except (pd.errors.EmptyDataError, ValueError) as exc:
+        if path.stat().st_size == 0 or isinstance(exc, pd.errors.EmptyDataError):
+            raise ValueError(f"{path} is empty: it holds no header and no rows; give the split's data file") from exc
+        raise ValueError(f"{path} could not be read as {path.suffix[1:]} ({exc})") from exc
+    if frame.empty:
+        raise ValueError(f"{path} holds no examples (only a header: {list(frame.columns)}); give the split's data file")
+    return frame
+
+
+def _labels_kind(frame: pd.DataFrame, column: str, path: Path) -> str:
+    """"int" for class ids (integers, also stored as 1.0, 2.0), "float" for scores, "str" for names."""
+    values = frame[column]
+    if pd.api.types.is_bool_dtype(values):
+        return "int"
+    if pd.api.types.is_integer_dtype(values):
+        return "int"
+    if pd.api.types.is_float_dtype(values):
+        return "int" if bool(np.all(np.mod(values.to_numpy(), 1) == 0)) else "float"
+    return "str"
 
 
 def load_local_files(
@@ -335,12 +443,24 @@ def load_local_files(
         if nulls.any():
             raise ValueError(f"{paths[name]} has {int(nulls.sum())} row(s) with an empty text or label (first at row {int(nulls.idxmax())}); remove them")
     label_names = None
+    kinds = {name: _labels_kind(frame, label_column, paths[name]) for name, frame in frames.items()}
     if regression:
+        bad = [str(paths[n]) for n, k in kinds.items() if k == "str"]
+        if bad:
+            raise ValueError(f"--regression needs numeric scores in {label_column!r}, but {', '.join(bad)} hold text "
+                             f"labels; drop --regression for a classification task")
         encode = lambda s: s.astype(float)  # noqa: E731
         num_labels = 1
-    elif pd.api.types.is_integer_dtype(frames["train"][label_column]):
+    elif "float" in kinds.values():
+        name = next(n for n, k in kinds.items() if k == "float")
+        example = next(v for v in frames[name][label_column] if float(v) % 1 != 0)
+        raise ValueError(
+            f"{paths[name]}: {label_column!r} holds fractional numbers (e.g. {example}), which are scores, not class "
+            f"ids; pass --regression (regression=True) to train a regression head, or give integer class ids"
+        )
+    elif kinds["train"] == "int":
         encode = lambda s: s.astype(np.int64)  # noqa: E731
-        num_labels = int(max(f[label_column].max() for f in frames.values())) + 1
+        num_labels = int(max(f[label_column].astype(np.int64).max() for f in frames.values())) + 1
     else:
         label_names = tuple(sorted(frames["train"][label_column].astype(str).unique()))
         ids = {n: i for i, n in enumerate(label_names)}
@@ -365,6 +485,21 @@ def load_local_files(
                     label_names=label_names, source=f"local files {', '.join(str(p) for p in paths.values())}")
 
 
+def normalize_task(task: str) -> str:
+    """A task name as the loaders know it: "rotten_tomatoes" for the bundled data, else e.g. "stsb"."""
+    name = task.lower().replace("-", "").replace("_", "")
+    return BUNDLED_TASK if name in ("rottentomatoes", "bundled", "default") else name
+
+
+def data_dir_needs_task(data_dir: str | os.PathLike) -> str:
+    """The error for a ``--data-dir`` given without a GLUE ``--task``, naming the task the folder looks like."""
+    guess = guess_glue_task(data_dir) if Path(data_dir).is_dir() else None
+    hint = (f"{data_dir} looks like {GLUE_TASKS[guess].display}: add --task {guess}" if guess
+            else f"name the folder's GLUE task with --task ({', '.join(sorted(GLUE_TASKS))})")
+    return (f"--data-dir is read as a GLUE task folder, so it needs --task; {hint}. For your own CSV / TSV / JSONL "
+            f"files use --task local --train-file FILE --validation-file FILE")
+
+
 def load_task(
     task: str = BUNDLED_TASK,
     data_dir: str | os.PathLike | None = None,
@@ -374,8 +509,10 @@ def load_task(
 
     Local CSV / JSONL / parquet files go through :func:`load_local_files`.
     """
-    name = task.lower().replace("-", "").replace("_", "")
-    if name in ("rottentomatoes", "bundled", "default"):
+    name = normalize_task(task)
+    if name == BUNDLED_TASK:
+        if data_dir is not None:
+            raise ValueError(data_dir_needs_task(data_dir))
         return load_rotten_tomatoes(split_seed=split_seed)
     if name in GLUE_TASKS:
         return load_glue_tsv(name, data_dir) if data_dir is not None else load_glue_hub(name)

@@ -37,7 +37,12 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """CUDA (this process's GPU) when present and asked for, the CPU otherwise."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {name!r}; use auto (CUDA when present), cpu, cuda or cuda:N") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not supported; use auto (CUDA when present), cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for but no CUDA device is available; use --device cpu or auto")
     return device

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
+import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-__all__ = ["EncodedSplit", "encode_split", "subsample", "make_loader", "effective_max_length"]
+__all__ = ["EncodedSplit", "ResumableSampler", "encode_split", "subsample", "make_loader", "effective_max_length"]
 
 
 class EncodedSplit(Dataset):
@@ -55,14 +58,39 @@ def encode_split(frame: pd.DataFrame, tokenizer, max_length: int, is_regression:
     return EncodedSplit(features, frame["label"].to_numpy(), is_regression)
 
 
+class ResumableSampler(DistributedSampler):
+    """A DistributedSampler whose epoch can start part-way: ``set_epoch(e, start=k)`` skips its first k indices.
+
+    Each epoch's order is a function of (seed, epoch) alone, so a resumed run sees the batches
+    the uninterrupted run saw, without collating the skipped ones.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return max(super().__len__() - self.start, 0)
+
+
 def make_loader(dataset: EncodedSplit, tokenizer, batch_size: int, shuffle: bool, seed: int,
                 world_size: int = 1, rank: int = 0) -> DataLoader:
     """A DataLoader with dynamic padding; training order shuffled per (seed, epoch), sharded per process."""
     from transformers import DataCollatorWithPadding
 
     collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    # DistributedSampler for one process too: its set_epoch(e) makes each epoch's order a
+    # A DistributedSampler for one process too: its set_epoch(e) makes each epoch's order a
     # function of (seed, epoch), which is what resuming mid-run needs.
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                 drop_last=world_size > 1) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, collate_fn=collator)
+    sampler = ResumableSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                               drop_last=world_size > 1) if shuffle else None
+    # The loader's own generator: starting an iterator draws a seed from it, which would
+    # otherwise come from the global RNG and shift the dropout stream of a resumed run.
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, collate_fn=collator,
+                      generator=torch.Generator().manual_seed(seed))

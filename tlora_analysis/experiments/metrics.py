@@ -3,6 +3,10 @@
 F1 is binary F1 of class 1 for two classes (GLUE's MRPC/QQP convention) and macro F1 otherwise;
 MCC is the multiclass Matthews correlation (Gorodkin 2004), equal to the binary formula for
 two classes. Both come from one confusion matrix; correlations come from ``scipy.stats``.
+
+Each task has one selection metric, the one its "best" evaluation is chosen by and figures and
+tables lead with (GLUE's own: MCC for CoLA, Pearson for STS-B, accuracy otherwise), and a
+majority baseline: the scores of always predicting the evaluated split's most frequent class.
 """
 
 from __future__ import annotations
@@ -13,9 +17,18 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["classification_metrics", "regression_metrics", "compute_metrics", "confusion_matrix", "PRIMARY_METRIC"]
+__all__ = ["classification_metrics", "regression_metrics", "compute_metrics", "confusion_matrix",
+           "selection_metric", "majority_baseline", "constant_predictions", "LOSS_NAMES"]
 
-PRIMARY_METRIC = {False: "accuracy", True: "pearson"}
+_TASK_METRIC = {"cola": "mcc", "stsb": "pearson"}
+LOSS_NAMES = {False: "cross_entropy", True: "mse"}  # what transformers' sequence classifiers optimise
+
+
+def selection_metric(task: str, is_regression: bool) -> str:
+    """The metric a task's best evaluation is chosen by: mcc (CoLA), pearson (STS-B, any regression), else accuracy."""
+    if is_regression:
+        return "pearson"
+    return _TASK_METRIC.get(task, "accuracy")
 
 
 def confusion_matrix(labels: Sequence[int], predictions: Sequence[int], num_labels: int) -> np.ndarray:
@@ -70,3 +83,23 @@ def compute_metrics(labels: np.ndarray, logits: np.ndarray, is_regression: bool)
         return regression_metrics(labels, np.asarray(logits).reshape(-1))
     logits = np.asarray(logits)
     return classification_metrics(labels, logits.argmax(axis=-1), logits.shape[-1])
+
+
+def majority_baseline(labels: Sequence[int], num_labels: int) -> dict[str, float]:
+    """Scores of always predicting the most frequent class of ``labels`` (the split being evaluated).
+
+    The best accuracy any constant prediction reaches on that split; its MCC is 0 by definition.
+    A run that does no better has learned nothing about the inputs.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    majority = int(np.bincount(labels, minlength=num_labels).argmax())
+    return {"majority_class": majority, **classification_metrics(labels, np.full_like(labels, majority), num_labels)}
+
+
+def constant_predictions(logits: np.ndarray, is_regression: bool) -> bool:
+    """Whether a model gave every example the same prediction (one class, or one score to 6 digits)."""
+    logits = np.asarray(logits)
+    if is_regression:
+        values = logits.reshape(-1)
+        return bool(np.ptp(values) <= 1e-6 * max(1.0, float(np.abs(values).max(initial=0.0))))
+    return len(np.unique(logits.argmax(axis=-1))) <= 1

@@ -5,7 +5,10 @@ Head modes (shared/PAPER.md §2 supports both):
   trained next to the adapter (PEFT's ``modules_to_save=["classifier"]``).
 - ``"frozen"``: the checkpoint's head is kept and frozen; labels index its logits (the paper
   reuses the 3-way MNLI head for binary tasks). A checkpoint without a head gets a random
-  one, which then stays frozen.
+  one, which then stays frozen: a loud warning says so (and run.json's ``head_note``).
+
+Weights are read from safetensors only: a folder holding only pickled weights
+(``pytorch_model.bin``) is refused with the way to convert it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,6 +25,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..adapters.inject import head_module_names
 from .bundled import BUNDLED_MODEL_NAME, bundled_model_dir
 
 __all__ = [
@@ -36,7 +42,6 @@ __all__ = [
 ]
 
 HEAD_MODES = ("fresh", "frozen")
-_HEAD_NAMES = ("classifier", "score")
 
 
 class UnknownModelError(FileNotFoundError):
@@ -59,6 +64,7 @@ class LoadedModel:
     resolved: str        # the folder or hub id actually loaded
     head: str
     head_modules: tuple[str, ...]
+    head_note: str | None = None  # set when a frozen head had to be initialised at random
 
 
 def resolve_model_source(spec: str | os.PathLike | None) -> tuple[str, str]:
@@ -70,6 +76,13 @@ def resolve_model_source(spec: str | os.PathLike | None) -> tuple[str, str]:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UnknownModelError(f"{path} has no config.json: not a Hugging Face model folder")
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        if pickled and not any(path.glob("*.safetensors")):
+            raise UnknownModelError(
+                f"{path} holds only pickled weights ({', '.join(pickled[:3])}); tlora-analysis reads safetensors only, "
+                f"since unpickling can run code. Convert it once where you trust the file: "
+                f"AutoModelForSequenceClassification.from_pretrained(path).save_pretrained(path) writes model.safetensors"
+            )
         return str(path.resolve()), str(path.resolve())
     is_hub_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", text) is not None
     if not is_hub_id:
@@ -78,11 +91,6 @@ def resolve_model_source(spec: str | os.PathLike | None) -> tuple[str, str]:
             f"a hub id such as roberta-large, or leave --model out for the bundled {BUNDLED_MODEL_NAME}"
         )
     return text, text
-
-
-def head_module_names(model: nn.Module) -> tuple[str, ...]:
-    """Top-level names of the classification head (``classifier`` or ``score``)."""
-    return tuple(n for n, _ in model.named_children() if n in _HEAD_NAMES)
 
 
 def load_model(
@@ -116,19 +124,36 @@ def load_model(
         config.problem_type = "regression" if is_regression else "single_label_classification"
         kwargs["ignore_mismatched_sizes"] = True
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(target, config=config, **kwargs)
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            target, config=config, use_safetensors=True, output_loading_info=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise UnknownModelError(f"could not load the weights of {target!r} ({exc}); give a Hugging Face model "
+                                f"folder with model.safetensors") from exc
     heads = head_module_names(model)
+    note = None
+    missing = [k for k in info.get("missing_keys", []) if k.split(".")[0] in heads]
+    if head == "frozen" and missing:
+        note = (f"the checkpoint has no trained classification head ({', '.join(missing[:2])} newly initialised) and "
+                f"--head frozen keeps that random head frozen: the model can only learn through the adapter into "
+                f"a random readout. Use --head fresh to train the head")
+        warnings.warn(note, stacklevel=2)
+        print(f"WARNING  {note}", file=sys.stderr, flush=True)
     if head == "fresh":
         if not heads:
             raise ValueError(f"{type(model).__name__} has no 'classifier' or 'score' head to train; use head='frozen'")
         torch.manual_seed(seed)
         for name in heads:
             model.get_submodule(name).apply(model._init_weights)
-    tokenizer = AutoTokenizer.from_pretrained(target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(target)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UnknownModelError(f"could not load a tokenizer from {target!r} ({exc}); the model folder needs its "
+                                f"tokenizer files (tokenizer.json or vocab files)") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
-    return LoadedModel(model, tokenizer, identity, target, head, heads)
+    return LoadedModel(model, tokenizer, identity, target, head, heads, note)
 
 
 def check_targets(model: nn.Module, targets: str | Sequence[str]) -> None:
@@ -139,7 +164,12 @@ def check_targets(model: nn.Module, targets: str | Sequence[str]) -> None:
     for entry in entries:
         if isinstance(targets, str) or entry.startswith("re:"):
             pattern = entry[3:] if entry.startswith("re:") else entry
-            if any(re.fullmatch(pattern, n) for n in names):
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise UnknownTargetError(f"target {entry!r} is not a valid regular expression ({exc}); write a "
+                                         f"module name such as 'query', or fix the pattern after 're:'") from exc
+            if any(compiled.fullmatch(n) for n in names):
                 continue
             candidates = difflib.get_close_matches(pattern, names, n=5, cutoff=0.5)
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from ..adapters import FullConfig, LoRAConfig, TLoRAConfig, apply_adapters, count_parameters, save_adapter
+from ..fileio import read_json
 from ..recording import EveryN, Explicit, LogSpaced, SnapshotRecorder
 from ..store import Run, RunExistsError
 from .checkpoint import load_trainer_state, save_trainer_state
@@ -29,7 +31,7 @@ from .config import TrainConfig
 from .data import TaskData, load_local_files, load_task
 from .distributed import DistContext, barrier, init_distributed, mean_across, shutdown_distributed
 from .encoding import effective_max_length, encode_split, make_loader, subsample
-from .metrics import PRIMARY_METRIC, compute_metrics
+from .metrics import LOSS_NAMES, compute_metrics, constant_predictions, majority_baseline, selection_metric
 from .models import LoadedModel, check_label_range, check_targets, load_model
 from .peft_arm import apply_peft_lora, peft_recording_view
 
@@ -59,26 +61,55 @@ class TrainResult:
     max_length: int
     model: nn.Module | None = field(default=None, repr=False)
     data_sizes: dict[str, int] = field(default_factory=dict)
+    selection_metric: str = "accuracy"
+    baseline: dict[str, float] = field(default_factory=dict)
 
     @property
     def run(self) -> Run:
         return Run(self.run_dir)
 
+    @property
+    def learned(self) -> bool | None:
+        """Whether the best evaluation beats the majority baseline on the selection metric (None: no baseline)."""
+        best, base = self.best.get(self.selection_metric), self.baseline.get(self.selection_metric)
+        if best is None or base is None:
+            return None
+        return best > base
+
+    def warnings(self) -> list[str]:
+        """What a reader must know before trusting the numbers: constant predictions, nothing learned."""
+        out = []
+        constant = [e["step"] for e in self.evals if e.get("constant_predictions")]
+        if constant:
+            out.append(f"the predictions were constant (one class or one score for every example) at step(s) "
+                       f"{constant}: those evaluations measured the label balance, not the model. Train longer or "
+                       f"with a higher learning rate")
+        if self.learned is False:
+            out.append(f"the best {self.selection_metric} ({self.best.get(self.selection_metric):.4f}) does not beat the "
+                       f"majority class ({self.baseline[self.selection_metric]:.4f}): this run learned nothing usable")
+        return out
+
     def summary(self) -> str:
-        """One screen: where the run went, metrics, trainable parameters, time."""
+        """One screen: where the run went, metrics against the majority baseline, parameters, time, warnings."""
         keys = [k for k in ("accuracy", "f1", "mcc", "pearson", "spearman", "eval_loss") if k in self.last]
+        keys.sort(key=lambda k: k != self.selection_metric)
         fmt = lambda d: "  ".join(f"{k} {d[k]:.4f}" for k in keys if d.get(k) is not None)  # noqa: E731
         p = self.parameters
+        base = self.baseline.get(self.selection_metric)
         lines = [
             f"run      {self.run_dir}",
             f"method   {self.config.method}  rank {self.config.rank if self.config.method != 'full' else '-'}  "
             f"targets {','.join(self.config.targets)}  head {self.config.head}",
             f"data     {self.config.task}: " + ", ".join(f"{k} {v:,}" for k, v in self.data_sizes.items()),
             f"params   trainable {p['trainable']:,} of {p['total']:,} ({100 * p['trainable'] / max(p['total'], 1):.3f}%)",
-            f"best     step {self.best.get('step')} epoch {self.best.get('epoch', 0):.2f}  {fmt(self.best)}",
+            f"best     step {self.best.get('step')} epoch {self.best.get('epoch', 0):.2f}  {fmt(self.best)}"
+            f"  (by {self.selection_metric})",
             f"last     step {self.last.get('step')} epoch {self.last.get('epoch', 0):.2f}  {fmt(self.last)}",
-            f"time     {self.wall_time:.1f} s for {self.steps} steps",
         ]
+        if base is not None:
+            lines.append(f"baseline majority class: {self.selection_metric} {base:.4f} on validation")
+        lines.append(f"time     {self.wall_time:.1f} s for {self.steps} steps")
+        lines += [f"WARNING  {w}" for w in self.warnings()]
         return "\n".join(lines)
 
 
@@ -135,7 +166,9 @@ def _adapt(loaded: LoadedModel, config: TrainConfig) -> tuple[nn.Module, nn.Modu
                                          dropout=config.dropout or 0.0, seed=config.seed, modules_to_save=save))
         return model, model
     if config.method == "full":
-        apply_adapters(model, FullConfig())
+        # every parameter trains; the layers the adapters would adapt are the ones recorded (dense snapshots)
+        check_targets(model, config.targets)
+        apply_adapters(model, FullConfig(track_modules=config.targets, modules_to_save=save))
         if config.head == "frozen":
             for name in loaded.head_modules:
                 for p in model.get_submodule(name).parameters():
@@ -163,12 +196,15 @@ def _check_run_dir(run_dir: Path, config: TrainConfig) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, is_regression: bool, autocast) -> dict[str, float]:
-    """eval_loss plus the task's metrics over a whole split."""
+def evaluate(model: nn.Module, loader, device: torch.device, is_regression: bool, autocast, progress: bool = False,
+             desc: str = "evaluate") -> dict[str, Any]:
+    """eval_loss, the task's metrics and whether every prediction was the same, over a whole split."""
+    from tqdm.auto import tqdm
+
     was_training = model.training
     model.eval()
     losses, logits_all, labels_all, n = 0.0, [], [], 0
-    for batch in loader:
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress, dynamic_ncols=True):
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast():
             out = model(**batch)
@@ -178,8 +214,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, is_regression: bool
         logits_all.append(out.logits.float().cpu().numpy())
         labels_all.append(batch["labels"].cpu().numpy())
     model.train(was_training)
-    metrics = compute_metrics(np.concatenate(labels_all), np.concatenate(logits_all), is_regression)
-    return {"eval_loss": losses / max(n, 1), **metrics}
+    logits = np.concatenate(logits_all)
+    metrics = compute_metrics(np.concatenate(labels_all), logits, is_regression)
+    return {"eval_loss": losses / max(n, 1), **metrics, "constant_predictions": constant_predictions(logits, is_regression)}
 
 
 def _autocast_factory(precision: str, device: torch.device):
@@ -215,6 +252,28 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
         shutdown_distributed(ctx)
 
 
+def _say(config: TrainConfig, ctx: DistContext, text: str) -> None:
+    """A line for the person running the job (main process, unless verbose is off)."""
+    if ctx.is_main and config.verbose:
+        print(text, file=sys.stderr if text.startswith("WARNING") else sys.stdout, flush=True)
+
+
+def _task_facts(task: TaskData, train_frame, eval_frame) -> dict[str, Any]:
+    """run.json's description of what was learned: task kind, loss, selection metric, sizes, majority baseline."""
+    facts: dict[str, Any] = {
+        "task": task.name,
+        "regression": task.is_regression,
+        "num_labels": task.num_labels,
+        "label_names": list(task.label_names) if task.label_names else None,
+        "loss": LOSS_NAMES[task.is_regression],
+        "selection_metric": selection_metric(task.name, task.is_regression),
+        "data_sizes": {"train": len(train_frame), "validation": len(eval_frame)},
+    }
+    if not task.is_regression:
+        facts["majority_baseline"] = {"split": "validation", **majority_baseline(eval_frame["label"], task.num_labels)}
+    return facts
+
+
 def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(config)
     _check_run_dir(run_dir, config)
@@ -234,7 +293,9 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
     max_length = effective_max_length(loaded.tokenizer, loaded.model, config.max_length)
 
     train_frame = subsample(task.splits["train"], config.max_train_examples, config.seed)
-    eval_frame = subsample(task.splits["validation"], config.max_eval_examples, config.seed)
+    # the evaluated subset depends on the data only (split_seed), so runs of different seeds score the same examples
+    eval_frame = subsample(task.splits["validation"], config.max_eval_examples, config.split_seed)
+    facts = _task_facts(task, train_frame, eval_frame)
     train_set = encode_split(train_frame, loaded.tokenizer, max_length, task.is_regression)
     eval_set = encode_split(eval_frame, loaded.tokenizer, max_length, task.is_regression)
     train_loader = make_loader(train_set, loaded.tokenizer, config.batch_size, True, config.seed, ctx.world_size, ctx.rank)
@@ -244,6 +305,12 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
         raise ValueError(f"{len(train_set)} training examples make no batch of {config.batch_size} per process; "
                          "lower --batch-size")
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    primary = facts["selection_metric"]
+    baseline = {k: v for k, v in facts.get("majority_baseline", {}).items() if k in ("accuracy", "f1", "mcc")}
+    majority = (f"; majority class: {primary} {baseline[primary]:.4f} on validation" if primary in baseline else "")
+    _say(config, ctx, f"data     {task.name} ({task.source}): train {len(train_set):,}, validation {len(eval_set):,}"
+                      f"{majority}\nplan     {total_steps} steps of {config.batch_size} per process "
+                      f"({total_steps / steps_per_epoch:.2f} epochs), {facts['loss']} loss, best by {primary}")
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay)
@@ -257,20 +324,24 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
 
     run_info = {
         "model": loaded.source,
-        "task": task.name,
+        **facts,
         "data_source": task.source,
-        "hyperparameters": {**config.to_dict(), "effective_max_length": max_length, "total_steps": total_steps,
-                            "steps_per_epoch": steps_per_epoch, "world_size": ctx.world_size},
+        "hyperparameters": {**config.to_dict(), "regression": task.is_regression, "effective_max_length": max_length,
+                            "total_steps": total_steps, "steps_per_epoch": steps_per_epoch,
+                            "world_size": ctx.world_size},
         "trainer": "tlora_analysis.experiments.train",
     }
+    if loaded.head_note:
+        run_info["head_note"] = loaded.head_note
     if config.method == "peft-lora":
         run_info["recorded_from"] = "peft.get_peft_model (PEFT's own LoRA), recorded as a LoRA run"
     state = {"best": {}, "evals": [], "train_losses": []}
     step = 0
     if config.resume:
-        meta = load_trainer_state(run_dir, model, optimizer, scheduler)
+        meta = load_trainer_state(run_dir, model, optimizer, scheduler, read_json(run_dir / "run.json").get("run_id"))
         step = int(meta["step"])
         state = {"best": meta["best"], "evals": meta["evals"], "train_losses": [tuple(x) for x in meta["train_losses"]]}
+        _say(config, ctx, f"resume   from step {step} (the last evaluation's resume point)")
     recorder = SnapshotRecorder(
         record_model, run_dir, schedule=parse_snapshot_schedule(config.snapshots, total_steps), total_steps=total_steps,
         run_info=run_info, store_base_weights=config.store_base_weights and config.method != "full",
@@ -279,23 +350,36 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
     recorder.attach(optimizer)
     autocast = _autocast_factory(config.precision, ctx.device)
     scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
-    primary = PRIMARY_METRIC[task.is_regression]
+    show_bars = ctx.is_main and config.progress
+
+    def better(metrics: dict[str, Any]) -> bool:
+        new, old = metrics.get(primary), state["best"].get(primary)
+        return not state["best"] or (new is not None and not math.isnan(new) and (old is None or new > old))
 
     def run_eval(at_step: int) -> None:
         epoch = at_step / steps_per_epoch
         if ctx.is_main:
-            metrics = evaluate(model, eval_loader, ctx.device, task.is_regression, autocast)
+            metrics = evaluate(model, eval_loader, ctx.device, task.is_regression, autocast, progress=show_bars,
+                               desc=f"evaluate step {at_step}")
             event = {"step": at_step, "epoch": epoch, "split": "validation", **metrics}
             recorder.log(at_step, event="eval", epoch=epoch, split="validation", **metrics)
             state["evals"].append(event)
-            if not state["best"] or (metrics[primary] or -1) > (state["best"].get(primary) or -1):
+            if better(metrics):
                 state["best"] = event
-            save_trainer_state(run_dir, model, optimizer, scheduler, at_step,
-                               {"best": state["best"], "evals": state["evals"], "train_losses": state["train_losses"]})
+            if metrics["constant_predictions"]:
+                _say(config, ctx, f"WARNING  step {at_step}: every validation prediction is the same "
+                                  f"({'one score' if task.is_regression else 'one class'}); {primary} "
+                                  f"{metrics.get(primary)} only reflects the label balance")
+            # Everything up to this step is on disk before the resume point names it.
+            recorder.flush()
+            if config.save_weights:
+                save_trainer_state(run_dir, model, optimizer, scheduler, at_step,
+                                   {"best": state["best"], "evals": state["evals"],
+                                    "train_losses": state["train_losses"]}, run_id=recorder.run_id)
         barrier(ctx)
 
     progress = None
-    if ctx.is_main and config.progress:
+    if show_bars:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=total_steps, initial=step, desc=f"{config.method} r{config.rank}", unit="step", dynamic_ncols=True)
@@ -306,11 +390,9 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
         window_start, window_examples, window_loss, window_steps = time.time(), 0, 0.0, 0
         while step < total_steps:
             epoch_index = step // steps_per_epoch
-            train_loader.sampler.set_epoch(epoch_index)
             skip = step - epoch_index * steps_per_epoch
-            for i, batch in enumerate(train_loader):
-                if i < skip:
-                    continue
+            train_loader.sampler.set_epoch(epoch_index, start=skip * config.batch_size)
+            for batch in train_loader:
                 recorder.set_epoch(step / steps_per_epoch)
                 batch = {k: v.to(ctx.device) for k, v in batch.items()}
                 with autocast():
@@ -344,17 +426,20 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
                     run_eval(step)
                 if step >= total_steps:
                     break
+        if progress is not None:
+            progress.close()
+            progress = None
         last = state["evals"][-1] if state["evals"] else {}
         if ctx.is_main and config.eval_test and "test" in task.splits:
-            test_set = encode_split(subsample(task.splits["test"], config.max_eval_examples, config.seed),
+            test_set = encode_split(subsample(task.splits["test"], config.max_eval_examples, config.split_seed),
                                     loaded.tokenizer, max_length, task.is_regression)
             metrics = evaluate(model, make_loader(test_set, loaded.tokenizer, config.eval_batch_size, False, config.seed),
-                               ctx.device, task.is_regression, autocast)
+                               ctx.device, task.is_regression, autocast, progress=show_bars, desc="evaluate test")
             recorder.log(step, event="eval", epoch=step / steps_per_epoch, split="test", **metrics)
             last = {**last, **{f"test_{k}": v for k, v in metrics.items()}}
         summary = {"best": state["best"], "last": last, "steps": step}
         recorder.close(summary=summary)
-        if ctx.is_main:
+        if ctx.is_main and config.save_weights:
             if config.method == "peft-lora":
                 model.save_pretrained(str(run_dir / "adapter"))
             else:
@@ -379,9 +464,7 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
         train_losses=state["train_losses"],
         parameters={"trainable": counts.trainable, "frozen": counts.frozen, "total": counts.total},
         steps=step, wall_time=time.time() - start, max_length=max_length, model=model,
-        data_sizes={"train": len(train_set), "validation": len(eval_set)},
+        data_sizes={"train": len(train_set), "validation": len(eval_set)}, selection_metric=primary, baseline=baseline,
     )
-    if ctx.is_main and config.progress:
-        print(result.summary())
+    _say(config, ctx, result.summary())
     return result
-

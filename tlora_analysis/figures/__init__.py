@@ -9,7 +9,8 @@ from . import distributions, norms, similarity, spectra, style, training
 from .distributions import entry_histograms, qq_panels
 from .norms import alpha_heatmaps, fro_norm_B_heatmaps, layer_step_heatmaps, layer_trajectories, spectral_norm_heatmap
 from .render import RenderResult, render, render_all
-from .runs import RunRoles, difference_table, metrics_table, outcome_table, parameter_table
+from .runs import (RunRoles, difference_table, headline_table, loss_name, majority_baseline, metrics_table,
+                   outcome_table, parameter_table, selection_metric)
 from .similarity import (
     cosine_against_nulls, cosine_heatmap, difference_heatmap, null_band, overlap_panels, phi_heatmaps, reachable_panels,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "eigenvalue_densities", "singular_value_spectra",
     "difference_heatmap", "cosine_heatmap", "null_band", "cosine_against_nulls", "reachable_panels", "overlap_panels",
     "phi_heatmaps",
-    "RunRoles", "parameter_table", "metrics_table", "outcome_table", "difference_table",
+    "RunRoles", "parameter_table", "metrics_table", "outcome_table", "difference_table", "selection_metric",
+    "majority_baseline", "loss_name", "headline_table",
     "render", "render_all", "RenderResult", "save",
 ]

@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 
 from .. import analysis
 from . import distributions, norms, similarity, spectra, training
-from .runs import RunRoles, difference_table, metrics_table, outcome_table, parameter_table
+from .runs import (RunRoles, difference_table, loss_name, majority_baseline, metrics_table, outcome_table,
+                   parameter_table, selection_metric)
 from .style import method_label
 
 __all__ = ["FigureSpec", "FigureContext", "CATALOG", "catalog_names"]
@@ -58,11 +59,21 @@ class FigureContext:
         return shared[0]
 
     def eval_metric(self) -> str:
+        """The task's selection metric from run.json (MCC for CoLA, Pearson for STS-B), else the first logged."""
         m = self.metrics()
+        recorded = selection_metric(self.roles.all_runs)
+        if recorded is not None and recorded in m and m.loc[m["event"] == "eval", recorded].notna().any():
+            return recorded
         for name in _EVAL_METRICS:
             if name in m and m.loc[m["event"] == "eval", name].notna().any():
                 return name
         raise ValueError("no run logged an evaluation metric (accuracy, pearson, ...): train with evaluation on")
+
+    def baseline(self, metric: str) -> float | None:
+        return majority_baseline(self.roles.all_runs, metric)
+
+    def loss(self) -> str:
+        return loss_name(self.roles.all_runs)
 
 
 @dataclass(frozen=True)
@@ -125,16 +136,24 @@ def _spectra(ctx: FigureContext) -> Figure:
 
 
 def _loss(ctx: FigureContext) -> Figure:
-    return training.loss_curves(ctx.metrics())
+    return training.loss_curves(ctx.metrics(), loss=ctx.loss())
 
 
 def _method_curves(ctx: FigureContext) -> Figure:
-    return training.method_curves(ctx.metrics(), metric=ctx.eval_metric())
+    metric = ctx.eval_metric()
+    return training.method_curves(ctx.metrics(), metric=metric, baseline=ctx.baseline(metric),
+                                  loss=f"training {ctx.loss()}")
 
 
 def _params_vs_metric(ctx: FigureContext) -> Figure:
     metric = ctx.eval_metric()
-    return training.params_vs_accuracy(outcome_table(ctx.roles.all_runs, metric=metric), metric=metric)
+    return training.params_vs_accuracy(outcome_table(ctx.roles.all_runs, metric=metric), metric=metric,
+                                       baseline=ctx.baseline(metric))
+
+
+# Fig. 9 shows entries one by one: a block small enough that each cell is visible (a whole
+# 384 × 384 layer is a PNG of pixel noise); the title says which block.
+DIFFERENCE_BLOCK = 48
 
 
 CATALOG: tuple[FigureSpec, ...] = (
@@ -143,7 +162,8 @@ CATALOG: tuple[FigureSpec, ...] = (
                "figures.training.parameter_bars(figures.runs.parameter_table(runs))", (),
                lambda ctx: training.parameter_bars(parameter_table(ctx.roles.all_runs))),
     FigureSpec("fig03_loss", "Train and validation loss",
-               "Paper Fig. 3: training loss (solid) and validation loss (dashed) of every run against the step.",
+               "Paper Fig. 3: training loss (solid) and validation loss (dashed) of every run against the step; the "
+               "axis names the loss the runs optimised (cross-entropy, or MSE for regression).",
                "figures.training.loss_curves(figures.runs.metrics_table(runs))", (), _loss),
     FigureSpec("fig04_entry_histograms", "Entry histograms (TLoRA, first layer)",
                "Paper Fig. 4: density histograms of the entries of W0 (when stored), A, B and C of the first "
@@ -171,11 +191,13 @@ CATALOG: tuple[FigureSpec, ...] = (
                "figures.spectra.eigenvalue_densities(merged=analysis.merged_eigenvalues(..., paper_faithful=True), "
                "update=analysis.eigenvalues(...))", ("tlora", "lora"), _eigenvalues),
     FigureSpec("fig09_difference", "LoRA − TLoRA difference (one layer)",
-               "Paper Fig. 9: entry-wise LoRA − TLoRA of the first common layer at the last step, paper-faithful "
-               "(transposed, LoRA scale dropped) beside corrected (ΔW_LoRA − ΔW_TLoRA).",
-               "figures.similarity.difference_heatmap(figures.runs.difference_table(lora, tlora))",
-               ("tlora", "lora"), lambda ctx: similarity.difference_heatmap(difference_table(ctx.roles.lora,
-                                                                                             ctx.roles.tlora))),
+               f"Paper Fig. 9: entry-wise LoRA − TLoRA of the first common layer at the last step, paper-faithful "
+               f"(transposed, LoRA scale dropped) beside corrected (ΔW_LoRA − ΔW_TLoRA); the top-left "
+               f"{DIFFERENCE_BLOCK} × {DIFFERENCE_BLOCK} entries, so each one is visible.",
+               f"figures.similarity.difference_heatmap(figures.runs.difference_table(lora, tlora), "
+               f"max_cells={DIFFERENCE_BLOCK})",
+               ("tlora", "lora"), lambda ctx: similarity.difference_heatmap(
+                   difference_table(ctx.roles.lora, ctx.roles.tlora), max_cells=DIFFERENCE_BLOCK)),
     FigureSpec("fig10_cosine", "Cosine TLoRA vs LoRA per layer",
                "Paper Fig. 10: cosine per layer and module at the last step; left the paper-faithful cosine of "
                "merged weights (near 1 for any small updates), right the cosine of the updates themselves.",
@@ -225,12 +247,16 @@ CATALOG: tuple[FigureSpec, ...] = (
                "excess kurtosis, KS distance and Shapiro-Wilk p printed (effect sizes, not p-values alone).",
                "t = analysis.distributions(run, matrices=('B',), qq=True, steps='last'); "
                "figures.distributions.qq_panels(t.qq, t.stats)", ("tlora",), _qq),
-    FigureSpec("method_curves", "TLoRA vs LoRA vs full: loss and accuracy",
-               "Training loss and validation metric of every run, coloured by method.",
-               "figures.training.method_curves(figures.runs.metrics_table(runs))", ("two_methods",), _method_curves),
-    FigureSpec("params_vs_accuracy", "Trainable parameters vs accuracy",
-               "Best validation metric of each run against its trainable parameters (log scale).",
-               "figures.training.params_vs_accuracy(figures.runs.outcome_table(runs))", (), _params_vs_metric),
+    FigureSpec("method_curves", "Methods compared: loss and validation metric",
+               "Training loss and the task's validation metric (MCC for CoLA, Pearson for STS-B, else accuracy) of "
+               "every run, coloured by method, with the majority class as a dotted line.",
+               "figures.training.method_curves(figures.runs.metrics_table(runs), metric=..., "
+               "baseline=figures.runs.majority_baseline(runs, metric))", ("two_methods",), _method_curves),
+    FigureSpec("params_vs_accuracy", "Trainable parameters vs the task's metric",
+               "Best validation metric of each run (the task's: MCC for CoLA, Pearson for STS-B, else accuracy) "
+               "against its trainable parameters (log scale), with the majority class as a dotted line.",
+               "figures.training.params_vs_accuracy(figures.runs.outcome_table(runs, metric=...), metric=..., "
+               "baseline=figures.runs.majority_baseline(runs, metric))", (), _params_vs_metric),
 )
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 from ._frames import finite, module_order, pick_step, require_columns, short_module
 from ._heatmap import draw_heatmap
@@ -144,7 +144,13 @@ def spectral_norm_heatmap(norms: pd.DataFrame, step: int | str | None = "last", 
     mesh = draw_heatmap(ax, matrix, norm, SEQUENTIAL_CMAP, annotate=".2g" if annotate else None, max_yticks=48)
     ax.set_xlabel("matrix")
     ax.set_ylabel("layer and module")
-    fig.colorbar(mesh, ax=ax, label=r"spectral norm $\|\cdot\|_2$" + (" (log scale)" if log else ""), pad=0.02)
+    cbar = fig.colorbar(mesh, ax=ax, label=r"spectral norm $\|\cdot\|_2$" + (" (log scale)" if log else ""), pad=0.02)
+    if log:  # plain numbers, more per decade when the range is narrow ("4×10⁰"-style single labels otherwise)
+        decades = np.log10(norm.vmax / norm.vmin)
+        subs = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades < 1.5 else (1.0, 2.0, 5.0) if decades < 3 else (1.0,)
+        cbar.ax.yaxis.set_major_locator(LogLocator(subs=subs))
+        cbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        cbar.ax.yaxis.set_minor_locator(NullLocator())
     ax.set_title(f"{_title_prefix(at)}spectral norms at step {chosen} (paper Fig. 7)")
     return fig
 

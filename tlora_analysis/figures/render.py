@@ -1,8 +1,10 @@
 """``render_all``: every figure the runs support, written as PDF + PNG with an index.
 
-The index (``index.md`` and ``index.html``) lists each figure with its caption, the command
-that regenerates the whole set and the Python call behind the figure, and every skipped
-figure with the reason. A rerun replaces the files it owns and removes its own stale ones
+The index (``index.md`` and ``index.html``) leads with each run's headline numbers (trainable
+parameters, best validation value of the task's metric, the majority-class baseline) and links
+to the claims report and results table when they are in the folder, then lists each figure
+with its caption, the command that regenerates the whole set and the Python call behind the
+figure, and every skipped figure with the reason. A rerun replaces the files it owns and removes its own stale ones
 (figures made last time that cannot be made now); other files in the folder are left alone.
 """
 
@@ -20,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..fileio import atomic_write_bytes
 from .catalog import CATALOG, FigureContext, FigureSpec
-from .runs import RunLike, RunRoles
+from .runs import RunLike, RunRoles, headline_table
 from .style import save
 
 __all__ = ["RenderResult", "render", "render_all", "figures_command"]
@@ -106,17 +108,46 @@ def render_all(runs: Sequence[RunLike], out_dir: str | os.PathLike) -> list[Path
     return render(runs, out_dir).paths
 
 
+_COMPANIONS = (("report.html", "claims report"), ("report.md", "claims report (Markdown)"),
+               ("results.md", "results table"))
+
+
+def _headline_rows(roles: RunRoles) -> list[list[str]]:
+    """Run, method, trainable parameters, best validation metric (step), majority baseline: as text cells."""
+    def num(v, fmt):
+        return "–" if v is None or v != v else format(v, fmt)
+
+    rows = []
+    for _, r in headline_table(roles.runs).iterrows():
+        best = f"{r['metric']} {num(r['best'], '.4f')}" + (f" (step {r['best_step']})" if r["best"] == r["best"] else "")
+        rows.append([str(r["run"]), str(r["method"]), num(r["trainable"], ","), best, num(r["majority_baseline"], ".4f")])
+    return rows
+
+
 def _write_index(result: RenderResult, specs: list[FigureSpec], roles: RunRoles, command: str) -> list[Path]:
     made = [s for s in specs if s.name in result.written]
     runs_md = "\n".join(f"- `{r.method}` {r.name}: `{r.path}`" for r in roles.runs)
-    md = ["# Figures", "", "Runs:", "", runs_md, "", "Regenerate all with:", "", f"    {command}", ""]
+    header = ["run", "method", "trainable parameters", "best validation", "majority class"]
+    rows = _headline_rows(roles)
+    links = [(name, what) for name, what in _COMPANIONS if (result.out_dir / name).is_file()]
+    md = ["# Figures", ""]
+    if links:
+        md += ["See also: " + ", ".join(f"[{what}]({name})" for name, what in links) + ".", ""]
+    md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(row) + " |" for row in rows]
+    md += ["", "Runs:", "", runs_md, "", "Regenerate all with:", "", f"    {command}", ""]
     for s in made:
         md += [f"## {s.title}", "", f"![{s.title}]({s.name}.png)", "", s.caption, "",
                f"Files: [{s.name}.pdf]({s.name}.pdf), [{s.name}.png]({s.name}.png). Drawn by: `{s.code}`", ""]
     if result.skipped:
         md += ["## Skipped", ""] + [f"- `{n}`: {why}" for n, why in result.skipped.items()] + [""]
     h = html.escape
-    body = [f"<h1>Figures</h1><p>Runs:</p><ul>"
+    body = ["<h1>Figures</h1>"]
+    if links:
+        body.append("<p>See also: " + ", ".join(f"<a href='{h(name)}'>{h(what)}</a>" for name, what in links) + ".</p>")
+    body.append("<table><tr>" + "".join(f"<th>{h(c)}</th>" for c in header) + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{h(c)}</td>" for c in row) + "</tr>" for row in rows) + "</table>")
+    body += ["<p>Runs:</p><ul>"
             + "".join(f"<li><code>{h(r.method)}</code> {h(r.name)}: <code>{h(str(r.path))}</code></li>" for r in roles.runs)
             + f"</ul><p>Regenerate all with:</p><pre>{h(command)}</pre>"]
     for s in made:
@@ -127,7 +158,8 @@ def _write_index(result: RenderResult, specs: list[FigureSpec], roles: RunRoles,
         body.append("<h2>Skipped</h2><ul>" + "".join(f"<li><code>{h(n)}</code>: {h(why)}</li>"
                                                       for n, why in result.skipped.items()) + "</ul>")
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Figures</title><style>body{font-family:sans-serif;"
-            "max-width:60em;margin:auto}figure{margin:2em 0}figcaption{font-size:.9em}</style></head><body>"
+            "max-width:60em;margin:auto}figure{margin:2em 0}figcaption{font-size:.9em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}</style></head><body>"
             + "\n".join(body) + "</body></html>\n")
     md_path, html_path = result.out_dir / "index.md", result.out_dir / "index.html"
     atomic_write_bytes(md_path, "\n".join(md).encode("utf-8"))

@@ -20,7 +20,8 @@ import pandas as pd
 from ..analysis.merged import paper_faithful_update
 from ..store import Run
 
-__all__ = ["as_run", "RunRoles", "parameter_table", "metrics_table", "outcome_table", "difference_table"]
+__all__ = ["as_run", "RunRoles", "parameter_table", "metrics_table", "outcome_table", "difference_table",
+           "selection_metric", "majority_baseline", "loss_name", "headline_table"]
 
 RunLike = Run | str | os.PathLike
 
@@ -47,6 +48,16 @@ class RunRoles:
     def __post_init__(self) -> None:
         if not self.runs:
             raise ValueError("give at least one run directory")
+        seen: dict[str, Run] = {}
+        for run in self.runs:
+            key = run.run_id or str(run.path.resolve())
+            if key in seen:
+                raise ValueError(f"{run.path} is given twice (it is the same run as {seen[key].path}); comparing a run "
+                                 "with itself says nothing: give each run once")
+            seen[key] = run
+            if not run.steps:
+                raise ValueError(f"{run.path} has no readable snapshot (snapshots/ is missing, empty or unreadable); "
+                                 f"run `tlora-analysis verify {run.path}` to see what is wrong")
         self.by_method: dict[str, Run] = {}
         self.extra: list[Run] = []
         for run in self.runs:
@@ -83,13 +94,17 @@ class RunRoles:
 
 
 def parameter_table(runs: Sequence[RunLike]) -> pd.DataFrame:
-    """One row per run: ``run``, ``method``, ``rank``, ``trainable``, ``frozen``, ``total`` (run.json)."""
+    """One row per run: ``run``, ``method``, ``rank``, ``trainable``, ``frozen``, ``total``.
+
+    From run.json's ``parameters``; for PEFT folders, counted from the adapter file's tensors
+    (which hold exactly what trained), with frozen and total unknown.
+    """
     rows = []
     for run in map(as_run, runs):
         params = run.config.get("parameters")
         if not params or "trainable" not in params:
-            raise ValueError(f"{run.name}: run.json has no 'parameters' record; it was written by an old recorder "
-                             f"- re-record the run or pass run_info={{'parameters': ...}}")
+            raise ValueError(f"{run.name}: run.json has no 'parameters' record (a run.json written by hand?); "
+                             f"re-record the run, or pass SnapshotRecorder(run_info={{'parameters': ...}})")
         rows.append({"run": run.name, "method": run.method, "rank": run.rank, "trainable": int(params["trainable"]),
                      "frozen": params.get("frozen"), "total": params.get("total")})
     return pd.DataFrame(rows)
@@ -105,6 +120,47 @@ def metrics_table(runs: Sequence[RunLike]) -> pd.DataFrame:
     if not frames:
         raise ValueError("none of the runs has logged metrics (metrics.jsonl is empty)")
     return pd.concat(frames, ignore_index=True)
+
+
+def selection_metric(runs: Sequence[RunLike]) -> str | None:
+    """The metric the runs' task is judged by (run.json's ``selection_metric``: mcc for CoLA, pearson for
+    STS-B, accuracy otherwise); None when no run records one or they disagree."""
+    found = {as_run(r).config.get("selection_metric") for r in runs} - {None}
+    return found.pop() if len(found) == 1 else None
+
+
+def loss_name(runs: Sequence[RunLike]) -> str:
+    """A readable name of the runs' training loss ("cross-entropy", "MSE", or "loss" when unknown or mixed)."""
+    kinds = {as_run(r).config.get("loss") for r in runs}
+    names = {"cross_entropy": "cross-entropy loss", "mse": "MSE loss"}
+    return names.get(kinds.pop(), "loss") if len(kinds) == 1 else "loss"
+
+
+def majority_baseline(runs: Sequence[RunLike], metric: str = "accuracy") -> float | None:
+    """The validation score of always predicting the majority class (run.json's ``majority_baseline``).
+
+    None when no run records it or the runs' validation sets differ (different baselines).
+    """
+    values = {round(float(b[metric]), 12) for r in runs
+              if isinstance(b := as_run(r).config.get("majority_baseline"), dict) and b.get(metric) is not None}
+    return values.pop() if len(values) == 1 else None
+
+
+def headline_table(runs: Sequence[RunLike]) -> pd.DataFrame:
+    """One row per run: method, trainable parameters, the selection metric's best validation value and
+    step, and the majority baseline: the numbers an index page leads with."""
+    rows = []
+    for run in map(as_run, runs):
+        metric = run.config.get("selection_metric") or "accuracy"
+        ev = run.metrics[run.metrics["event"] == "eval"]
+        if "split" in ev:
+            ev = ev[ev["split"] == "validation"]
+        best = ev.loc[ev[metric].astype(float).idxmax()] if metric in ev and ev[metric].notna().any() else None
+        base = (run.config.get("majority_baseline") or {}).get(metric)
+        rows.append({"run": run.name, "method": run.method, "trainable": (run.config.get("parameters") or {}).get("trainable"),
+                     "metric": metric, "best": None if best is None else float(best[metric]),
+                     "best_step": None if best is None else int(best["step"]), "majority_baseline": base})
+    return pd.DataFrame(rows)
 
 
 def outcome_table(runs: Sequence[RunLike], metric: str = "accuracy", split: str = "validation") -> pd.DataFrame:

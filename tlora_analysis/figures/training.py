@@ -1,8 +1,10 @@
 """Training figures: paper figures 2 (trainable-parameter bars) and 3 (train and validation
-loss), and the comparisons TLoRA vs LoRA vs full fine-tuning (curves, parameters vs accuracy).
+loss), and the comparison of methods (curves, parameters vs the task's metric).
 
 They draw the runs' own records: ``run.json``'s ``parameters`` and ``run.metrics`` events (see
-:mod:`tlora_analysis.figures.runs` for the frames built from runs).
+:mod:`tlora_analysis.figures.runs` for the frames built from runs). Metric plots take the
+majority-class baseline (``figures.runs.majority_baseline``) and draw it as a line: a curve on
+that line is a model that learned nothing about its inputs.
 """
 
 from __future__ import annotations
@@ -16,9 +18,24 @@ from matplotlib.lines import Line2D
 from ._frames import require_columns
 from .style import method_color, method_label, new_figure, styled
 
-__all__ = ["parameter_bars", "loss_curves", "method_curves", "params_vs_accuracy"]
+__all__ = ["parameter_bars", "loss_curves", "method_curves", "params_vs_accuracy", "methods_title"]
 
 _METHOD_ORDER = {"full": 0, "lora": 1, "tlora": 2}
+_BASELINE_STYLE = dict(color="0.35", ls=":", lw=1.0, zorder=1)
+
+
+def methods_title(methods) -> str:
+    """"TLoRA vs LoRA vs full fine-tuning" for the methods present (in that order), one name for one method."""
+    present = sorted(dict.fromkeys(methods), key=lambda m: _METHOD_ORDER.get(m, 9), reverse=True)
+    return " vs ".join(method_label(m) for m in present)
+
+
+def _baseline_line(ax: Axes, baseline: float | None) -> list[Line2D]:
+    """The majority-class line on a metric axis, and its legend handle (none without a baseline)."""
+    if baseline is None or not np.isfinite(baseline):
+        return []
+    ax.axhline(baseline, **_BASELINE_STYLE)
+    return [Line2D([], [], label=f"majority class ({baseline:.3f})", **_BASELINE_STYLE)]
 
 
 def _run_label(row: pd.Series) -> str:
@@ -83,11 +100,12 @@ def _eval_rows(metrics: pd.DataFrame, split: str) -> pd.DataFrame:
 
 
 @styled
-def loss_curves(metrics: pd.DataFrame, x: str = "step", split: str = "validation") -> Figure:
+def loss_curves(metrics: pd.DataFrame, x: str = "step", split: str = "validation", loss: str = "loss") -> Figure:
     """Paper figure 3: training loss (solid) and ``split`` loss (dashed, markers) against ``x``.
 
     ``metrics``: ``run.metrics`` events, with ``run`` and ``method`` columns when several runs
-    are concatenated (one colour per method).
+    are concatenated (one colour per method). ``loss``: the axis label, naming the loss the runs
+    optimised (``figures.runs.loss_name``: cross-entropy for classification, MSE for regression).
     """
     require_columns(metrics, ("step", "epoch", "event"), "run.metrics")
     x = _x_column(metrics, x)
@@ -111,7 +129,7 @@ def loss_curves(metrics: pd.DataFrame, x: str = "step", split: str = "validation
                 Line2D([], [], color="0.3", ls="--", marker="o", label=split)]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5))
     ax.set_xlabel("training step" if x == "step" else "epoch")
-    ax.set_ylabel("cross-entropy loss")
+    ax.set_ylabel(loss)
     ax.grid(True)
     single = method_label(methods[0]) + ": " if len(methods) == 1 else ""
     ax.set_title(f"{single}train and {split} loss (paper Fig. 3)")
@@ -119,10 +137,13 @@ def loss_curves(metrics: pd.DataFrame, x: str = "step", split: str = "validation
 
 
 @styled
-def method_curves(metrics: pd.DataFrame, metric: str = "accuracy", split: str = "validation", x: str = "step") -> Figure:
-    """TLoRA vs LoRA vs full fine-tuning: training loss (left) and ``split`` ``metric`` (right).
+def method_curves(metrics: pd.DataFrame, metric: str = "accuracy", split: str = "validation", x: str = "step",
+                  baseline: float | None = None, loss: str = "training loss") -> Figure:
+    """The methods of the runs given, compared: training loss (left) and ``split`` ``metric`` (right).
 
     One line per run, coloured by method; several runs of one method (seeds) share its colour.
+    ``baseline``: the majority class's ``metric``, drawn as a dotted line. The title names the
+    methods present.
     """
     require_columns(metrics, ("run", "method", "step", "epoch", "event"), "run.metrics (with run and method columns)")
     x = _x_column(metrics, x)
@@ -137,18 +158,22 @@ def method_curves(metrics: pd.DataFrame, metric: str = "accuracy", split: str = 
             _curve(loss_ax, rows[rows["event"] == "train"], x, "loss", color=color, lw=0.9)
         _curve(metric_ax, _eval_rows(rows, split), x, metric, color=color, marker="o")
     handles = [Line2D([], [], color=method_color(m), label=method_label(m)) for m in dict.fromkeys(metrics["method"])]
+    handles += _baseline_line(metric_ax, baseline)
     fig.legend(handles=handles, loc="outside right upper")
-    for ax, label in ((loss_ax, "training loss"), (metric_ax, f"{split} {metric}")):
+    for ax, label in ((loss_ax, loss), (metric_ax, f"{split} {metric}")):
         ax.set_xlabel("training step" if x == "step" else "epoch")
         ax.set_ylabel(label)
         ax.grid(True)
-    fig.suptitle(f"TLoRA vs LoRA vs full fine-tuning: loss and {split} {metric}")
+    fig.suptitle(f"{methods_title(metrics['method'])}: loss and {split} {metric}")
     return fig
 
 
 @styled
-def params_vs_accuracy(frame: pd.DataFrame, metric: str = "accuracy") -> Figure:
-    """Trainable parameters (log x) against the best ``metric`` of each run, labelled by run."""
+def params_vs_accuracy(frame: pd.DataFrame, metric: str = "accuracy", baseline: float | None = None) -> Figure:
+    """Trainable parameters (log x) against the best ``metric`` of each run, labelled by run.
+
+    ``baseline``: the majority class's ``metric``, drawn as a dotted line.
+    """
     require_columns(frame, ("run", "method", "trainable", metric), "figures.runs.outcome_table")
     fig, axes = new_figure("single", height=2.3)
     ax = axes[0, 0]
@@ -167,6 +192,7 @@ def params_vs_accuracy(frame: pd.DataFrame, metric: str = "accuracy") -> Figure:
                     va="top" if below else "bottom", xytext=(0, -6 if below else 5 + 7 * nth))
     handles = [Line2D([], [], color=method_color(m), marker="o", ls="", label=method_label(m))
                for m in dict.fromkeys(ok["method"])]
+    handles += _baseline_line(ax, baseline)
     ax.legend(handles=handles, loc="best")
     ax.set_xscale("log")
     lo, hi = ok["trainable"].min(), ok["trainable"].max()

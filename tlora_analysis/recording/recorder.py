@@ -5,11 +5,17 @@ in any training loop), copies only the adapter tensors off the device when the s
 so (gathered into a few buffers and copied without blocking: :mod:`.staging`), and hands
 the file writes to a background thread. Under ``torch.distributed`` only the
 process of rank 0 writes; the others count steps and do nothing else.
+
+A snapshot taken at an optimizer step is queued for writing at the next call that follows it
+(``log``, the next step, ``flush``, ``close``), after that call's metrics line: the optimizer
+step comes before the loop logs its loss, and this order keeps "snapshot k on disk" implying
+"the metrics of step k on disk", so a run resumed from its last snapshot loses no line.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import os
 import subprocess
 import time
@@ -126,6 +132,7 @@ class SnapshotRecorder:
         self._host_buffers = HostBufferPool()
         self.step = 0
         self._recorded: list[int] = []
+        self._pending: tuple[int, HostCopy, dict[str, Any]] | None = None
         if not self.is_writer:
             self.step = start_step or 0
             return
@@ -185,10 +192,9 @@ class SnapshotRecorder:
         counts = count_parameters(self.model)
         now = time.time()
         model_cfg = getattr(self.model, "config", None)
-        try:
-            import transformers
-            tf_version = transformers.__version__
-        except ImportError:
+        try:  # the installed version, without importing transformers (it may not be installed: [train] extra)
+            tf_version = importlib.metadata.version("transformers")
+        except importlib.metadata.PackageNotFoundError:
             tf_version = None
         return json_safe({
             "format": RUN_FORMAT,
@@ -228,8 +234,14 @@ class SnapshotRecorder:
     def _after_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.advance()
 
+    @property
+    def run_id(self) -> str | None:
+        """The id run.json and every file of the run carry (None in processes that do not write)."""
+        return self._writer.run_id if self._writer is not None else None
+
     def advance(self) -> None:
         """Count one optimizer step and snapshot if the schedule includes it."""
+        self._submit_pending()
         self.step += 1
         if self.schedule.includes(self.step):
             self.snapshot(self.step)
@@ -245,10 +257,17 @@ class SnapshotRecorder:
             return
         if self._recorded and step < self._recorded[-1]:
             raise ValueError(f"snapshot steps must increase: {step} comes after {self._recorded[-1]}")
+        self._submit_pending()
         copy = copy_to_host(self._snapshot_tensors(), self._host_buffers)
         meta = {"epoch": self.epoch if epoch is None else epoch, "wall_time": time.time() - self._created_unix}
         self._recorded.append(step)
-        self._submit(self._write_snapshot, step, copy, meta)
+        self._pending = (step, copy, meta)
+
+    def _submit_pending(self) -> None:
+        """Queue the snapshot waiting for its step's metrics line."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._submit(self._write_snapshot, *pending)
 
     def _write_snapshot(self, step: int, copy: HostCopy, meta: dict[str, Any]) -> None:
         try:
@@ -264,6 +283,8 @@ class SnapshotRecorder:
         record = {"step": int(step), "epoch": metrics.pop("epoch", self.epoch), "event": metrics.pop("event", "train"),
                   "wall_time": metrics.pop("wall_time", time.time() - self._created_unix), **metrics}
         self._submit(self._writer.append_metrics, json_safe(record))
+        if self._pending is not None and self._pending[0] <= int(step):
+            self._submit_pending()
 
     def _submit(self, fn, *args) -> None:
         if self._thread is None:
@@ -272,7 +293,10 @@ class SnapshotRecorder:
             self._thread.submit(fn, *args)
 
     def flush(self) -> None:
-        """Wait until everything submitted is on disk; raise if a write failed."""
+        """Write everything recorded so far (a waiting snapshot too); raise if a write failed."""
+        if self.is_writer:
+            self._check_open()
+            self._submit_pending()
         if self._thread is not None:
             self._thread.flush()
 
@@ -297,6 +321,7 @@ class SnapshotRecorder:
         try:
             if self.is_writer and self.step not in self._recorded and (not self._recorded or self.step > self._recorded[-1]):
                 self.snapshot(self.step)
+            self._submit_pending()
         finally:
             if self._hook is not None:
                 self._hook.remove()

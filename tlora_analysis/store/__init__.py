@@ -5,8 +5,8 @@ training; analysis reads it through :class:`Run`.
 """
 
 from .format import (
-    SCHEMA_VERSION, SUPPORTED_SCHEMA_VERSIONS, NotARunError, RunExistsError, SchemaVersionError,
-    UnknownLayerError, UnknownStepError,
+    SCHEMA_VERSION, SUPPORTED_SCHEMA_VERSIONS, ForeignFileError, NonFiniteError, NotARunError, RunExistsError,
+    SchemaVersionError, UnknownLayerError, UnknownStepError,
 )
 from .reader import Run
 from .verify import FileCheck, VerifyReport
@@ -15,4 +15,5 @@ from .writer import RunWriter
 __all__ = [
     "Run", "RunWriter", "VerifyReport", "FileCheck", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS",
     "NotARunError", "RunExistsError", "SchemaVersionError", "UnknownLayerError", "UnknownStepError",
+    "ForeignFileError", "NonFiniteError",
 ]

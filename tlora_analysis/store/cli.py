@@ -11,17 +11,50 @@ from .reader import Run
 __all__ = ["register", "summary"]
 
 
+_METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "eval_loss")
+
+
+def _clean(row: Any) -> dict[str, Any]:
+    """NaN → None (JSON), the step as an int."""
+    out = {k: (None if v != v else v) for k, v in row.items()}
+    if out.get("step") is not None:
+        out["step"] = int(out["step"])
+    return out
+
+
 def summary(run: Run) -> dict[str, Any]:
-    """What a run holds, without reading a tensor."""
+    """What a run holds and how it did (best and last validation, last training loss), without reading a tensor."""
     steps = run.steps
     metrics = run.metrics
+    metric = run.config.get("selection_metric") or "accuracy"
+    evals = metrics[metrics["event"] == "eval"]
+    if "split" in evals:
+        evals = evals[evals["split"] == "validation"]
+    shown = [c for c in ("step", *_METRICS) if c in evals]
+    best = last = None
+    if metric in evals and evals[metric].notna().any():
+        best = _clean(evals.loc[evals[metric].astype(float).idxmax(), shown].to_dict())
+    if not evals.empty:
+        last = _clean(evals.iloc[-1][shown].to_dict())
+    train = metrics[metrics["event"] == "train"]
     return {
         "path": str(run.path), "name": run.name, "kind": run.kind, "method": run.method, "rank": run.rank,
         "layers": len(run.layers), "first_layer": run.layers[0] if run.layers else None,
         "steps": len(steps), "first_step": steps[0] if steps else None, "last_step": steps[-1] if steps else None,
         "base_weights": run.has_base_weights, "status": run.config.get("status"),
+        "trainable": (run.config.get("parameters") or {}).get("trainable"),
+        "task": run.config.get("task"), "selection_metric": metric,
+        "majority_baseline": (run.config.get("majority_baseline") or {}).get(metric),
+        "best": best, "last": last,
+        "last_train_loss": float(train["loss"].iloc[-1]) if "loss" in train and not train.empty else None,
         "events": metrics["event"].value_counts().to_dict(),
     }
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):
+        return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+    return str(value)
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -30,7 +63,7 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
     else:
         for key, value in info.items():
-            print(f"{key:>12}: {value}")
+            print(f"{key:>17}: {_text(value)}")
     return 0
 
 

@@ -4,6 +4,7 @@
     <run>/frozen.safetensors              TLoRA's A and C per layer; W0 per layer when stored
     <run>/snapshots/<step>.safetensors    the trainable state at that optimizer step
     <run>/metrics.jsonl                   one JSON object per logged event
+    <run>/manifest.jsonl                  one line per data file written: step, checksum, metrics count
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 
 __all__ = [
     "RUN_FORMAT", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "RUN_JSON", "FROZEN_FILE",
-    "SNAPSHOT_DIR", "METRICS_FILE", "TRAINABLE_KEYS", "FROZEN_KEYS", "BASE_WEIGHT_KEY",
+    "SNAPSHOT_DIR", "METRICS_FILE", "MANIFEST_FILE", "TRAINABLE_KEYS", "FROZEN_KEYS", "BASE_WEIGHT_KEY",
     "snapshot_name", "snapshot_step", "tensor_key", "NotARunError", "SchemaVersionError",
-    "UnknownLayerError", "UnknownStepError", "RunExistsError",
+    "UnknownLayerError", "UnknownStepError", "RunExistsError", "NonFiniteError", "ForeignFileError",
+    "expected_shapes",
 ]
 
 RUN_FORMAT = "tlora_analysis.run"
@@ -26,6 +28,7 @@ RUN_JSON = "run.json"
 FROZEN_FILE = "frozen.safetensors"
 SNAPSHOT_DIR = "snapshots"
 METRICS_FILE = "metrics.jsonl"
+MANIFEST_FILE = "manifest.jsonl"
 SNAPSHOT_FORMAT = "tlora_analysis.snapshot"
 FROZEN_FORMAT = "tlora_analysis.frozen"
 
@@ -60,6 +63,24 @@ class NotARunError(ValueError):
 
 class SchemaVersionError(ValueError):
     """run.json has a schema version this package cannot read."""
+
+
+def expected_shapes(method: str, shape: tuple[int, int], rank: int | None) -> dict[str, tuple[int, ...]]:
+    """The shape each trainable tensor of a layer of ``shape`` (out, in) has in a snapshot."""
+    out, inn = shape
+    if method == "tlora":
+        return {"tlora_B": (rank, rank), "tlora_alpha": ()}
+    if method == "lora":
+        return {"lora_A": (rank, inn), "lora_B": (out, rank)}
+    return {"weight": (out, inn)}
+
+
+class NonFiniteError(ValueError):
+    """A snapshot holds NaN or infinite values (training diverged); the message names file and tensor."""
+
+
+class ForeignFileError(ValueError):
+    """A file of the run was written by another run (its run id or checksum is not this run's)."""
 
 
 class RunExistsError(FileExistsError):

@@ -1,9 +1,12 @@
 """``Run``: the lazy reader every analysis stands on.
 
 Opening a run reads run.json and lists the snapshot folder; no tensor is read until one is
-asked for. The first read of a snapshot file checks its checksum (once per file per Run);
-a damaged file raises :class:`~tlora_analysis.fileio.CorruptFileError` naming it, and every
-other snapshot still reads.
+asked for. The first read of a snapshot file checks it whole (once per file per Run): its
+checksum, step, run id, every layer's tensors and their shapes, and that they are finite; the
+first read of frozen.safetensors checks its checksum, run id and the fingerprints of A and C.
+A damaged or foreign file raises an error naming it (:class:`~tlora_analysis.fileio.CorruptFileError`,
+:class:`~tlora_analysis.store.format.ForeignFileError`, :class:`~tlora_analysis.store.format.NonFiniteError`),
+and every other snapshot still reads.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ..fileio import CorruptFileError, load_tensors, open_tensors
+from ..fileio import CorruptFileError, fingerprint, load_tensors, open_tensors
 from ..lowrank import FactoredUpdate
-from .format import BASE_WEIGHT_KEY, FROZEN_KEYS, TRAINABLE_KEYS, UnknownLayerError, UnknownStepError
+from .format import (
+    BASE_WEIGHT_KEY, FROZEN_KEYS, TRAINABLE_KEYS, ForeignFileError, NonFiniteError, UnknownLayerError,
+    UnknownStepError, expected_shapes,
+)
 from .sources import Source, open_source
 
 __all__ = ["Run", "read_metrics", "METRIC_COLUMNS"]
@@ -98,6 +104,15 @@ class Run:
         return self.config.get("rank")
 
     @property
+    def run_id(self) -> str | None:
+        """The id bound into every file of the run (None for imported runs and runs recorded before run ids)."""
+        return self.config.get("run_id")
+
+    def layer_rank(self, layer: str) -> int | None:
+        """The adapter rank of one layer (LoRA layers may differ, e.g. PEFT's rank_pattern)."""
+        return self.config["layers"][layer].get("rank") or self.rank
+
+    @property
     def layers(self) -> list[str]:
         """Full module names of the tracked layers, in model order."""
         return list(self.config["layers"])
@@ -149,18 +164,30 @@ class Run:
             raise UnknownStepError(f"{self.name} has no snapshot at step {step!r}; recorded steps: {_list_some(self.steps)}") from None
 
     def check_snapshot(self, step: int) -> dict[str, Any]:
-        """Read the whole snapshot, verify checksum, step and every layer's tensors; return its metadata."""
+        """Read the whole snapshot and check it: checksum, step, run id, every layer's tensors, their shapes,
+        finite values. Returns its metadata."""
         path = self.snapshot_path(step)
         tensors, meta = load_tensors(path, verify=self._source.checksummed)
         if self._source.checksummed:
             stored = meta.get("step")
             if stored is None or int(stored) != step:
                 raise CorruptFileError(f"{path} says it holds step {stored}, not {step}: the file was renamed or mixed up")
-        for layer, (out, inn) in self.layer_shapes.items():
-            for name in TRAINABLE_KEYS[self.method]:
+            if self.run_id and meta.get("run_id") != self.run_id:
+                raise ForeignFileError(f"{path} was written by another run (run id {meta.get('run_id')!r}, this run's "
+                                       f"is {self.run_id!r}): it was copied in; restore this run's file")
+        for layer, shape in self.layer_shapes.items():
+            for name, dims in expected_shapes(self.method, shape, self.layer_rank(layer)).items():
                 key = self._source.key(layer, name)
                 if key not in tensors:
                     raise CorruptFileError(f"{path} lacks tensor {key!r}: the snapshot is incomplete")
+                t = tensors[key]
+                if tuple(t.shape) != dims and not (dims == () and t.numel() == 1):
+                    raise CorruptFileError(f"{path}: {key} has shape {tuple(t.shape)}, but layer {layer} ({shape[0]} × "
+                                           f"{shape[1]}, rank {self.layer_rank(layer)}) needs {dims}: the file does not "
+                                           f"fit this run's run.json")
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise NonFiniteError(f"{path}: {key} holds NaN or infinite values (training diverged at or before "
+                                         f"step {step}); analyse earlier steps, or retrain with a lower learning rate")
         self._verified.add(step)
         return meta
 
@@ -193,9 +220,30 @@ class Run:
             return {}
         return self._frozen_tensors([self._source.key(layer, n) for n in names], names)
 
-    def _frozen_tensors(self, keys: list[str], names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        tensors, _ = load_tensors(self._source.frozen_file, keys=keys, verify=not self._frozen_verified)
+    def check_frozen(self) -> dict[str, torch.Tensor]:
+        """Read frozen.safetensors whole and check it: checksum, run id, A and C against run.json's fingerprints."""
+        path = self._source.frozen_file
+        tensors, meta = load_tensors(path, verify=True)
+        if self.run_id and meta.get("run_id") != self.run_id:
+            raise ForeignFileError(f"{path} was written by another run (run id {meta.get('run_id')!r}, this run's is "
+                                   f"{self.run_id!r}): it was copied in; restore this run's file")
+        for layer, info in self.config["layers"].items():
+            for letter, fp in (info.get("fingerprints") or {}).items():
+                key = self._source.key(layer, f"tlora_{letter}")
+                if key in tensors and fingerprint(tensors[key]) != fp:
+                    raise ForeignFileError(f"{path}: {key} does not match its fingerprint in run.json (another seed "
+                                           f"or another run's factors); restore this run's frozen.safetensors")
         self._frozen_verified = True
+        return tensors
+
+    def _frozen_tensors(self, keys: list[str], names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        if not self._frozen_verified:
+            tensors = self.check_frozen()
+            missing = [k for k in keys if k not in tensors]
+            if missing:
+                raise CorruptFileError(f"{self._source.frozen_file} lacks {missing[:3]}: the file is incomplete")
+        else:
+            tensors, _ = load_tensors(self._source.frozen_file, keys=keys, verify=False)
         return dict(zip(names, (tensors[k] for k in keys)))
 
     def base_weight(self, layer: str) -> torch.Tensor:

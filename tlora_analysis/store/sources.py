@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..fileio import open_tensors, read_json
+from ..fileio import CorruptFileError, open_tensors, read_json
 from .format import (
     FROZEN_FILE, METRICS_FILE, RUN_FORMAT, RUN_JSON, SCHEMA_VERSION, SNAPSHOT_DIR, SUPPORTED_SCHEMA_VERSIONS,
-    NotARunError, SchemaVersionError, snapshot_step, tensor_key,
+    TRAINABLE_KEYS, NotARunError, SchemaVersionError, snapshot_step, tensor_key,
 )
 from .trainer_logs import trainer_log_to_event
 
@@ -73,6 +73,7 @@ def _native(path: Path) -> Source:
             f"{path / RUN_JSON} has schema version {version!r}; this tlora-analysis reads versions "
             f"{list(SUPPORTED_SCHEMA_VERSIONS)}" + (" — upgrade tlora-analysis to read it" if newer else "")
         )
+    _check_header(path / RUN_JSON, header)
     snap_dir = path / SNAPSHOT_DIR
     files = {}
     if snap_dir.is_dir():
@@ -81,6 +82,22 @@ def _native(path: Path) -> Source:
             if step is not None:
                 files[step] = p
     return Source("run", header, files, tensor_key, True, path / FROZEN_FILE, path / METRICS_FILE)
+
+
+def _check_header(path: Path, header: dict[str, Any]) -> None:
+    """run.json names a method this package reads and describes its layers; else a clear error."""
+    method = header.get("method")
+    if method not in TRAINABLE_KEYS:
+        raise NotARunError(f"{path} names method {method!r}; this tlora-analysis reads {sorted(TRAINABLE_KEYS)} runs "
+                           "(PEFT LoRA folders open too)")
+    layers = header.get("layers")
+    if not isinstance(layers, dict) or not layers:
+        raise CorruptFileError(f"{path} has no 'layers' record (the adapted layers and their shapes): run.json is "
+                               "damaged or was written by hand; restore it from a copy or re-record the run")
+    bad = [n for n, info in layers.items()
+           if not isinstance(info, dict) or not (isinstance(info.get("shape"), list) and len(info["shape"]) == 2)]
+    if bad:
+        raise CorruptFileError(f"{path}: layer(s) {bad[:3]} have no [out, in] 'shape'; run.json is damaged")
 
 
 # ---------------------------------------------------------------------- PEFT
@@ -100,6 +117,7 @@ def _peft_layers(folder: Path, peft: dict[str, Any]) -> tuple[dict[str, dict[str
     """Layer name → {"shape", "rank", "scaling"} and layer name → key prefix in the file."""
     with open_tensors(folder / PEFT_WEIGHTS) as fh:
         keys = list(fh.keys())
+        trainable = sum(math.prod(fh.get_slice(k).get_shape()) for k in keys)
         prefixes = {}
         for k in keys:
             if k.endswith(".lora_A.weight"):
@@ -117,7 +135,7 @@ def _peft_layers(folder: Path, peft: dict[str, Any]) -> tuple[dict[str, dict[str
             layers[name] = {"shape": [out, inn], "rank": r, "scaling": scaling}
     if not layers:
         raise NotARunError(f"{folder / PEFT_WEIGHTS} holds no lora_A / lora_B tensors; only LoRA adapters open as runs")
-    return layers, prefixes
+    return layers, prefixes, trainable
 
 
 def _read_peft_config(folder: Path) -> dict[str, Any]:
@@ -134,7 +152,8 @@ def _read_peft_config(folder: Path) -> dict[str, Any]:
     return peft
 
 
-def _peft_header(folder: Path, peft: dict[str, Any], layers: dict[str, dict[str, Any]], kind: str) -> dict[str, Any]:
+def _peft_header(folder: Path, peft: dict[str, Any], layers: dict[str, dict[str, Any]], kind: str,
+                 trainable: int) -> dict[str, Any]:
     rank = int(peft.get("r", 8))
     targets = peft.get("target_modules")
     return {
@@ -153,6 +172,8 @@ def _peft_header(folder: Path, peft: dict[str, Any], layers: dict[str, dict[str,
         "layers": layers,
         "model": peft.get("base_model_name_or_path"),
         "store_base_weights": False,
+        # PEFT saves exactly what trains (lora_A, lora_B, modules_to_save); the frozen model is not there
+        "parameters": {"trainable": trainable, "frozen": None, "total": None, "counted_from": PEFT_WEIGHTS},
         "peft_config": peft,
     }
 
@@ -163,13 +184,13 @@ def _peft_key(prefixes: dict[str, str]) -> Callable[[str, str], str]:
 
 def _peft_adapter(folder: Path) -> Source:
     peft = _read_peft_config(folder)
-    layers, prefixes = _peft_layers(folder, peft)
+    layers, prefixes, trainable = _peft_layers(folder, peft)
     m = _CHECKPOINT_RE.match(folder.name)
     state = read_json(folder / TRAINER_STATE) if (folder / TRAINER_STATE).is_file() else {}
     step = int(state.get("global_step", int(m.group(1)) if m else 0))
     epochs = {step: state["epoch"]} if state.get("epoch") is not None else {}
     records = [e for e in map(trainer_log_to_event, state.get("log_history", [])) if e]
-    return Source("peft_adapter", _peft_header(folder, peft, layers, "peft_adapter"),
+    return Source("peft_adapter", _peft_header(folder, peft, layers, "peft_adapter", trainable),
                   {step: folder / PEFT_WEIGHTS}, _peft_key(prefixes), False,
                   metrics_records=records, epochs=epochs)
 
@@ -193,7 +214,7 @@ def _trainer_checkpoints(folder: Path) -> Source:
         )
     first = next(iter(checkpoints.values()))
     peft = _read_peft_config(first)
-    layers, prefixes = _peft_layers(first, peft)
+    layers, prefixes, trainable = _peft_layers(first, peft)
     epochs, records = {}, []
     for step, ckpt in checkpoints.items():
         if (ckpt / TRAINER_STATE).is_file():
@@ -202,7 +223,7 @@ def _trainer_checkpoints(folder: Path) -> Source:
                 epochs[step] = state["epoch"]
             records = state.get("log_history", records)  # the last checkpoint's history is the longest
     events = [e for e in map(trainer_log_to_event, records) if e]
-    header = _peft_header(folder, peft, layers, "trainer_checkpoints")
+    header = _peft_header(folder, peft, layers, "trainer_checkpoints", trainable)
     header["checkpoints"] = {str(s): p.name for s, p in checkpoints.items()}
     return Source("trainer_checkpoints", header, {s: p / PEFT_WEIGHTS for s, p in checkpoints.items()},
                   _peft_key(prefixes), False, metrics_records=events, epochs=epochs)

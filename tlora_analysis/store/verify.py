@@ -1,22 +1,28 @@
 """``Run.verify()``: the state of every file of a run, as a report.
 
-Problems (a file that is missing, truncated, bit-flipped, fails its checksum or lacks a
-tensor) make the report not ``ok``. Notes (a torn last metrics line, temporary files of an
-interrupted write) are what a killed process legitimately leaves; they keep it ``ok``.
+Problems make the report not ``ok``: a file that is missing, truncated, bit-flipped, fails its
+checksum, lacks a tensor or has one of the wrong shape, holds NaN or infinities, was written by
+another run (run id, manifest checksum or A/C fingerprints differ), a snapshot the manifest
+lists that is gone, a snapshot inside the recorded range the manifest does not list, or a
+metrics file shorter than the manifest says it was. Notes are what a killed process
+legitimately leaves (a torn last line, temporary files, the last snapshot written just before
+its manifest line); they keep it ``ok``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from safetensors import SafetensorError
 
-from ..fileio import CorruptFileError, fingerprint, load_tensors
-from .format import BASE_WEIGHT_KEY, FROZEN_KEYS, SNAPSHOT_DIR
+from ..fileio import CorruptFileError, open_tensors
+from .format import MANIFEST_FILE, SNAPSHOT_DIR, ForeignFileError, NonFiniteError, snapshot_name
 from .reader import read_metrics
+from .writer import read_manifest
 
 if TYPE_CHECKING:
     from .reader import Run
@@ -24,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["FileCheck", "VerifyReport", "verify_run"]
 
 OK, NOTE, PROBLEM = "ok", "note", "problem"
+_READ_ERRORS = (CorruptFileError, ForeignFileError, NonFiniteError, SafetensorError, OSError, KeyError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,9 @@ class VerifyReport:
     def problems(self) -> list[FileCheck]:
         return [c for c in self.checks if c.status == PROBLEM]
 
+    def add(self, path: Path | str, status: str, message: str) -> None:
+        self.checks.append(FileCheck(str(path), status, message))
+
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([c.__dict__ for c in self.checks], columns=["path", "status", "message"])
 
@@ -58,84 +68,162 @@ class VerifyReport:
         return "\n".join([head] + [f"  {c.status.upper():8s} {c.path}: {c.message}" for c in shown])
 
 
-def _present(path: Path | None, report: VerifyReport) -> bool:
-    """Whether a file the run's layout names is there to check (a missing one is a problem)."""
-    if path is None:
-        return False
+@dataclass
+class _Manifest:
+    """What manifest.jsonl says was written: checksum per file, steps, metrics lines."""
+
+    by_file: dict[str, dict[str, Any]]
+    steps: list[int]
+    metrics_lines: int
+
+
+def _read_manifest(run: "Run", report: VerifyReport) -> _Manifest | None:
+    """The manifest of a run that has a run id (older runs have neither: a note says what cannot be checked)."""
+    path = run.path / MANIFEST_FILE
+    if not run.run_id:
+        report.add(run.path, NOTE, "recorded without a run id and manifest (an earlier version): deleted or "
+                                   "foreign snapshots cannot be detected")
+        return None
     if not path.is_file():
-        report.checks.append(FileCheck(str(path), PROBLEM, "missing"))
-        return False
-    return True
+        report.add(path, PROBLEM, "missing: the manifest lists every file this run wrote; without it deleted or "
+                                  "foreign files cannot be told apart")
+        return None
+    try:
+        entries, torn = read_manifest(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        report.add(path, PROBLEM, f"not valid JSON lines ({exc}): damaged")
+        return None
+    if torn:
+        report.add(path, NOTE, "last line torn (a kill mid-append); ignored")
+    foreign = sorted({e.get("run_id") for e in entries} - {run.run_id})
+    if foreign:
+        report.add(path, PROBLEM, f"holds entries of another run (run id {foreign[0]!r})")
+    report.add(path, OK, f"{len(entries)} files listed")
+    steps = [e["step"] for e in entries if isinstance(e.get("step"), int)]
+    return _Manifest({e.get("file"): e for e in entries}, sorted(steps),
+                     max((int(e.get("metrics_lines") or 0) for e in entries), default=0))
 
 
-def _check_frozen(run: "Run", report: VerifyReport) -> None:
+def _stored_checksum(path: Path) -> str | None:
+    with open_tensors(path) as fh:
+        return (fh.metadata() or {}).get("sha256")
+
+
+def _against_manifest(run: "Run", path: Path, manifest: _Manifest | None) -> str | None:
+    """Why ``path`` is not the file the manifest recorded, or None."""
+    if manifest is None:
+        return None
+    entry = manifest.by_file.get(path.relative_to(run.path).as_posix())
+    if entry is None:
+        return None
+    if _stored_checksum(path) != entry.get("sha256"):
+        return (f"is not the file this run wrote (checksum {str(_stored_checksum(path))[:12]}…, the manifest "
+                f"recorded {str(entry.get('sha256'))[:12]}…): replaced or copied in from another run")
+    return None
+
+
+def _check_frozen(run: "Run", report: VerifyReport, manifest: _Manifest | None) -> None:
     path = run._source.frozen_file
-    if not _present(path, report):
+    if path is None:
+        return
+    if not path.is_file():
+        report.add(path, PROBLEM, "missing")
         return
     try:
-        tensors, _ = load_tensors(path, verify=True)
-    except (CorruptFileError, SafetensorError, OSError) as exc:
-        report.checks.append(FileCheck(str(path), PROBLEM, str(exc)))
+        tensors = run.check_frozen()
+        wrong = _against_manifest(run, path, manifest)
+    except _READ_ERRORS as exc:
+        report.add(path, PROBLEM, str(exc))
         return
-    wanted = list(FROZEN_KEYS[run.method]) + ([BASE_WEIGHT_KEY] if run.config.get("store_base_weights") and run.method != "full" else [])
-    problems = []
-    for layer, info in run.config["layers"].items():
-        for name in wanted:
-            key = run._source.key(layer, name)
-            if key not in tensors:
-                problems.append(f"lacks {key}")
-        for letter, fp in (info.get("fingerprints") or {}).items():
-            key = run._source.key(layer, f"tlora_{letter}")
-            if key in tensors and fingerprint(tensors[key]) != fp:
-                problems.append(f"{key} does not match its fingerprint in run.json")
-    if problems:
-        report.checks.append(FileCheck(str(path), PROBLEM, "; ".join(problems[:5])))
+    if wrong:
+        report.add(path, PROBLEM, wrong)
+        return
+    from .format import BASE_WEIGHT_KEY, FROZEN_KEYS
+
+    wanted = list(FROZEN_KEYS[run.method]) + ([BASE_WEIGHT_KEY] if run.config.get("store_base_weights")
+                                              and run.method != "full" else [])
+    lacking = [run._source.key(layer, n) for layer in run.layers for n in wanted
+               if run._source.key(layer, n) not in tensors]
+    if lacking:
+        report.add(path, PROBLEM, f"lacks {', '.join(lacking[:5])}")
     else:
-        report.checks.append(FileCheck(str(path), OK, f"{len(tensors)} tensors, checksum ok"))
+        report.add(path, OK, f"{len(tensors)} tensors, checksum, run id and fingerprints ok")
 
 
-def _check_snapshots(run: "Run", report: VerifyReport) -> None:
-    how = "checksum ok" if run._source.checksummed else "readable (this format has no checksum)"
+def _check_snapshots(run: "Run", report: VerifyReport, manifest: _Manifest | None) -> None:
+    how = "checksum, run id, shapes and values ok" if run._source.checksummed else \
+        "readable, shapes and values ok (this format has no checksum)"
+    if run.kind == "run":
+        folder = run.path / SNAPSHOT_DIR
+        if not folder.is_dir():
+            why = "a symbolic link that leads nowhere or loops" if folder.is_symlink() else "missing"
+            report.add(folder, PROBLEM, f"the snapshot folder is {why}: no snapshot can be read")
     for step in run.steps:
         path = run.snapshot_path(step)
         try:
             run.check_snapshot(step)
-        except (CorruptFileError, SafetensorError, OSError, KeyError, ValueError) as exc:
-            report.checks.append(FileCheck(str(path), PROBLEM, str(exc)))
+            wrong = _against_manifest(run, path, manifest)
+        except _READ_ERRORS as exc:
+            report.add(path, PROBLEM, str(exc))
+            continue
+        if wrong:
+            report.add(path, PROBLEM, wrong)
+        elif manifest is not None and f"{SNAPSHOT_DIR}/{path.name}" not in manifest.by_file:
+            last = manifest.steps[-1] if manifest.steps else -1
+            newer = [s for s in run.steps if s > last]
+            if step > last and newer == [step]:
+                report.add(path, NOTE, f"step {step}, written just before the process stopped (its manifest line "
+                                       "was not yet appended); checksum and run id ok")
+            else:
+                report.add(path, PROBLEM, f"step {step} is not in the manifest: this run never wrote it (copied in "
+                                          "from elsewhere)")
         else:
-            report.checks.append(FileCheck(str(path), OK, f"step {step}, {how}"))
+            report.add(path, OK, f"step {step}, {how}")
+    if manifest is not None:
+        for step in manifest.steps:
+            if step not in run.steps:
+                report.add(run.path / SNAPSHOT_DIR / snapshot_name(step), PROBLEM,
+                           f"missing: the manifest lists step {step}, so it was written and later deleted")
 
 
-def _check_metrics(run: "Run", report: VerifyReport) -> None:
+def _check_metrics(run: "Run", report: VerifyReport, manifest: _Manifest | None) -> None:
     path = run._source.metrics_file
-    if not _present(path, report):
+    if path is None:
+        return
+    if not path.is_file():
+        report.add(path, PROBLEM, "missing")
         return
     try:
         records, torn = read_metrics(path)
     except CorruptFileError as exc:
-        report.checks.append(FileCheck(str(path), PROBLEM, str(exc)))
+        report.add(path, PROBLEM, str(exc))
         return
-    report.checks.append(FileCheck(str(path), OK, f"{len(records)} events"))
+    if manifest is not None and len(records) < manifest.metrics_lines:
+        report.add(path, PROBLEM, f"holds {len(records)} events, but {manifest.metrics_lines} had been written when "
+                                  "the last snapshot was: the file was emptied or cut short")
+    else:
+        report.add(path, OK, f"{len(records)} events")
     if torn:
-        report.checks.append(FileCheck(str(path), NOTE, "last line torn (a kill mid-append); readers skip it"))
+        report.add(path, NOTE, "last line torn (a kill mid-append); readers skip it")
 
 
 def _check_leftovers(run: "Run", report: VerifyReport) -> None:
     for folder in (run.path, run.path / SNAPSHOT_DIR):
         if folder.is_dir():
             for p in sorted(folder.glob(".*.tmp")):
-                report.checks.append(FileCheck(str(p), NOTE, "temporary file of an interrupted write; ignored, removed on resume"))
+                report.add(p, NOTE, "temporary file of an interrupted write; ignored, removed on resume")
 
 
 def verify_run(run: "Run") -> VerifyReport:
-    """Check the frozen file, every snapshot, the metrics and leftovers of ``run``."""
+    """Check the frozen file, every snapshot, the metrics, the manifest and leftovers of ``run``."""
     report = VerifyReport(run.name)
+    manifest = _read_manifest(run, report) if run.kind == "run" else None
     if run.kind == "run":
-        _check_frozen(run, report)
-    _check_snapshots(run, report)
+        _check_frozen(run, report, manifest)
+    _check_snapshots(run, report, manifest)
     if run.kind == "run":
-        _check_metrics(run, report)
+        _check_metrics(run, report, manifest)
         _check_leftovers(run, report)
-    if not run.steps:
-        report.checks.append(FileCheck(str(run.path), NOTE, "no snapshot recorded yet"))
+    if not run.steps and report.ok:
+        report.add(run.path, NOTE, "no snapshot recorded yet")
     return report
