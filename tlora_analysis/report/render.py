@@ -12,11 +12,13 @@ from typing import Sequence
 import pandas as pd
 
 from ..fileio import atomic_write_bytes
-from ..figures.runs import RunLike, as_run
+from ..store import Run
 from .claims import ClaimsReport, Progress, evaluate_claims
 from .verdict import fmt
 
 __all__ = ["write_report", "report_markdown", "report_html", "report_command"]
+
+RunLike = Run | str | os.PathLike
 
 TITLE = "TLoRA paper claims, tested"
 
@@ -105,8 +107,8 @@ def write_report(tlora: RunLike | Sequence[RunLike], lora: RunLike | Sequence[Ru
                  alpha: float = 0.05, n_null: int = 2000, seed: int = 0,
                  progress: Progress | None = None) -> Path:
     """Evaluate the claims and write report.md, report.html, claims.csv and claims_layers.csv; return report.md."""
-    def runs(x: RunLike | Sequence[RunLike]) -> list:
-        return [as_run(r) for r in x] if isinstance(x, (list, tuple)) else [as_run(x)]
+    def runs(x: RunLike | Sequence[RunLike]) -> list[Run]:
+        return [r if isinstance(r, Run) else Run(r) for r in (x if isinstance(x, (list, tuple)) else [x])]
 
     report = evaluate_claims(runs(tlora), runs(lora), alpha=alpha, n_null=n_null, seed=seed, progress=progress)
     out = Path(out_dir)
