@@ -28,8 +28,8 @@ import torch
 
 from bench_layer_kernels import SHAPES
 
-from tlora_analysis.adapters import lowrank_gemm, triton_launch
-from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul
+from tlora_analysis.adapters import fused
+from tlora_analysis.adapters.fused import lowrank_matmul
 
 
 class _NoCache(dict):
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "triton": __import__("triton").__version__, "tokens": args.tokens, "rank": args.rank,
               "calls": args.calls, "repeats": args.repeats, "shapes": {}}
-    cache = triton_launch._compiled
+    cache = fused.backend.launcher.compiled
     for label, (out, inp) in SHAPES.items():
         x = torch.randn(args.tokens, inp, device=dev, dtype=dtype)
         w0 = torch.randn(out, inp, device=dev, dtype=dtype) / inp**0.5
@@ -81,15 +81,15 @@ def main(argv: list[str] | None = None) -> None:
         row = {}
         for name, backend, kernels in (("triton", "triton", cache), ("triton-jit", "triton", _NoCache()),
                                        ("cublas", "cublas", cache)):
-            lowrank_gemm.set_backend(backend)
-            triton_launch._compiled = kernels
+            fused.set_backend(backend)
+            fused.backend.launcher.compiled = kernels
             for _ in range(3):
                 call()
             host, wall = per_call_us(call, args.calls, args.repeats)
             row[name] = {"host_us": host, "wall_us": wall}
-        triton_launch._compiled, report["shapes"][label] = cache, row
+        fused.backend.launcher.compiled, report["shapes"][label] = cache, row
         print(label, json.dumps(row), file=sys.stderr, flush=True)
-    lowrank_gemm.set_backend("auto")
+    fused.set_backend("auto")
     args.out.write_text(json.dumps(report, indent=1))
     print("| shape | " + " | ".join(f"{k}: host / wall µs" for k in ("triton", "triton-jit", "cublas")) + " |")
     print("|---|---|---|---|")

@@ -40,9 +40,9 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from tlora_analysis.adapters import lowrank_gemm
-from tlora_analysis.adapters.core_grads import core_grads
-from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul, lowrank_matmul_with_core_grads, supported
+from tlora_analysis.adapters import fused
+from tlora_analysis.adapters.fused.core_grads import core_grads
+from tlora_analysis.adapters.fused.lowrank_gemm import lowrank_matmul, lowrank_matmul_with_core_grads, supported
 
 SHAPES = {"q/k/v/o": (2048, 2048), "gate/up": (5632, 2048), "down": (2048, 5632)}  # (out, in)
 LAYERS_PER_STEP = {"q/k/v/o": 4 * 16, "gate/up": 2 * 16, "down": 16}  # the benchmark model's 16 blocks
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    lowrank_gemm.set_backend("triton")  # the epilogue GEMM in eager mode, where it applies
+    fused.set_backend("triton")  # the epilogue GEMM in eager mode, where it applies
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     report = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
               "tokens": args.tokens, "rank": args.rank, "dtype": str(dtype), "repeats": args.repeats, "shapes": {}}

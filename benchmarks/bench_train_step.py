@@ -51,7 +51,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from tlora_analysis.adapters import LoRAConfig, TLoRAConfig, adapted_layers, apply_adapters, lowrank_gemm
+from tlora_analysis.adapters import LoRAConfig, TLoRAConfig, adapted_layers, apply_adapters, fused
 
 CPU_TARGETS = {"qv": r".*\.(query|value)", "all": r".*encoder\.layer\.\d+\..*(query|key|value|dense)"}
 GPU_TARGETS = {"qv": r".*\.(q_proj|v_proj)", "all": r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"}
@@ -160,7 +160,7 @@ def build_arm(arm: Arm, base: nn.Module, device: str) -> nn.Module:
                              dropout_position=arm.options.get("position", "output"))
         apply_adapters(model, config)
         impl = arm.name.split("-", 1)[1] if "-" in arm.name else "fused"
-        lowrank_gemm.set_backend("cublas" if impl == "cublas" else "auto")  # "auto": the kernel where it applies
+        fused.set_backend("cublas" if impl == "cublas" else "auto")  # "auto": the kernel where it applies
         for layer in adapted_layers(model).values():
             with torch.no_grad():
                 layer.tlora_B.normal_(std=0.01)  # a nonzero B, as after some training
