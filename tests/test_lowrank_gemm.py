@@ -167,6 +167,16 @@ report["layer_kernel_calls"] = [len(calls), len(grads_calls)]  # forward and ∂
 calls.clear(); grads_calls.clear()
 report["layer_input_dropout"] = layer_errors(torch.float16, "cpu", dropout=0.3)
 report["layer_input_dropout_kernel_calls"] = [len(calls), len(grads_calls)]  # forward only: ∂x needs the mask
+# Triton's allocator is the caller's again after the package's JIT launches (kernel and core gradients)
+import triton
+from triton.runtime import _allocation
+mine = lambda size, alignment, stream: torch.empty(size, dtype=torch.int8)  # noqa: E731
+triton.set_allocator(mine)
+calls.clear()
+ops = with_grads_operands(CASES[0], torch.float16)
+lowrank_matmul(*ops[:4])
+lowrank_matmul_with_core_grads(*ops[:4], core=ops[4], scale=ops[5], y=ops[6])
+report["allocator_kept"] = [len(calls), _allocation._allocator.get() is mine]
 print(json.dumps(report))
 """
 
@@ -259,6 +269,9 @@ class TestInterpreted:
     def test_fused_tlora_layer_runs_it_and_matches_float64(self, interpreted):
         assert interpreted["layer_kernel_calls"] == [2, 0]
         assert max(interpreted["layer"].values()) < 5e-3, interpreted["layer"]
+
+    def test_launches_leave_the_callers_triton_allocator_in_place(self, interpreted):
+        assert interpreted["allocator_kept"] == [2, True]
 
     def test_input_dropout_keeps_the_cublas_input_gradient(self, interpreted):
         assert interpreted["layer_input_dropout_kernel_calls"] == [1, 1]  # and core_grads' own launch
