@@ -1,4 +1,4 @@
-"""Idea 7, measured: ``torch.compile`` (inductor) on the floor and on TLoRA, GPU.
+"""``torch.compile`` (inductor) on the floor and on TLoRA, GPU.
 
 The fused TLoRA layer is an autograd Function that dynamo traces without a graph break
 (tests/test_tlora_fast.py), so a compiled model keeps it. Compiling can fuse the small

@@ -1,7 +1,8 @@
 """Host cost of one ``lowrank_matmul`` call: the cached Triton launch, Triton's JIT launch, and cuBLAS.
 
 In eager mode a training step of the benchmark model is close to host-bound (docs/benchmarks.md,
-"Idea 10"), so what a layer costs the host decides whether a faster kernel speeds up the step.
+"Host time per layer"), so what a layer costs the host decides whether a faster kernel speeds up
+the step.
 For each layer shape of the LLaMA-shaped benchmark model (8192 tokens, bf16, r = 32) and each way
 to run x W0ᵀ + α (u B) C, this times ``--calls`` calls issued back to back without synchronizing
 (host µs per call; the GPU queue does not fill at these sizes) and until the GPU is done (wall
@@ -9,7 +10,7 @@ to run x W0ᵀ + α (u B) C, this times ``--calls`` calls issued back to back wi
 
 - ``triton``: the package's path (the compiled kernel cached and launched directly);
 - ``triton-jit``: the same kernel launched through Triton's JIT on every call (argument binding,
-  specialization and cache lookup), as before the launch was cached;
+  specialization and cache lookup);
 - ``cublas``: the cuBLAS composition (α B C folded first, then two GEMMs).
 
     PYTHONPATH=. python benchmarks/bench_launch_host.py --out launch_host.json

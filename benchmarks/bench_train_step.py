@@ -18,8 +18,8 @@ fused path), ``lora`` (ours), ``peft`` (PEFT's LoRA, default: adapter weights in
 same as ``peft``). Ablations at the largest rank: ``tlora-plain`` (the formula in autograd),
 ``tlora-folded`` ((x A)(α B C) in autograd), ``tlora-adapter`` (adapter Function, unfused add),
 ``tlora-merged`` (one product with W0 + ΔW, opt-in), ``tlora-cublas`` (the fused layer without
-the Triton low-rank-epilogue GEMM, ``lowrank_gemm.set_backend("cublas")``: the default before
-idea 12; on a CPU the same as ``tlora``),
+the Triton low-rank-epilogue GEMM, ``fused.set_backend("cublas")``; on a CPU the same as
+``tlora``),
 TLoRA with dropout 0.1 at each position (on "all"; the mask redrawn in the backward, or stored), and ``tlora+recorder`` (snapshots every step) when
 ``tlora_analysis.recording`` exists. Every adapter uses dropout 0 unless named.
 
@@ -137,7 +137,7 @@ class Floor(nn.Module):
 
 
 def folded_adapter_output(layer) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The "fold α and B into C" idea alone, in plain autograd: (x A)(α B C)."""
+    """α and B folded into C, alone, in plain autograd: (x A)(α B C)."""
     def adapter_output(x: torch.Tensor) -> torch.Tensor:
         return (x.to(layer.tlora_A.dtype) @ layer.tlora_A) @ ((layer.tlora_alpha * layer.tlora_B) @ layer.tlora_C)
     return adapter_output

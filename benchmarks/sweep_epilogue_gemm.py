@@ -1,4 +1,4 @@
-"""Idea 10's design sweep: Triton TMA GEMMs with and without a rank-r term, against cuBLAS (GPU).
+"""The Triton GEMM's design sweep: TMA GEMMs with and without a rank-r term, against cuBLAS (GPU).
 
 For the six GEMMs of the benchmark model's layers (forward x W0ᵀ and backward g W0 for the
 q/k/v/o, gate/up and down shapes; 8192 tokens, bf16, r = 32) it times cuBLAS's plain GEMM, the
@@ -9,7 +9,7 @@ fused layer's cuBLAS composition (u v, then the GEMM accumulated onto it with β
 - ``SUBTILE``: store the output tile in two halves (frees shared memory for the rank-r tiles);
 - ``FLATTEN``: software-pipeline the persistent loop across tiles; ``WS``: warp specialization.
 
-The package's kernel (tlora_analysis/adapters/lowrank_gemm.py) is the winner: post, subtile,
+The package's kernel (tlora_analysis/adapters/fused/kernels.py) is the winner: post, subtile,
 flatten, 128 × 256 × 64 tiles, 3 stages, 8 warps. Also the host time per call of a raw launch,
 of the package's ``lowrank_matmul`` (backend "triton") and of the cuBLAS composition.
 

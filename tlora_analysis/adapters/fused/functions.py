@@ -2,7 +2,7 @@
 
 Why: the plain formula (adapters/tlora.py) runs as five autograd nodes per layer; on a GPU each
 is a pass over a (tokens × out) tensor, and autograd keeps x·A·B·C (tokens × out) alive for α's
-gradient (docs/benchmarks.md, "Training step (GPU)"). The layer's ``impl`` picks one (route.py):
+gradient (docs/benchmarks.md, "TLoRA's options on a GPU"). The layer's ``impl`` picks one (route.py):
 
 - ``"adapter"``: :class:`TLoRAAdapterFunction`, the adapter alone; α and B are folded into C
   once per forward (M = α B C, r × out) so the forward is two products, and only u = x A

@@ -107,8 +107,8 @@ def supported(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor
 
 
 # (BM, BN, BK, pipeline stages, warps): the fastest of 30 tiles and kernel variants measured on
-# the H200 for the benchmark model's six GEMM shapes (docs/benchmarks.md); the interpreter gets
-# small tiles so that tests cover several tiles per program.
+# the H200 for the benchmark model's six GEMM shapes (docs/benchmarks.md, "The Triton GEMM's
+# design"); the interpreter gets small tiles so that tests cover several tiles per program.
 _TILE = (128, 256, 64, 3, 8)
 _INTERPRETER_TILE = (32, 32, 16, 1, 4)
 _GRAD_PROGRAMS = 32  # the most programs that share the core gradients' work (as in core_grads.py)
