@@ -1,4 +1,4 @@
-"""Idea 7, measured: ``torch.compile`` (inductor) on the floor and on TLoRA, GPU.
+"""``torch.compile`` (inductor) on the floor and on TLoRA, GPU.
 
 The fused TLoRA layer is an autograd Function that dynamo traces without a graph break
 (tests/test_tlora_fast.py), so a compiled model keeps it. Compiling can fuse the small
@@ -25,7 +25,7 @@ import torch
 
 from bench_train_step import Arm, Trainer, build_arm, build_base, time_steps_cuda
 
-from tlora_analysis.adapters import lowrank_gemm
+from tlora_analysis.adapters import fused
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         times: dict[str, list[float]] = {name: [] for name in arms}
         for _ in range(args.rounds):
             for name, trainer in trainers.items():
-                lowrank_gemm.set_backend("cublas" if name == "tlora-cublas" else "auto")  # read at run time
+                fused.set_backend("cublas" if name == "tlora-cublas" else "auto")  # read at run time
                 times[name] += time_steps_cuda(trainer, args.block)
         peak = torch.cuda.max_memory_allocated()
     report.update(compile_s=compile_s, times_ms=times, peak_bytes_both=peak)

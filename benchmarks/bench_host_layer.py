@@ -7,7 +7,7 @@ linear layer adapted the host's time per step comes close to the GPU's (docs/ben
 
 - ``chain``: ``--layers`` layers in sequence (in = out), forward then backward, host µs per layer;
 - ``siblings``: groups of three layers reading one input, summed (q, k, v of an attention
-  block: the case that shares one projection, adapters/shared_projection.py);
+  block: the case that shares one projection, adapters/fused/shared_projection.py);
 - ``calls``: single calls of the layer's pieces (µs per call, ``--calls`` back to back).
 
 ``--package DIR`` imports ``tlora_analysis`` from DIR first (an export of an older commit, for an
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     from torch import nn
 
     from tlora_analysis.adapters import TLoRAConfig, TLoRALinear
-    from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul, lowrank_matmul_with_core_grads
+    from tlora_analysis.adapters.fused import lowrank_matmul, lowrank_matmul_with_core_grads
 
     dev, dtype, width, rank = args.device, torch.bfloat16, args.width, args.rank
     if dev == "cuda" and not torch.cuda.is_available():

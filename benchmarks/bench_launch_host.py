@@ -1,7 +1,8 @@
 """Host cost of one ``lowrank_matmul`` call: the cached Triton launch, Triton's JIT launch, and cuBLAS.
 
 In eager mode a training step of the benchmark model is close to host-bound (docs/benchmarks.md,
-"Idea 10"), so what a layer costs the host decides whether a faster kernel speeds up the step.
+"Host time per layer"), so what a layer costs the host decides whether a faster kernel speeds up
+the step.
 For each layer shape of the LLaMA-shaped benchmark model (8192 tokens, bf16, r = 32) and each way
 to run x W0ᵀ + α (u B) C, this times ``--calls`` calls issued back to back without synchronizing
 (host µs per call; the GPU queue does not fill at these sizes) and until the GPU is done (wall
@@ -9,7 +10,7 @@ to run x W0ᵀ + α (u B) C, this times ``--calls`` calls issued back to back wi
 
 - ``triton``: the package's path (the compiled kernel cached and launched directly);
 - ``triton-jit``: the same kernel launched through Triton's JIT on every call (argument binding,
-  specialization and cache lookup), as before the launch was cached;
+  specialization and cache lookup);
 - ``cublas``: the cuBLAS composition (α B C folded first, then two GEMMs).
 
     PYTHONPATH=. python benchmarks/bench_launch_host.py --out launch_host.json
@@ -28,8 +29,8 @@ import torch
 
 from bench_layer_kernels import SHAPES
 
-from tlora_analysis.adapters import lowrank_gemm, triton_launch
-from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul
+from tlora_analysis.adapters import fused
+from tlora_analysis.adapters.fused import lowrank_matmul
 
 
 class _NoCache(dict):
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
               "triton": __import__("triton").__version__, "tokens": args.tokens, "rank": args.rank,
               "calls": args.calls, "repeats": args.repeats, "shapes": {}}
-    cache = triton_launch._compiled
+    cache = fused.backend.launcher.compiled
     for label, (out, inp) in SHAPES.items():
         x = torch.randn(args.tokens, inp, device=dev, dtype=dtype)
         w0 = torch.randn(out, inp, device=dev, dtype=dtype) / inp**0.5
@@ -81,15 +82,15 @@ def main(argv: list[str] | None = None) -> None:
         row = {}
         for name, backend, kernels in (("triton", "triton", cache), ("triton-jit", "triton", _NoCache()),
                                        ("cublas", "cublas", cache)):
-            lowrank_gemm.set_backend(backend)
-            triton_launch._compiled = kernels
+            fused.set_backend(backend)
+            fused.backend.launcher.compiled = kernels
             for _ in range(3):
                 call()
             host, wall = per_call_us(call, args.calls, args.repeats)
             row[name] = {"host_us": host, "wall_us": wall}
-        triton_launch._compiled, report["shapes"][label] = cache, row
+        fused.backend.launcher.compiled, report["shapes"][label] = cache, row
         print(label, json.dumps(row), file=sys.stderr, flush=True)
-    lowrank_gemm.set_backend("auto")
+    fused.set_backend("auto")
     args.out.write_text(json.dumps(report, indent=1))
     print("| shape | " + " | ".join(f"{k}: host / wall µs" for k in ("triton", "triton-jit", "cublas")) + " |")
     print("|---|---|---|---|")

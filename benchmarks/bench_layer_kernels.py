@@ -1,25 +1,25 @@
-"""Where the fused TLoRA layer's time goes, kernel by kernel; ideas 8 (stacked GEMMs), 10, 11 and 13.
+"""Where the fused TLoRA layer's time goes, kernel by kernel, and the alternatives measured against it.
 
 For each layer shape of the LLaMA-shaped benchmark model (tokens × in → out, bf16, r = 32),
 with CUDA events around CUDA-graph replays (median of ``--repeats`` replays of 20 calls each):
 
-- **ops**: every kernel the default fused layer (tlora_analysis/adapters/fast.py) launches,
+- **ops**: every kernel the fused layer's cuBLAS path (``fused.set_backend("cublas")``) launches,
   timed alone on ready inputs: forward α·B, M = (αB) C, u = x A, u M, the base GEMM
   accumulating onto it (β = 1); backward g Cᵀ, G = uᵀ (g Cᵀ), ∂B = α G, ∂α = ⟨B, G⟩,
   ∂u = (g Cᵀ)(αB)ᵀ, ∂u Aᵀ, the base ∂x GEMM with β = 1; and the floor's own GEMMs (β = 0).
 - **alt**: the four rank-r products with the small operand stored in the other layout
   (cuBLAS picks different kernels for skinny products by layout).
-- **epilogue** (idea 10): x W0ᵀ + u M and g W0 + ∂u Aᵀ each as one Triton GEMM with the
-  rank-r term in its accumulator (tlora_analysis/adapters/lowrank_gemm.py), alone and as the
-  whole layer; checked against the fused path's numbers.
-- **epilogue+core** (idea 11, the layer's path now): the same GEMMs with α and B applied inside
+- **epilogue**: x W0ᵀ + u M and g W0 + ∂u Aᵀ each as one Triton GEMM with the rank-r term in its
+  accumulator (tlora_analysis/adapters/fused/lowrank_gemm.py), alone and as the whole layer;
+  checked against the cuBLAS path's numbers.
+- **epilogue+core** (the layer's default path): the same GEMMs with α and B applied inside
   the kernel, x W0ᵀ + α (u B) C and g W0 + α (g Cᵀ Bᵀ) Aᵀ, so that α B, M = (αB) C and
   ∂u = (g Cᵀ)(αB)ᵀ are no longer separate kernels.
-- **core grads** (idea 13, the layer's backward now): ∂B = α G and ∂α = ⟨B, G⟩ with
-  G = uᵀ (g Cᵀ) in one Triton launch (tlora_analysis/adapters/core_grads.py), against the
-  three torch operations (cuBLAS's split-K G and its reduction, α G, the dot); and the whole
-  backward with it.
-- **stacked** (idea 8): read x once by stacking the frozen factors around W0 in one
+- **core grads**: ∂B = α G and ∂α = ⟨B, G⟩ with G = uᵀ (g Cᵀ) in one Triton launch
+  (tlora_analysis/adapters/fused/core_grads.py), against the three torch operations (cuBLAS's
+  split-K G and its reduction, α G, the dot), and inside the ∂x GEMM (the layer's default); and
+  the whole backward with each.
+- **stacked** (measured, not kept): read x once by stacking the frozen factors around W0 in one
   (out + r) × (in + r) buffer, [[W0, Cᵀ], [Aᵀ, ·]]: x [W0; Aᵀ]ᵀ gives the base output and
   u = x A side by side, and g [W0 | Cᵀ] the base input-gradient and g Cᵀ side by side, at the
   price of GEMMs r columns wider. Checked to give the fused path's numbers.
@@ -40,9 +40,9 @@ from typing import Callable
 import torch
 from torch.nn import functional as F
 
-from tlora_analysis.adapters import lowrank_gemm
-from tlora_analysis.adapters.core_grads import core_grads
-from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul, lowrank_matmul_with_core_grads, supported
+from tlora_analysis.adapters import fused
+from tlora_analysis.adapters.fused.core_grads import core_grads
+from tlora_analysis.adapters.fused.lowrank_gemm import lowrank_matmul, lowrank_matmul_with_core_grads, supported
 
 SHAPES = {"q/k/v/o": (2048, 2048), "gate/up": (5632, 2048), "down": (2048, 5632)}  # (out, in)
 LAYERS_PER_STEP = {"q/k/v/o": 4 * 16, "gate/up": 2 * 16, "down": 16}  # the benchmark model's 16 blocks
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    lowrank_gemm.set_backend("triton")  # the epilogue GEMM in eager mode, where it applies
+    fused.set_backend("triton")  # the epilogue GEMM in eager mode, where it applies
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     report = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
               "tokens": args.tokens, "rank": args.rank, "dtype": str(dtype), "repeats": args.repeats, "shapes": {}}

@@ -18,8 +18,8 @@ fused path), ``lora`` (ours), ``peft`` (PEFT's LoRA, default: adapter weights in
 same as ``peft``). Ablations at the largest rank: ``tlora-plain`` (the formula in autograd),
 ``tlora-folded`` ((x A)(α B C) in autograd), ``tlora-adapter`` (adapter Function, unfused add),
 ``tlora-merged`` (one product with W0 + ΔW, opt-in), ``tlora-cublas`` (the fused layer without
-the Triton low-rank-epilogue GEMM, ``lowrank_gemm.set_backend("cublas")``: the default before
-idea 12; on a CPU the same as ``tlora``),
+the Triton low-rank-epilogue GEMM, ``fused.set_backend("cublas")``; on a CPU the same as
+``tlora``),
 TLoRA with dropout 0.1 at each position (on "all"; the mask redrawn in the backward, or stored), and ``tlora+recorder`` (snapshots every step) when
 ``tlora_analysis.recording`` exists. Every adapter uses dropout 0 unless named.
 
@@ -51,7 +51,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from tlora_analysis.adapters import LoRAConfig, TLoRAConfig, adapted_layers, apply_adapters, lowrank_gemm
+from tlora_analysis.adapters import LoRAConfig, TLoRAConfig, adapted_layers, apply_adapters, fused
 
 CPU_TARGETS = {"qv": r".*\.(query|value)", "all": r".*encoder\.layer\.\d+\..*(query|key|value|dense)"}
 GPU_TARGETS = {"qv": r".*\.(q_proj|v_proj)", "all": r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"}
@@ -137,7 +137,7 @@ class Floor(nn.Module):
 
 
 def folded_adapter_output(layer) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The "fold α and B into C" idea alone, in plain autograd: (x A)(α B C)."""
+    """α and B folded into C, alone, in plain autograd: (x A)(α B C)."""
     def adapter_output(x: torch.Tensor) -> torch.Tensor:
         return (x.to(layer.tlora_A.dtype) @ layer.tlora_A) @ ((layer.tlora_alpha * layer.tlora_B) @ layer.tlora_C)
     return adapter_output
@@ -160,7 +160,7 @@ def build_arm(arm: Arm, base: nn.Module, device: str) -> nn.Module:
                              dropout_position=arm.options.get("position", "output"))
         apply_adapters(model, config)
         impl = arm.name.split("-", 1)[1] if "-" in arm.name else "fused"
-        lowrank_gemm.set_backend("cublas" if impl == "cublas" else "auto")  # "auto": the kernel where it applies
+        fused.set_backend("cublas" if impl == "cublas" else "auto")  # "auto": the kernel where it applies
         for layer in adapted_layers(model).values():
             with torch.no_grad():
                 layer.tlora_B.normal_(std=0.01)  # a nonzero B, as after some training

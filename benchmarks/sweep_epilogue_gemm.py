@@ -1,4 +1,4 @@
-"""Idea 10's design sweep: Triton TMA GEMMs with and without a rank-r term, against cuBLAS (GPU).
+"""The Triton GEMM's design sweep: TMA GEMMs with and without a rank-r term, against cuBLAS (GPU).
 
 For the six GEMMs of the benchmark model's layers (forward x W0ᵀ and backward g W0 for the
 q/k/v/o, gate/up and down shapes; 8192 tokens, bf16, r = 32) it times cuBLAS's plain GEMM, the
@@ -9,7 +9,7 @@ fused layer's cuBLAS composition (u v, then the GEMM accumulated onto it with β
 - ``SUBTILE``: store the output tile in two halves (frees shared memory for the rank-r tiles);
 - ``FLATTEN``: software-pipeline the persistent loop across tiles; ``WS``: warp specialization.
 
-The package's kernel (tlora_analysis/adapters/lowrank_gemm.py) is the winner: post, subtile,
+The package's kernel (tlora_analysis/adapters/fused/kernels.py) is the winner: post, subtile,
 flatten, 128 × 256 × 64 tiles, 3 stages, 8 warps. Also the host time per call of a raw launch,
 of the package's ``lowrank_matmul`` (backend "triton") and of the cuBLAS composition.
 
@@ -29,15 +29,15 @@ from pathlib import Path
 import torch
 
 from bench_layer_kernels import SHAPES, time_us
-from tlora_analysis.adapters import lowrank_gemm
-from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul
+from tlora_analysis.adapters import fused
+from tlora_analysis.adapters.fused import lowrank_matmul
 
 if not torch.cuda.is_available():
     raise SystemExit("sweep_epilogue_gemm.py times Triton kernels on a CUDA GPU; none is visible")
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from tlora_analysis.adapters.lowrank_gemm import _tile_coords  # noqa: E402
+from tlora_analysis.adapters.fused.kernels import tile_coords  # noqa: E402
 
 
 NUM_SMS = torch.cuda.get_device_properties(0).multi_processor_count
@@ -75,7 +75,7 @@ def sweep_kernel(x_ptr, w_ptr, u_ptr, v_ptr, out_ptr, M, N, K, R,
     num_pid_n = tl.cdiv(N, BN)
     k_tiles = tl.cdiv(K, BK)
     for tile_id in tl.range(tl.program_id(0), num_pid_m * num_pid_n, NUM_SMS, flatten=FLATTEN, warp_specialize=WS):
-        pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
+        pid_m, pid_n = tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         om = pid_m * BM
         on = pid_n * BN
         acc = tl.zeros((BM, BN), dtype=tl.float32)
@@ -151,7 +151,7 @@ def host_us_per_call() -> dict[str, float]:
     """Host time of one call on a small problem (the GPU keeps up; the host is what is timed)."""
     rnd = lambda *s: torch.randn(*s, device="cuda", dtype=torch.bfloat16)  # noqa: E731
     x, w, u, v, o = rnd(256, 256), rnd(256, 256), rnd(256, 32), rnd(32, 256), rnd(256, 256)
-    lowrank_gemm.set_backend("triton")
+    fused.set_backend("triton")
     calls = {"raw launch": lambda: launch(x, w.T, u, v, o, (2, True, False, False), TILES[1]),
              "lowrank_matmul, backend triton": lambda: lowrank_matmul(x, w.T, u, v),
              "cublas mm + addmm_": lambda: torch.mm(u, v, out=o).addmm_(x, w.T)}
@@ -168,7 +168,7 @@ def host_us_per_call() -> dict[str, float]:
             times.append((time.perf_counter() - t0) / 500 * 1e6)
             torch.cuda.synchronize()
         out[name] = statistics.median(times)
-    lowrank_gemm.set_backend("auto")
+    fused.set_backend("auto")
     return out
 
 

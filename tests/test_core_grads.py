@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tlora_analysis.adapters import core_grads as core_grads_module
-from tlora_analysis.adapters import triton_launch
-from tlora_analysis.adapters.core_grads import core_grads, supported
+from tlora_analysis.adapters.fused import backend
+from tlora_analysis.adapters.fused import core_grads as core_grads_module
+from tlora_analysis.adapters.fused.core_grads import core_grads, supported
 
 from test_lowrank_gemm import HOPPER, needs_interpreter, run_interpreted
 
@@ -102,9 +102,10 @@ import json, sys
 import torch
 sys.path.insert(0, "tests")
 from test_core_grads import CASES, dense64, errors, operands, unsupported_cases
-from tlora_analysis.adapters import core_grads as module, triton_launch
-from tlora_analysis.adapters.core_grads import core_grads, supported
-triton_launch.set_backend("triton")
+from tlora_analysis.adapters import fused
+from tlora_analysis.adapters.fused import core_grads as module
+from tlora_analysis.adapters.fused.core_grads import core_grads, supported
+fused.set_backend("triton")
 calls = []
 kernel = module._triton_core_grads
 module._triton_core_grads = lambda *a: calls.append(1) or kernel(*a)
@@ -167,8 +168,8 @@ class TestInterpreted:
 @pytest.fixture
 def cuda_kernel_calls(monkeypatch):
     """The backend set to "triton" with an empty launch cache; the list of kernel calls."""
-    monkeypatch.setattr(triton_launch, "_backend", "triton")
-    monkeypatch.setattr(triton_launch, "_compiled", {})
+    monkeypatch.setattr(backend, "mode", "triton")
+    monkeypatch.setattr(backend.launcher, "compiled", {})
     calls = []
     kernel = core_grads_module._triton_core_grads
     monkeypatch.setattr(core_grads_module, "_triton_core_grads", lambda *a: calls.append(1) or kernel(*a))
@@ -191,7 +192,8 @@ def test_cuda_kernel_matches_float64(dtype, cuda_kernel_calls):
         assert all(torch.equal(a, b) for a, b in zip(first, again)), case
     assert len(cuda_kernel_calls) == 2 * len(cases)
     torch.cuda.synchronize()
-    assert all(c.item() == 0 for c in core_grads_module._counters.values())  # every launch reset its counter
+    counters = [c for (kind, *_), c in backend.launcher.buffers.items() if kind == "counter"]
+    assert all(c.item() == 0 for c in counters)  # every launch reset its counter
     assert not any(unsupported_cases("cuda").values())
 
 

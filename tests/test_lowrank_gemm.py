@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, lowrank_gemm, triton_launch
-from tlora_analysis.adapters import core_grads as core_grads_module
-from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul, lowrank_matmul_with_core_grads, supported
+from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, fused
+from tlora_analysis.adapters.fused import backend, lowrank_gemm
+from tlora_analysis.adapters.fused import core_grads as core_grads_module
+from tlora_analysis.adapters.fused.lowrank_gemm import lowrank_matmul, lowrank_matmul_with_core_grads, supported
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -98,13 +99,14 @@ INTERPRETED = r"""
 import json, sys
 import torch
 from torch import nn
-from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, lowrank_gemm
-from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul, supported
+from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, fused
+from tlora_analysis.adapters.fused import lowrank_gemm
+from tlora_analysis.adapters.fused.lowrank_gemm import lowrank_matmul, supported
 sys.path.insert(0, "tests")
 from test_lowrank_gemm import (CASES, GRAD_CASES, composition_with_grads, core_operands, dense64, layer_errors, operands,
                                rel_err, unsupported_cases, with_grads_errors, with_grads_operands)
-from tlora_analysis.adapters import core_grads as core_grads_module
-from tlora_analysis.adapters.lowrank_gemm import lowrank_matmul_with_core_grads
+from tlora_analysis.adapters.fused import core_grads as core_grads_module
+from tlora_analysis.adapters.fused.lowrank_gemm import lowrank_matmul_with_core_grads
 
 calls, grads_calls = [], []
 kernel = lowrank_gemm._triton_lowrank_matmul
@@ -119,10 +121,10 @@ report["auto_eager_calls"] = len(calls)
 compiled = torch.compile(lambda *a: lowrank_matmul(*a).relu(), backend="aot_eager", fullgraph=True)
 report["auto_compiled_err"] = rel_err(compiled(*ops), dense64(*ops).relu())
 report["auto_compiled_calls"] = len(calls)
-lowrank_gemm.set_backend("cublas")
+fused.set_backend("cublas")
 compiled(*ops)
 report["cublas_compiled_calls"] = len(calls) - report["auto_compiled_calls"]
-lowrank_gemm.set_backend("triton")
+fused.set_backend("triton")
 calls.clear()
 for case in CASES:
     ops = operands(case, torch.float16)
@@ -165,6 +167,16 @@ report["layer_kernel_calls"] = [len(calls), len(grads_calls)]  # forward and ∂
 calls.clear(); grads_calls.clear()
 report["layer_input_dropout"] = layer_errors(torch.float16, "cpu", dropout=0.3)
 report["layer_input_dropout_kernel_calls"] = [len(calls), len(grads_calls)]  # forward only: ∂x needs the mask
+# Triton's allocator is the caller's again after the package's JIT launches (kernel and core gradients)
+import triton
+from triton.runtime import _allocation
+mine = lambda size, alignment, stream: torch.empty(size, dtype=torch.int8)  # noqa: E731
+triton.set_allocator(mine)
+calls.clear()
+ops = with_grads_operands(CASES[0], torch.float16)
+lowrank_matmul(*ops[:4])
+lowrank_matmul_with_core_grads(*ops[:4], core=ops[4], scale=ops[5], y=ops[6])
+report["allocator_kept"] = [len(calls), _allocation._allocator.get() is mine]
 print(json.dumps(report))
 """
 
@@ -257,6 +269,9 @@ class TestInterpreted:
     def test_fused_tlora_layer_runs_it_and_matches_float64(self, interpreted):
         assert interpreted["layer_kernel_calls"] == [2, 0]
         assert max(interpreted["layer"].values()) < 5e-3, interpreted["layer"]
+
+    def test_launches_leave_the_callers_triton_allocator_in_place(self, interpreted):
+        assert interpreted["allocator_kept"] == [2, True]
 
     def test_input_dropout_keeps_the_cublas_input_gradient(self, interpreted):
         assert interpreted["layer_input_dropout_kernel_calls"] == [1, 1]  # and core_grads' own launch
@@ -362,17 +377,17 @@ def unsupported_cases(device):
 
 
 def test_backend_is_validated():
-    assert lowrank_gemm.get_backend() == "auto"
+    assert fused.get_backend() == "auto"
     with pytest.raises(ValueError, match="backend must be one of"):
-        lowrank_gemm.set_backend("cutlass")
-    assert lowrank_gemm.get_backend() == "auto"
+        fused.set_backend("cutlass")
+    assert fused.get_backend() == "auto"
 
 
 @pytest.fixture
 def triton_backend():
-    lowrank_gemm.set_backend("triton")
+    fused.set_backend("triton")
     yield
-    lowrank_gemm.set_backend("auto")
+    fused.set_backend("auto")
 
 
 def test_cpu_without_interpreter_uses_cublas():
@@ -426,22 +441,24 @@ def test_cuda_kernel_at_least_as_accurate_as_cublas(dtype, case, triton_backend)
 def test_cuda_cached_launch_matches_the_jit_launch(triton_backend, monkeypatch):
     """The first call per layout goes through Triton's JIT and caches the compiled kernel; later
     calls (any shape: sizes are not specialized) launch it directly, with the same results."""
-    monkeypatch.setattr(triton_launch, "_compiled", {})
-    jit_run = lowrank_gemm._lowrank_matmul_kernel.run
+    from tlora_analysis.adapters.fused import kernels
+
+    monkeypatch.setattr(backend.launcher, "compiled", {})
+    jit_run = kernels.lowrank_matmul_kernel.run
     jit_calls = []
-    monkeypatch.setattr(lowrank_gemm._lowrank_matmul_kernel, "run", lambda *a, **k: jit_calls.append(1) or jit_run(*a, **k))
+    monkeypatch.setattr(kernels.lowrank_matmul_kernel, "run", lambda *a, **k: jit_calls.append(1) or jit_run(*a, **k))
     results = []
     for case in [(1000, 256, 384, 16, True, False, True), (777, 384, 256, 16, True, False, True)] * 2:
         ops = operands(case, torch.bfloat16, "cuda")
         core, scale = core_operands(case, torch.bfloat16, "cuda")
         results.append(lowrank_matmul(*ops, core=core, scale=scale))
-    assert len(jit_calls) == 1 and len(triton_launch._compiled) == 1
+    assert len(jit_calls) == 1 and len(backend.launcher.compiled) == 1
     assert torch.equal(results[0], results[2]) and torch.equal(results[1], results[3])
     # a scale of another dtype is another compiled kernel, not the cached one reading the wrong bits
     ops = operands((1000, 256, 384, 16, True, False, True), torch.bfloat16, "cuda")
     core, scale = core_operands((1000, 256, 384, 16, True, False, True), torch.bfloat16, "cuda")
     out = lowrank_matmul(*ops, core=core, scale=scale.float())
-    assert len(jit_calls) == 2 and len(triton_launch._compiled) == 2
+    assert len(jit_calls) == 2 and len(backend.launcher.compiled) == 2
     assert rel_err(out, dense64(*ops, core, scale)) < 1.6e-2
 
 
@@ -484,7 +501,7 @@ def test_cuda_core_gradients_in_the_epilogue_match_float64(dtype, triton_backend
         assert all(torch.equal(a, b) for a, b in zip(first, again)), case
     assert not grads_calls
     torch.cuda.synchronize()
-    assert all(c.item() == 0 for c in core_grads_module._counters.values())
+    assert all(c.item() == 0 for (kind, *_), c in backend.launcher.buffers.items() if kind == "counter")
 
 
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper (or newer) CUDA GPU and triton")
@@ -512,10 +529,12 @@ def test_cached_launch_only_for_kernels_with_unspecialized_integers():
     specialize it on them (the GEMM lists its eleven integers in ``do_not_specialize``)."""
     import triton
 
-    assert triton_launch._ints_unspecialized(lowrank_gemm._lowrank_matmul_kernel, 13, 11)
+    from tlora_analysis.adapters.fused import kernels
+
+    assert backend.launcher.ints_unspecialized(kernels.lowrank_matmul_kernel, 13, 11)
 
     @triton.jit
     def specialized(p, n):
         pass
 
-    assert not triton_launch._ints_unspecialized(specialized, 1, 1)
+    assert not backend.launcher.ints_unspecialized(specialized, 1, 1)

@@ -1,5 +1,5 @@
 """Sibling layers that read one input share its projection x [A_1 | A_2 …]: same function, learned
-from the calls' order, dropped when that order changes, never stale (adapters/shared_projection.py)."""
+from the calls' order, dropped when that order changes, never stale (adapters/fused/shared_projection.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, apply_adapters, lowrank_gemm
-from tlora_analysis.adapters import shared_projection as sp
-from tlora_analysis.adapters.shared_projection import get_projection_sharing, set_projection_sharing
+from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, apply_adapters
+from tlora_analysis.adapters.fused import backend, get_projection_sharing, lowrank_gemm, set_projection_sharing
+from tlora_analysis.adapters.fused import shared_projection as sp
 
 from test_lowrank_gemm import HOPPER
 
@@ -24,7 +24,7 @@ def sharing_on():
 
 
 def siblings(layer: TLoRALinear) -> list[str]:
-    group = sp._groups.get(layer)
+    group = backend.projections.groups.get(layer)
     return [] if group is None else [ref().layer_name for ref in group.siblings if ref() is not None]
 
 
@@ -141,7 +141,7 @@ def test_sharing_off_keeps_no_state_and_the_switch_is_validated():
     assert get_projection_sharing() is False
     mods = layers(2)
     run(mods, torch.randn(4, 16, dtype=torch.float64))
-    assert not siblings(mods[0]) and sp._slot.x is None
+    assert not siblings(mods[0]) and backend.projections.slot.x is None
     with pytest.raises(TypeError, match="True or False"):
         set_projection_sharing("yes")
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, adapted_layers, apply_adapters
-from tlora_analysis.adapters.fast import IMPLEMENTATIONS
+from tlora_analysis.adapters.tlora import IMPLEMENTATIONS
 
 FAST = ("adapter", "fused", "merged")
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=2e-5, atol=2e-5)}

@@ -1,9 +1,11 @@
 """The ``tlora-analysis`` command line: one subcommand per job.
 
 Each subcommand lives in the module that does the work; that module exposes
-``register(subparsers)``, which adds its parser and sets ``func`` (args → exit code). A command
-whose optional dependencies are not installed (the ``[train]`` or ``[figures]`` extra) still
-appears, and says which extra to install.
+``register(subparsers)``, which adds its parser and sets ``func`` (args → exit code). Only the
+module of the command being run is imported: the others are listed by :data:`COMMANDS`' one-line
+help, so ``tlora-analysis --help`` imports neither torch nor any other heavy library. A command
+whose optional dependencies are not installed (the ``[train]`` or ``[figures]`` extra) says which
+extra to install.
 """
 
 from __future__ import annotations
@@ -11,17 +13,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from . import __version__
 
-SUBCOMMAND_MODULES = {  # module → the commands it registers
-    "tlora_analysis.params": ("params",),
-    "tlora_analysis.experiments.cli": ("train",),
-    "tlora_analysis.demo": ("demo",),
-    "tlora_analysis.figures.cli": ("figures",),
-    "tlora_analysis.report.cli": ("report",),
-    "tlora_analysis.store.cli": ("inspect", "verify"),
+COMMANDS = {  # command → (the module that registers it, its one-line help, as that module registers it)
+    "params": ("tlora_analysis.params", "trainable-parameter table for tlora / lora / full"),
+    "train": ("tlora_analysis.experiments.cli", "fine-tune with tlora / lora / full / peft-lora and record the run"),
+    "demo": ("tlora_analysis.demo", "the main job: train TLoRA and LoRA on the bundled default, write every figure"),
+    "figures": ("tlora_analysis.figures.cli",
+                "regenerate every paper figure and its corrected companion from recorded runs"),
+    "report": ("tlora_analysis.report.cli", "the paper's claims, each a stated test at one level α, with a decision"),
+    "inspect": ("tlora_analysis.store.cli", "summarise a recorded run (no tensor is read)"),
+    "verify": ("tlora_analysis.store.cli", "check every file of a run; exit 1 on a problem"),
 }
 # which extra installs a missing module (pyproject.toml's optional-dependencies)
 EXTRA_OF = {"matplotlib": "figures", "seaborn": "figures", "tqdm": "train", "transformers": "train",
@@ -34,39 +38,49 @@ def missing_extra(exc: ImportError) -> str | None:
     return EXTRA_OF.get(name)
 
 
-def _unavailable(extra: str, module: str):
-    def run(args: argparse.Namespace) -> int:
-        print(f"tlora-analysis {args.command}: needs {module}, part of the [{extra}] extra: "
-              f"pip install 'tlora-analysis[{extra}]' (or [all])", file=sys.stderr)
-        return 1
-    return run
+def _unavailable(command: str, extra: str, module: str | None) -> int:
+    print(f"tlora-analysis {command}: needs {module}, part of the [{extra}] extra: "
+          f"pip install 'tlora-analysis[{extra}]' (or [all])", file=sys.stderr)
+    return 1
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(load: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The parser, with the full parsers of the commands in ``load`` (None: every command) and the
+    others listed by name and help only."""
     parser = argparse.ArgumentParser(
         prog="tlora-analysis",
         description="Train, record and dissect tri-matrix low-rank adapters (TLoRA) next to LoRA and full fine-tuning.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, commands in SUBCOMMAND_MODULES.items():
-        try:
-            module = importlib.import_module(name)
-        except ImportError as exc:
-            extra = missing_extra(exc)
-            if extra is None:
-                raise
-            for command in commands:
-                p = sub.add_parser(command, help=f"(needs the [{extra}] extra)", add_help=False)
-                p.add_argument("args", nargs=argparse.REMAINDER)
-                p.set_defaults(func=_unavailable(extra, exc.name))
-            continue
-        module.register(sub)
+    modules = {COMMANDS[name][0] for name in (COMMANDS if load is None else load)}
+    registered: set[str] = set()
+    for name, (module, help_text) in COMMANDS.items():
+        if module in modules:
+            if module not in registered:
+                importlib.import_module(module).register(sub)
+                registered.add(module)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` asks for: its first argument that is not an option, if a command."""
+    first = next((arg for arg in argv if not arg.startswith("-")), None)
+    return first if first in COMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command(argv)
+    try:
+        parser = build_parser([] if command is None else [command])
+    except ImportError as exc:  # the command's module needs an extra that is not installed
+        extra = missing_extra(exc)
+        if extra is None or command is None:
+            raise
+        return _unavailable(command, extra, exc.name)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -77,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = missing_extra(exc)
         if extra is None:
             raise
-        return _unavailable(extra, exc.name)(args)
+        return _unavailable(args.command, extra, exc.name)
     except (ValueError, TypeError, KeyError, OSError) as exc:  # bad input, missing or full disk: say so, no traceback
         print(f"tlora-analysis {args.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,10 @@
-"""The TLoRA layer: h = W0 x + b + Dropout(α · ((x A) B) C)  (docs/paper.md)."""
+"""The TLoRA layer: h = W0 x + b + Dropout(α · ((x A) B) C)  (docs/paper.md).
+
+This module is the definition: the frozen random A and C, the trainable B and α, the forward as
+the formula reads, ΔW and its factored form. The fused path (adapters/fused/) computes the same
+function with fewer passes over memory; the layer asks it first (``impl``) and computes the
+formula itself wherever it answers None.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,14 @@ from torch import nn
 
 from ..fileio import fingerprint
 from ..lowrank import FactoredUpdate
+from . import fused
 from .base import AdaptedLinear, layer_generator
 from .config import TLoRAConfig
-from .fast import (
-    IMPLEMENTATIONS,
-    TLoRAAdapterFunction,
-    TLoRALinearFunction,
-    TLoRAMergedFunction,
-    plain_adapter_output,
-)
-from .shared_projection import shared_projection
 
-__all__ = ["TLoRALinear", "init_frozen_factors"]
+__all__ = ["IMPLEMENTATIONS", "TLoRALinear", "init_frozen_factors"]
+
+IMPLEMENTATIONS = ("plain", "adapter", "fused", "merged")
+_FUSED = ("fused", "merged")  # the implementations that fuse the base layer with the adapter
 
 
 def init_frozen_factors(
@@ -75,9 +77,11 @@ class TLoRALinear(AdaptedLinear):
     def impl(self) -> str:
         """How the layer computes its output: "fused" (default), "adapter", "plain" or "merged".
 
-        All compute the same function (adapters/fast.py); the fast ones fall back to "plain" where
-        they do not apply (autocast, mixed dtypes, a trainable or hooked base layer), and
-        "merged" (W0 + ΔW rounded to W0's dtype: opt-in) to "fused" while dropout is active.
+        All compute the same function. "plain" is the formula in :meth:`adapter_output`;
+        "adapter" runs the adapter as one autograd Function, "fused" the base layer and the
+        adapter as one (adapters/fused/), and both fall back to "plain" where they do not apply
+        (autocast, mixed dtypes, a trainable or hooked base layer); "merged" (W0 + ΔW rounded to
+        W0's dtype: opt-in) falls back to "fused" while dropout is active.
         """
         return self._impl
 
@@ -100,68 +104,25 @@ class TLoRALinear(AdaptedLinear):
             raise ValueError(f"dropout_mask must be 'auto', 'redraw' or 'store', got {value!r}")
         self._dropout_mask = value
 
-    def _store_mask(self, x: torch.Tensor) -> bool:
-        return self._dropout_mask == "store" or (self._dropout_mask == "auto" and x.device.type != "cuda")
-
-    def _dropout_probabilities(self) -> tuple[float, float]:
-        dropout = self._modules["dropout"]
-        p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
-        return (p, 0.0) if self.dropout_position == "input" else (0.0, p)
-
-    def _fast_factors(self, x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
-        """(A, B, C, α) when a fast path applies to ``x`` (not "plain", CPU or CUDA, no autocast, one
-        dtype, A and C frozen buffers), else None.
-
-        Read from the module's registries directly: ``nn.Module.__getattr__`` costs the host about
-        half a microsecond a name, which a large model's step, issued layer by layer from Python,
-        adds up (docs/benchmarks.md, "Idea 17"). A or C made a parameter (to train
-        them) is not in the buffers: the plain path then gives it its gradient.
-        """
-        if self._impl == "plain":
-            return None
-        device = x.device.type
-        if device not in ("cpu", "cuda") or torch.is_autocast_enabled(device):
-            return None
-        buffers, params = self._buffers, self._parameters
-        a, b, c = buffers.get("tlora_A"), params.get("tlora_B"), buffers.get("tlora_C")
-        alpha = params["tlora_alpha"] if "tlora_alpha" in params else buffers.get("tlora_alpha")
-        if a is None or b is None or c is None or alpha is None or a.requires_grad or c.requires_grad:
-            return None
-        dtype = a.dtype
-        return (a, b, c, alpha) if x.dtype == b.dtype == c.dtype == alpha.dtype == dtype else None
-
-    def _fusable_base(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """(W0, bias) when the base layer can join the fused Function: a plain, frozen, hook-free
-        nn.Linear in the adapter's dtype; else None."""
-        base = self._modules["base_layer"]
-        if type(base) is not nn.Linear or base._forward_hooks or base._forward_pre_hooks:
-            return None
-        weight, bias = base._parameters["weight"], base._parameters["bias"]
-        if weight.requires_grad or (bias is not None and bias.requires_grad) or weight.dtype != dtype:
-            return None
-        return weight, bias
-
     def adapter_output(self, x: torch.Tensor) -> torch.Tensor:
-        """α·((x A) B) C with this layer's dropout, in A's dtype."""
+        """α·((x A) B) C with this layer's dropout on x ("input") or on the product ("output"), in
+        A's dtype."""
         x = x.to(self.tlora_A.dtype)
-        factors = self._fast_factors(x)
-        if factors is not None:
-            p_in, p_out = self._dropout_probabilities()
-            return TLoRAAdapterFunction.apply(x, *factors, p_in, p_out, self._store_mask(x))
-        return plain_adapter_output(x, self.tlora_A, self.tlora_B, self.tlora_C, self.tlora_alpha,
-                                    self.dropout, self.dropout_position)
+        if self._impl != "plain":
+            out = fused.adapter_output(self, x)
+            if out is not None:
+                return out
+        a, b, c, alpha = self.tlora_A, self.tlora_B, self.tlora_C, self.tlora_alpha
+        if self.dropout_position == "input":
+            return alpha * (((self.dropout(x) @ a) @ b) @ c)
+        return self.dropout(alpha * (((x @ a) @ b) @ c))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        impl = self._impl
-        factors = None if self.merged or (impl != "fused" and impl != "merged") else self._fast_factors(x)
-        base = None if factors is None else self._fusable_base(factors[0].dtype)
-        if base is not None:
-            p_in, p_out = self._dropout_probabilities()
-            if impl == "merged" and p_in == p_out == 0:
-                return TLoRAMergedFunction.apply(x, *base, *factors)
-            u = shared_projection(self, x, factors[0]) if p_in == 0 else None
-            store = self._store_mask(x) if p_in or p_out else False
-            return TLoRALinearFunction.apply(x, *base, *factors, p_in, p_out, store, u)
+        """W0 x + b + :meth:`adapter_output` (x), through the fused path where it applies."""
+        if not self.merged and self._impl in _FUSED:
+            out = fused.forward(self, x)
+            if out is not None:
+                return out
         return super().forward(x)
 
     @torch.no_grad()

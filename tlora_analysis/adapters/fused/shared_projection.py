@@ -1,9 +1,10 @@
 """Sibling TLoRA layers that read one input tensor get their projections u = x A from one GEMM.
 
 Why: q, k and v of an attention block read the same activation x, and so do gate and up of a
-LLaMA MLP. Each fused layer (fast.py) reads x once more for its own u = x A (tokens × r), a pass
-at memory bandwidth: 1.67 ms of a 105 ms step on the benchmark model (docs/benchmarks.md, "Idea
-16"). One product x [A_q | A_k | A_v] reads x once for all three.
+LLaMA MLP. Each fused layer (functions.py) reads x once more for its own u = x A (tokens × r), a
+pass at memory bandwidth: 1.67 ms of a 105 ms step on the benchmark model (docs/benchmarks.md,
+"Where the fused layer's GPU time goes"). One product x [A_q | A_k | A_v] reads x once for all
+three.
 
 How, without model-specific code: the layer that sees an input first (the owner) computes the
 projections of the siblings it has learned, and leaves their column slices in a per-thread slot
@@ -14,7 +15,8 @@ first step learns, later steps share. Each slice is the same u = x A the layer w
 (cuBLAS may round the wider product differently, within bf16 rounding); the layer's backward
 treats it exactly as its own. Not under ``torch.compile`` (dynamo would have to trace the slot),
 not with dropout on the input (each layer draws its own mask), and not in the "plain" and
-"adapter" paths.
+"adapter" paths. What is learned lives in a :class:`ProjectionSharing`, the backend's
+``projections`` (state.py).
 """
 
 from __future__ import annotations
@@ -25,9 +27,7 @@ import weakref
 import torch
 from torch import nn
 
-__all__ = ["get_projection_sharing", "set_projection_sharing", "shared_projection"]
-
-_enabled = True
+__all__ = ["ProjectionSharing"]
 
 
 class _Group:
@@ -46,9 +46,6 @@ class _Group:
         self.stacked: torch.Tensor | None = None
 
 
-_groups: weakref.WeakKeyDictionary[nn.Module, _Group] = weakref.WeakKeyDictionary()
-
-
 class _Slot(threading.local):
     """The last input an owner projected: weak reference to x, x's version, the owner's group,
     and per sibling (by id) a weak reference to it, the factor A its slice was computed from
@@ -59,24 +56,6 @@ class _Slot(threading.local):
         self.version = -1
         self.group: _Group | None = None
         self.pending: dict[int, tuple[weakref.ref, torch.Tensor, int, torch.Tensor]] = {}
-
-
-_slot = _Slot()
-
-
-def set_projection_sharing(enabled: bool) -> None:
-    """Whether sibling layers share one projection of their common input (default True;
-    process-wide). Off: every layer computes its own x A (A/B runs, bit-for-bit comparisons)."""
-    global _enabled
-    if not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be True or False, got {enabled!r}")
-    _enabled = enabled
-    _slot.__init__()
-
-
-def get_projection_sharing() -> bool:
-    """What :func:`set_projection_sharing` chose."""
-    return _enabled
 
 
 def _stacked_factors(group: _Group, factors: list[torch.Tensor]) -> tuple[torch.Tensor | None, list[int]]:
@@ -104,39 +83,56 @@ def _forget(group: _Group | None, ids: set[int]) -> None:
         group.siblings = [ref for ref in group.siblings if ref() is not None and id(ref()) not in ids]
 
 
-def shared_projection(layer: nn.Module, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:
-    """u = x A (tokens × r, no autograd) for ``layer`` with frozen factor ``a`` (in × r), when a
-    sibling's call already computed it or this call computes it for its siblings too; None when
-    the layer should compute its own (no sibling known yet, sharing off, under compile)."""
-    if not _enabled or torch.compiler.is_compiling():
-        return None
-    slot = _slot
-    if slot.x is not None and slot.x() is x and slot.version == x._version:
-        entry = slot.pending.pop(id(layer), None)
-        if entry is not None and entry[0]() is layer and entry[1] is a and entry[2] == a._version:
-            return entry[3]
-        if entry is None and slot.group is not None:
-            _learn(slot.group, layer)
-        return None
-    if slot.pending:  # the previous owner's siblings that were not called with its input
-        _forget(slot.group, set(slot.pending))
-    group = _groups.get(layer)
-    if group is None:
-        group = _groups[layer] = _Group(layer)
-    slot.x, slot.version, slot.group, slot.pending = weakref.ref(x), x._version, group, {}
-    refs, alive, factors = [], [], [a]
-    for ref in group.siblings:  # the siblings alive, with their current factors (read from the buffers)
-        if (s := ref()) is not None and (f := s._buffers.get("tlora_A")) is not None:
-            refs.append(ref)
-            alive.append(s)
-            factors.append(f)
-    if not refs:
-        return None
-    stacked, members = _stacked_factors(group, factors)
-    if stacked is None:
-        return None
-    projections = torch.mm(x.detach().reshape(-1, x.shape[-1]), stacked)  # no autograd
-    slices = projections.split([a.shape[1]] + [factors[1 + i].shape[1] for i in members], dim=1)
-    state = group.state
-    slot.pending = {id(alive[i]): (refs[i], factors[1 + i], state[1 + i][2], u) for i, u in zip(members, slices[1:])}
-    return slices[0]
+class ProjectionSharing:
+    """The siblings learned per owner layer (weakly: a layer that is gone is forgotten), the
+    current thread's last projected input, and the switch."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self.groups: weakref.WeakKeyDictionary[nn.Module, _Group] = weakref.WeakKeyDictionary()
+        self.slot = _Slot()
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Share (True, the default) or let every layer compute its own x A; either way the
+        projections waiting to be taken are dropped."""
+        if not isinstance(enabled, bool):
+            raise TypeError(f"enabled must be True or False, got {enabled!r}")
+        self.enabled = enabled
+        self.slot = _Slot()
+
+    def project(self, layer: nn.Module, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:
+        """u = x A (tokens × r, no autograd) for ``layer`` with frozen factor ``a`` (in × r), when a
+        sibling's call already computed it or this call computes it for its siblings too; None when
+        the layer should compute its own (no sibling known yet, sharing off, under compile)."""
+        if not self.enabled or torch.compiler.is_compiling():
+            return None
+        slot = self.slot
+        if slot.x is not None and slot.x() is x and slot.version == x._version:
+            entry = slot.pending.pop(id(layer), None)
+            if entry is not None and entry[0]() is layer and entry[1] is a and entry[2] == a._version:
+                return entry[3]
+            if entry is None and slot.group is not None:
+                _learn(slot.group, layer)
+            return None
+        if slot.pending:  # the previous owner's siblings that were not called with its input
+            _forget(slot.group, set(slot.pending))
+        group = self.groups.get(layer)
+        if group is None:
+            group = self.groups[layer] = _Group(layer)
+        slot.x, slot.version, slot.group, slot.pending = weakref.ref(x), x._version, group, {}
+        refs, alive, factors = [], [], [a]
+        for ref in group.siblings:  # the siblings alive, with their current factors (read from the buffers)
+            if (s := ref()) is not None and (f := s._buffers.get("tlora_A")) is not None:
+                refs.append(ref)
+                alive.append(s)
+                factors.append(f)
+        if not refs:
+            return None
+        stacked, members = _stacked_factors(group, factors)
+        if stacked is None:
+            return None
+        projections = torch.mm(x.detach().reshape(-1, x.shape[-1]), stacked)  # no autograd
+        slices = projections.split([a.shape[1]] + [factors[1 + i].shape[1] for i in members], dim=1)
+        state = group.state
+        slot.pending = {id(alive[i]): (refs[i], factors[1 + i], state[1 + i][2], u) for i, u in zip(members, slices[1:])}
+        return slices[0]

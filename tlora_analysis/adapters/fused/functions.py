@@ -1,13 +1,9 @@
-"""Fast TLoRA layer paths: the same function as α·((x A) B) C, fewer passes over memory.
+"""The fused paths as autograd Functions: the same function as α·((x A) B) C, fewer passes over memory.
 
-Why: the plain formula runs as five autograd nodes per layer; on a GPU each is a pass over an
-(tokens × out) tensor, and autograd keeps x·A·B·C (tokens × out) alive for α's gradient.
-Measured in benchmarks/bench_train_step.py (docs/benchmarks.md, "Training step").
+Why: the plain formula (adapters/tlora.py) runs as five autograd nodes per layer; on a GPU each
+is a pass over a (tokens × out) tensor, and autograd keeps x·A·B·C (tokens × out) alive for α's
+gradient (docs/benchmarks.md, "TLoRA's options on a GPU"). The layer's ``impl`` picks one (route.py):
 
-Four implementations, selected per layer by ``TLoRALinear.impl``:
-
-- ``"plain"``: the formula as written (the reference, and the fallback for autocast, mixed
-  dtypes, a trainable base weight or hooks on ``base_layer``).
 - ``"adapter"``: :class:`TLoRAAdapterFunction`, the adapter alone; α and B are folded into C
   once per forward (M = α B C, r × out) so the forward is two products, and only u = x A
   (tokens × r) is saved for the backward.
@@ -45,20 +41,7 @@ from torch.nn import functional as F
 from .core_grads import core_grads
 from .lowrank_gemm import lowrank_matmul, lowrank_matmul_with_core_grads
 
-__all__ = ["IMPLEMENTATIONS", "TLoRAAdapterFunction", "TLoRALinearFunction", "TLoRAMergedFunction",
-           "plain_adapter_output"]
-
-IMPLEMENTATIONS = ("plain", "adapter", "fused", "merged")
-
-
-def plain_adapter_output(
-    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, alpha: torch.Tensor,
-    dropout: torch.nn.Module, dropout_position: str,
-) -> torch.Tensor:
-    """α·((x A) B) C with dropout on x ("input") or on the product ("output"), through autograd."""
-    if dropout_position == "input":
-        return alpha * (((dropout(x) @ a) @ b) @ c)
-    return dropout(alpha * (((x @ a) @ b) @ c))
+__all__ = ["TLoRAAdapterFunction", "TLoRALinearFunction", "TLoRAMergedFunction"]
 
 
 class _DropoutMask:

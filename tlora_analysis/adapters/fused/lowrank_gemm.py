@@ -1,36 +1,33 @@
 """out = X W (+ bias) + U V in one GEMM: a rank-r term added in the accumulator (Triton, Hopper+).
 
-Why: the fused TLoRA layer (fast.py) lets cuBLAS accumulate the base product onto the adapter's
-output u M (``addmm_`` with β = 1), so every adapted layer writes one extra activation in the
-forward (u M, tokens × out) and one in the backward (∂u Aᵀ, tokens × in), and reads each back in
-the β = 1 epilogue: 4.6 ms of a 110 ms step on the benchmark model (docs/benchmarks.md, "Where
-the fused layer's time goes"). Here each output tile gets its low-rank term from one more
-(BM × r)·(r × BN) tensor-core product on the accumulator before the only store: no extra pass
-over memory, and one rounding to the output dtype instead of two.
+Why: a fused TLoRA layer made of cuBLAS calls (functions.py) accumulates the base product onto
+the adapter's output u M (``addmm_`` with β = 1), so every adapted layer writes one extra
+activation in the forward (u M, tokens × out) and one in the backward (∂u Aᵀ, tokens × in), and
+reads each back in the β = 1 epilogue: 4.6 ms of a 110 ms step on the benchmark model
+(docs/benchmarks.md, "Where the fused layer's GPU time goes"). Here each output tile gets its
+low-rank term from one more (BM × r)·(r × BN) tensor-core product on the accumulator before the
+only store: no extra pass over memory, and one rounding to the output dtype instead of two.
 
 A persistent kernel with tensor-memory-accelerator (TMA) loads and one tile shape, chosen by
-measurement (``_TILE``). It runs on CUDA GPUs of compute capability ≥ 9 (Hopper), and under
-Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors) for tests; :func:`supported` says
-when it applies, :func:`set_backend` when it is used (by default wherever it applies on a GPU,
-eager mode included), ``triton_launch`` how it is launched cheaply, and :func:`lowrank_matmul`
-falls back to cuBLAS otherwise. :func:`lowrank_matmul_with_core_grads` is the layer's ∂x product:
-the persistent grid leaves some programs a tile short, and those compute ∂B and ∂α after their
-tiles (core_grads.py's algorithm) instead of a launch of their own (docs/benchmarks.md, "Idea 15").
+measurement (``_TILE``; device code in kernels.py). It runs on CUDA GPUs of compute capability
+≥ 9 (Hopper), and under Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors) for tests;
+:func:`supported` says when it applies, the backend's ``set_backend`` when it is used (by
+default wherever it applies on a GPU, eager mode included), launch.py how it is launched
+cheaply, and :func:`lowrank_matmul` falls back to cuBLAS otherwise.
+:func:`lowrank_matmul_with_core_grads` is the layer's ∂x product: the persistent grid leaves some
+programs a tile short, and those compute ∂B and ∂α after their tiles (core_grads.py's algorithm)
+instead of a launch of their own.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-
 import torch
 
 from . import core_grads as _core_grads
-from .triton_launch import BACKENDS, HALF_DTYPES, cdiv, get_backend, set_backend, triton_allowed, triton_ready
-from .triton_launch import run as _run_kernel
+from .launch import HALF_DTYPES, cdiv, next_power_of_2
+from .state import backend
 
-__all__ = ["BACKENDS", "get_backend", "lowrank_matmul", "lowrank_matmul_with_core_grads", "set_backend", "supported"]
-
+__all__ = ["lowrank_matmul", "lowrank_matmul_with_core_grads", "supported"]
 
 
 def _tma_ok(t: torch.Tensor) -> bool:
@@ -45,7 +42,7 @@ def _applies(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
     """:func:`supported`'s conditions on operands whose shapes chain (:func:`_chain`), w and v as
     stored. Straight-line: this runs on every eager call."""
     dtype = x.dtype
-    if dtype not in HALF_DTYPES or not triton_ready(x.device.type):
+    if dtype not in HALF_DTYPES or not backend.launcher.ready(x.device.type):
         return False
     device = x.get_device()
     for t in (w, u, v) if core is None else (w, u, v, core):
@@ -109,115 +106,21 @@ def supported(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor
     return _applies(x, w, u, v, bias, core, scale, None, n, r)
 
 
-if importlib.util.find_spec("triton") is not None:
-    import triton
-    import triton.language as tl
-
-    from .core_grads import core_grads_program
-
-    @triton.jit
-    def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-        """Grouped order: GROUP_M row-blocks share each column-block of W while it is in L2."""
-        num_in_group = GROUP_M * num_pid_n
-        first_m = (tile_id // num_in_group) * GROUP_M
-        group_m = min(num_pid_m - first_m, GROUP_M)
-        return first_m + (tile_id % group_m), (tile_id % num_in_group) // group_m
-
-    # Integer arguments are not specialized on their values (Triton would compile again for every
-    # size that is, or is not, a multiple of 16): one compiled kernel per layout serves all shapes.
-    @triton.jit(do_not_specialize=["M", "N", "K", "R", "stride_x", "stride_w", "stride_u", "stride_v",
-                                   "stride_core0", "stride_core1", "stride_y"])
-    def _lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_ptr, out_ptr,
-                               y_ptr, share_ptr, count_ptr, grad_core_ptr, grad_scale_ptr, M, N, K, R,
-                               stride_x, stride_w, stride_u, stride_v, stride_core0, stride_core1, stride_y,
-                               W_T: tl.constexpr, V_T: tl.constexpr, RP: tl.constexpr, HAS_CORE: tl.constexpr,
-                               HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, NUM_SMS: tl.constexpr,
-                               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-                               CORE_GRADS: tl.constexpr, GRAD_PROGRAMS: tl.constexpr, PB: tl.constexpr):
-        # TMA descriptors over the row-major storage; W and V may be stored transposed (W_T, V_T).
-        x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[stride_x, 1], block_shape=[BM, BK])
-        if W_T:
-            w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_w, 1], block_shape=[BN, BK])
-        else:
-            w_desc = tl.make_tensor_descriptor(w_ptr, shape=[K, N], strides=[stride_w, 1], block_shape=[BK, BN])
-        u_desc = tl.make_tensor_descriptor(u_ptr, shape=[M, R], strides=[stride_u, 1], block_shape=[BM, RP])
-        if V_T:
-            v_desc = tl.make_tensor_descriptor(v_ptr, shape=[N, R], strides=[stride_v, 1], block_shape=[BN, RP])
-        else:
-            v_desc = tl.make_tensor_descriptor(v_ptr, shape=[R, N], strides=[stride_v, 1], block_shape=[RP, BN])
-        # the output is stored in two halves: the freed shared memory leaves room for the rank-r tiles
-        out_desc = tl.make_tensor_descriptor(out_ptr, shape=[M, N], strides=[N, 1], block_shape=[BM, BN // 2])
-        num_pid_m = tl.cdiv(M, BM)
-        num_pid_n = tl.cdiv(N, BN)
-        k_tiles = tl.cdiv(K, BK)
-        if HAS_CORE:  # the r × r core, once per program (zeros past r)
-            offs_r = tl.arange(0, RP)
-            core = tl.load(core_ptr + offs_r[:, None] * stride_core0 + offs_r[None, :] * stride_core1,
-                           mask=(offs_r[:, None] < R) & (offs_r[None, :] < R), other=0.0)
-        if HAS_SCALE:
-            scale = tl.load(scale_ptr).to(tl.float32)
-        # persistent: one program per multiprocessor; flatten=True pipelines loads across tiles
-        for tile_id in tl.range(tl.program_id(0), num_pid_m * num_pid_n, NUM_SMS, flatten=True):
-            pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
-            om = pid_m * BM
-            on = pid_n * BN
-            acc = tl.zeros((BM, BN), dtype=tl.float32)
-            for ki in range(k_tiles):
-                ok = ki * BK
-                a = x_desc.load([om, ok])
-                if W_T:
-                    acc = tl.dot(a, w_desc.load([on, ok]).T, acc)
-                else:
-                    acc = tl.dot(a, w_desc.load([ok, on]), acc)
-            # the rank-r term: one more tensor-core product onto the same accumulator (columns
-            # past r are zeros from the descriptors' bounds), after scale · (u core) in float32,
-            # rounded to the operands' dtype
-            ut = u_desc.load([om, 0])
-            if HAS_CORE or HAS_SCALE:
-                t = tl.dot(ut, core) if HAS_CORE else ut.to(tl.float32)
-                if HAS_SCALE:
-                    t = t * scale
-                ut = t.to(ut.dtype)
-            if V_T:
-                acc = tl.dot(ut, v_desc.load([on, 0]).T, acc)
-            else:
-                acc = tl.dot(ut, v_desc.load([0, on]), acc)
-            if HAS_BIAS:
-                offs_n = on + tl.arange(0, BN)
-                acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
-            halves = tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1))
-            left, right = tl.split(halves)
-            out_desc.store([om, on], left.to(out_desc.dtype))
-            out_desc.store([om, on + BN // 2], right.to(out_desc.dtype))
-        if CORE_GRADS:
-            # scale · yᵀ u and ⟨core, uᵀ y⟩ (the fused layer's ∂B and ∂α), after their tiles, by the
-            # programs that have one tile fewer than the others (all of them if none has)
-            grid = tl.num_programs(0)
-            light = (grid - num_pid_m * num_pid_n % grid - 1) % grid + 1
-            programs = min(min(light, GRAD_PROGRAMS), num_pid_m)
-            pid = tl.program_id(0) - (grid - light)
-            if (pid >= 0) & (pid < programs):
-                core_grads_program(pid, programs, y_ptr, u_ptr, core_ptr, scale_ptr, share_ptr, count_ptr,
-                                   grad_core_ptr, grad_scale_ptr, M, R, stride_y, stride_u, stride_core1,
-                                   stride_core0, RP, BM, PB)
-
-
 # (BM, BN, BK, pipeline stages, warps): the fastest of 30 tiles and kernel variants measured on
-# the H200 for the benchmark model's six GEMM shapes (docs/benchmarks.md); the interpreter gets
-# small tiles so that tests cover several tiles per program.
+# the H200 for the benchmark model's six GEMM shapes (docs/benchmarks.md, "The Triton GEMM's
+# design"); the interpreter gets small tiles so that tests cover several tiles per program.
 _TILE = (128, 256, 64, 3, 8)
 _INTERPRETER_TILE = (32, 32, 16, 1, 4)
 _GRAD_PROGRAMS = 32  # the most programs that share the core gradients' work (as in core_grads.py)
 
 
-@functools.cache
 def _config(device: int, w_t: bool, v_t: bool, r: int, has_core: bool, has_scale: bool,
             has_bias: bool, core_grads: bool) -> tuple[dict, int, int, int, int]:
     """(constexprs, BM, BN, stages, warps) for one operand layout on one device (its index, -1
-    for the CPU): built once."""
+    for the CPU): built once (TritonLauncher.config)."""
     bm, bn, bk, stages, warps = _INTERPRETER_TILE if device < 0 else _TILE
     num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device >= 0 else 4
-    rp = max(16, triton.next_power_of_2(r))
+    rp = max(16, next_power_of_2(r))
     constexprs = {"W_T": w_t, "V_T": v_t, "RP": rp, "HAS_CORE": has_core,
                   "HAS_SCALE": has_scale, "HAS_BIAS": has_bias, "NUM_SMS": num_sms,
                   "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "CORE_GRADS": core_grads,
@@ -232,8 +135,10 @@ def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
     """The kernel's output, w and v as stored; with ``y`` (core and scale then required) also
     scale · yᵀ u and ⟨op(core), uᵀ y⟩."""
     out = x.new_empty((m, n))
-    constexprs, bm, bn, stages, warps = _config(x.get_device(), w_t, v_t, r, core is not None, scale is not None,
-                                                bias is not None, y is not None)
+    launcher = backend.launcher
+    constexprs, bm, bn, stages, warps = launcher.config(
+        ("lowrank_matmul", x.get_device(), w_t, v_t, r, core is not None, scale is not None, bias is not None,
+         y is not None), _config)
     if core is None:
         core_strides = (0, 0)
     else:
@@ -247,7 +152,7 @@ def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
                out if bias is None else bias, out, *grads)
     ints = (m, n, k, r, x.stride(0), w.stride(0), u.stride(0), v.stride(0), *core_strides,
             0 if y is None else y.stride(0))
-    _run_kernel(_lowrank_matmul_kernel, grid, tensors, ints, constexprs, stages, warps, compiled)
+    launcher.run(launcher.kernels.lowrank_matmul_kernel, grid, tensors, ints, constexprs, stages, warps, compiled)
     return out if y is None else (out, grads[3], grads[4])
 
 
@@ -285,7 +190,7 @@ def _lowrank_matmul_op(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: tor
                        bias: torch.Tensor | None, core: torch.Tensor | None, scale: torch.Tensor | None,
                        transpose_w: bool, transpose_v: bool, transpose_core: bool) -> torch.Tensor:
     return _lowrank(x, w, u, v, bias, core, scale, None, transpose_w, transpose_v, transpose_core,
-                    triton_allowed(compiling=True), True)  # runs from compiled code only
+                    backend.triton_allowed(compiling=True), True)  # runs from compiled code only
 
 
 @_lowrank_matmul_op.register_fake
@@ -305,18 +210,18 @@ def lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.T
     transa), else t: the fused layer passes W0, A and B as stored, with no transposed views to
     build on every call.
 
-    The Triton kernel where the backend (:func:`set_backend`) allows it and :func:`supported`
+    The Triton kernel where the backend (``set_backend``) allows it and :func:`supported`
     says it runs (float32 accumulation; scale · u core rounded once to x's dtype, then one
     rounding of the output), else cuBLAS (scale · core v, the rank-r product, then the large one
     accumulated onto it). Under ``torch.compile`` a custom operator, which keeps it whole; in
     eager mode a plain call (the operator's dispatch would cost the host more than the launch).
-    No autograd: for use inside autograd Functions (adapters/fast.py).
+    No autograd: for use inside autograd Functions (functions.py).
     """
     if torch.compiler.is_compiling():
         _chain(x, w, u, v, core, scale, None, transpose_w, transpose_v)  # a clear error while tracing
         return _lowrank_matmul_op(x, w, u, v, bias, core, scale, transpose_w, transpose_v, transpose_core)
     return _lowrank(x, w, u, v, bias, core, scale, None, transpose_w, transpose_v, transpose_core,
-                    triton_allowed(compiling=False, device_type=x.device.type), False)
+                    backend.triton_allowed(compiling=False, device_type=x.device.type), False)
 
 
 @torch.library.custom_op("tlora_analysis::lowrank_matmul_with_core_grads", mutates_args=())
@@ -324,7 +229,7 @@ def _with_core_grads_op(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: to
                         scale: torch.Tensor, y: torch.Tensor, transpose_w: bool, transpose_v: bool,
                         transpose_core: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _lowrank(x, w, u, v, None, core, scale, y, transpose_w, transpose_v, transpose_core,
-                    triton_allowed(compiling=True), True)
+                    backend.triton_allowed(compiling=True), True)
 
 
 @_with_core_grads_op.register_fake
@@ -353,4 +258,4 @@ def lowrank_matmul_with_core_grads(x: torch.Tensor, w: torch.Tensor, u: torch.Te
         _chain(x, w, u, v, core, scale, y, transpose_w, transpose_v)
         return _with_core_grads_op(x, w, u, v, core, scale, y, transpose_w, transpose_v, transpose_core)
     return _lowrank(x, w, u, v, None, core, scale, y, transpose_w, transpose_v, transpose_core,
-                    triton_allowed(compiling=False, device_type=x.device.type), False)
+                    backend.triton_allowed(compiling=False, device_type=x.device.type), False)

@@ -1,0 +1,151 @@
+"""The fused layer's Triton kernels (device code only; imported with Triton on first use).
+
+- :func:`lowrank_matmul_kernel`: out = x op(w) + scale · (u op(core)) op(v) (+ bias) in one
+  persistent GEMM with TMA loads, the rank-r term added in the accumulator before the only
+  store; optionally ∂B and ∂α (:func:`core_grads_program`) by its programs that have one tile
+  fewer than the others. Host side: lowrank_gemm.py.
+- :func:`core_grads_kernel`: ∂B = α G and ∂α = ⟨B, G⟩ with G = uᵀ gc in one launch. Host
+  side: core_grads.py.
+
+launch.py imports this module the first time a kernel can run, so a process that never runs
+one (a CPU, a GPU older than Hopper, float32) never imports Triton.
+"""
+
+import triton
+import triton.language as tl
+
+__all__ = ["core_grads_kernel", "core_grads_program", "lowrank_matmul_kernel", "tile_coords"]
+
+
+@triton.jit
+def core_grads_program(pid, programs, u_ptr, gc_ptr, b_ptr, alpha_ptr, share_ptr, count_ptr, grad_b_ptr,
+                       grad_alpha_ptr, M, R, stride_u, stride_gc, stride_b0, stride_b1,
+                       RP: tl.constexpr, BM: tl.constexpr, PB: tl.constexpr):
+    """Program ``pid`` of ``programs``: its share of G (float32, zeros past r) over its blocks of
+    rows; the last of them to finish sums all shares and writes ∂B = α G (r × r, row-major) and
+    ∂α = ⟨B, G⟩. Also the epilogue of the fused layer's ∂x GEMM (:func:`lowrank_matmul_kernel`)."""
+    offs_r = tl.arange(0, RP)
+    share = tl.zeros((RP, RP), dtype=tl.float32)
+    for start in range(pid * BM, M, programs * BM):  # this program's blocks of rows
+        rows = (start + tl.arange(0, BM)).to(tl.int64)  # tokens × r can pass 2³¹
+        mask = (rows < M)[:, None] & (offs_r < R)[None, :]
+        u = tl.load(u_ptr + rows[:, None] * stride_u + offs_r[None, :], mask=mask, other=0.0)
+        gc = tl.load(gc_ptr + rows[:, None] * stride_gc + offs_r[None, :], mask=mask, other=0.0)
+        share = tl.dot(tl.trans(u), gc, share)
+    tl.store(share_ptr + pid * RP * RP + offs_r[:, None] * RP + offs_r[None, :], share)
+    # every thread's share stored before one thread's release; the last program then acquires
+    tl.debug_barrier()
+    if tl.atomic_add(count_ptr, 1, sem="acq_rel", scope="gpu") == programs - 1:
+        entry = tl.arange(0, RP * RP)
+        offs_p = tl.arange(0, PB)
+        total = tl.zeros((PB, RP * RP), dtype=tl.float32)
+        for p0 in range(0, programs, PB):  # a fixed order of summation
+            p = p0 + offs_p
+            total += tl.load(share_ptr + p[:, None] * (RP * RP) + entry[None, :], mask=(p < programs)[:, None],
+                             other=0.0, cache_modifier=".cg")  # from L2: other programs wrote them
+        g_core = tl.reshape(tl.sum(total, axis=0), (RP, RP))
+        rr = (offs_r[:, None] < R) & (offs_r[None, :] < R)
+        b = tl.load(b_ptr + offs_r[:, None] * stride_b0 + offs_r[None, :] * stride_b1, mask=rr, other=0.0)
+        alpha = tl.load(alpha_ptr).to(tl.float32)
+        tl.store(grad_b_ptr + offs_r[:, None] * R + offs_r[None, :],
+                 (alpha * g_core).to(grad_b_ptr.dtype.element_ty), mask=rr)
+        tl.store(grad_alpha_ptr, tl.sum(tl.sum(b.to(tl.float32) * g_core, axis=1), axis=0)
+                 .to(grad_alpha_ptr.dtype.element_ty))
+        tl.store(count_ptr, 0)  # ready for the next launch on this stream
+
+
+@triton.jit(do_not_specialize=["M", "R", "stride_u", "stride_gc", "stride_b0", "stride_b1"])
+def core_grads_kernel(u_ptr, gc_ptr, b_ptr, alpha_ptr, share_ptr, count_ptr, grad_b_ptr, grad_alpha_ptr,
+                      M, R, stride_u, stride_gc, stride_b0, stride_b1,
+                      RP: tl.constexpr, BM: tl.constexpr, PB: tl.constexpr):
+    core_grads_program(tl.program_id(0), tl.num_programs(0), u_ptr, gc_ptr, b_ptr, alpha_ptr, share_ptr,
+                       count_ptr, grad_b_ptr, grad_alpha_ptr, M, R, stride_u, stride_gc, stride_b0, stride_b1,
+                       RP, BM, PB)
+
+
+@triton.jit
+def tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
+    """Grouped order: GROUP_M row-blocks share each column-block of W while it is in L2."""
+    num_in_group = GROUP_M * num_pid_n
+    first_m = (tile_id // num_in_group) * GROUP_M
+    group_m = min(num_pid_m - first_m, GROUP_M)
+    return first_m + (tile_id % group_m), (tile_id % num_in_group) // group_m
+
+
+# Integer arguments are not specialized on their values (Triton would compile again for every
+# size that is, or is not, a multiple of 16): one compiled kernel per layout serves all shapes.
+@triton.jit(do_not_specialize=["M", "N", "K", "R", "stride_x", "stride_w", "stride_u", "stride_v",
+                               "stride_core0", "stride_core1", "stride_y"])
+def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_ptr, out_ptr,
+                          y_ptr, share_ptr, count_ptr, grad_core_ptr, grad_scale_ptr, M, N, K, R,
+                          stride_x, stride_w, stride_u, stride_v, stride_core0, stride_core1, stride_y,
+                          W_T: tl.constexpr, V_T: tl.constexpr, RP: tl.constexpr, HAS_CORE: tl.constexpr,
+                          HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, NUM_SMS: tl.constexpr,
+                          BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+                          CORE_GRADS: tl.constexpr, GRAD_PROGRAMS: tl.constexpr, PB: tl.constexpr):
+    # TMA descriptors over the row-major storage; W and V may be stored transposed (W_T, V_T).
+    x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[stride_x, 1], block_shape=[BM, BK])
+    if W_T:
+        w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_w, 1], block_shape=[BN, BK])
+    else:
+        w_desc = tl.make_tensor_descriptor(w_ptr, shape=[K, N], strides=[stride_w, 1], block_shape=[BK, BN])
+    u_desc = tl.make_tensor_descriptor(u_ptr, shape=[M, R], strides=[stride_u, 1], block_shape=[BM, RP])
+    if V_T:
+        v_desc = tl.make_tensor_descriptor(v_ptr, shape=[N, R], strides=[stride_v, 1], block_shape=[BN, RP])
+    else:
+        v_desc = tl.make_tensor_descriptor(v_ptr, shape=[R, N], strides=[stride_v, 1], block_shape=[RP, BN])
+    # the output is stored in two halves: the freed shared memory leaves room for the rank-r tiles
+    out_desc = tl.make_tensor_descriptor(out_ptr, shape=[M, N], strides=[N, 1], block_shape=[BM, BN // 2])
+    num_pid_m = tl.cdiv(M, BM)
+    num_pid_n = tl.cdiv(N, BN)
+    k_tiles = tl.cdiv(K, BK)
+    if HAS_CORE:  # the r × r core, once per program (zeros past r)
+        offs_r = tl.arange(0, RP)
+        core = tl.load(core_ptr + offs_r[:, None] * stride_core0 + offs_r[None, :] * stride_core1,
+                       mask=(offs_r[:, None] < R) & (offs_r[None, :] < R), other=0.0)
+    if HAS_SCALE:
+        scale = tl.load(scale_ptr).to(tl.float32)
+    # persistent: one program per multiprocessor; flatten=True pipelines loads across tiles
+    for tile_id in tl.range(tl.program_id(0), num_pid_m * num_pid_n, NUM_SMS, flatten=True):
+        pid_m, pid_n = tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
+        om = pid_m * BM
+        on = pid_n * BN
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for ki in range(k_tiles):
+            ok = ki * BK
+            a = x_desc.load([om, ok])
+            if W_T:
+                acc = tl.dot(a, w_desc.load([on, ok]).T, acc)
+            else:
+                acc = tl.dot(a, w_desc.load([ok, on]), acc)
+        # the rank-r term: one more tensor-core product onto the same accumulator (columns
+        # past r are zeros from the descriptors' bounds), after scale · (u core) in float32,
+        # rounded to the operands' dtype
+        ut = u_desc.load([om, 0])
+        if HAS_CORE or HAS_SCALE:
+            t = tl.dot(ut, core) if HAS_CORE else ut.to(tl.float32)
+            if HAS_SCALE:
+                t = t * scale
+            ut = t.to(ut.dtype)
+        if V_T:
+            acc = tl.dot(ut, v_desc.load([on, 0]).T, acc)
+        else:
+            acc = tl.dot(ut, v_desc.load([0, on]), acc)
+        if HAS_BIAS:
+            offs_n = on + tl.arange(0, BN)
+            acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        halves = tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1))
+        left, right = tl.split(halves)
+        out_desc.store([om, on], left.to(out_desc.dtype))
+        out_desc.store([om, on + BN // 2], right.to(out_desc.dtype))
+    if CORE_GRADS:
+        # scale · yᵀ u and ⟨core, uᵀ y⟩ (the fused layer's ∂B and ∂α), after their tiles, by the
+        # programs that have one tile fewer than the others (all of them if none has)
+        grid = tl.num_programs(0)
+        light = (grid - num_pid_m * num_pid_n % grid - 1) % grid + 1
+        programs = min(min(light, GRAD_PROGRAMS), num_pid_m)
+        pid = tl.program_id(0) - (grid - light)
+        if (pid >= 0) & (pid < programs):
+            core_grads_program(pid, programs, y_ptr, u_ptr, core_ptr, scale_ptr, share_ptr, count_ptr,
+                               grad_core_ptr, grad_scale_ptr, M, R, stride_y, stride_u, stride_core1,
+                               stride_core0, RP, BM, PB)
