@@ -94,5 +94,9 @@ def test_seeded_and_bad_input(runs):
     assert a.equals(b) and not a["p_cosine_reachable"].equals(c["p_cosine_reachable"])
     with pytest.raises(ValueError, match="needs a TLoRA run first"):
         analysis.reachable(runs["lora"], runs["tlora"])
+    with pytest.raises(ValueError, match="compared with itself"):
+        analysis.reachable(runs["tlora"], type(runs["tlora"])(runs["tlora"].path))
+    with pytest.raises(ValueError, match="compared with itself"):
+        analysis.similarity(runs["lora"], runs["lora"])
     with pytest.raises(ValueError, match="n_null"):
         analysis.reachable(runs["tlora"], runs["lora"], n_null=0)

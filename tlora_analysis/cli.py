@@ -26,6 +26,8 @@ COMMANDS = {  # command → (the module that registers it, its one-line help, as
     "report": ("tlora_analysis.report.cli", "the paper's claims, each a stated test at one level α, with a decision"),
     "inspect": ("tlora_analysis.store.cli", "summarise a recorded run (no tensor is read)"),
     "verify": ("tlora_analysis.store.cli", "check every file of a run; exit 1 on a problem"),
+    "study": ("tlora_analysis.study.cli",
+              "run a grid of tasks × methods × ranks × learning rates × seeds and summarise it"),
 }
 # which extra installs a missing module (pyproject.toml's optional-dependencies)
 EXTRA_OF = {"matplotlib": "figures", "seaborn": "figures", "tqdm": "train", "transformers": "train",

@@ -210,6 +210,10 @@ def common_steps(runs: Sequence[Any], steps: StepSelection) -> list[int]:
 
 def match_layers(run_a: Any, run_b: Any, layers: LayerSelection) -> tuple[list[str], list[str], list[str], list[str]]:
     """(chosen, common, only in a, only in b): the selected layers both runs adapted, same shape in both."""
+    if run_a is run_b or (getattr(run_a, "run_id", None) is not None
+                          and getattr(run_a, "run_id", None) == getattr(run_b, "run_id", None)):
+        raise ValueError(f"run {run_a.name!r} is compared with itself ({run_a.path} and {run_b.path} are the same "
+                         "run): a comparison needs two different runs")
     in_b = set(run_b.layers)
     common = [name for name in run_a.layers if name in in_b]
     only_a = [name for name in run_a.layers if name not in in_b]

@@ -66,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--max-train-examples", type=int, help="a seeded subset of the training set")
     d.add_argument("--max-eval-examples", type=int,
                    help="a subset of the validation (and test) set, seeded by --split-seed: the same for every --seed")
+    d.add_argument("--holdout", type=float,
+                   help="evaluate on this fraction of train (per class, seeded by --split-seed) and train on the rest, "
+                        "to choose settings without the validation split")
     o = p.add_argument_group("optimisation")
     o.add_argument("--seed", type=int, help="seeds data order, dropout, adapter and head init (default 0)")
     o.add_argument("--epochs", type=float, help="default 3 (paper 30)")

@@ -27,7 +27,9 @@ class TrainConfig:
     warnings (constant predictions) and the summary after it, printed with or without bars.
     save_weights=False writes neither the resume point (trainer_state/) nor the final adapter/:
     the run can be analysed but not resumed or reloaded (for full fine-tuning those are about
-    four copies of the model).
+    four copies of the model). holdout, a fraction in (0, 1), evaluates on that share of the
+    training split (drawn per class with ``split_seed``) and trains on the rest, so that choices
+    such as the learning rate are made without touching the validation split.
     """
 
     method: str = "tlora"
@@ -58,6 +60,7 @@ class TrainConfig:
     max_length: int = 128
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
+    holdout: float | None = None
     eval_every: int | None = None
     eval_test: bool = False
     log_every: int = 10
@@ -97,6 +100,12 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be ≥ 0, got {self.weight_decay!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.holdout is not None and (isinstance(self.holdout, bool) or not 0 < self.holdout < 1):
+            raise ValueError(f"holdout must be a fraction strictly between 0 and 1 (the share of train held out for "
+                             f"evaluation), or None; got {self.holdout!r}")
+        if self.holdout is not None and self.eval_test:
+            raise ValueError("holdout evaluates on part of train to choose settings; eval_test would score the test "
+                             "split in the same run: drop one of them")
         if self.overwrite and self.resume:
             raise ValueError("give --overwrite or --resume, not both")
         if self.resume and not self.save_weights:

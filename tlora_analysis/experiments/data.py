@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +36,7 @@ __all__ = [
     "load_glue_hub",
     "load_local_files",
     "rotten_tomatoes_path",
+    "hold_out",
 ]
 
 BUNDLED_TASK = "rotten_tomatoes"
@@ -520,3 +521,24 @@ def load_task(
         f"unknown task {task!r}; use {BUNDLED_TASK!r} (the bundled default), a GLUE task "
         f"({', '.join(sorted(GLUE_TASKS))}), or local files via --train-file/--validation-file"
     )
+
+
+def hold_out(task: TaskData, fraction: float, seed: int) -> TaskData:
+    """The task with a seeded ``fraction`` of its training split as the validation split.
+
+    Drawn per class (classification) so the held-out part keeps the label balance; the original
+    validation and test splits are left out, so a choice made on the held-out part never sees them.
+    """
+    train = task.splits["train"]
+    rng = np.random.default_rng([seed, 7])
+    groups = [train.index] if task.is_regression else [g.index for _, g in train.groupby("label", sort=True)]
+    held = [idx[rng.permutation(len(idx))[: int(round(fraction * len(idx)))]] for idx in groups]
+    held_index = pd.Index(np.concatenate([h.to_numpy() for h in held])) if held else pd.Index([])
+    if len(held_index) == 0 or len(held_index) == len(train):
+        raise ValueError(f"holdout {fraction} of {len(train)} training examples leaves an empty split; choose a "
+                         "fraction that keeps examples on both sides")
+    splits = {"train": train.drop(index=held_index).reset_index(drop=True),
+              "validation": train.loc[held_index].sort_index().reset_index(drop=True)}
+    info = {**task.info, "holdout": {"fraction": fraction, "seed": seed, "from": "train"}}
+    return replace(task, splits=splits, info=info, source=f"{task.source} (validation: {fraction:g} of train held out)")
+

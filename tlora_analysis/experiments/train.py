@@ -28,7 +28,7 @@ from ..recording import EveryN, Explicit, LogSpaced, SnapshotRecorder
 from ..store import Run, RunExistsError
 from .checkpoint import load_trainer_state, save_trainer_state
 from .config import TrainConfig
-from .data import TaskData, load_local_files, load_task
+from .data import TaskData, hold_out, load_local_files, load_task
 from .distributed import DistContext, barrier, init_distributed, mean_across, shutdown_distributed
 from .encoding import effective_max_length, encode_split, make_loader, subsample
 from .metrics import LOSS_NAMES, compute_metrics, constant_predictions, majority_baseline, selection_metric
@@ -145,9 +145,11 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 def _load_data(config: TrainConfig) -> TaskData:
     if config.task == "local":
-        return load_local_files(config.train_file, config.validation_file, config.text_columns, config.label_column,
+        task = load_local_files(config.train_file, config.validation_file, config.text_columns, config.label_column,
                                 test=config.test_file, regression=config.regression)
-    return load_task(config.task, data_dir=config.data_dir, split_seed=config.split_seed)
+    else:
+        task = load_task(config.task, data_dir=config.data_dir, split_seed=config.split_seed)
+    return hold_out(task, config.holdout, config.split_seed) if config.holdout is not None else task
 
 
 def _adapt(loaded: LoadedModel, config: TrainConfig) -> tuple[nn.Module, nn.Module]:
@@ -388,6 +390,7 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
         # The logged training loss is the mean over the logging window (as transformers.Trainer
         # logs it), kept on the device so no step waits for a host copy.
         window_start, window_examples, window_loss, window_steps = time.time(), 0, 0.0, 0
+        step_seconds: list[float] = []  # seconds per optimizer step in each logging window
         while step < total_steps:
             epoch_index = step // steps_per_epoch
             skip = step - epoch_index * steps_per_epoch
@@ -411,7 +414,9 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
                 window_loss, window_steps = window_loss + loss.detach().float(), window_steps + 1
                 if step % config.log_every == 0 or step == total_steps:
                     mean_loss = float(mean_across(window_loss / window_steps, ctx))
-                    rate = window_examples / max(time.time() - window_start, 1e-9)
+                    window_seconds = max(time.time() - window_start, 1e-9)
+                    rate = window_examples / window_seconds
+                    step_seconds.append(window_seconds / window_steps)
                     lr = scheduler.get_last_lr()[0]
                     recorder.log(step, event="train", epoch=step / steps_per_epoch, loss=mean_loss, lr=lr,
                                  examples_per_s=rate)
@@ -437,7 +442,11 @@ def _train(config: TrainConfig, ctx: DistContext, start: float) -> TrainResult:
                                ctx.device, task.is_regression, autocast, progress=show_bars, desc="evaluate test")
             recorder.log(step, event="eval", epoch=step / steps_per_epoch, split="test", **metrics)
             last = {**last, **{f"test_{k}": v for k, v in metrics.items()}}
-        summary = {"best": state["best"], "last": last, "steps": step}
+        summary = {"best": state["best"], "last": last, "steps": step,
+                   # median over logging windows (a window with an evaluation in it is an outlier)
+                   "step_seconds": float(np.median(step_seconds)) if step_seconds else None,
+                   "peak_memory_bytes": torch.cuda.max_memory_allocated(ctx.device)
+                   if ctx.device.type == "cuda" else None}
         recorder.close(summary=summary)
         if ctx.is_main and config.save_weights:
             if config.method == "peft-lora":

@@ -1,0 +1,158 @@
+"""The study command: the TOML schema and its errors, the plan (selection on a held-out part of
+train, replicates at the chosen rate, shards), the tables, and the committed smoke study run end to
+end on the bundled default (resumed and re-run without retraining)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from tlora_analysis.cli import main
+from tlora_analysis.experiments.config import TrainConfig
+from tlora_analysis.experiments.data import hold_out, load_rotten_tomatoes
+from tlora_analysis.study import StudyError, final_runs, load_study, selection_runs, shard
+from tlora_analysis.study.plan import lr_text
+from tlora_analysis.study.results import choose_learning_rates, summary_table
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "studies" / "smoke" / "study.toml"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = """
+[train]
+max_steps = 4
+[tasks.rotten_tomatoes]
+[[arms]]
+method = "tlora"
+ranks = [4, 8]
+lrs = [1e-2, 2e-2, 5e-2]
+[[arms]]
+method = "lora"
+ranks = [4]
+lrs = [1e-3]
+[[arms]]
+name = "full"
+method = "full"
+lrs = [2e-5, 5e-5]
+[replicates]
+seeds = [0, 1, 2]
+"""
+
+
+def test_plan_selects_on_held_out_train_then_replicates(tmp_path):
+    study = load_study(_write(tmp_path, MINIMAL))
+    select = selection_runs(study)
+    assert len(select) == 2 * 3 + 2  # tlora 2 ranks × 3 lrs, full 2 lrs; lora has one lr: no selection
+    assert all(r.fields["holdout"] == 0.1 and r.seed == 0 for r in select)
+    assert select[0].name == "select/rotten_tomatoes/tlora-r4-lr1e-2"
+    chosen = {("rotten_tomatoes", "tlora", 4): 2e-2, ("rotten_tomatoes", "tlora", 8): 1e-2,
+              ("rotten_tomatoes", "full", None): 5e-5}
+    final = final_runs(study, chosen)
+    assert len(final) == (2 + 1 + 1) * 3
+    assert {r.fields["lr"] for r in final if r.arm == "tlora" and r.rank == 4} == {2e-2}
+    assert {r.fields["lr"] for r in final if r.arm == "lora"} == {1e-3}
+    assert all(r.fields["holdout"] is None for r in final)
+    config = final[0].config(study.runs_dir)
+    assert isinstance(config, TrainConfig) and config.run_dir.endswith(final[0].name)
+    assert len(final_runs(study, {})) == 3  # only the arm without a choice to make
+    shards = [shard(final, i, 3) for i in (1, 2, 3)]
+    assert sorted(r.name for s in shards for r in s) == sorted(r.name for r in final)
+    assert not set(r.name for r in shards[0]) & set(r.name for r in shards[1])
+    assert lr_text(2e-2) == "2e-2" and lr_text(5e-05) == "5e-5" and lr_text(1.5e-3) == "1.5e-3"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[tasks.rotten_tomatoes]\n", "no \\[\\[arms\\]\\]"),
+    ("[[arms]]\nmethod='tlora'\nranks=[4]\nlrs=[1e-2]\n", "no \\[tasks.NAME\\]"),
+    (MINIMAL.replace("max_steps = 4", "max_step = 4"), "train.max_step is not a training setting"),
+    (MINIMAL.replace("max_steps = 4", "lr = 0.1"), "train.lr is set by the study itself"),
+    (MINIMAL.replace("ranks = [4]\nlrs = [1e-3]", "lrs = [1e-3]"), "needs `ranks"),
+    (MINIMAL.replace("lrs = [2e-5, 5e-5]", "lrs = [2e-5, 2e-5]"), "lists a value twice"),
+    (MINIMAL.replace("lrs = [1e-3]", "lrs = []"), "non-empty list"),
+    (MINIMAL.replace("max_steps = 4", "batch_size = 0"), "would be invalid: batch_size must be a positive"),
+    (MINIMAL + "[extra]\n", "unknown key"),
+    (MINIMAL.replace("[tasks.rotten_tomatoes]", "[tasks.mrpc]\ndata_dir = '${NO_SUCH_VAR_FOR_TESTS}/MRPC'"),
+     "NO_SUCH_VAR_FOR_TESTS.*not set"),
+    ("name = [", "not valid TOML"),
+])
+def test_bad_study_files_are_named(tmp_path, text, message):
+    with pytest.raises(StudyError, match=message):
+        load_study(_write(tmp_path, text))
+
+
+def test_environment_variables_expand(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLUE_FOR_TEST", str(tmp_path / "glue"))
+    text = MINIMAL.replace("[tasks.rotten_tomatoes]", "[tasks.mrpc]\ndata_dir = '${GLUE_FOR_TEST}/MRPC'")
+    study = load_study(_write(tmp_path, text))
+    assert study.tasks["mrpc"]["data_dir"] == str(tmp_path / "glue" / "MRPC")
+
+
+def test_hold_out_keeps_label_balance_and_leaves_validation_out():
+    task = load_rotten_tomatoes()
+    held = hold_out(task, 0.1, seed=3)
+    train, val = task.splits["train"], held.splits["validation"]
+    assert set(held.splits) == {"train", "validation"}
+    assert len(held.splits["train"]) + len(val) == len(train)
+    assert abs(len(val) - 0.1 * len(train)) <= 2
+    assert abs(val["label"].mean() - train["label"].mean()) < 0.01
+    assert not set(val["text"]) & set(held.splits["train"]["text"]) - set(train["text"][train.duplicated("text")])
+    again = hold_out(task, 0.1, seed=3)
+    assert again.splits["validation"].equals(val)
+    with pytest.raises(ValueError, match="holdout must be a fraction"):
+        TrainConfig(holdout=1.5)
+
+
+def test_learning_rate_choice_and_summary_intervals():
+    selection = pd.DataFrame({"task": "t", "arm": "a", "rank": [4, 4, 4, 8], "lr": [1e-2, 2e-2, 5e-2, 1e-2],
+                              "best_value": [0.70, 0.75, 0.75, np.nan]})
+    chosen, table = choose_learning_rates(selection)
+    assert chosen == {("t", "a", 4): 2e-2}  # the tie goes to the smaller rate; rank 8 has no finite value
+    assert table["chosen"].tolist() == [False, True, False, False]
+    final = pd.DataFrame({"task": "t", "arm": "a", "method": "tlora", "rank": 4, "lr": 2e-2, "metric": "accuracy",
+                          "trainable_params": 100, "majority_baseline": 0.5, "best_value": [0.7, 0.8, 0.75],
+                          "last_value": [0.6, 0.7, 0.65], "step_seconds": [0.1, 0.2, 0.3],
+                          "peak_memory_gib": np.nan, "seed": [0, 1, 2]})
+    row = summary_table(final).iloc[0]
+    lo, hi = stats.t.interval(0.95, 2, loc=0.75, scale=stats.sem([0.7, 0.8, 0.75]))
+    assert row["best_value_mean"] == pytest.approx(0.75) and (row["best_value_ci_lo"], row["best_value_ci_hi"]) == \
+        pytest.approx((lo, hi))
+    assert row["seeds"] == 3 and row["step_seconds_median"] == pytest.approx(0.2)
+
+
+@pytest.mark.slow
+def test_smoke_study_runs_end_to_end_and_continues(tmp_path):
+    """The committed smoke study: selection, replicates, tables, figures and the claims report; a second
+    call trains nothing; a deleted run is trained again; a shard trains only its share."""
+    folder = tmp_path / "smoke"
+    folder.mkdir()
+    shutil.copy(SMOKE, folder / "study.toml")
+    assert main(["study", str(folder / "study.toml")]) == 0
+    results = folder / "results"
+    table = pd.read_csv(results / "results.csv")
+    assert set(table["phase"]) == {"select", "final"} and len(table[table["phase"] == "final"]) == 4
+    selection = pd.read_csv(results / "selection.csv")
+    assert selection["chosen"].sum() == 1
+    summary = pd.read_csv(results / "summary.csv")
+    assert set(summary["arm"]) == {"tlora", "lora"} and (summary["seeds"] == 2).all()
+    assert (results / "figures" / "metric_vs_parameters.png").exists()
+    assert (results / "figures" / "reachable_cosine_reachable.png").exists()
+    claims = pd.read_csv(results / "claims" / "rotten_tomatoes" / "tlora-vs-lora-r4" / "claims.csv")
+    assert "Needs replicate" not in claims.set_index("claim_id").loc["stable_norms", "detail"]  # two seeds each
+    runs = folder / "runs" / "final" / "rotten_tomatoes"
+    assert not (runs / "tlora-r4-s0" / "trainer_state").exists()  # weights are not kept by default
+    before = (runs / "tlora-r4-s0" / "run.json").stat().st_mtime_ns
+    shutil.rmtree(runs / "lora-r4-s1")
+    assert main(["study", str(folder / "study.toml"), "--phase", "final"]) == 0
+    assert (runs / "lora-r4-s1" / "run.json").exists()
+    assert (runs / "tlora-r4-s0" / "run.json").stat().st_mtime_ns == before  # finished runs are skipped

@@ -1,0 +1,108 @@
+"""Figures of a study (``tlora-analysis study``): methods compared over seeds.
+
+Both draw tidy tables the study computed (tlora_analysis.study.results / dynamics): the task's
+metric against trainable parameters with 95% intervals over seeds, and quantities over training
+steps with a band over seeds. Nothing is computed here.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ._frames import require_columns
+from .style import OKABE_ITO, method_color, new_figure, styled
+
+__all__ = ["metric_vs_parameters", "band_curves"]
+
+
+def _arm_colors(arms: Sequence[str], methods: dict[str, str]) -> dict[str, str]:
+    """One colour per arm: the method's colour for its first arm, then the palette for the others."""
+    colors, used = {}, set()
+    spare = iter(c for c in OKABE_ITO if c not in {method_color(m) for m in methods.values()})
+    for arm in arms:
+        base = method_color(methods[arm])
+        colors[arm] = base if base not in used else next(spare, "0.4")
+        used.add(colors[arm])
+    return colors
+
+
+@styled
+def metric_vs_parameters(summary: pd.DataFrame, value: str = "best_value") -> Figure:
+    """Per task: mean ``value`` over seeds (with its 95% t interval) against trainable parameters (log).
+
+    ``summary``: rows of ``study.results.summary_table`` (task, arm, method, rank, metric,
+    trainable_params, ``{value}_mean``, ``{value}_ci_lo``, ``{value}_ci_hi``, majority_baseline).
+    One colour per arm, points of one arm joined by rank.
+    """
+    cols = ("task", "arm", "method", "rank", "metric", "trainable_params", f"{value}_mean", f"{value}_ci_lo",
+            f"{value}_ci_hi", "majority_baseline")
+    require_columns(summary, cols, "study.results.summary_table")
+    tasks = list(dict.fromkeys(summary["task"]))
+    arms = list(dict.fromkeys(summary["arm"]))
+    colors = _arm_colors(arms, dict(zip(summary["arm"], summary["method"])))
+    fig, axes = new_figure("double", height=2.4, ncols=len(tasks))
+    for ax, task in zip(axes[0], tasks):
+        part = summary[summary["task"] == task]
+        for arm in arms:
+            rows = part[part["arm"] == arm].sort_values("trainable_params")
+            if rows.empty:
+                continue
+            x = rows["trainable_params"].astype(float).to_numpy()
+            y = rows[f"{value}_mean"].astype(float).to_numpy()
+            err = np.vstack([y - rows[f"{value}_ci_lo"].astype(float), rows[f"{value}_ci_hi"].astype(float) - y])
+            ax.errorbar(x, y, yerr=np.where(np.isfinite(err), err, 0.0), marker="o", ms=3.5, lw=0.9, capsize=2,
+                        color=colors[arm], label=arm)
+            for xi, yi, r in zip(x, y, rows["rank"]):
+                if pd.notna(r):
+                    ax.annotate(f"r{int(r)}", (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=5.5)
+        base = part["majority_baseline"].astype(float).dropna()
+        if len(base):
+            ax.axhline(float(base.iloc[0]), color="0.35", ls=":", lw=1.0, label="majority class")
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters")
+        ax.set_title(task)
+        ax.grid(True, axis="y")
+    metric = str(summary["metric"].iloc[0])
+    axes[0, 0].set_ylabel(f"{'best' if value == 'best_value' else 'last'} validation {metric}")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6))
+    fig.suptitle(f"Validation {metric} against trainable parameters: mean over seeds with 95% t intervals")
+    return fig
+
+
+@styled
+def band_curves(frame: pd.DataFrame, ylabel: str, title: str, logy: bool = False) -> Figure:
+    """Mean curves over steps with a band, one panel per ``panel``, one line per ``line``.
+
+    ``frame`` columns: ``panel``, ``line``, ``method``, ``step``, ``mean``, ``lo``, ``hi`` (the band,
+    e.g. the min and max or a 95% interval over seeds, as the caller states in ``title``).
+    """
+    require_columns(frame, ("panel", "line", "method", "step", "mean", "lo", "hi"), "a study dynamics table")
+    panels = list(dict.fromkeys(frame["panel"]))
+    lines = list(dict.fromkeys(frame["line"]))
+    colors = _arm_colors(lines, dict(zip(frame["line"], frame["method"])))
+    fig, axes = new_figure("double", height=2.3, ncols=len(panels), sharey=False)
+    for ax, panel in zip(axes[0], panels):
+        part = frame[frame["panel"] == panel]
+        for line in lines:
+            rows = part[part["line"] == line].sort_values("step")
+            if rows.empty:
+                continue
+            x = rows["step"].to_numpy(float)
+            ax.fill_between(x, rows["lo"].to_numpy(float), rows["hi"].to_numpy(float), color=colors[line], alpha=0.2,
+                            lw=0)
+            ax.plot(x, rows["mean"].to_numpy(float), color=colors[line], lw=1.0, label=line)
+        ax.set_title(str(panel))
+        ax.set_xlabel("training step")
+        if logy:
+            ax.set_yscale("log")
+        ax.grid(True, axis="y")
+    axes[0, 0].set_ylabel(ylabel)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6))
+    fig.suptitle(title)
+    return fig

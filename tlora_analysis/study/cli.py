@@ -1,0 +1,75 @@
+"""``tlora-analysis study STUDY.toml``: run a comparison grid and write its tables, figures and claims."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pandas as pd
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .execute import execute
+    from .outputs import write_outputs
+    from .plan import final_runs, parse_shard, selection_runs, shard
+    from .results import choose_learning_rates, results_table, summary_table
+    from .spec import load_study
+
+    study = load_study(args.study)
+    index, count = parse_shard(args.shard)
+    select = selection_runs(study)
+    _say(f"study {study.name}: {len(study.tasks)} task(s), {len(study.arms)} arm(s), {len(select)} selection runs, "
+         f"seeds {list(study.seeds)}; runs in {study.runs_dir}")
+    failed = []
+    if args.phase in ("all", "select"):
+        mine = shard(select, index, count)
+        if args.dry_run:
+            print("\n".join(r.name for r in mine))
+        else:
+            failed += [o for o in execute(study, mine, jobs=args.jobs, report=_say) if o.status == "failed"]
+    selection = results_table(study.runs_dir, select)
+    chosen, selection = choose_learning_rates(selection)
+    groups = {(t, a.name, r) for t in study.tasks for a in study.arms for r in a.ranks if len(a.lrs) > 1}
+    if len(chosen) < len(groups):
+        _say(f"learning rates chosen for {len(chosen)} of {len(groups)} (task, arm, rank): the selection runs of the "
+             "others are not finished (other shards?); their replicate runs wait")
+    final = final_runs(study, chosen)
+    if args.phase in ("all", "final"):
+        mine = shard(final, index, count)
+        if args.dry_run:
+            print("\n".join(r.name for r in mine))
+        else:
+            failed += [o for o in execute(study, mine, jobs=args.jobs, report=_say) if o.status == "failed"]
+    if args.phase in ("all", "summarize") and not args.dry_run:
+        results = pd.concat([selection.drop(columns="chosen"), results_table(study.runs_dir, final)],
+                            ignore_index=True)
+        done = results[results["phase"] == "final"]
+        complete = len(chosen) == len(groups) and len(done) == len(final)
+        command = ["tlora-analysis", "study", args.study, "--phase", "summarize"]
+        index_md = write_outputs(study, results, selection, summary_table(done), complete, command,
+                                 n_null=args.n_null, note=_say)
+        _say(f"wrote {index_md}" + ("" if complete else " (incomplete: some runs have not finished)"))
+    for outcome in failed:
+        _say(f"FAILED {outcome.run.name}: {outcome.message}")
+    return 1 if failed else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study", help="run a grid of tasks × methods × ranks × learning rates × seeds and summarise it",
+        description="Choose each (task, method, rank)'s learning rate on a part of train held out, train the "
+                    "chosen settings once per seed, then write results.csv, summary.md (mean and 95%% interval over "
+                    "seeds), figures and the claims reports under results/. Finished runs are skipped and "
+                    "interrupted ones resumed, so the same command continues a study (docs/study.md).")
+    p.add_argument("study", metavar="STUDY.toml", help="the study file (see studies/ for examples)")
+    p.add_argument("--phase", choices=("all", "select", "final", "summarize"), default="all",
+                   help="run only the learning-rate selection, the replicates, or the summary (default: all)")
+    p.add_argument("--shard", metavar="i/n", help="run every n-th planned run starting at the i-th (1-based)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process (default 1)")
+    p.add_argument("--n-null", type=int, default=2000, help="null draws per layer in the claims reports")
+    p.add_argument("--dry-run", action="store_true", help="list the runs this call would train, train nothing")
+    p.set_defaults(func=_run)

@@ -1,0 +1,113 @@
+"""Everything a finished study writes under ``<study>/results/``: tables, figures, claims reports.
+
+    results.csv      one row per run (selection and replicate runs)
+    selection.csv    every learning-rate candidate with its held-out value and the choice
+    summary.csv/.md  per (task, arm, rank): mean, sd and 95% interval over seeds
+    figures/         metric vs trainable parameters; validation curves, TLoRA's α and ‖B‖_F, and
+                     the reachable-set alignment over steps, each banded over seeds
+    claims/<task>/<tlora arm>-vs-<lora arm>-r<rank>/   the claims report with the seeds as replicates
+    index.md         what is where, with the command that made it
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from ..fileio import atomic_write_bytes
+from ..store import Run
+from .dynamics import reachable_dynamics, tlora_dynamics, validation_curves
+from .spec import Study
+
+__all__ = ["write_outputs", "summary_markdown"]
+
+
+def _fmt(x, spec: str = ".3f") -> str:
+    return "n/a" if x is None or pd.isna(x) else format(float(x), spec)
+
+
+def summary_markdown(summary: pd.DataFrame, study: Study, complete: bool) -> str:
+    """The summary table as markdown, one section per task."""
+    lines = [f"# {study.name}: summary over seeds", ""]
+    if not complete:
+        lines += ["**Incomplete**: some planned runs have not finished; the table covers the finished ones.", ""]
+    lines += ["Mean over seeds of the best and the last validation value of the task's metric, with a 95% Student-t "
+              "interval over seeds; learning rates chosen on a part of train held out (selection.csv).", ""]
+    for task, part in summary.groupby("task", sort=False):
+        metric = part["metric"].iloc[0]
+        lines += [f"## {task} ({metric}; majority class {_fmt(part['majority_baseline'].iloc[0])})", "",
+                  "| arm | rank | lr | trainable | seeds | best, mean [95% CI] | last, mean [95% CI] | s / step | peak GiB |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for _, r in part.iterrows():
+            rank = "" if pd.isna(r["rank"]) else str(int(r["rank"]))
+            lines.append(
+                f"| {r['arm']} | {rank} | {r['lr']:g} | {int(r['trainable_params']):,} | {int(r['seeds'])} | "
+                f"{_fmt(r['best_value_mean'])} [{_fmt(r['best_value_ci_lo'])}, {_fmt(r['best_value_ci_hi'])}] | "
+                f"{_fmt(r['last_value_mean'])} [{_fmt(r['last_value_ci_lo'])}, {_fmt(r['last_value_ci_hi'])}] | "
+                f"{_fmt(r['step_seconds_median'], '.4f')} | {_fmt(r['peak_memory_gib_max'], '.2f')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _claims(study: Study, final: pd.DataFrame, out: Path, n_null: int, note: Callable[[str], None]) -> list[Path]:
+    """One claims report per (task, TLoRA arm, LoRA arm, rank) with the replicate seeds of both."""
+    from ..report import write_report
+
+    written = []
+    done = final.dropna(subset=["best_value"])
+    for (task, rank), part in done.groupby(["task", "rank"], sort=True):
+        tlora_arms = part[part["method"] == "tlora"]["arm"].unique()
+        lora_arms = part[part["method"] == "lora"]["arm"].unique()
+        for t_arm in tlora_arms:
+            for l_arm in lora_arms:
+                folder = out / str(task) / f"{t_arm}-vs-{l_arm}-r{int(rank)}"
+                note(f"claims: {folder.relative_to(out)}")
+                runs = {arm: [Run(study.runs_dir / name) for name in part[part["arm"] == arm]["run"]]
+                        for arm in (t_arm, l_arm)}
+                written.append(write_report(runs[t_arm], runs[l_arm], folder, n_null=n_null))
+    return written
+
+
+def write_outputs(study: Study, results: pd.DataFrame, selection: pd.DataFrame, summary: pd.DataFrame,
+                  complete: bool, command: list[str], n_null: int = 2000,
+                  note: Callable[[str], None] = lambda _: None) -> Path:
+    """Write the tables, figures and claims reports; return results/index.md."""
+    from ..figures import save
+    from ..figures.study import band_curves, metric_vs_parameters
+
+    out = study.runs_dir.parent / "results"
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    for name, table in (("results.csv", results), ("selection.csv", selection), ("summary.csv", summary)):
+        atomic_write_bytes(out / name, table.to_csv(index=False).encode("utf-8"))
+    atomic_write_bytes(out / "summary.md", summary_markdown(summary, study, complete).encode("utf-8"))
+    final = results[results["phase"] == "final"]
+    figures = {}
+    if len(summary):
+        figures["metric_vs_parameters"] = metric_vs_parameters(summary)
+    metric = str(final["metric"].iloc[0]) if len(final) else "metric"
+    curves = validation_curves(final, study.runs_dir)
+    if len(curves):
+        figures["validation_curves"] = band_curves(curves, f"validation {metric}",
+                                                   "Validation metric over training: mean over seeds, band min–max")
+    for name, frame in tlora_dynamics(final, study.runs_dir).items():
+        label = {"alpha": "α (mean over matrices)", "fro_norm_B": "‖B‖_F (mean over matrices)"}[name]
+        figures[f"tlora_{name}"] = band_curves(frame, label, f"TLoRA's {label} over training, band over seeds")
+    for name, frame in reachable_dynamics(final, study.runs_dir).items():
+        label = {"enrichment": "LoRA's reachable fraction f / E f", "cosine_reachable": "cosine inside the set c_S"}[name]
+        figures[f"reachable_{name}"] = band_curves(frame, label, f"TLoRA's reachable set over training: {label} "
+                                                                 "(mean over matrices), band over seeds")
+    for name, fig in figures.items():
+        note(f"figure: {name}")
+        save(fig, out / "figures" / name)
+    reports = _claims(study, final, out / "claims", n_null, note)
+    index = [f"# {study.name}: results", "", f"Made by: `{shlex.join(command)}`", "",
+             "- [summary.md](summary.md), [summary.csv](summary.csv): mean and 95% interval over seeds",
+             "- [results.csv](results.csv): every run; [selection.csv](selection.csv): the learning-rate choice", ""]
+    index += [f"![{name}](figures/{name}.png)" for name in figures] + [""]
+    index += ["Claims reports (TLoRA vs LoRA, seeds as replicates):", ""]
+    index += [f"- [{p.parent.relative_to(out)}]({p.relative_to(out)})" for p in reports] + [""]
+    atomic_write_bytes(out / "index.md", "\n".join(index).encode("utf-8"))
+    return out / "index.md"
