@@ -156,3 +156,12 @@ def test_smoke_study_runs_end_to_end_and_continues(tmp_path):
     assert main(["study", str(folder / "study.toml"), "--phase", "final"]) == 0
     assert (runs / "lora-r4-s1" / "run.json").exists()
     assert (runs / "tlora-r4-s0" / "run.json").stat().st_mtime_ns == before  # finished runs are skipped
+
+
+def test_no_run_starts_after_the_deadline(tmp_path):
+    from tlora_analysis.study.execute import execute
+
+    study = load_study(_write(tmp_path, MINIMAL))
+    outcomes = execute(study, selection_runs(study)[:2], deadline=0.0, report=lambda _: None)
+    assert [o.status for o in outcomes] == ["postponed", "postponed"]
+    assert not (study.runs_dir / "select").exists()

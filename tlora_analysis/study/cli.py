@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import pandas as pd
 
@@ -20,6 +21,7 @@ def _run(args: argparse.Namespace) -> int:
     from .spec import load_study
 
     study = load_study(args.study)
+    deadline = None if args.stop_after is None else time.time() + 60 * args.stop_after
     index, count = parse_shard(args.shard)
     select = selection_runs(study)
     _say(f"study {study.name}: {len(study.tasks)} task(s), {len(study.arms)} arm(s), {len(select)} selection runs, "
@@ -30,7 +32,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.dry_run:
             print("\n".join(r.name for r in mine))
         else:
-            failed += [o for o in execute(study, mine, jobs=args.jobs, report=_say) if o.status == "failed"]
+            failed += [o for o in execute(study, mine, jobs=args.jobs, report=_say, deadline=deadline)
+                       if o.status == "failed"]
     selection = results_table(study.runs_dir, select)
     chosen, selection = choose_learning_rates(selection)
     groups = {(t, a.name, r) for t in study.tasks for a in study.arms for r in a.ranks if len(a.lrs) > 1}
@@ -43,7 +46,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.dry_run:
             print("\n".join(r.name for r in mine))
         else:
-            failed += [o for o in execute(study, mine, jobs=args.jobs, report=_say) if o.status == "failed"]
+            failed += [o for o in execute(study, mine, jobs=args.jobs, report=_say, deadline=deadline)
+                       if o.status == "failed"]
     if args.phase in ("all", "summarize") and not args.dry_run:
         results = pd.concat([selection.drop(columns="chosen"), results_table(study.runs_dir, final)],
                             ignore_index=True)
@@ -71,5 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", metavar="i/n", help="run every n-th planned run starting at the i-th (1-based)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process (default 1)")
     p.add_argument("--n-null", type=int, default=2000, help="null draws per layer in the claims reports")
+    p.add_argument("--stop-after", type=float, metavar="MINUTES",
+                   help="start no run after this many minutes (running ones finish); run again to continue")
     p.add_argument("--dry-run", action="store_true", help="list the runs this call would train, train nothing")
     p.set_defaults(func=_run)

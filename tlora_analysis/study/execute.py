@@ -32,7 +32,8 @@ _WEIGHT_DIRS = ("trainer_state", "adapter")
 
 @dataclass
 class RunOutcome:
-    """What happened to one planned run: "done" (trained now), "skipped" (finished before), "failed"."""
+    """What happened to one planned run: "done" (trained now), "skipped" (finished before), "failed",
+    "postponed" (not started before the deadline)."""
 
     run: PlannedRun
     status: str
@@ -88,8 +89,13 @@ def _worker(run: PlannedRun, study: Study, log: Path, threads: int) -> None:
 
 
 def execute(study: Study, runs: list[PlannedRun], jobs: int = 1,
-            report: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> list[RunOutcome]:
-    """Train every run of ``runs`` that is not finished; ``report`` receives one line per run with the ETA."""
+            report: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+            deadline: float | None = None) -> list[RunOutcome]:
+    """Train every run of ``runs`` that is not finished; ``report`` receives one line per run with the ETA.
+
+    No run starts after ``deadline`` (a ``time.time()`` value); those not started are "postponed",
+    and the same command continues them later.
+    """
     if jobs < 1:
         raise ValueError(f"jobs must be ≥ 1, got {jobs}")
     logs = study.runs_dir.parent / _LOGS
@@ -104,6 +110,8 @@ def execute(study: Study, runs: list[PlannedRun], jobs: int = 1,
     def attempt(run: PlannedRun) -> RunOutcome:
         log = logs / (run.name.replace("/", "__") + ".log")
         began = time.time()
+        if deadline is not None and began > deadline:
+            return RunOutcome(run, "postponed")
         try:
             if jobs == 1:
                 train_planned(_fields_for(run, study), study.keep_weights)
