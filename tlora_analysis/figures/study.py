@@ -14,15 +14,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ._frames import require_columns
-from .style import OKABE_ITO, method_color, new_figure, styled
+from .style import METHOD_COLORS, OKABE_ITO, method_color, new_figure, styled
 
 __all__ = ["metric_vs_parameters", "band_curves"]
 
 
 def _arm_colors(arms: Sequence[str], methods: dict[str, str]) -> dict[str, str]:
-    """One colour per arm: the method's colour for its first arm, then the palette for the others."""
+    """One colour per arm: the method's colour for its first arm, then colours no method uses."""
     colors, used = {}, set()
-    spare = iter(c for c in OKABE_ITO if c not in {method_color(m) for m in methods.values()})
+    spare = iter(c for c in OKABE_ITO if c not in set(METHOD_COLORS.values()))
     for arm in arms:
         base = method_color(methods[arm])
         colors[arm] = base if base not in used else next(spare, "0.4")
