@@ -179,7 +179,7 @@ def test_distributions_subsample_and_repeat_frozen_matrices(runs):
 def test_distributions_bad_input(runs):
     with pytest.raises(ValueError, match="no matrix 'C'"):
         analysis.distributions(runs["lora"], matrices=("C",))
-    with pytest.raises(ValueError, match="unknown matrix"):
+    with pytest.raises(ValueError, match="has no matrix .Q.; it has"):
         analysis.distributions(runs["tlora"], matrices=("Q",))
     with pytest.raises(ValueError, match="bins"):
         analysis.distributions(runs["tlora"], bins=0)
@@ -323,13 +323,18 @@ def test_merged_analyses_need_base_weights(runs):
 
 def test_selections(runs):
     run = runs["tlora"]
-    assert set(analysis.norms(run, layers="value$").module) == {"value"}
+    assert set(analysis.norms(run, layers="value").module) == {"value"}  # a bare string is one name
+    assert set(analysis.norms(run, layers="re:.*value").module) == {"value"}
     assert set(analysis.norms(run, layers=["layer.1.attention.self.query"]).layer) == {run.layers[2]}
+    with pytest.raises(analysis.SelectionError, match="matches no layer.*write 're:value\\$'"):
+        analysis.norms(run, layers="value$")  # a regex without re: is a name, and no layer has it
+    with pytest.raises(analysis.SelectionError, match="matches no layer"):
+        analysis.norms(run, layers="uery")  # whole components only: "uery" is no name's suffix
     assert sorted(set(analysis.norms(run, steps=2).step)) == run.steps[::2]
     assert sorted(set(analysis.norms(run, steps="last").step)) == [run.steps[-1]]
     assert sorted(set(analysis.norms(run, steps=[3, 1]).step)) == [1, 3]
     with pytest.raises(analysis.SelectionError, match="matches no layer"):
-        analysis.spectra(run, layers="key$")
+        analysis.spectra(run, layers="re:.*key")
     with pytest.raises(analysis.SelectionError, match="matches no layer"):
         analysis.spectra(run, layers=["dense"])
     with pytest.raises(analysis.SelectionError, match="not recorded"):

@@ -92,7 +92,7 @@ def test_seeded_and_bad_input(runs):
     b = analysis.reachable(runs["tlora"], runs["lora"], steps="last", n_null=100, seed=2)
     c = analysis.reachable(runs["tlora"], runs["lora"], steps="last", n_null=100, seed=3)
     assert a.equals(b) and not a["p_cosine_reachable"].equals(c["p_cosine_reachable"])
-    with pytest.raises(ValueError, match="needs a TLoRA run first"):
+    with pytest.raises(ValueError, match="needs first a run whose update is confined.*pass it second"):
         analysis.reachable(runs["lora"], runs["tlora"])
     with pytest.raises(ValueError, match="n_null"):
         analysis.reachable(runs["tlora"], runs["lora"], n_null=0)

@@ -179,7 +179,7 @@ def outcome_table(runs: Sequence[RunLike], metric: str = "accuracy", split: str 
 def _dense_pair(run: Run, layer: str, step: int, construction: str) -> np.ndarray:
     update = run.update(layer, step)
     if construction == "paper_faithful":
-        update = paper_faithful_update(update, run.method)
+        update = paper_faithful_update(update, run.spec)
     return update.dense()
 
 

@@ -27,9 +27,8 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..adapters import adapter_config, count_parameters, tracked_linears
-from ..adapters.tlora import TLoRALinear
-from ..adapters.lora import LoRALinear
+from ..adapters import adapter_config, count_parameters, spec_of, tracked_linears
+from ..adapters.io import frozen_prefix
 from ..store.format import BASE_WEIGHT_KEY, RUN_FORMAT, RUN_JSON, SCHEMA_VERSION, tensor_key
 from ..store.writer import RunWriter, json_safe
 from .background import BackgroundWriter
@@ -111,8 +110,11 @@ class SnapshotRecorder:
         if self.config is None or not self.layers:
             raise ValueError(
                 "this model has no adapters to record; call apply_adapters(model, TLoRAConfig(...)) "
-                "(or LoRAConfig / FullConfig) before creating the recorder"
+                "(or another method's config: LoRAConfig, FullConfig, VeRAConfig, LoRAXSConfig) before creating "
+                "the recorder"
             )
+        self.spec = spec_of(self.config)
+        self._infos = {n: self.spec.layer_info(m) for n, m in self.layers.items()}
         self.schedule = as_schedule(schedule).bind(total_steps)
         self.schedule.includes(0)  # a LogSpaced schedule without total_steps fails here, not mid-training
         self.total_steps = total_steps
@@ -157,21 +159,22 @@ class SnapshotRecorder:
         return self.config.method
 
     def _snapshot_tensors(self) -> dict[str, torch.Tensor]:
-        if self.method == "full":
-            return {tensor_key(n, "weight"): m.weight for n, m in self.layers.items()}
-        return {tensor_key(n, k): t for n, layer in self.layers.items() for k, t in layer.trainable_state().items()}
+        spec = self.spec
+        return {tensor_key(n, k): t for n, module in self.layers.items() for k, t in spec.trainable_state(module).items()}
 
     def _frozen_tensors(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for name, layer in self.layers.items():
-            if self.method != "full":
-                out.update({tensor_key(name, k): t for k, t in layer.frozen_state().items()})
-                if self.store_base_weights:
-                    out[tensor_key(name, BASE_WEIGHT_KEY)] = layer.base_layer.weight
+        """Each layer's frozen tensors (once per shared group) and, when stored, W0 (a method whose trained
+        tensor is the weight itself has W0 in its step-0 snapshot instead)."""
+        spec, out = self.spec, {}
+        for name, module in self.layers.items():
+            prefix = frozen_prefix(name, self._infos[name])
+            out.update({tensor_key(prefix, k): t for k, t in spec.frozen_state(module).items()})
+            if self.store_base_weights and spec.weight_key is None:
+                out[tensor_key(name, BASE_WEIGHT_KEY)] = module.base_layer.weight
         return {k: v.detach().cpu() for k, v in out.items()}
 
     def _warn_if_dense(self) -> None:
-        if self.method != "full":
+        if self.spec.weight_key is None:
             return
         size = sum(m.weight.numel() * m.weight.element_size() for m in self.layers.values())
         if size > DENSE_WARN_BYTES:
@@ -179,14 +182,6 @@ class SnapshotRecorder:
                 f"full fine-tuning snapshots are dense: {size / 2**20:.0f} MiB each for {len(self.layers)} layers. "
                 "Use a sparser schedule (LogSpaced) or fewer target_modules to save disk", stacklevel=3,
             )
-
-    def _layer_info(self, name: str, module: nn.Module) -> dict[str, Any]:
-        info: dict[str, Any] = {"shape": [module.out_features, module.in_features], "dtype": str(module.weight.dtype).removeprefix("torch.")}
-        if isinstance(module, TLoRALinear):
-            info["fingerprints"] = module.fingerprints
-        if isinstance(module, LoRALinear):
-            info["rank"], info["scaling"] = module.rank, module.scaling
-        return info
 
     def _header(self, run_info: dict[str, Any]) -> dict[str, Any]:
         counts = count_parameters(self.model)
@@ -203,7 +198,7 @@ class SnapshotRecorder:
             "method": self.method,
             "adapter_config": self.config.to_dict(),
             "rank": getattr(self.config, "rank", None),
-            "layers": {n: self._layer_info(n, m) for n, m in self.layers.items()},
+            "layers": self._infos,
             "parameters": {"trainable": counts.trainable, "frozen": counts.frozen, "total": counts.total,
                            "adapter_buffers": counts.adapter_buffers},
             "store_base_weights": self.store_base_weights,

@@ -1,0 +1,56 @@
+"""Full fine-tuning as a method: every (or every selected) parameter trains; ΔW = W_t − W0, dense.
+
+No layer is added to the model: the recorder tracks plain ``nn.Linear`` layers (the targets, or
+the ``track_modules`` given), snapshots hold their dense weights, and W0 is step 0's weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from ..names import NameSelection
+from .config import AdapterConfig, module_patterns, target_patterns
+from .spec import BASE_WEIGHT, Factors, MethodSpec, RunnerOptions, StoredTensor
+
+__all__ = ["FullConfig", "SPEC"]
+
+
+@dataclass(frozen=True)
+class FullConfig(AdapterConfig):
+    """Full fine-tuning: every parameter trains (target_modules=None) or only the selected modules.
+
+    The tracked layers (for snapshots and ΔW = W_t − W0) are the ``track_modules`` when given
+    (e.g. the layers the adapters of the runs compared with it adapt: a dense snapshot of every
+    layer is large), else the targeted ``nn.Linear`` modules, or every ``nn.Linear`` when
+    target_modules is None. modules_to_save: as for :class:`~tlora_analysis.adapters.tlora.TLoRAConfig`.
+    """
+
+    method: str = field(init=False, default="full")
+    target_modules: NameSelection | None = None
+    modules_to_save: NameSelection | None = None
+    track_modules: NameSelection | None = None
+
+    def __post_init__(self) -> None:
+        self._set("target_modules", target_patterns(self.target_modules, allow_none=True))
+        self._set("track_modules", target_patterns(self.track_modules, "track_modules", allow_none=True))
+        self._set("modules_to_save", module_patterns(self.modules_to_save))
+
+
+def full_factors(t: Mapping[str, torch.Tensor], info: Mapping[str, Any]) -> Factors:
+    """ΔW = W_t − W0, dense (as the core, with identities on either side)."""
+    return Factors(None, t["weight"] - t[BASE_WEIGHT], None, 1.0)
+
+
+def _runner_config(o: RunnerOptions) -> FullConfig:
+    # every parameter trains; the layers the adapters would adapt are the ones recorded (dense snapshots)
+    return FullConfig(track_modules=o.targets, modules_to_save=o.modules_to_save)
+
+
+SPEC = MethodSpec(
+    name="full", label="Full FT", config_class=FullConfig, layer_class=None,
+    tensors=(StoredTensor("weight", None, False, lambda out, inn, r: (out, inn)),),
+    factors=full_factors, runner_config=_runner_config, weight_key="weight",
+)
