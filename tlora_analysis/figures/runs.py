@@ -4,8 +4,8 @@
   ``parameters`` and ``run.metrics``, with ``run`` and ``method`` columns.
 - :func:`difference_table`: the entries of ΔW_LoRA − ΔW_TLoRA for one layer, in the corrected
   construction and the paper-faithful one (transposed, LoRA scale dropped), for paper figure 9.
-- :class:`RunRoles`: which run is the TLoRA run, the LoRA run, the full fine-tuning run, read
-  from each run's ``run.json``.
+- :class:`RunRoles`: which run is the TLoRA run, the LoRA run, the full fine-tuning run (or any
+  registered method's run), read from each run's ``run.json``.
 """
 
 from __future__ import annotations
@@ -69,6 +69,10 @@ class RunRoles:
     @classmethod
     def from_paths(cls, runs: Iterable[RunLike]) -> "RunRoles":
         return cls([as_run(r) for r in runs])
+
+    def of(self, method: str) -> Run | None:
+        """The main run of a method (None when no run has it)."""
+        return self.by_method.get(method)
 
     @property
     def tlora(self) -> Run | None:

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from ._frames import pick_layer, pick_step, require_columns, short_module
-from .style import SEQUENTIAL_CMAP, method_color, method_label, new_figure, styled
+from .style import SEQUENTIAL_CMAP, method_color, method_label, method_order, new_figure, styled
 
 __all__ = ["eigenvalue_densities", "singular_value_spectra"]
 
@@ -67,9 +67,7 @@ def _counts(ax: Axes, counts: dict[str, int]) -> None:
 
 
 def _methods(frame: pd.DataFrame) -> list[str]:
-    order = ["tlora", "lora", "full"]
-    present = list(dict.fromkeys(frame["method"].astype(str)))
-    return [m for m in order if m in present] + [m for m in present if m not in order]
+    return method_order(frame["method"].astype(str))
 
 
 @styled

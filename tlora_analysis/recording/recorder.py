@@ -124,7 +124,8 @@ class SnapshotRecorder:
             raise ValueError(f"run_info may not set {sorted(unknown)}: the recorder writes those itself")
         if store_base_weights is None:
             store_base_weights = count_parameters(self.model).total < BASE_WEIGHTS_MAX_PARAMS
-        self.store_base_weights = bool(store_base_weights)
+        # a method whose trained tensor is the weight itself has W0 in its step-0 snapshot instead
+        self.store_base_weights = bool(store_base_weights) and self.spec.weight_key is None
         self.is_writer = process_rank() == 0
         self.epoch: float | None = None
         self._hook = None
@@ -169,7 +170,7 @@ class SnapshotRecorder:
         for name, module in self.layers.items():
             prefix = frozen_prefix(name, self._infos[name])
             out.update({tensor_key(prefix, k): t for k, t in spec.frozen_state(module).items()})
-            if self.store_base_weights and spec.weight_key is None:
+            if self.store_base_weights:
                 out[tensor_key(name, BASE_WEIGHT_KEY)] = module.base_layer.weight
         return {k: v.detach().cpu() for k, v in out.items()}
 
