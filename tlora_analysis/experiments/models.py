@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..adapters.inject import head_module_names
+from ..names import REGEX_PREFIX, as_patterns, looks_like_regex, unmatched
 from .bundled import BUNDLED_MODEL_NAME, bundled_model_dir
 
 __all__ = [
@@ -157,30 +158,22 @@ def load_model(
 
 
 def check_targets(model: nn.Module, targets: str | Sequence[str]) -> None:
-    """Raise :class:`UnknownTargetError` naming close module names when a target matches nothing."""
+    """Raise :class:`UnknownTargetError` naming close module names when a target pattern matches nothing."""
     names = [n for n, _ in model.named_modules() if n]
     suffixes = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-    entries = [targets] if isinstance(targets, str) else list(targets)
-    for entry in entries:
-        if isinstance(targets, str) or entry.startswith("re:"):
-            pattern = entry[3:] if entry.startswith("re:") else entry
-            try:
-                compiled = re.compile(pattern)
-            except re.error as exc:
-                raise UnknownTargetError(f"target {entry!r} is not a valid regular expression ({exc}); write a "
-                                         f"module name such as 'query', or fix the pattern after 're:'") from exc
-            if any(compiled.fullmatch(n) for n in names):
-                continue
-            candidates = difflib.get_close_matches(pattern, names, n=5, cutoff=0.5)
-        else:
-            if any(n == entry or n.endswith("." + entry) for n in names):
-                continue
-            candidates = difflib.get_close_matches(entry, suffixes, n=5, cutoff=0.5) or \
-                difflib.get_close_matches(entry, names, n=5, cutoff=0.5)
+    try:
+        patterns = as_patterns(targets, "targets")
+    except ValueError as exc:
+        raise UnknownTargetError(str(exc)) from exc
+    for entry in unmatched(names, patterns):
+        bare = entry.removeprefix(REGEX_PREFIX)
+        candidates = difflib.get_close_matches(bare, suffixes, n=5, cutoff=0.5) or \
+            difflib.get_close_matches(bare, names, n=5, cutoff=0.5)
         close = f"close names: {candidates}" if candidates else "no close name"
+        hint = f"; as a regular expression write 're:{entry}'" if looks_like_regex(entry) else ""
         raise UnknownTargetError(
             f"target {entry!r} matches no module of {type(model).__name__} ({close}); "
-            f"linear layers here are named {suffixes}"
+            f"linear layers here are named {suffixes}{hint}"
         )
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..analysis.merged import paper_faithful_update
 from ..store import Run
+from ._frames import one_layer
 
 __all__ = ["as_run", "RunRoles", "parameter_table", "metrics_table", "outcome_table", "difference_table",
            "selection_metric", "majority_baseline", "loss_name", "headline_table"]
@@ -196,7 +197,7 @@ def difference_table(
 ) -> pd.DataFrame:
     """Entries of ΔW_LoRA − ΔW_TLoRA of one layer (W0 cancels in the merged difference).
 
-    ``layer``: a name or unique suffix present in both runs (default: the first common layer,
+    ``layer``: a name pattern (tlora_analysis.names) selecting one layer both runs have (default: the first common layer,
     the paper's layer 0 query). ``step``: "last" takes each run's last recorded step; an int
     must be recorded in both. "paper_faithful" needs a square layer and is left out otherwise.
     """
@@ -204,13 +205,7 @@ def difference_table(
     common = [n for n in tlora.layers if n in set(lora.layers)]
     if not common:
         raise ValueError(f"{lora.name} and {tlora.name} share no adapted layer")
-    if layer is None:
-        chosen = common[0]
-    else:
-        hits = [n for n in common if n == layer or n.endswith(layer)]
-        if len(hits) != 1:
-            raise ValueError(f"layer {layer!r} matches {len(hits)} common layers; give one of {common}")
-        chosen = hits[0]
+    chosen = one_layer(common, layer)
     steps = (lora.steps[-1], tlora.steps[-1]) if step == "last" else (int(step), int(step))
     unknown = [c for c in constructions if c not in ("paper_faithful", "corrected")]
     if unknown:

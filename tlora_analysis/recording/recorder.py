@@ -58,6 +58,30 @@ def process_rank() -> int:
     return 0
 
 
+def _check_arguments(run_dir: Any, total_steps: Any, run_info: Any, store_base_weights: Any, overwrite: Any,
+                     resume: Any, start_step: Any, background: Any, max_pending: Any) -> None:
+    """The recorder's arguments, checked before the model is read or a file is touched (docs/parameters.md)."""
+    if not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir):
+        raise TypeError(f"run_dir must be a folder path (str or Path), got {run_dir!r}")
+    for name, value in (("overwrite", overwrite), ("resume", resume), ("background", background)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    if store_base_weights is not None and not isinstance(store_base_weights, bool):
+        raise TypeError(f"store_base_weights must be True, False or None (stored below 1e9 parameters), got "
+                        f"{store_base_weights!r}")
+    for name, value, low in (("total_steps", total_steps, 1), ("start_step", start_step, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"{name} must be None or an int ≥ {low}, got {value!r}")
+    if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+        raise ValueError(f"max_pending must be an int ≥ 1 (snapshots waiting for the writer), got {max_pending!r}")
+    if run_info is not None and not isinstance(run_info, Mapping):
+        raise TypeError(f"run_info must be a mapping of extra run.json entries, e.g. {{'task': 'mrpc'}}; got "
+                        f"{type(run_info).__name__}")
+    unknown = set(run_info or {}) & _RESERVED
+    if unknown:
+        raise ValueError(f"run_info may not set {sorted(unknown)}: the recorder writes those itself")
+
+
 def _git_revision() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -104,6 +128,8 @@ class SnapshotRecorder:
         background: bool = True,
         max_pending: int = 16,
     ) -> None:
+        _check_arguments(run_dir, total_steps, run_info, store_base_weights, overwrite, resume, start_step, background,
+                         max_pending)
         self.model = unwrap_model(model)
         self.config = adapter_config(self.model)
         self.layers = tracked_linears(self.model) if self.config is not None else {}
@@ -119,9 +145,6 @@ class SnapshotRecorder:
         self.schedule.includes(0)  # a LogSpaced schedule without total_steps fails here, not mid-training
         self.total_steps = total_steps
         self.run_dir = Path(run_dir)
-        unknown = set(run_info or {}) & _RESERVED
-        if unknown:
-            raise ValueError(f"run_info may not set {sorted(unknown)}: the recorder writes those itself")
         if store_base_weights is None:
             store_base_weights = count_parameters(self.model).total < BASE_WEIGHTS_MAX_PARAMS
         # a method whose trained tensor is the weight itself has W0 in its step-0 snapshot instead
