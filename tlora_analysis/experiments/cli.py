@@ -42,7 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         argument_default=_SUPPRESS,
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="a bundle of hyperparameters ('paper': shared/PAPER.md §2); flags given override it")
+                   help="a bundle of hyperparameters ('paper': docs/paper.md); flags given override it")
+    for add in (_what_to_train, _data, _optimisation, _recording):
+        add(p)
+    p.set_defaults(func=_run)
+
+
+def _what_to_train(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to train")
     g.add_argument("--method", choices=METHODS, help="default tlora")
     g.add_argument("--model", help="model folder or hub id (default: the bundled all-MiniLM-L6-v2)")
@@ -54,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lora-alpha", type=positive_float, help="LoRA's alpha; scaling = alpha / rank (default 16)")
     g.add_argument("--dropout", type=float, help="adapter dropout in [0, 1) (default: TLoRA 0.5 on the output, others 0)")
     g.add_argument("--tlora-init", choices=("paper", "gaussian", "orthogonal"), help="init of TLoRA's frozen A, C")
+
+
+def _data(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("data")
     d.add_argument("--task", help="rotten_tomatoes (bundled default), sst2, mrpc, rte, qnli, cola, stsb, mnli, or local")
     d.add_argument("--data-dir", help="a GLUE task folder in the original TSV layout (train.tsv, dev.tsv)")
@@ -68,6 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--max-train-examples", type=positive_int, help="a seeded subset of the training set")
     d.add_argument("--max-eval-examples", type=positive_int,
                    help="a subset of the validation (and test) set, seeded by --split-seed: the same for every --seed")
+
+
+def _optimisation(p: argparse.ArgumentParser) -> None:
     o = p.add_argument_group("optimisation")
     o.add_argument("--seed", type=int, help="seeds data order, dropout, adapter and head init (default 0)")
     o.add_argument("--epochs", type=positive_float, help="default 3 (paper 30)")
@@ -79,6 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--warmup-ratio", type=float, help="linear warmup fraction, then linear decay (default 0.06)")
     o.add_argument("--precision", choices=PRECISIONS, help="default fp32")
     o.add_argument("--device", help="auto (CUDA if present), cpu, cuda, cuda:1")
+
+
+def _recording(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("recording")
     r.add_argument("--run-dir", help="where the run goes (default runs/<task>-<method>-r<rank>-s<seed>)")
     r.add_argument("--snapshots", help="every:N, log:K or a comma list of steps (default log:20)")
@@ -95,4 +110,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars (the data sizes, warnings and the summary are still printed)")
     r.add_argument("--quiet", dest="verbose", action="store_false", help="print nothing but errors")
-    p.set_defaults(func=_run)

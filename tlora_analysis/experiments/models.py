@@ -1,6 +1,6 @@
 """Models: the bundled MiniLM, a local Hugging Face folder, or a hub id; head modes; target checks.
 
-Head modes (shared/PAPER.md §2 supports both):
+Head modes (the paper's setup uses both, docs/paper.md):
 - ``"fresh"``: a newly initialised classification head with the task's number of labels,
   trained next to the adapter (PEFT's ``modules_to_save=["classifier"]``).
 - ``"frozen"``: the checkpoint's head is kept and frozen; labels index its logits (the paper
@@ -132,20 +132,7 @@ def load_model(
         raise UnknownModelError(f"could not load the weights of {target!r} ({exc}); give a Hugging Face model "
                                 f"folder with model.safetensors") from exc
     heads = head_module_names(model)
-    note = None
-    missing = [k for k in info.get("missing_keys", []) if k.split(".")[0] in heads]
-    if head == "frozen" and missing:
-        note = (f"the checkpoint has no trained classification head ({', '.join(missing[:2])} newly initialised) and "
-                f"--head frozen keeps that random head frozen: the model can only learn through the adapter into "
-                f"a random readout. Use --head fresh to train the head")
-        warnings.warn(note, stacklevel=2)
-        print(f"WARNING  {note}", file=sys.stderr, flush=True)
-    if head == "fresh":
-        if not heads:
-            raise ValueError(f"{type(model).__name__} has no 'classifier' or 'score' head to train; use head='frozen'")
-        torch.manual_seed(seed)
-        for name in heads:
-            model.get_submodule(name).apply(model._init_weights)
+    note = _set_up_head(model, heads, head, info.get("missing_keys", []), seed)
     try:
         tokenizer = AutoTokenizer.from_pretrained(target)
     except (OSError, ValueError, TypeError) as exc:
@@ -155,6 +142,26 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(model, tokenizer, identity, target, head, heads, note)
+
+
+def _set_up_head(model: nn.Module, heads: tuple[str, ...], head: str, missing_keys: Sequence[str],
+                 seed: int) -> str | None:
+    """A fresh head initialised from ``seed``; for a kept head that the checkpoint lacks, the warning note."""
+    missing = [k for k in missing_keys if k.split(".")[0] in heads]
+    if head == "frozen" and missing:
+        note = (f"the checkpoint has no trained classification head ({', '.join(missing[:2])} newly initialised) and "
+                f"--head frozen keeps that random head frozen: the model can only learn through the adapter into "
+                f"a random readout. Use --head fresh to train the head")
+        warnings.warn(note, stacklevel=3)
+        print(f"WARNING  {note}", file=sys.stderr, flush=True)
+        return note
+    if head == "fresh":
+        if not heads:
+            raise ValueError(f"{type(model).__name__} has no 'classifier' or 'score' head to train; use head='frozen'")
+        torch.manual_seed(seed)
+        for name in heads:
+            model.get_submodule(name).apply(model._init_weights)
+    return None
 
 
 def check_targets(model: nn.Module, targets: str | Sequence[str]) -> None:

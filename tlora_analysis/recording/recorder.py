@@ -40,6 +40,8 @@ __all__ = ["SnapshotRecorder", "DENSE_WARN_BYTES", "BASE_WEIGHTS_MAX_PARAMS"]
 DENSE_WARN_BYTES = 512 * 2**20  # warn when one full-fine-tuning snapshot exceeds this
 BASE_WEIGHTS_MAX_PARAMS = 1_000_000_000  # store W0 by default below this model size
 
+_NOT_ADAPTED = ("this model has no adapters to record; call apply_adapters(model, TLoRAConfig(...)) (or another "
+                "method's config: LoRAConfig, FullConfig, VeRAConfig, LoRAXSConfig) before creating the recorder")
 _RESERVED = {"format", "schema_version", "method", "adapter_config", "rank", "layers", "parameters",
              "store_base_weights", "schedule", "created", "created_unix", "status", "package_version"}
 
@@ -134,11 +136,7 @@ class SnapshotRecorder:
         self.config = adapter_config(self.model)
         self.layers = tracked_linears(self.model) if self.config is not None else {}
         if self.config is None or not self.layers:
-            raise ValueError(
-                "this model has no adapters to record; call apply_adapters(model, TLoRAConfig(...)) "
-                "(or another method's config: LoRAConfig, FullConfig, VeRAConfig, LoRAXSConfig) before creating "
-                "the recorder"
-            )
+            raise ValueError(_NOT_ADAPTED)
         self.spec = spec_of(self.config)
         self._infos = {n: self.spec.layer_info(m) for n, m in self.layers.items()}
         self.schedule = as_schedule(schedule).bind(total_steps)
@@ -163,7 +161,11 @@ class SnapshotRecorder:
             self.step = start_step or 0
             return
         self._warn_if_dense()
-        header = self._header(dict(run_info or {}))
+        self._open(self._header(dict(run_info or {})), overwrite, resume, start_step)
+        self._thread = BackgroundWriter(max_pending) if background else None
+
+    def _open(self, header: dict[str, Any], overwrite: bool, resume: bool, start_step: int | None) -> None:
+        """Continue the run in run_dir (resume) or create it with its frozen file and step 0."""
         if resume and (self.run_dir / RUN_JSON).is_file() and not overwrite:
             self._writer = RunWriter.resume(self.run_dir, header, start_step)
             self._recorded = list(self._writer.recorded_steps)
@@ -175,7 +177,6 @@ class SnapshotRecorder:
             )
             self._recorded = [0]
         self._created_unix = float(self._writer.header["created_unix"])
-        self._thread = BackgroundWriter(max_pending) if background else None
 
     # ------------------------------------------------------------------ what is recorded
     @property
