@@ -100,3 +100,20 @@ def test_the_train_command_names_bad_values_before_loading_anything(tmp_path, ca
         assert main(argv) == 1
     assert words in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_docs_list_every_public_parameter():
+    """docs/parameters.md names each field of TrainConfig and of every method's config, and each recorder argument."""
+    import dataclasses
+    import inspect
+    from pathlib import Path
+
+    from tlora_analysis.adapters import METHODS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "parameters.md").read_text()
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for spec in METHODS.values():
+        fields |= {f.name for f in dataclasses.fields(spec.config_class) if f.init}
+    fields |= set(inspect.signature(SnapshotRecorder).parameters)
+    missing = sorted(f for f in fields if f"`{f}`" not in text)
+    assert not missing, f"docs/parameters.md does not list {missing}"

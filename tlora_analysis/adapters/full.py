@@ -17,6 +17,8 @@ from .spec import BASE_WEIGHT, Factors, MethodSpec, RunnerOptions, StoredTensor
 
 __all__ = ["FullConfig", "SPEC"]
 
+NAME = "full"  # the method's registered name (run.json's "method", --method)
+
 
 @dataclass(frozen=True)
 class FullConfig(AdapterConfig):
@@ -28,7 +30,7 @@ class FullConfig(AdapterConfig):
     target_modules is None. modules_to_save: as for :class:`~tlora_analysis.adapters.tlora.TLoRAConfig`.
     """
 
-    method: str = field(init=False, default="full")
+    method: str = field(init=False, default=NAME)
     target_modules: NameSelection | None = None
     modules_to_save: NameSelection | None = None
     track_modules: NameSelection | None = None
@@ -50,7 +52,7 @@ def _runner_config(o: RunnerOptions) -> FullConfig:
 
 
 SPEC = MethodSpec(
-    name="full", label="Full FT", config_class=FullConfig, layer_class=None,
+    name=NAME, label="Full FT", config_class=FullConfig, layer_class=None,
     tensors=(StoredTensor("weight", None, False, lambda out, inn, r: (out, inn)),),
     factors=full_factors, runner_config=_runner_config, weight_key="weight",
 )

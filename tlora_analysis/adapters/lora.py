@@ -17,6 +17,8 @@ from .spec import Factors, MethodSpec, RunnerOptions, StoredTensor
 
 __all__ = ["LoRAConfig", "LoRALinear", "SPEC"]
 
+NAME = "lora"  # the method's registered name (run.json's "method", --method)
+
 
 @dataclass(frozen=True)
 class LoRAConfig(AdapterConfig):
@@ -27,7 +29,7 @@ class LoRAConfig(AdapterConfig):
     classification head trains).
     """
 
-    method: str = field(init=False, default="lora")
+    method: str = field(init=False, default=NAME)
     rank: int = 8
     target_modules: NameSelection = ("query", "value")
     lora_alpha: float | None = None
@@ -55,7 +57,7 @@ class LoRAConfig(AdapterConfig):
 class LoRALinear(AdaptedLinear):
     """``lora_A`` (r × in, Kaiming-uniform a=√5 like PEFT) and ``lora_B`` (out × r, zeros)."""
 
-    method = "lora"
+    method = NAME
 
     def __init__(self, base_layer: nn.Linear, layer_name: str, config: LoRAConfig,
                  shared: dict[str, Any] | None = None) -> None:
@@ -92,7 +94,7 @@ def _runner_config(o: RunnerOptions) -> LoRAConfig:
 
 
 SPEC = MethodSpec(
-    name="lora", label="LoRA", config_class=LoRAConfig, layer_class=LoRALinear,
+    name=NAME, label="LoRA", config_class=LoRAConfig, layer_class=LoRALinear,
     tensors=(StoredTensor("lora_A", "A", False, lambda out, inn, r: (r, inn)),
              StoredTensor("lora_B", "B", False, lambda out, inn, r: (out, r))),
     factors=lora_factors, runner_config=_runner_config, fixed_scale=True,

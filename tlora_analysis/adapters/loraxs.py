@@ -25,6 +25,8 @@ from .spec import Factors, MethodSpec, RunnerOptions, StoredTensor, fingerprints
 
 __all__ = ["LoRAXSConfig", "LoRAXSLinear", "SPEC", "svd_factors"]
 
+NAME = "lora-xs"  # the method's registered name (run.json's "method", --method)
+
 
 @dataclass(frozen=True)
 class LoRAXSConfig(AdapterConfig):
@@ -34,7 +36,7 @@ class LoRAXSConfig(AdapterConfig):
     modules_to_save: as for :class:`~tlora_analysis.adapters.tlora.TLoRAConfig`.
     """
 
-    method: str = field(init=False, default="lora-xs")
+    method: str = field(init=False, default=NAME)
     rank: int = 16
     target_modules: NameSelection = ("query", "value")
     seed: int = 0
@@ -62,7 +64,7 @@ def svd_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Te
 class LoRAXSLinear(AdaptedLinear):
     """A frozen linear layer plus A R B with A, B frozen (W0's top-r SVD) and R trainable."""
 
-    method = "lora-xs"
+    method = NAME
 
     def __init__(self, base_layer: nn.Linear, layer_name: str, config: LoRAXSConfig,
                  shared: dict[str, Any] | None = None) -> None:
@@ -104,7 +106,7 @@ def _runner_config(o: RunnerOptions) -> LoRAXSConfig:
 
 
 SPEC = MethodSpec(
-    name="lora-xs", label="LoRA-XS", config_class=LoRAXSConfig, layer_class=LoRAXSLinear,
+    name=NAME, label="LoRA-XS", config_class=LoRAXSConfig, layer_class=LoRAXSLinear,
     tensors=(StoredTensor("loraxs_A", "A", True, lambda out, inn, r: (out, r)),
              StoredTensor("loraxs_R", "R", False, lambda out, inn, r: (r, r)),
              StoredTensor("loraxs_B", "B", True, lambda out, inn, r: (r, inn))),

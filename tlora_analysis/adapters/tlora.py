@@ -24,6 +24,8 @@ from .spec import Factors, MethodSpec, RunnerOptions, StoredTensor, fingerprints
 
 __all__ = ["IMPLEMENTATIONS", "SPEC", "TLoRAConfig", "TLoRALinear", "init_frozen_factors"]
 
+NAME = "tlora"  # the method's registered name (run.json's "method", --method)
+
 INITS = ("paper", "gaussian", "orthogonal")
 
 
@@ -40,7 +42,7 @@ class TLoRAConfig(AdapterConfig):
     ``()`` keeps it frozen (the paper's setup); a list names the modules to train.
     """
 
-    method: str = field(init=False, default="tlora")
+    method: str = field(init=False, default=NAME)
     rank: int = 32
     target_modules: NameSelection = ("query", "value")
     seed: int = 0
@@ -90,7 +92,7 @@ def init_frozen_factors(
 class TLoRALinear(AdaptedLinear):
     """A frozen linear layer plus α·(A B C)ᵀ with A, C frozen buffers and B, α trainable."""
 
-    method = "tlora"
+    method = NAME
 
     def __init__(self, base_layer: nn.Linear, layer_name: str, config: TLoRAConfig,
                  shared: dict[str, Any] | None = None) -> None:
@@ -187,7 +189,7 @@ def _runner_config(o: RunnerOptions) -> TLoRAConfig:
 
 
 SPEC = MethodSpec(
-    name="tlora", label="TLoRA", config_class=TLoRAConfig, layer_class=TLoRALinear,
+    name=NAME, label="TLoRA", config_class=TLoRAConfig, layer_class=TLoRALinear,
     tensors=(StoredTensor("tlora_A", "A", True, lambda out, inn, r: (inn, r)),
              StoredTensor("tlora_B", "B", False, lambda out, inn, r: (r, r)),
              StoredTensor("tlora_C", "C", True, lambda out, inn, r: (r, out)),

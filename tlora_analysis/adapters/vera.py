@@ -25,6 +25,8 @@ from .spec import Factors, MethodSpec, RunnerOptions, StoredTensor, fingerprints
 
 __all__ = ["VeRAConfig", "VeRALinear", "VeRAProjections", "SPEC"]
 
+NAME = "vera"  # the method's registered name (run.json's "method", --method)
+
 
 @dataclass(frozen=True)
 class VeRAConfig(AdapterConfig):
@@ -36,7 +38,7 @@ class VeRAConfig(AdapterConfig):
     PEFT's ``vera_dropout``. modules_to_save: as for :class:`~tlora_analysis.adapters.tlora.TLoRAConfig`.
     """
 
-    method: str = field(init=False, default="vera")
+    method: str = field(init=False, default=NAME)
     rank: int = 256
     target_modules: NameSelection = ("query", "value")
     seed: int = 0
@@ -79,7 +81,7 @@ class VeRAProjections(nn.Module):
 class VeRALinear(AdaptedLinear):
     """A frozen linear layer plus diag(b) B diag(d) A, with A, B shared per shape and d, b trainable."""
 
-    method = "vera"
+    method = NAME
 
     def __init__(self, base_layer: nn.Linear, layer_name: str, config: VeRAConfig,
                  shared: dict[str, Any] | None = None) -> None:
@@ -138,7 +140,7 @@ def _runner_config(o: RunnerOptions) -> VeRAConfig:
 
 
 SPEC = MethodSpec(
-    name="vera", label="VeRA", config_class=VeRAConfig, layer_class=VeRALinear,
+    name=NAME, label="VeRA", config_class=VeRAConfig, layer_class=VeRALinear,
     tensors=(StoredTensor("vera_A", "A", True, lambda out, inn, r: (r, inn)),
              StoredTensor("vera_B", "B", True, lambda out, inn, r: (out, r)),
              StoredTensor("vera_lambda_d", "d", False, lambda out, inn, r: (r,)),

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Draw every figure the runs support (TLoRA, LoRA and full runs are told apart by run.json) "
                     "as PDF + PNG, with index.md / index.html. Figures the runs cannot support are skipped "
                     "with the reason.")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (TLoRA, LoRA, full; more seeds allowed)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories of any method (TLoRA, LoRA, full, VeRA, LoRA-XS; more seeds allowed)")
     p.add_argument("-o", "--output", default=DEFAULT_OUTPUT, metavar="DIR",
                    help=f"folder for the figures and the index (default: ./{DEFAULT_OUTPUT})")
     p.add_argument("--only", nargs="+", metavar="NAME", help="draw only these figures (file stems, e.g. fig03_loss)")
