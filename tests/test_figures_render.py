@@ -99,7 +99,7 @@ def test_difference_table_constructions(runs):
     paper = table[table["construction"] == "paper_faithful"].sort_values(["out_index", "in_index"])
     expected_paper = (lora.dense() / lora.scale).T - tlora.dense().T  # transposed, LoRA scale dropped
     assert paper["difference"].to_numpy() == pytest.approx(expected_paper.ravel())
-    with pytest.raises(ValueError, match="matches 0 common layers"):
+    with pytest.raises(ValueError, match="layer .nope. matches 0 layers"):
         difference_table(runs["lora"], runs["tlora"], layer="nope")
 
 

@@ -139,12 +139,9 @@ class _Prepared:
     eval_set: EncodedSplit
     train_loader: Any
     eval_loader: Any
+    steps_per_epoch: int  # taken once: the loader's length shrinks while a resumed epoch skips its first batches
     total_steps: int
     facts: dict[str, Any]
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.train_loader)
 
     @property
     def primary(self) -> str:
@@ -245,9 +242,10 @@ def _prepare(config: TrainConfig, ctx: DistContext) -> _Prepared:
     if len(train_loader) == 0:
         raise ValueError(f"{len(train_set)} training examples make no batch of {config.batch_size} per process; "
                          "lower --batch-size")
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * len(train_loader)))
+    steps_per_epoch = len(train_loader)
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     return _Prepared(config, task, loaded, model, record_model, counts, max_length, train_set, eval_set,
-                     train_loader, eval_loader, total_steps, _task_facts(task, train_frame, eval_frame))
+                     train_loader, eval_loader, steps_per_epoch, total_steps, _task_facts(task, train_frame, eval_frame))
 
 
 # ---------------------------------------------------------------------- optimisation
