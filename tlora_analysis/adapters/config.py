@@ -1,16 +1,18 @@
 """What every adapter configuration shares: JSON round-trip and validation up front.
 
 Each method's config (``TLoRAConfig`` in tlora.py, ``LoRAConfig`` in lora.py, ...) is a frozen
-dataclass derived from :class:`AdapterConfig`; its ``__post_init__`` checks every field with the
-helpers here, so a bad value fails at construction with a message naming the fix, before a model
-is touched. ``config_from_dict`` rebuilds any registered method's config from ``to_dict``.
+dataclass derived from :class:`AdapterConfig`. When it is made, the options most methods share
+(``rank``, ``seed``, ``dropout``, ``target_modules``, ``modules_to_save``, those it has) are
+checked here and its own in its :meth:`~AdapterConfig.check`, so a bad value fails at
+construction with a message naming the fix, before a model is touched. ``config_from_dict``
+rebuilds any registered method's config from ``to_dict``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from ..names import NameSelection, as_patterns
 
@@ -79,9 +81,27 @@ def module_patterns(modules: NameSelection | None) -> tuple[str, ...] | None:
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    """Base of every method's config: ``method`` (set by the subclass) and JSON round-trip."""
+    """Base of every method's config: ``method`` (set by the subclass), the shared checks, JSON round-trip."""
 
     method: str = field(init=False, default="")
+    targets_required: ClassVar[bool] = True  # False: target_modules=None means every parameter (full fine-tuning)
+
+    def __post_init__(self) -> None:
+        names = {f.name for f in fields(self)}
+        if "rank" in names:
+            check_rank(self.rank)
+        if "seed" in names:
+            check_seed(self.seed)
+        if "dropout" in names:
+            check_dropout(self.dropout)
+        if "target_modules" in names:
+            self._set("target_modules", target_patterns(self.target_modules, allow_none=not self.targets_required))
+        if "modules_to_save" in names:
+            self._set("modules_to_save", module_patterns(self.modules_to_save))
+        self.check()
+
+    def check(self) -> None:
+        """The method's own checks (its other options); raise TypeError / ValueError naming the fix."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -7,12 +7,12 @@ the ``track_modules`` given), snapshots hold their dense weights, and W0 is step
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 
 from ..names import NameSelection
-from .config import AdapterConfig, module_patterns, target_patterns
+from .config import AdapterConfig, target_patterns
 from .spec import BASE_WEIGHT, Factors, MethodSpec, RunnerOptions, StoredTensor
 
 __all__ = ["FullConfig", "SPEC"]
@@ -35,10 +35,10 @@ class FullConfig(AdapterConfig):
     modules_to_save: NameSelection | None = None
     track_modules: NameSelection | None = None
 
-    def __post_init__(self) -> None:
-        self._set("target_modules", target_patterns(self.target_modules, allow_none=True))
+    targets_required: ClassVar[bool] = False
+
+    def check(self) -> None:
         self._set("track_modules", target_patterns(self.track_modules, "track_modules", allow_none=True))
-        self._set("modules_to_save", module_patterns(self.modules_to_save))
 
 
 def full_factors(t: Mapping[str, torch.Tensor], info: Mapping[str, Any]) -> Factors:

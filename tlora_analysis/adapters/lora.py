@@ -11,8 +11,7 @@ from torch import nn
 
 from ..names import NameSelection
 from .base import AdaptedLinear, layer_generator
-from .config import AdapterConfig, check_bool, check_dropout, check_finite, check_rank, check_seed, module_patterns, \
-    target_patterns
+from .config import AdapterConfig, check_bool, check_finite
 from .spec import Factors, MethodSpec, RunnerOptions, StoredTensor
 
 __all__ = ["LoRAConfig", "LoRALinear", "SPEC"]
@@ -38,15 +37,10 @@ class LoRAConfig(AdapterConfig):
     seed: int = 0
     modules_to_save: NameSelection | None = None
 
-    def __post_init__(self) -> None:
-        check_rank(self.rank)
-        check_dropout(self.dropout)
-        check_seed(self.seed)
+    def check(self) -> None:
         check_bool(self.use_rslora, "use_rslora")
         if self.lora_alpha is not None:
             check_finite(self.lora_alpha, "lora_alpha (None means lora_alpha = rank)", positive=True)
-        self._set("target_modules", target_patterns(self.target_modules))
-        self._set("modules_to_save", module_patterns(self.modules_to_save))
 
     @property
     def scaling(self) -> float:

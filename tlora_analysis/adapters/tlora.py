@@ -18,8 +18,7 @@ from torch import nn
 from ..names import NameSelection
 from . import fused
 from .base import AdaptedLinear, layer_generator
-from .config import (AdapterConfig, check_bool, check_choice, check_dropout, check_finite, check_rank, check_seed,
-                     module_patterns, target_patterns)
+from .config import AdapterConfig, check_bool, check_choice, check_finite
 from .spec import Factors, MethodSpec, RunnerOptions, StoredTensor, fingerprints
 
 __all__ = ["IMPLEMENTATIONS", "SPEC", "TLoRAConfig", "TLoRALinear", "init_frozen_factors"]
@@ -53,16 +52,11 @@ class TLoRAConfig(AdapterConfig):
     train_alpha: bool = True
     modules_to_save: NameSelection | None = None
 
-    def __post_init__(self) -> None:
-        check_rank(self.rank)
-        check_dropout(self.dropout)
-        check_seed(self.seed)
+    def check(self) -> None:
         check_finite(self.alpha_init, "alpha_init")
         check_choice(self.init, INITS, "init")
         check_choice(self.dropout_position, ("output", "input"), "dropout_position")
         check_bool(self.train_alpha, "train_alpha")
-        self._set("target_modules", target_patterns(self.target_modules))
-        self._set("modules_to_save", module_patterns(self.modules_to_save))
 
 IMPLEMENTATIONS = ("plain", "adapter", "fused", "merged")
 _FUSED = ("fused", "merged")  # the implementations that fuse the base layer with the adapter

@@ -19,8 +19,7 @@ from torch import nn
 
 from ..names import NameSelection
 from .base import AdaptedLinear, layer_generator
-from .config import AdapterConfig, check_dropout, check_finite, check_rank, check_seed, module_patterns, \
-    target_patterns
+from .config import AdapterConfig, check_finite
 from .spec import Factors, MethodSpec, RunnerOptions, StoredTensor, fingerprints
 
 __all__ = ["VeRAConfig", "VeRALinear", "VeRAProjections", "SPEC"]
@@ -46,13 +45,8 @@ class VeRAConfig(AdapterConfig):
     dropout: float = 0.0
     modules_to_save: NameSelection | None = None
 
-    def __post_init__(self) -> None:
-        check_rank(self.rank)
-        check_seed(self.seed)
-        check_dropout(self.dropout)
+    def check(self) -> None:
         check_finite(self.d_initial, "d_initial")
-        self._set("target_modules", target_patterns(self.target_modules))
-        self._set("modules_to_save", module_patterns(self.modules_to_save))
 
 
 def group_name(out: int, inn: int) -> str:
