@@ -148,7 +148,8 @@ def build_arm(arm: Arm, base: nn.Module, device: str) -> nn.Module:
     model = copy.deepcopy(base).to(device).train()  # the GPU base waits on the host: peaks count one model
     for p in model.parameters():
         p.requires_grad_(False)
-    targets = (GPU_TARGETS if device == "cuda" else CPU_TARGETS).get(arm.targets)
+    targets = (GPU_TARGETS if device == "cuda" else CPU_TARGETS).get(arm.targets)  # PEFT's regex strings
+    ours = None if targets is None else "re:" + targets  # the package's name rule marks a regex with re:
     if arm.name == "floor":
         return Floor(model)
     if arm.name == "full":
@@ -156,7 +157,7 @@ def build_arm(arm: Arm, base: nn.Module, device: str) -> nn.Module:
             p.requires_grad_(True)
         return model
     if arm.name.startswith("tlora"):
-        config = TLoRAConfig(rank=arm.rank, target_modules=targets, dropout=arm.options.get("dropout", 0.0),
+        config = TLoRAConfig(rank=arm.rank, target_modules=ours, dropout=arm.options.get("dropout", 0.0),
                              dropout_position=arm.options.get("position", "output"))
         apply_adapters(model, config)
         impl = arm.name.split("-", 1)[1] if "-" in arm.name else "fused"
@@ -172,7 +173,7 @@ def build_arm(arm: Arm, base: nn.Module, device: str) -> nn.Module:
             layer.dropout_mask = arm.options.get("mask", "auto")
         return model
     if arm.name == "lora":
-        return apply_adapters(model, LoRAConfig(rank=arm.rank, target_modules=targets, dropout=0.0))
+        return apply_adapters(model, LoRAConfig(rank=arm.rank, target_modules=ours, dropout=0.0))
     import peft
 
     config = peft.LoraConfig(r=arm.rank, lora_alpha=arm.rank, lora_dropout=0.0, target_modules=targets)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from tlora_analysis.adapters import FullConfig, LoRAConfig, TLoRAConfig, apply_adapters
+from tlora_analysis.adapters import FullConfig, LoRAConfig, LoRAXSConfig, TLoRAConfig, VeRAConfig, apply_adapters
 from tlora_analysis.recording import SnapshotRecorder
 from tlora_analysis.store import Run
 
@@ -29,7 +29,11 @@ def tiny_config(method: str, rank: int = 4, seed: int = 0, targets=("query", "va
         return LoRAConfig(rank=rank, target_modules=targets, seed=seed, lora_alpha=2 * rank, modules_to_save=())
     if method == "full":
         return FullConfig(target_modules=targets, modules_to_save=())
-    raise ValueError(f"method must be 'tlora', 'lora' or 'full', got {method!r}")
+    if method == "vera":  # d starts at 1 so the tiny run's few steps move ΔW visibly
+        return VeRAConfig(rank=2 * rank, target_modules=targets, seed=seed, d_initial=1.0, modules_to_save=())
+    if method == "lora-xs":
+        return LoRAXSConfig(rank=rank, target_modules=targets, seed=seed, modules_to_save=())
+    raise ValueError(f"method must be 'tlora', 'lora', 'full', 'vera' or 'lora-xs', got {method!r}")
 
 
 def tiny_model(seed: int = 0, num_labels: int = 2) -> transformers.BertForSequenceClassification:

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from tlora_analysis.adapters import MethodSpec, get_spec
 from tlora_analysis.lowrank import FactoredUpdate
 from tlora_analysis.store import Run
 from tlora_analysis.store.format import RUN_FORMAT, SCHEMA_VERSION, tensor_key
@@ -71,8 +72,18 @@ class SyntheticRun:
         return {"adapter_config": {"seed": self.seed, "rank": self.rank}, "rank": self.rank}
 
     @property
+    def spec(self) -> MethodSpec:
+        return get_spec(self.method)
+
+    @property
     def layers(self) -> list[str]:
         return list(self.shapes)
+
+    def layer_info(self, layer: str) -> dict:
+        info = {"shape": list(self.shapes[layer]), "dtype": "float64"}
+        if self.method == "lora":
+            info.update(rank=self.rank, scaling=self.scaling)
+        return info
 
     @property
     def layer_shapes(self) -> dict[str, tuple[int, int]]:
@@ -108,12 +119,7 @@ class SyntheticRun:
     # ---------------------------------------------------------------- on disk
     def write(self, path: str | Path) -> Run:
         """Store this run as a run directory (run.json, frozen.safetensors, snapshots) and open it."""
-        layers = {}
-        for name, shape in self.shapes.items():
-            info = {"shape": list(shape), "dtype": "float64"}
-            if self.method == "lora":
-                info.update(rank=self.rank, scaling=self.scaling)
-            layers[name] = info
+        layers = {name: self.layer_info(name) for name in self.shapes}
         header = {"format": RUN_FORMAT, "schema_version": SCHEMA_VERSION, "name": Path(path).name,
                   "method": self.method, "adapter_config": {"method": self.method, "rank": self.rank, "seed": self.seed},
                   "rank": self.rank, "layers": layers, "store_base_weights": bool(self.base),

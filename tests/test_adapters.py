@@ -198,8 +198,12 @@ def test_target_matching_by_name_suffix_and_regex():
     assert names(exact) == ["bert.encoder.layer.0.attention.self.query"]
     suffix = apply_adapters(tiny_bert(), TLoRAConfig(rank=2, target_modules=["value"]))
     assert names(suffix) == [f"bert.encoder.layer.{i}.attention.self.value" for i in range(2)]
-    regex = apply_adapters(tiny_bert(), TLoRAConfig(rank=2, target_modules=r".*layer\.1\..*(query|key)"))
+    regex = apply_adapters(tiny_bert(), TLoRAConfig(rank=2, target_modules=r"re:.*layer\.1\..*(query|key)"))
     assert names(regex) == ["bert.encoder.layer.1.attention.self.key", "bert.encoder.layer.1.attention.self.query"]
+    one = apply_adapters(tiny_bert(), TLoRAConfig(rank=2, target_modules="value"))  # a bare string is one name
+    assert names(one) == names(suffix)
+    with pytest.raises(ValueError, match=r"write 're:\.\*layer"):  # a regex without re: is a name matching nothing
+        apply_adapters(tiny_bert(), TLoRAConfig(rank=2, target_modules=r".*layer\.1\..*query"))
     listed_regex = apply_adapters(tiny_bert(), TLoRAConfig(rank=2, target_modules=["re:.*layer\\.0\\..*key"]))
     assert names(listed_regex) == ["bert.encoder.layer.0.attention.self.key"]
 
@@ -311,7 +315,7 @@ def test_load_rejects_damage_and_mismatches_leaving_the_model_unchanged(tmp_path
     (lambda: TLoRAConfig(rank=0, target_modules=["query"]), ValueError, "positive"),
     (lambda: LoRAConfig(rank=-2, target_modules=["query"]), ValueError, "positive"),
     (lambda: TLoRAConfig(rank=2.5, target_modules=["query"]), TypeError, "int"),
-    (lambda: TLoRAConfig(rank=2, target_modules=[]), ValueError, "non-empty"),
+    (lambda: TLoRAConfig(rank=2, target_modules=[]), ValueError, "empty list"),
     (lambda: TLoRAConfig(rank=2, target_modules=["q"], dropout=1.5), ValueError, "dropout"),
     (lambda: TLoRAConfig(rank=2, target_modules=["q"], init="xavier"), ValueError, "init"),
 ])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from tlora_analysis.adapters import get_spec
 from tlora_analysis.analysis.distributions import _sample_update, entry_statistics
 from tlora_analysis.analysis.intruders import count_intruders, merged_top_left_vectors
 from tlora_analysis.analysis.merged import inner_with_dense, paper_faithful_update
@@ -53,13 +54,14 @@ def test_relative_difference_exact_when_updates_nearly_cancel():
 def test_paper_faithful_update_transposes_and_drops_lora_scale():
     rng = np.random.default_rng(3)
     lora = random_update(rng, kind="lora")
-    assert rel(paper_faithful_update(lora, "lora").dense(), lora.dense().T / 0.5) <= RTOL
-    tlora = random_update(rng, kind="tlora")
-    assert rel(paper_faithful_update(tlora, "tlora").dense(), tlora.dense().T) <= RTOL
+    assert rel(paper_faithful_update(lora, get_spec("lora")).dense(), lora.dense().T / 0.5) <= RTOL
+    for method in ("tlora", "vera", "lora-xs"):  # a trained or unit scale stays
+        update = random_update(rng, kind="tlora")
+        assert rel(paper_faithful_update(update, get_spec(method)).dense(), update.dense().T) <= RTOL
     full = random_update(rng, kind="dense")
-    assert paper_faithful_update(full, "full") is full
+    assert paper_faithful_update(full, get_spec("full")) is full
     with pytest.raises(ValueError, match="square"):
-        paper_faithful_update(random_update(rng, out=20, inn=12, kind="lora"), "lora")
+        paper_faithful_update(random_update(rng, out=20, inn=12, kind="lora"), get_spec("lora"))
 
 
 @pytest.mark.parametrize("kind", ["tlora", "lora", "dense"])

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tlora_analysis import analysis
+from tlora_analysis.adapters import get_spec
 from tlora_analysis.lowrank import FactoredUpdate
 
 N, R = 6, 4
@@ -25,6 +26,7 @@ class HandRun:
 
     def __init__(self, method, name, alphas=(2.0,), w0=None):
         self.method, self.name, self.path = method, name, f"/hand/{name}"
+        self.spec = get_spec(method)
         self.layers = [f"encoder.layer.{i}.attention.self.query" for i in range(len(alphas))]
         self.layer_shapes = {layer: (N, N) for layer in self.layers}
         self.steps, self.rank = [0, 1], R
@@ -34,6 +36,9 @@ class HandRun:
 
     def snapshot_info(self, step):
         return {"step": step, "epoch": float(step)}
+
+    def layer_info(self, layer):
+        return {"shape": [N, N], "rank": R, "scaling": 2.0}
 
     def frozen(self, layer):
         return {"tlora_A": E.clone(), "tlora_C": E.T.clone()} if self.method == "tlora" else {}

@@ -1,4 +1,4 @@
-"""Every analyzer end to end on tiny recorded runs (TLoRA, LoRA, full), against dense float64."""
+"""Every analyzer end to end on tiny recorded runs (TLoRA, LoRA, full, VeRA, LoRA-XS), against dense float64."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tlora_analysis.analysis.select import IDENTITY_COLUMNS
 from tlora_analysis.analysis.similarity import STATISTICS
 
 RTOL = 1e-10
-METHODS = ("tlora", "lora", "full")
+METHODS = ("tlora", "lora", "full", "vera", "lora-xs")
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,12 @@ def dense_update(run, layer, step):
     if run.method == "lora":
         cfg = run.adapter_config
         return cfg["lora_alpha"] / cfg["rank"] * f64(t["lora_B"]) @ f64(t["lora_A"])
+    if run.method == "vera":
+        fz = run.frozen(layer)
+        return np.diag(f64(t["vera_lambda_b"])) @ f64(fz["vera_B"]) @ np.diag(f64(t["vera_lambda_d"])) @ f64(fz["vera_A"])
+    if run.method == "lora-xs":
+        fz = run.frozen(layer)
+        return f64(fz["loraxs_A"]) @ f64(t["loraxs_R"]) @ f64(fz["loraxs_B"])
     return f64(t["weight"]) - f64(run.trainable(layer, 0)["weight"])
 
 
@@ -136,6 +142,19 @@ def test_norms_match_dense(runs, method):
                 assert row.fro_norm_A == pytest.approx(np.linalg.norm(f64(t["lora_A"])), rel=RTOL)
                 assert row.spectral_norm_B == pytest.approx(np.linalg.norm(f64(t["lora_B"]), 2), rel=RTOL, abs=1e-300)
                 assert np.isnan(row.fro_norm_C) and np.isnan(row.alpha) and np.isnan(row.alpha_fro_norm_B)
+            elif method == "vera":  # vectors read as the diagonal matrices they scale by
+                fz, d, b = run.frozen(layer), f64(t["vera_lambda_d"]), f64(t["vera_lambda_b"])
+                assert row.spectral_norm_B == pytest.approx(np.linalg.norm(f64(fz["vera_B"]), 2), rel=RTOL)
+                assert row.fro_norm_d == pytest.approx(np.linalg.norm(d), rel=RTOL)
+                assert row.spectral_norm_d == pytest.approx(np.linalg.norm(np.diag(d), 2), rel=RTOL)
+                assert row.fro_norm_b == pytest.approx(np.linalg.norm(b), rel=RTOL, abs=1e-300)
+                assert np.isnan(row.fro_norm_C) and np.isnan(row.alpha)
+            elif method == "lora-xs":
+                fz, r = run.frozen(layer), f64(t["loraxs_R"])
+                assert row.fro_norm_R == pytest.approx(np.linalg.norm(r), rel=RTOL, abs=1e-300)
+                assert row.spectral_norm_R == pytest.approx(np.linalg.norm(r, 2), rel=RTOL, abs=1e-300)
+                assert row.spectral_norm_A == pytest.approx(np.linalg.norm(f64(fz["loraxs_A"]), 2), rel=RTOL)
+                assert row.fro_norm_B == pytest.approx(np.linalg.norm(f64(fz["loraxs_B"])), rel=RTOL)
             else:
                 assert np.isnan(row.fro_norm_A) and np.isnan(row.fro_norm_B) and np.isnan(row.fro_norm_C)
     assert np.isnan(analysis.norms(runs["tlora_nobase"]).rel_fro_norm_dW).all()
@@ -165,6 +184,25 @@ def test_distributions_match_numpy_and_scipy(runs):
     assert set(auto.stats.step) == set(run.steps) and auto.qq is None
 
 
+@pytest.mark.parametrize("method, matrices", [("vera", ("A", "B", "d", "b", "dW")), ("lora-xs", ("A", "R", "B", "W0"))])
+def test_distributions_of_each_methods_own_matrices(runs, method, matrices):
+    run = runs[method]
+    step = run.steps[-1]
+    stats = analysis.distributions(run, matrices=matrices, steps="all").stats
+    stored = {**{k: f64(v) for k, v in run.frozen(run.layers[0]).items()},
+              **{k: f64(v) for k, v in run.trainable(run.layers[0], step).items()}}
+    keys = run.spec.roles
+    for matrix in matrices:
+        row = rows(stats, run.layers[0], step).set_index("matrix").loc[matrix]
+        x = (dense_update(run, run.layers[0], step) if matrix == "dW" else
+             w0(run, run.layers[0]) if matrix == "W0" else stored[keys[matrix]]).ravel()
+        assert row["n_entries"] == x.size and row["mean"] == pytest.approx(x.mean(), rel=1e-9, abs=1e-15)
+    frozen = stats[stats.matrix == "A"]
+    assert frozen.groupby("layer")["mean"].nunique().eq(1).all()  # a frozen matrix is summarised once per layer
+    with pytest.raises(ValueError, match="has no matrix 'C'"):
+        analysis.distributions(run, matrices=("C",))
+
+
 def test_distributions_subsample_and_repeat_frozen_matrices(runs):
     run = runs["tlora"]
     tables = analysis.distributions(run, matrices=("W0", "dW"), max_entries=100, shapiro_max=50, steps=[2, 4])
@@ -179,7 +217,7 @@ def test_distributions_subsample_and_repeat_frozen_matrices(runs):
 def test_distributions_bad_input(runs):
     with pytest.raises(ValueError, match="no matrix 'C'"):
         analysis.distributions(runs["lora"], matrices=("C",))
-    with pytest.raises(ValueError, match="unknown matrix"):
+    with pytest.raises(ValueError, match="has no matrix .Q.; it has"):
         analysis.distributions(runs["tlora"], matrices=("Q",))
     with pytest.raises(ValueError, match="bins"):
         analysis.distributions(runs["tlora"], bins=0)
@@ -201,11 +239,13 @@ def test_scaling_per_layer_and_across_layers(runs):
     assert row.alpha_cv == pytest.approx(alphas.std(ddof=1) / abs(alphas.mean()))
     assert row.corr_alpha_fro_norm_B == pytest.approx(np.corrcoef(alphas, norms_b)[0, 1])
     assert set(tables.across_layers.module) == {"query", "value", "all"}
-    with pytest.raises(ValueError, match="TLoRA"):
-        analysis.scaling(runs["lora"])
+    for other in ("lora", "vera", "lora-xs"):
+        with pytest.raises(ValueError, match="trains none"):
+            analysis.scaling(runs[other])
 
 
-@pytest.mark.parametrize("pair", [("tlora", "lora"), ("lora", "full"), ("tlora", "tlora_s1")])
+@pytest.mark.parametrize("pair", [("tlora", "lora"), ("lora", "full"), ("tlora", "tlora_s1"), ("vera", "lora"),
+                                  ("lora-xs", "tlora")])
 def test_similarity_matches_dense(runs, pair):
     a, b = runs[pair[0]], runs[pair[1]]
     sim = analysis.similarity(a, b, n_null=20, phi_steps="all")
@@ -323,13 +363,18 @@ def test_merged_analyses_need_base_weights(runs):
 
 def test_selections(runs):
     run = runs["tlora"]
-    assert set(analysis.norms(run, layers="value$").module) == {"value"}
+    assert set(analysis.norms(run, layers="value").module) == {"value"}  # a bare string is one name
+    assert set(analysis.norms(run, layers="re:.*value").module) == {"value"}
     assert set(analysis.norms(run, layers=["layer.1.attention.self.query"]).layer) == {run.layers[2]}
+    with pytest.raises(analysis.SelectionError, match="matches no layer.*write 're:value\\$'"):
+        analysis.norms(run, layers="value$")  # a regex without re: is a name, and no layer has it
+    with pytest.raises(analysis.SelectionError, match="matches no layer"):
+        analysis.norms(run, layers="uery")  # whole components only: "uery" is no name's suffix
     assert sorted(set(analysis.norms(run, steps=2).step)) == run.steps[::2]
     assert sorted(set(analysis.norms(run, steps="last").step)) == [run.steps[-1]]
     assert sorted(set(analysis.norms(run, steps=[3, 1]).step)) == [1, 3]
     with pytest.raises(analysis.SelectionError, match="matches no layer"):
-        analysis.spectra(run, layers="key$")
+        analysis.spectra(run, layers="re:.*key")
     with pytest.raises(analysis.SelectionError, match="matches no layer"):
         analysis.spectra(run, layers=["dense"])
     with pytest.raises(analysis.SelectionError, match="not recorded"):

@@ -14,7 +14,7 @@ from tlora_analysis.figures.catalog import catalog_names
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
-    made = {m: make_tiny_run(base, method=m, steps=4) for m in ("tlora", "lora", "full")}
+    made = {m: make_tiny_run(base, method=m, steps=4) for m in ("tlora", "lora", "full", "vera", "lora-xs")}
     made["no_w0"] = make_tiny_run(base, method="tlora", steps=4, store_base_weights=False, name="tlora-no-w0")
     made["lora_s1"] = make_tiny_run(base, method="lora", steps=4, seed=1)
     return made
@@ -23,7 +23,7 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rendered(runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("figs")
-    paths = render_all([runs["tlora"], runs["lora"], runs["full"]], out)
+    paths = render_all([runs["tlora"], runs["lora"], runs["full"], runs["vera"], runs["lora-xs"]], out)
     return out, paths
 
 
@@ -42,7 +42,7 @@ def test_index_lists_caption_command_and_runs(rendered, runs):
     md = (out / "index.md").read_text()
     html = (out / "index.html").read_text()
     assert f"tlora-analysis figures {runs['tlora'].path}" in md
-    assert f"{runs['full'].path} -o {out}" in md and "Skipped" not in md
+    assert f"{runs['lora-xs'].path} -o {out}" in md and "Skipped" not in md
     for name in catalog_names():
         assert f"]({name}.png)" in md and f"src='{name}.png'" in html
     assert "paper-faithful" in md and "Paper Fig. 10" in md
@@ -99,7 +99,7 @@ def test_difference_table_constructions(runs):
     paper = table[table["construction"] == "paper_faithful"].sort_values(["out_index", "in_index"])
     expected_paper = (lora.dense() / lora.scale).T - tlora.dense().T  # transposed, LoRA scale dropped
     assert paper["difference"].to_numpy() == pytest.approx(expected_paper.ravel())
-    with pytest.raises(ValueError, match="matches 0 common layers"):
+    with pytest.raises(ValueError, match="layer .nope. matches 0 layers"):
         difference_table(runs["lora"], runs["tlora"], layer="nope")
 
 

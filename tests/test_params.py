@@ -1,4 +1,5 @@
-"""`tlora-analysis params` reproduces the paper's Table 1 (shared/PAPER.md §3) exactly."""
+"""`tlora-analysis params` reproduces the paper's Table 1 (docs/paper.md) exactly, and the VeRA and LoRA-XS
+papers' counts for RoBERTa-large."""
 
 import json
 
@@ -28,15 +29,28 @@ def test_table_1_of_the_paper(roberta_config):
     assert got[("full", None)].trainable == 355_362_819
     assert [got[("lora", r)].trainable for r in (8, 16, 32)] == [786_432, 1_572_864, 3_145_728]
     assert [got[("tlora", r)].trainable for r in (8, 16, 32)] == [3_120, 12_336, 49_200]
-    assert [round(got[("tlora", r)].lora_over_tlora) for r in (8, 16, 32)] == [252, 128, 64]
+    assert [round(got[("tlora", r)].lora_over_method) for r in (8, 16, 32)] == [252, 128, 64]
     assert round(got[("tlora", 8)].full_over_method, -2) == 113_900
+    assert got[("lora", 8)].lora_over_method is None and got[("full", None)].total == 355_362_819
+    # LoRA-XS trains r² per matrix: 48 · 16² at r = 16 (its paper's RoBERTa-large count)
+    assert [got[("lora-xs", r)].trainable for r in (8, 16, 32)] == [48 * 8**2, 12_288, 48 * 32**2]
+
+
+def test_vera_count_of_its_paper(roberta_config):
+    """VeRA trains r + out per matrix: 48 · (256 + 1024) = 61,440 at r = 256 (the paper's RoBERTa-large row)."""
+    rows = parameter_table(lambda: load_config_model(roberta_config), [256], ["query", "value"], methods=["vera"])
+    assert [(r.method, r.rank, r.trainable) for r in rows] == [("full", None, 355_362_819), ("vera", 256, 61_440)]
+    assert rows[1].lora_over_method == pytest.approx(2 * 24 * 256 * 2048 / 61_440)
 
 
 def test_params_cli_json_and_table(roberta_config, capsys):
     assert main(["params", str(roberta_config), "--ranks", "8", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [(r["method"], r["trainable"]) for r in out["rows"]] == [("full", 355_362_819), ("lora", 786_432), ("tlora", 3_120)]
-    assert main(["params", str(roberta_config), "--ranks", "8", "--head", "trained"]) == 0
+    assert [(r["method"], r["trainable"]) for r in out["rows"]] == [
+        ("full", 355_362_819), ("tlora", 3_120), ("lora", 786_432), ("vera", 48 * (8 + 1024)), ("lora-xs", 48 * 64)]
+    assert main(["params", str(roberta_config), "--ranks", "256", "--methods", "vera", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"][1]["trainable"] == 61_440
+    assert main(["params", str(roberta_config), "--ranks", "8", "--methods", "tlora", "--head", "trained"]) == 0
     table = capsys.readouterr().out
     assert "3,120" not in table and f"{3_120 + 1024 * 1024 + 1024 + 1024 * 3 + 3:,}" in table
 
@@ -44,3 +58,12 @@ def test_params_cli_json_and_table(roberta_config, capsys):
 def test_params_cli_names_a_missing_model(capsys, tmp_path):
     assert main(["params", str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, words", [(("--ranks", "0"), "must be a positive integer"),
+                                           (("--methods", "full"), "invalid choice"),
+                                           (("--num-labels", "x"), "is not an integer")])
+def test_params_cli_refuses_bad_values_while_parsing(flags, words, capsys):
+    with pytest.raises(SystemExit):
+        main(["params", *flags])
+    assert words in capsys.readouterr().err

@@ -16,7 +16,8 @@ from tlora_analysis.analysis.reachable import REACHABLE_COLUMNS
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
     return {"tlora": make_tiny_run(base, "tlora", steps=4), "lora": make_tiny_run(base, "lora", steps=4),
-            "full": make_tiny_run(base, "full", steps=4), "tlora_s1": make_tiny_run(base, "tlora", steps=4, seed=1)}
+            "full": make_tiny_run(base, "full", steps=4), "tlora_s1": make_tiny_run(base, "tlora", steps=4, seed=1),
+            "lora-xs": make_tiny_run(base, "lora-xs", steps=4), "vera": make_tiny_run(base, "vera", steps=4)}
 
 
 def _dense(run, layer, step):
@@ -61,6 +62,26 @@ def test_matches_dense_projections(runs, other):
                 assert row[f"null_lo_{name}"] <= row[f"null_hi_{name}"] and 1 / 51 <= row[f"p_{name}"] <= 1
 
 
+def test_lora_xs_reachable_set_is_w0s_top_singular_subspaces(runs):
+    """LoRA-XS's set is {U_r M V_rᵀ} from W0's SVD: LoRA's update measured against it, densely."""
+    xs, lo = runs["lora-xs"], runs["lora"]
+    table = analysis.reachable(xs, lo, n_null=50)
+    r = xs.rank
+    for layer in xs.layers:
+        frozen = {k: v.double().numpy() for k, v in xs.frozen(layer).items()}
+        p_u, p_v = _projector(frozen["loraxs_A"]), _projector(frozen["loraxs_B"].T)
+        u, _, vt = np.linalg.svd(xs.base_weight(layer).double().numpy())  # the spans are W0's top-r (float32 SVD)
+        np.testing.assert_allclose(p_u, u[:, :r] @ u[:, :r].T, atol=1e-5)
+        np.testing.assert_allclose(p_v, vt[:r].T @ vt[:r], atol=1e-5)
+        t = {k: v.double().numpy() for k, v in lo.trainable(layer, lo.steps[-1]).items()}
+        do = lo.layer_info(layer)["scaling"] * t["lora_B"] @ t["lora_A"]
+        row = table[(table.layer == layer) & (table.step == lo.steps[-1])].iloc[0]
+        assert row.method_a == "lora-xs" and row.reach_dim_out == r == row.reach_dim_in
+        assert row.reachable_fraction == pytest.approx(np.sum((p_u @ do @ p_v) ** 2) / np.sum(do**2), rel=1e-8)
+    with pytest.raises(ValueError, match="VeRA|vera"):  # VeRA's output side moves with b: no fixed set
+        analysis.reachable(runs["vera"], lo)
+
+
 def test_hand_cases_inside_and_outside_the_set():
     """LoRA = TLoRA's own update: all of it reachable, cosine 1. An update built in the orthogonal
     complement of col(Cᵀ): nothing reachable, its cosine with TLoRA exactly 0."""
@@ -92,7 +113,7 @@ def test_seeded_and_bad_input(runs):
     b = analysis.reachable(runs["tlora"], runs["lora"], steps="last", n_null=100, seed=2)
     c = analysis.reachable(runs["tlora"], runs["lora"], steps="last", n_null=100, seed=3)
     assert a.equals(b) and not a["p_cosine_reachable"].equals(c["p_cosine_reachable"])
-    with pytest.raises(ValueError, match="needs a TLoRA run first"):
+    with pytest.raises(ValueError, match="needs first a run whose update is confined.*pass it second"):
         analysis.reachable(runs["lora"], runs["tlora"])
     with pytest.raises(ValueError, match="compared with itself"):
         analysis.reachable(runs["tlora"], type(runs["tlora"])(runs["tlora"].path))

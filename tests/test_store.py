@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,3 +313,27 @@ def test_every_file_carries_the_run_id(tmp_path):
         assert load_tensors(path)[1]["run_id"] == run.run_id
     lines = [json.loads(x) for x in (run.path / "manifest.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [None, 0, 1, 2] and {x["run_id"] for x in lines} == {run.run_id}
+
+
+# ---------------------------------------------------------------- schema 1, as written before the method specs
+SCHEMA1 = Path(__file__).parent / "data" / "schema1_runs"  # tiny runs written by the code of commit ee839df
+
+
+@pytest.mark.parametrize("method", ["tlora", "lora", "full"])
+def test_runs_written_before_the_method_specs_still_read_verify_and_resume(tmp_path, method):
+    run = Run(SCHEMA1 / method)
+    assert run.config["schema_version"] == 1 and run.method == method and run.verify().ok, str(run.verify())
+    step = run.steps[-1]
+    for layer in run.layers:
+        t = {k: v.double().numpy() for k, v in {**run.frozen(layer), **run.trainable(layer, step)}.items()}
+        if method == "tlora":
+            want = float(t["tlora_alpha"]) * (t["tlora_A"] @ t["tlora_B"] @ t["tlora_C"]).T
+        elif method == "lora":
+            want = run.layer_info(layer)["scaling"] * t["lora_B"] @ t["lora_A"]
+        else:
+            want = t["weight"] - run.trainable(layer, 0)["weight"].double().numpy()
+        np.testing.assert_allclose(run.update(layer, step).dense(), want, rtol=1e-12, atol=1e-15)
+    copy = shutil.copytree(SCHEMA1 / method, tmp_path / method)
+    model = apply_adapters(tiny_model(), tiny_config(method, rank=2))
+    with SnapshotRecorder(model, copy, resume=True, total_steps=2) as recorder:  # the same run to today's writer
+        assert recorder.recorded_steps == run.steps

@@ -243,7 +243,7 @@ def tiny_adapted_bert(model_class: str, config: TLoRAConfig) -> nn.Module:
 
 
 def test_whole_model_fast_equals_plain():
-    model = tiny_adapted_bert("BertModel", TLoRAConfig(rank=4, target_modules=r"encoder\..*\.(query|value|dense)",
+    model = tiny_adapted_bert("BertModel", TLoRAConfig(rank=4, target_modules=r"re:encoder\..*\.(query|value|dense)",
                                                        dropout=0.2))
     ids = torch.randint(0, 100, (2, 7))
     results = {}
@@ -271,7 +271,7 @@ def test_torch_compile_traces_the_fused_layer_in_one_graph():
     generating code, so the test stays fast; the GPU benchmark uses inductor itself.
     """
     model = tiny_adapted_bert("BertForSequenceClassification",
-                              TLoRAConfig(rank=4, target_modules=r".*(query|value)", dropout=0.0))
+                              TLoRAConfig(rank=4, target_modules=r"re:.*(query|value)", dropout=0.0))
     assert all(layer.impl == "fused" for layer in adapted_layers(model).values())  # the default
     batch = {"input_ids": torch.randint(0, 100, (2, 7)), "labels": torch.tensor([0, 1])}
     explanation = torch._dynamo.explain(model)(**batch)

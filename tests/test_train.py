@@ -31,7 +31,7 @@ def _config(tiny, tmp_path, **kw):
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("method", ["tlora", "lora", "full", "peft-lora"])
+@pytest.mark.parametrize("method", ["tlora", "lora", "full", "vera", "lora-xs", "peft-lora"])
 def test_every_method_writes_a_readable_run(tiny, tmp_path, method):
     result = train(_config(tiny, tmp_path, method=method))
     run = Run(result.run_dir)

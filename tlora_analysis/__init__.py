@@ -2,7 +2,7 @@
 
 TLoRA ("tri-matrix LoRA") adapts a frozen linear layer with ΔW = α·(A B C)ᵀ: A and C fixed
 random matrices, B a trainable r × r matrix, α a trainable scalar (docs/paper.md). This package
-puts TLoRA, LoRA and full fine-tuning on Hugging Face models, records their updates during
+puts TLoRA, LoRA, full fine-tuning, VeRA and LoRA-XS on Hugging Face models, records their updates during
 training and analyses them exactly from the factored form.
 
 Importing the package imports nothing else: each name below is imported on first use, so a
@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from .adapters import (
         FullConfig,
         LoRAConfig,
+        LoRAXSConfig,
         TLoRAConfig,
+        VeRAConfig,
         adapted_layers,
         apply_adapters,
         count_parameters,
@@ -33,8 +35,9 @@ if TYPE_CHECKING:
     from .store import Run
 
 _EXPORTS = {  # name → the module that defines it
-    **dict.fromkeys(("FullConfig", "LoRAConfig", "TLoRAConfig", "adapted_layers", "apply_adapters", "count_parameters",
-                     "load_adapter", "merge_and_unload", "save_adapter"), ".adapters"),
+    **dict.fromkeys(("FullConfig", "LoRAConfig", "LoRAXSConfig", "TLoRAConfig", "VeRAConfig", "adapted_layers",
+                     "apply_adapters", "count_parameters", "load_adapter", "merge_and_unload", "save_adapter"),
+                    ".adapters"),
     "FactoredUpdate": ".lowrank",
     **dict.fromkeys(("SnapshotRecorder", "RecorderCallback", "EveryN", "LogSpaced", "Explicit"), ".recording"),
     "Run": ".store",

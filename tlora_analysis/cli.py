@@ -18,8 +18,9 @@ from typing import Iterable, Sequence
 from . import __version__
 
 COMMANDS = {  # command → (the module that registers it, its one-line help, as that module registers it)
-    "params": ("tlora_analysis.params", "trainable-parameter table for tlora / lora / full"),
-    "train": ("tlora_analysis.experiments.cli", "fine-tune with tlora / lora / full / peft-lora and record the run"),
+    "params": ("tlora_analysis.params", "trainable-parameter table for every method (tlora, lora, full, vera, lora-xs)"),
+    "train": ("tlora_analysis.experiments.cli",
+              "fine-tune with any method (tlora, lora, full, vera, lora-xs, peft-lora) and record the run"),
     "demo": ("tlora_analysis.demo", "the main job: train TLoRA and LoRA on the bundled default, write every figure"),
     "figures": ("tlora_analysis.figures.cli",
                 "regenerate every paper figure and its corrected companion from recorded runs"),

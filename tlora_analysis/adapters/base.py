@@ -1,13 +1,17 @@
-"""What every adapted linear layer shares: the wrapped base layer, merge/unmerge, ΔW."""
+"""What every adapted linear layer shares: the wrapped base layer, merge/unmerge, ΔW from the method's spec."""
 
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..lowrank import FactoredUpdate
+
+if TYPE_CHECKING:
+    from .spec import MethodSpec
 
 __all__ = ["AdaptedLinear", "layer_generator"]
 
@@ -26,9 +30,10 @@ def layer_generator(seed: int, layer_name: str) -> torch.Generator:
 class AdaptedLinear(nn.Module):
     """Wraps a frozen ``nn.Linear`` (kept as ``base_layer``, PEFT's name) and adds an update.
 
-    Subclasses define :meth:`adapter_output` (the update applied to an input),
-    :meth:`factored_update` and :meth:`trainable_state`. ``delta_weight`` is the single source
-    of truth for ΔW in the (out × in) weight convention.
+    Subclasses set ``method`` (their registered name), hold the tensors their spec lists under
+    those keys, and define :meth:`adapter_output` (the update applied to an input) and, where the
+    method records more than shape and dtype, :meth:`layer_info`. ΔW comes from the spec's one
+    definition (:meth:`factored_update`, :meth:`delta_weight`), in the (out × in) weight convention.
     """
 
     method: str = ""
@@ -59,14 +64,34 @@ class AdaptedLinear(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.base_layer.bias
 
+    @property
+    def spec(self) -> "MethodSpec":
+        """The method's registered spec (what it stores, its ΔW)."""
+        from .methods import get_spec
+
+        return get_spec(self.method)
+
     def adapter_output(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def factored_update(self) -> FactoredUpdate:
-        raise NotImplementedError
+    def layer_info(self) -> dict[str, Any]:
+        """What the run.json layer record holds besides shape and dtype (rank, scaling, fingerprints, ...)."""
+        return {}
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The trainable tensors by key (what a snapshot holds for this layer)."""
+        return self.spec.trainable_state(self)
+
+    def frozen_state(self) -> dict[str, torch.Tensor]:
+        """The frozen adapter tensors by key (stored once per run)."""
+        return self.spec.frozen_state(self)
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {**self.trainable_state(), **self.frozen_state()}
+
+    def factored_update(self) -> FactoredUpdate:
+        """ΔW in factored form (float64), from the method's one definition."""
+        return self.spec.factored_update(self._tensors(), self.layer_info())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
@@ -76,8 +101,8 @@ class AdaptedLinear(nn.Module):
 
     @torch.no_grad()
     def delta_weight(self) -> torch.Tensor:
-        """ΔW (out × in) in the base weight's dtype and device."""
-        raise NotImplementedError
+        """ΔW (out × in) in the base weight's dtype and device, from the method's one definition."""
+        return self.spec.factors(self._tensors(), self.layer_info()).dense().to(self.base_layer.weight.dtype)
 
     @torch.no_grad()
     def merge(self) -> None:

@@ -1,26 +1,26 @@
 """Putting adapters on a model: target matching, trainability, counting, merging.
 
-Targets are matched against the full dotted module names of ``model.named_modules()``:
-a string is a regex that must match the whole name (PEFT's convention); a list entry
-matches a name exactly or as a dotted suffix (``"query"`` matches
-``encoder.layer.0.attention.self.query``); a list entry prefixed ``"re:"`` is a regex.
-Everything is validated before the model is touched.
+Targets, ``track_modules`` and ``modules_to_save`` are name selections matched against the full
+dotted names of ``model.named_modules()`` by the package's one rule (:mod:`tlora_analysis.names`:
+a name, a dotted suffix on whole components such as ``"query"``, or ``"re:REGEX"`` matching the
+whole name). The method's spec builds each adapted layer. Everything is validated before the
+model is touched.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
+from ..names import in_module, looks_like_regex, select_names
 from .base import AdaptedLinear
-from .config import AdapterConfig, FullConfig, LoRAConfig, TLoRAConfig
-from .lora import LoRALinear
-from .tlora import TLoRALinear
+from .config import AdapterConfig
+from .methods import spec_of
+from .spec import MethodSpec
 
 __all__ = [
     "apply_adapters",
@@ -38,19 +38,6 @@ __all__ = [
 
 CONFIG_ATTR = "tlora_analysis_config"
 HEAD_NAMES = ("classifier", "score")  # the classification heads of transformers' *ForSequenceClassification
-_LAYER_CLASSES = {"tlora": TLoRALinear, "lora": LoRALinear}
-
-
-def _matches(name: str, targets: str | tuple[str, ...]) -> bool:
-    if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
-    for t in targets:
-        if t.startswith("re:"):
-            if re.fullmatch(t[3:], name):
-                return True
-        elif name == t or name.endswith("." + t):
-            return True
-    return False
 
 
 def _suggestions(model: nn.Module, limit: int = 8) -> str:
@@ -59,13 +46,24 @@ def _suggestions(model: nn.Module, limit: int = 8) -> str:
     return f"nn.Linear suffixes in this model: {short[:limit]}; e.g. full names {names[:3]}"
 
 
-def match_targets(model: nn.Module, targets: str | tuple[str, ...] | None) -> dict[str, nn.Module]:
-    """Modules whose names match ``targets`` (all ``nn.Linear`` when targets is None)."""
+def _regex_hint(patterns: tuple[str, ...]) -> str:
+    regexes = [p for p in patterns if looks_like_regex(p)]
+    return f" To use {regexes[0]!r} as a regular expression, write 're:{regexes[0]}'." if regexes else ""
+
+
+def match_targets(model: nn.Module, targets: tuple[str, ...] | None) -> dict[str, nn.Module]:
+    """Modules whose names ``targets`` selects (all ``nn.Linear`` when targets is None)."""
     if targets is None:
         return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    found = {n: m for n, m in model.named_modules() if n and _matches(n, targets)}
-    # An adapted layer's inner base_layer must not match a second time.
-    return {n: m for n, m in found.items() if not n.endswith(".base_layer")}
+    modules = dict(model.named_modules())
+    found = select_names((n for n in modules if n), targets)
+    # An adapted layer's inner base_layer (or shared projections) must not match a second time.
+    return {n: modules[n] for n in found if not isinstance(_parent(model, n), AdaptedLinear)}
+
+
+def _parent(model: nn.Module, name: str) -> nn.Module | None:
+    parent_name, _, _ = name.rpartition(".")
+    return model.get_submodule(parent_name) if parent_name else None
 
 
 def head_module_names(model: nn.Module) -> tuple[str, ...]:
@@ -77,8 +75,7 @@ def _resolve_modules_to_save(model: nn.Module, config: AdapterConfig, targets: d
     """The config with ``modules_to_save=None`` replaced by the model's head (not targeted)."""
     if config.modules_to_save is not None:
         return config
-    heads = tuple(h for h in head_module_names(model)
-                  if not any(n == h or n.startswith(h + ".") for n in targets))
+    heads = tuple(h for h in head_module_names(model) if not any(in_module(n, h) for n in targets))
     return dataclasses.replace(config, modules_to_save=heads)
 
 
@@ -88,30 +85,30 @@ def adapter_config(model: nn.Module) -> AdapterConfig | None:
 
 
 def adapted_layers(model: nn.Module) -> dict[str, AdaptedLinear]:
-    """Name → adapted layer (TLoRA or LoRA), in module order."""
+    """Name → adapted layer, in module order."""
     return {n: m for n, m in model.named_modules() if isinstance(m, AdaptedLinear)}
 
 
+def _tracked_selection(config: AdapterConfig) -> tuple[str, ...] | None:
+    """What a method without layers (full fine-tuning) records: its track_modules, else its targets."""
+    track = getattr(config, "track_modules", None)
+    return config.target_modules if track is None else track
+
+
 def tracked_linears(model: nn.Module) -> dict[str, nn.Module]:
-    """The layers whose update a recorder tracks: adapted layers, or full FT's targets."""
+    """The layers whose update a recorder tracks: the adapted layers, or for a method that adds no
+    layer (full fine-tuning) its tracked ``nn.Linear`` modules."""
     config = adapter_config(model)
-    if isinstance(config, FullConfig):
-        chosen = config.target_modules if config.track_modules is None else config.track_modules
-        return {n: m for n, m in match_targets(model, chosen).items() if isinstance(m, nn.Linear)}
+    if config is not None and spec_of(config).layer_class is None:
+        return {n: m for n, m in match_targets(model, _tracked_selection(config)).items() if isinstance(m, nn.Linear)}
     return dict(adapted_layers(model))
 
 
-def _validate(model: nn.Module, config: AdapterConfig) -> dict[str, nn.Module]:
-    if not isinstance(config, (TLoRAConfig, LoRAConfig, FullConfig)):
-        raise TypeError(f"config must be a TLoRAConfig, LoRAConfig or FullConfig, got {type(config).__name__}")
-    if adapter_config(model) is not None or adapted_layers(model):
-        raise ValueError(
-            "this model already has adapters; apply_adapters changes a model once. "
-            "Start from a fresh model, or call merge_and_unload(model) first"
-        )
+def _check_targets(model: nn.Module, config: AdapterConfig, spec: MethodSpec) -> dict[str, nn.Module]:
     targets = match_targets(model, config.target_modules)
     if config.target_modules is not None and not targets:
-        raise ValueError(f"target_modules {config.target_modules!r} matched no module. {_suggestions(model)}")
+        raise ValueError(f"target_modules {config.target_modules!r} matched no module. {_suggestions(model)}."
+                         f"{_regex_hint(config.target_modules)}")
     if config.target_modules is None and not targets:
         raise ValueError("this model has no nn.Linear layer to track")
     bad = {n: type(m).__name__ for n, m in targets.items() if not isinstance(m, nn.Linear)}
@@ -120,7 +117,7 @@ def _validate(model: nn.Module, config: AdapterConfig) -> dict[str, nn.Module]:
             f"only nn.Linear layers can be targeted; {dict(list(bad.items())[:5])} are not. "
             f"Name the Linear layers instead. {_suggestions(model)}"
         )
-    if isinstance(config, (TLoRAConfig, LoRAConfig)):
+    if spec.has_rank and spec.rank_bounded:
         for name, m in targets.items():
             limit = min(m.in_features, m.out_features)
             if config.rank > limit:
@@ -129,48 +126,66 @@ def _validate(model: nn.Module, config: AdapterConfig) -> dict[str, nn.Module]:
                     f"({m.in_features} → {m.out_features}): ΔW cannot have rank above {limit}. "
                     f"Use rank ≤ {limit} or leave that layer out of target_modules"
                 )
-    if isinstance(config, FullConfig) and config.track_modules is not None:
-        tracked = match_targets(model, config.track_modules)
+    return targets
+
+
+def _validate(model: nn.Module, config: AdapterConfig) -> dict[str, nn.Module]:
+    spec = spec_of(config)
+    if adapter_config(model) is not None or adapted_layers(model):
+        raise ValueError(
+            "this model already has adapters; apply_adapters changes a model once. "
+            "Start from a fresh model, or call merge_and_unload(model) first"
+        )
+    targets = _check_targets(model, config, spec)
+    track = getattr(config, "track_modules", None)
+    if track is not None:
+        tracked = match_targets(model, track)
         if not tracked or any(not isinstance(m, nn.Linear) for m in tracked.values()):
-            raise ValueError(f"track_modules {config.track_modules!r} must match nn.Linear layers only, and at least "
+            raise ValueError(f"track_modules {track!r} must match nn.Linear layers only, and at least "
                              f"one. {_suggestions(model)}")
-    modules = dict(model.named_modules())
     for name in config.modules_to_save or ():
-        if name not in modules and not match_targets(model, (name,)):
+        saved = match_targets(model, (name,))
+        if not saved:
             raise ValueError(f"modules_to_save entry {name!r} matches no module of the model")
-        if not isinstance(config, FullConfig) and match_targets(model, (name,)).keys() & targets.keys():
+        if spec.layer_class is not None and saved.keys() & targets.keys():
             raise ValueError(f"{name!r} is both a target and in modules_to_save; choose one")
     return targets
+
+
+def _replace_targets(model: nn.Module, spec: MethodSpec, config: AdapterConfig, targets: dict[str, nn.Module]) -> None:
+    """Swap each target for the method's adapted layer (layers of one model share ``shared``)."""
+    shared: dict[str, Any] = {}
+    for name, module in targets.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        layer = spec.build_layer(module, name, config, shared)
+        layer.train(module.training)  # an eval-mode model stays in eval mode
+        setattr(parent, child, layer)
 
 
 def apply_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
     """Adapt ``model`` in place as ``config`` says and return it.
 
-    TLoRA and LoRA wrap each targeted ``nn.Linear``; only the adapter parameters (and
-    ``modules_to_save``) stay trainable. FullConfig leaves the modules as they are and makes
-    all parameters (or the targets' parameters, plus ``modules_to_save``) trainable.
-    ``modules_to_save=None`` (the default) means the model's classification head, so a head
-    that ``from_pretrained(..., num_labels=K)`` initialised fresh is trained, not left random.
-    The model keeps the resolved config (``adapter_config(model)``). On any error the model is
-    left unchanged.
+    An adapter method wraps each targeted ``nn.Linear`` in its layer; only the adapter
+    parameters (and ``modules_to_save``) stay trainable. A method without a layer (FullConfig)
+    leaves the modules as they are and makes all parameters (or the targets' parameters, plus
+    ``modules_to_save``) trainable. ``modules_to_save=None`` (the default) means the model's
+    classification head, so a head that ``from_pretrained(..., num_labels=K)`` initialised fresh is
+    trained, not left random. The model keeps the resolved config (``adapter_config(model)``).
+    On any error the model is left unchanged.
     """
+    spec = spec_of(config)
     targets = _validate(model, config)
     config = _resolve_modules_to_save(model, config, targets)
     for p in model.parameters():
         p.requires_grad_(False)
-    if isinstance(config, FullConfig):
+    if spec.layer_class is None:
         trainable = model.parameters() if config.target_modules is None else (
             p for m in targets.values() for p in m.parameters())
         for p in trainable:
             p.requires_grad_(True)
     else:
-        cls = _LAYER_CLASSES[config.method]
-        for name, module in targets.items():
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            layer = cls(module, name, config)
-            layer.train(module.training)  # an eval-mode model stays in eval mode
-            setattr(parent, child, layer)
+        _replace_targets(model, spec, config, targets)
     for name in config.modules_to_save:
         for module in match_targets(model, (name,)).values():
             for p in module.parameters():
@@ -183,8 +198,8 @@ def apply_adapters(model: nn.Module, config: AdapterConfig) -> nn.Module:
 class ParameterCount:
     """Parameter counts; ``groups`` maps adapter / head / base to trainable and frozen counts.
 
-    ``adapter_buffers`` counts frozen adapter tensors stored as buffers (TLoRA's A and C):
-    they cost memory like LoRA's A and B but have no gradients or optimizer state.
+    ``adapter_buffers`` counts the adapters' frozen tensors (TLoRA's A and C, VeRA's shared A and
+    B once per shape, LoRA-XS's A and B): they cost memory but have no gradients or optimizer state.
     """
 
     trainable: int
@@ -201,23 +216,28 @@ class ParameterCount:
                 f"({100 * self.trainable / max(self.total, 1):.4f}%), frozen adapter buffers {self.adapter_buffers:,}")
 
 
-def _group_of(name: str, head_prefixes: tuple[str, ...]) -> str:
-    leaf = name.rsplit(".", 1)[-1]
-    if leaf.startswith(("tlora_", "lora_")):
-        return "adapter"
-    if any(name == h or name.startswith(h + ".") or ("." + h + ".") in ("." + name) for h in head_prefixes):
-        return "head"
-    return "base"
+def _adapter_tensor_ids(model: nn.Module) -> tuple[set[int], set[int]]:
+    """Ids of the adapters' own parameters and of their frozen buffers (shared ones once)."""
+    params, buffers = set(), set()
+    for layer in adapted_layers(model).values():
+        base = {id(t) for t in layer.base_layer.parameters()} | {id(t) for t in layer.base_layer.buffers()}
+        params |= {id(p) for p in layer.parameters()} - base
+        buffers |= {id(b) for b in layer.frozen_state().values()} - base
+    return params, buffers
 
 
 def count_parameters(model: nn.Module) -> ParameterCount:
     """Trainable and frozen parameters, by group (adapter, head, base)."""
     config = adapter_config(model)
     heads = tuple(config.modules_to_save) if config is not None else ()
+    head_modules = select_names((n for n, _ in model.named_modules() if n), heads)
+    adapter_params, adapter_buffers = _adapter_tensor_ids(model)
     groups = {g: {"trainable": 0, "frozen": 0} for g in ("adapter", "head", "base")}
     for name, p in model.named_parameters():
-        groups[_group_of(name, heads)]["trainable" if p.requires_grad else "frozen"] += p.numel()
-    buffers = sum(b.numel() for n, b in model.named_buffers() if n.rsplit(".", 1)[-1] in ("tlora_A", "tlora_C"))
+        group = "adapter" if id(p) in adapter_params else (
+            "head" if any(in_module(name, h) for h in head_modules) else "base")
+        groups[group]["trainable" if p.requires_grad else "frozen"] += p.numel()
+    buffers = sum(b.numel() for b in model.buffers() if id(b) in adapter_buffers)
     return ParameterCount(
         trainable=sum(g["trainable"] for g in groups.values()),
         frozen=sum(g["frozen"] for g in groups.values()),

@@ -1,7 +1,7 @@
 """The TLoRA layer: h = W0 x + b + Dropout(α · ((x A) B) C)  (docs/paper.md).
 
-This module is the definition: the frozen random A and C, the trainable B and α, the forward as
-the formula reads, ΔW and its factored form. The fused path (adapters/fused/) computes the same
+This module is the definition: the config, the frozen random A and C, the trainable B and α, the
+forward as the formula reads, and the spec with ΔW's factored form. The fused path (adapters/fused/) computes the same
 function with fewer passes over memory; the layer asks it first (``impl``) and computes the
 formula itself wherever it answers None.
 """
@@ -9,17 +9,54 @@ formula itself wherever it answers None.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
 
 import torch
 from torch import nn
 
-from ..fileio import fingerprint
-from ..lowrank import FactoredUpdate
+from ..names import NameSelection
 from . import fused
 from .base import AdaptedLinear, layer_generator
-from .config import TLoRAConfig
+from .config import AdapterConfig, check_bool, check_choice, check_finite
+from .spec import Factors, MethodSpec, RunnerOptions, StoredTensor, fingerprints
 
-__all__ = ["IMPLEMENTATIONS", "TLoRALinear", "init_frozen_factors"]
+__all__ = ["IMPLEMENTATIONS", "SPEC", "TLoRAConfig", "TLoRALinear", "init_frozen_factors"]
+
+NAME = "tlora"  # the method's registered name (run.json's "method", --method)
+
+INITS = ("paper", "gaussian", "orthogonal")
+
+
+@dataclass(frozen=True)
+class TLoRAConfig(AdapterConfig):
+    """Tri-matrix LoRA: ΔW = α·(A B C)ᵀ with frozen random A, C and trainable B, α.
+
+    init: "paper" (Kaiming normal a=√5 on the stored layouts: std_A = 1/√(3r),
+    std_C = 1/√(3·out)), "gaussian" (std 1/√r on both), or "orthogonal" (orthonormal
+    columns of A and rows of C). dropout_position: "output" (the paper's setup, after α) or
+    "input" (LoRA-style, on x). train_alpha=False keeps α fixed at alpha_init.
+    modules_to_save: None (default) trains the model's classification head (a top-level
+    ``classifier`` or ``score``) next to the adapter, as PEFT does for sequence classification;
+    ``()`` keeps it frozen (the paper's setup); a list names the modules to train.
+    """
+
+    method: str = field(init=False, default=NAME)
+    rank: int = 32
+    target_modules: NameSelection = ("query", "value")
+    seed: int = 0
+    alpha_init: float = 1.0
+    dropout: float = 0.5
+    init: Literal["paper", "gaussian", "orthogonal"] = "paper"
+    dropout_position: Literal["output", "input"] = "output"
+    train_alpha: bool = True
+    modules_to_save: NameSelection | None = None
+
+    def check(self) -> None:
+        check_finite(self.alpha_init, "alpha_init")
+        check_choice(self.init, INITS, "init")
+        check_choice(self.dropout_position, ("output", "input"), "dropout_position")
+        check_bool(self.train_alpha, "train_alpha")
 
 IMPLEMENTATIONS = ("plain", "adapter", "fused", "merged")
 _FUSED = ("fused", "merged")  # the implementations that fuse the base layer with the adapter
@@ -49,16 +86,17 @@ def init_frozen_factors(
 class TLoRALinear(AdaptedLinear):
     """A frozen linear layer plus α·(A B C)ᵀ with A, C frozen buffers and B, α trainable."""
 
-    method = "tlora"
+    method = NAME
 
-    def __init__(self, base_layer: nn.Linear, layer_name: str, config: TLoRAConfig) -> None:
+    def __init__(self, base_layer: nn.Linear, layer_name: str, config: TLoRAConfig,
+                 shared: dict[str, Any] | None = None) -> None:
         super().__init__(base_layer, layer_name)
         w = base_layer.weight
         a, c = init_frozen_factors(base_layer.in_features, base_layer.out_features, config, layer_name)
         dtype = w.dtype if w.dtype.is_floating_point else torch.float32
         a, c = a.to(dtype), c.to(dtype)
         # Fingerprints of the stored values, taken on the CPU (works for meta-device models too).
-        self.fingerprints = {"A": fingerprint(a), "C": fingerprint(c)}
+        self.fingerprints = fingerprints({"A": a, "C": c})
         self.register_buffer("tlora_A", a.to(w.device))
         self.register_buffer("tlora_C", c.to(w.device))
         self.tlora_B = nn.Parameter(torch.zeros(config.rank, config.rank, device=w.device, dtype=dtype))
@@ -125,21 +163,30 @@ class TLoRALinear(AdaptedLinear):
                 return out
         return super().forward(x)
 
-    @torch.no_grad()
-    def delta_weight(self) -> torch.Tensor:
-        """ΔW = α · (A B C)ᵀ  (out × in)."""
-        return (self.tlora_alpha * (self.tlora_A @ self.tlora_B @ self.tlora_C)).T.to(self.base_layer.weight.dtype)
-
-    def factored_update(self) -> FactoredUpdate:
-        """ΔW = α · Cᵀ Bᵀ Aᵀ as (left = Cᵀ, core = Bᵀ, right = Aᵀ, scale = α)."""
-        return FactoredUpdate(self.tlora_C.T, self.tlora_B.T, self.tlora_A.T, self.tlora_alpha)
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {"tlora_B": self.tlora_B, "tlora_alpha": self.tlora_alpha}
-
-    def frozen_state(self) -> dict[str, torch.Tensor]:
-        return {"tlora_A": self.tlora_A, "tlora_C": self.tlora_C}
+    def layer_info(self) -> dict[str, Any]:
+        return {"fingerprints": self.fingerprints}
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, rank={self.rank}, dropout_position={self.dropout_position}, "
                 f"impl={self._impl}")
+
+
+def tlora_factors(t: Mapping[str, torch.Tensor], info: Mapping[str, Any]) -> Factors:
+    """ΔW = α · (A B C)ᵀ = α · Cᵀ Bᵀ Aᵀ: (left = Cᵀ, core = Bᵀ, right = Aᵀ, scale = α)."""
+    return Factors(t["tlora_C"].T, t["tlora_B"].T, t["tlora_A"].T, t["tlora_alpha"])
+
+
+def _runner_config(o: RunnerOptions) -> TLoRAConfig:
+    return TLoRAConfig(rank=o.rank, target_modules=o.targets, seed=o.seed,
+                       dropout=0.5 if o.dropout is None else o.dropout, init=o.tlora_init or "paper",
+                       modules_to_save=o.modules_to_save)
+
+
+SPEC = MethodSpec(
+    name=NAME, label="TLoRA", config_class=TLoRAConfig, layer_class=TLoRALinear,
+    tensors=(StoredTensor("tlora_A", "A", True, lambda out, inn, r: (inn, r)),
+             StoredTensor("tlora_B", "B", False, lambda out, inn, r: (r, r)),
+             StoredTensor("tlora_C", "C", True, lambda out, inn, r: (r, out)),
+             StoredTensor("tlora_alpha", "alpha", False, lambda out, inn, r: ())),
+    factors=tlora_factors, runner_config=_runner_config, frozen_sides=("left", "right"),
+)

@@ -24,11 +24,9 @@ from ..lowrank import FactoredUpdate, as_float64
 from .select import IDENTITY_COLUMNS, LayerSelection, StepSelection, TableBuilder, sweep
 from .updates import UpdateSource, require_base_weights
 
-__all__ = ["DistributionTables", "distributions", "entry_statistics", "MATRICES"]
+__all__ = ["DistributionTables", "distributions", "entry_statistics", "available_matrices", "MATRICES"]
 
-MATRICES = ("A", "B", "C", "W0", "dW")
-_AVAILABLE = {"tlora": ("A", "B", "C", "W0", "dW"), "lora": ("A", "B", "W0", "dW"), "full": ("W0", "dW")}
-_FROZEN = {"tlora": ("A", "C", "W0"), "lora": ("W0",), "full": ("W0",)}
+MATRICES = ("A", "B", "C", "W0", "dW")  # the paper's; a method adds its own roles (LoRA-XS R, VeRA d, b)
 STAT_COLUMNS = ("n_entries", "n_sampled", "mean", "std", "skew", "excess_kurtosis", "ks_stat",
                 "k2_pvalue", "shapiro_stat", "shapiro_pvalue", "shapiro_n")
 Bins = Union[int, str]
@@ -44,17 +42,21 @@ class DistributionTables:
     qq: pd.DataFrame | None
 
 
+def available_matrices(run: Any) -> tuple[str, ...]:
+    """The matrices a run's entries can be read from: its method's matrix roles, W0 and dW."""
+    return (*run.spec.matrix_roles, "W0", "dW")
+
+
 def _validate(run: Any, matrices: Sequence[str], bins: Bins, max_entries: int, shapiro_max: int, qq_points: int) -> tuple[str, ...]:
     if isinstance(matrices, str):
         matrices = (matrices,)
     matrices = tuple(matrices)
+    available = available_matrices(run)
     if not matrices:
-        raise ValueError(f"matrices is empty; choose from {MATRICES}")
+        raise ValueError(f"matrices is empty; choose from {available}")
     for m in matrices:
-        if m not in MATRICES:
-            raise ValueError(f"unknown matrix {m!r}; choose from {MATRICES}")
-        if m not in _AVAILABLE[run.method]:
-            raise ValueError(f"a {run.method} run has no matrix {m!r}; it has {_AVAILABLE[run.method]}")
+        if m not in available:
+            raise ValueError(f"a {run.method} run has no matrix {m!r}; it has {available}")
     if "W0" in matrices:
         require_base_weights(run, "distributions(matrices=('W0', ...))")
     if isinstance(bins, bool) or not (bins in BIN_RULES or (isinstance(bins, (int, np.integer)) and bins >= 1)):
@@ -66,7 +68,8 @@ def _validate(run: Any, matrices: Sequence[str], bins: Bins, max_entries: int, s
 
 
 def _rng(seed: int, layer: str, step: int, matrix: str) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32(layer.encode()), step, MATRICES.index(matrix)])
+    which = MATRICES.index(matrix) if matrix in MATRICES else zlib.crc32(matrix.encode())
+    return np.random.default_rng([seed, zlib.crc32(layer.encode()), step, which])
 
 
 def _sample_matrix(matrix: np.ndarray, max_entries: int, rng: np.random.Generator) -> np.ndarray:
@@ -151,7 +154,8 @@ def distributions(
 ) -> DistributionTables:
     """Histograms, moments and normality tests of matrix entries per (layer, step, matrix).
 
-    ``matrices`` ⊂ {"A", "B", "C", "W0", "dW"} (as available for the method); ``bins`` an
+    ``matrices``: the method's matrices (TLoRA A, B, C; LoRA A, B; VeRA A, B, d, b; LoRA-XS A, R, B;
+    full fine-tuning none) and "W0", "dW" (:func:`available_matrices`); ``bins`` an
     int or a numpy rule (default "fd", Freedman–Diaconis: bin width 2·IQR/n^⅓); std uses
     ddof = 1; skew and excess kurtosis are the moment estimators; ks_stat is the KS distance to
     the normal with the sample's mean and std (an effect size, no p-value: fitted parameters
@@ -160,6 +164,7 @@ def distributions(
     repeated at every selected step.
     """
     matrices = _validate(run, matrices, bins, max_entries, shapiro_max, qq_points)
+    frozen = (*run.spec.frozen_roles, "W0")
     source = UpdateSource(run)
     extra = ("matrix",)
     hist_t = TableBuilder(IDENTITY_COLUMNS + extra + ("bin_left", "bin_right", "count", "density", "n_entries", "n_sampled"))
@@ -184,7 +189,7 @@ def distributions(
                         full = as_float64(factors[matrix])
                     x, n_entries = _sample_matrix(full, max_entries, rng), full.size
                 summary = _summaries(x, n_entries, bins, qq, qq_points, shapiro_max, rng)
-                if matrix in _FROZEN[run.method]:
+                if matrix in frozen:
                     frozen_cache = {k: v for k, v in frozen_cache.items() if k[0] == layer}
                     frozen_cache[key] = summary
             st = summary["stats"]

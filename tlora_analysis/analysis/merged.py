@@ -2,9 +2,10 @@
 
 - corrected: W0 + ΔW, ΔW in the (out × in) orientation with its scale (LoRA's lora_alpha/r).
 - paper_faithful: the construction behind the paper's figures 8 and 10: the update added
-  *transposed* (possible only for square layers) and LoRA's scale left out. TLoRA keeps its
-  α (a trained parameter, not a fixed scale); full fine-tuning has no adapter to mis-orient,
-  so its paper-faithful merged weight is the fine-tuned weight itself.
+  *transposed* (possible only for square layers) and a fixed scale (LoRA's lora_alpha/r: the
+  spec's ``fixed_scale``) left out. A trained scale (TLoRA's α) stays; a method whose trained
+  tensor is the weight itself (full fine-tuning) has no adapter to mis-orient, so its
+  paper-faithful merged weight is the fine-tuned weight itself.
 
 Inner products with W0 are taken from the factors in O(out·in·r) without building ΔW;
 only :func:`merged_eigenvalues` builds the dense merged matrix (an eigenproblem of W0 + ΔW
@@ -28,16 +29,17 @@ __all__ = ["paper_faithful_update", "inner_with_dense", "merged_eigenvalues", "C
 CONSTRUCTIONS = ("corrected", "paper_faithful")
 
 
-def paper_faithful_update(update: FactoredUpdate, method: str) -> FactoredUpdate:
-    """The update as the paper added it to W0: transposed, and without LoRA's scale."""
-    if method == "full":
+def paper_faithful_update(update: FactoredUpdate, spec: Any) -> FactoredUpdate:
+    """The update as the paper added it to W0: transposed, and without a fixed scale (``spec``: the run's
+    method spec, ``run.spec``)."""
+    if spec.weight_key is not None:
         return update
     out, inn = update.shape
     if out != inn:
         raise ValueError(
             f"the paper-faithful construction adds the update transposed, which needs a square layer; "
             f"this one is {out} × {inn}")
-    scale = 1.0 if method == "lora" else update.scale
+    scale = 1.0 if spec.fixed_scale else update.scale
     core = None if update.core is None else update.core.T
     right = None if update.left is None else update.left.T
     left = None if update.right is None else update.right.T
@@ -79,7 +81,7 @@ def merged_eigenvalues(
     for layer, step, ident in sweep(run, chosen, steps):
         upd = source.update(layer, step)
         if paper_faithful:
-            upd = paper_faithful_update(upd, run.method)
+            upd = paper_faithful_update(upd, run.spec)
         lam = np.linalg.eigvals(merged_dense(upd, source.base(layer).weight)).astype(np.complex128)
         lam = lam[np.lexsort((np.angle(lam), -np.abs(lam)))]
         table.add(lam.size, **ident, construction=construction, **eigen_rows(lam))

@@ -1,9 +1,12 @@
-"""Where another run's update lies relative to what TLoRA can reach, and how TLoRA aligns inside it.
+"""Where another run's update lies relative to what a confined method can reach, and how it aligns inside it.
 
 TLoRA's update ΔW_T = α·Cᵀ Bᵀ Aᵀ lives in S = {Q_C M Q_Aᵀ : M ∈ R^{p×q}}, with Q_C, Q_A
 orthonormal bases of col(Cᵀ) and col(A) (p = q = r): fixed at initialisation, whatever
-training does. For the other run's update X (LoRA, full fine-tuning, another TLoRA), per
-(layer, step):
+training does. The same holds for any method whose outer factors are frozen (its spec's
+``fixed_subspaces``): LoRA-XS's ΔW = A R B lives in W0's top-r singular subspaces, so the
+table compares where another update lies against random projections (TLoRA) or against W0's
+own top directions (LoRA-XS). Below, "TLoRA" stands for the confined run. For the other run's
+update X (LoRA, full fine-tuning, another TLoRA), per (layer, step):
 
 - ``reachable_fraction`` f = ‖Q_Cᵀ X Q_A‖²_F / ‖X‖²_F, the share of X's energy inside S;
   √f (``max_cosine``) is the largest cosine *any* update in S could have with X.
@@ -161,16 +164,18 @@ def _layer_row(ut: FactoredUpdate, uo: FactoredUpdate, nulls: _LayerNulls) -> di
 
 def reachable(run_tlora: Any, run_other: Any, layers: LayerSelection = None, steps: StepSelection = "all",
               n_null: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """One row per matched (layer, step): the other run's update against TLoRA's reachable set.
+    """One row per matched (layer, step): the other run's update against the first run's reachable set.
 
-    ``run_tlora`` must be a TLoRA run (its frozen A, C define the set); ``run_other`` any run
-    with the same layers (LoRA, full fine-tuning, TLoRA with another seed). ``n_null`` exact
-    draws per layer (seeded by ``seed`` and the layer name, shared by its steps) give the
-    Monte-Carlo p-values and bands. Columns: :data:`REACHABLE_COLUMNS` (docs/analysis.md).
+    ``run_tlora`` must be a run of a method confined to fixed subspaces (TLoRA: its frozen A, C
+    define the set; LoRA-XS: W0's top-r singular vectors); ``run_other`` any run with the same
+    layers (LoRA, full fine-tuning, TLoRA with another seed). ``n_null`` exact draws per layer
+    (seeded by ``seed`` and the layer name, shared by its steps) give the Monte-Carlo p-values
+    and bands. Columns: :data:`REACHABLE_COLUMNS` (docs/analysis.md).
     """
-    if run_tlora.method != "tlora":
-        raise ValueError(f"reachable() needs a TLoRA run first (its frozen A and C define the reachable set); "
-                         f"run {run_tlora.name!r} is {run_tlora.method!r}")
+    if not run_tlora.spec.fixed_subspaces:
+        raise ValueError(f"reachable() needs first a run whose update is confined by frozen outer factors (TLoRA, "
+                         f"LoRA-XS); run {run_tlora.name!r} is {run_tlora.method!r}, whose update can leave any "
+                         f"fixed subspace: pass it second")
     if isinstance(n_null, bool) or not isinstance(n_null, (int, np.integer)) or n_null < 2:
         raise ValueError(f"n_null must be an int ≥ 2 (null draws per layer; 2,000 or more for p-values), got {n_null!r}")
     chosen, _, _, _ = match_layers(run_tlora, run_other, layers)

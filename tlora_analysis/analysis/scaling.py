@@ -67,9 +67,9 @@ def across_layers(per_layer: pd.DataFrame) -> pd.DataFrame:
 
 def scaling(run: Any, layers: LayerSelection = None, steps: StepSelection = "all") -> ScalingTables:
     """α per (layer, step) and its variation across layers at each step (TLoRA runs only)."""
-    if run.method != "tlora":
+    if "alpha" not in run.spec.roles:
         raise ValueError(
-            f"scaling() analyses TLoRA's trainable α; run {run.name!r} is {run.method!r} "
+            f"scaling() analyses a trained scale α (TLoRA's); run {run.name!r} is {run.method!r}, which trains none "
             "(LoRA's scale lora_alpha/r is a fixed constant, full fine-tuning has none)")
     source = UpdateSource(run)
     table = TableBuilder(IDENTITY_COLUMNS + ("alpha", "fro_norm_B", "alpha_fro_norm_B"))

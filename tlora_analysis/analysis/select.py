@@ -1,7 +1,8 @@
 """Layer and step selection, identity columns, and a columnar table builder shared by analyzers.
 
-Every analyzer takes ``layers=`` (None = all, a regular expression, or a list of full names
-or dotted suffixes) and ``steps=`` ("all", "last", an int k = every k-th recorded step, or a
+Every analyzer takes ``layers=`` (None = all, or a name selection by the package's one rule,
+:mod:`tlora_analysis.names`: a full name, a dotted suffix such as ``"value"``, ``"re:REGEX"``
+matching the whole name, or a list of these) and ``steps=`` ("all", "last", an int k = every k-th recorded step, or a
 list of steps). Selections that match nothing, and named steps a run lacks, raise
 :class:`SelectionError` naming what exists.
 """
@@ -15,6 +16,8 @@ from typing import Any, Union
 
 import numpy as np
 import pandas as pd
+
+from ..names import as_patterns, looks_like_regex, select_names, unmatched
 
 __all__ = [
     "SelectionError", "LayerSelection", "StepSelection", "select_layers", "select_steps",
@@ -41,34 +44,21 @@ def _shorten(items: Sequence[Any], n: int = 8) -> str:
 
 
 def select_layers(available: Sequence[str], layers: LayerSelection, what: str = "the run") -> list[str]:
-    """The layers of ``available`` (kept in their order) that ``layers`` selects."""
+    """The layers of ``available`` (kept in their order) that ``layers`` selects; each pattern must select one."""
     available = list(available)
     if layers is None:
-        chosen = available
-    elif isinstance(layers, str):
-        try:
-            pattern = re.compile(layers)
-        except re.error as exc:
-            raise SelectionError(f"layers={layers!r} is not a valid regular expression ({exc})") from exc
-        chosen = [name for name in available if pattern.search(name)]
-    elif isinstance(layers, Iterable):
-        wanted = list(layers)
-        for item in wanted:
-            if not isinstance(item, str):
-                raise TypeError(f"layers must be None, a regex string or a list of names; got item {item!r}")
-            if not any(_matches(name, item) for name in available):
-                raise SelectionError(
-                    f"layer {item!r} matches no layer of {what}; it has: {_shorten(available)}")
-        chosen = [name for name in available if any(_matches(name, item) for item in wanted)]
-    else:
-        raise TypeError(f"layers must be None, a regex string or a list of names, got {type(layers).__name__}")
-    if not chosen:
-        raise SelectionError(f"layers={layers!r} matches no layer of {what}; it has: {_shorten(available)}")
-    return chosen
-
-
-def _matches(name: str, item: str) -> bool:
-    return name == item or name.endswith("." + item)
+        return available
+    try:
+        patterns = as_patterns(layers, "layers")
+    except ValueError as exc:
+        raise SelectionError(str(exc)) from exc
+    missing = unmatched(available, patterns)
+    if missing:
+        hint = f" To use {missing[0]!r} as a regular expression, write 're:{missing[0]}'." \
+            if looks_like_regex(missing[0]) else ""
+        raise SelectionError(f"layers entry {missing[0]!r} matches no layer of {what}; it has: "
+                             f"{_shorten(available)}.{hint}")
+    return select_names(available, patterns)
 
 
 def pick_steps(available: Sequence[int], steps: StepSelection, what: str = "the run") -> list[int]:

@@ -70,9 +70,9 @@ class _Side:
 
     def paper_update(self, update: FactoredUpdate) -> FactoredUpdate | None:
         out, inn = update.shape
-        if self.run.method != "full" and out != inn:
+        if self.run.spec.weight_key is None and out != inn:
             return None  # the transposed construction only fits square layers
-        return paper_faithful_update(update, self.run.method)
+        return paper_faithful_update(update, self.run.spec)
 
 
 def _merged_cosine(pa: FactoredUpdate, pb: FactoredUpdate, w0a: BaseWeight, w0b: BaseWeight) -> dict[str, float]:

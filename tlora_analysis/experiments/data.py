@@ -12,7 +12,7 @@ import csv
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -433,44 +433,8 @@ def load_local_files(
     if test is not None:
         paths["test"] = Path(test)
     frames = {name: _read_local(p) for name, p in paths.items()}
-    for name, frame in frames.items():
-        missing = [c for c in (*text_columns, label_column) if c not in frame.columns]
-        if missing:
-            raise MissingColumnError(
-                f"{paths[name]} has no column(s) {missing}; its columns are {list(frame.columns)}. "
-                f"Name them with --text-columns and --label-column"
-            )
-        nulls = frame[[*text_columns, label_column]].isna().any(axis=1)
-        if nulls.any():
-            raise ValueError(f"{paths[name]} has {int(nulls.sum())} row(s) with an empty text or label (first at row {int(nulls.idxmax())}); remove them")
-    label_names = None
-    kinds = {name: _labels_kind(frame, label_column, paths[name]) for name, frame in frames.items()}
-    if regression:
-        bad = [str(paths[n]) for n, k in kinds.items() if k == "str"]
-        if bad:
-            raise ValueError(f"--regression needs numeric scores in {label_column!r}, but {', '.join(bad)} hold text "
-                             f"labels; drop --regression for a classification task")
-        encode = lambda s: s.astype(float)  # noqa: E731
-        num_labels = 1
-    elif "float" in kinds.values():
-        name = next(n for n, k in kinds.items() if k == "float")
-        example = next(v for v in frames[name][label_column] if float(v) % 1 != 0)
-        raise ValueError(
-            f"{paths[name]}: {label_column!r} holds fractional numbers (e.g. {example}), which are scores, not class "
-            f"ids; pass --regression (regression=True) to train a regression head, or give integer class ids"
-        )
-    elif kinds["train"] == "int":
-        encode = lambda s: s.astype(np.int64)  # noqa: E731
-        num_labels = int(max(f[label_column].astype(np.int64).max() for f in frames.values())) + 1
-    else:
-        label_names = tuple(sorted(frames["train"][label_column].astype(str).unique()))
-        ids = {n: i for i, n in enumerate(label_names)}
-        for name, frame in frames.items():
-            unknown = sorted(set(frame[label_column].astype(str)) - set(ids))
-            if unknown:
-                raise ValueError(f"{paths[name]} has labels {unknown[:5]} that the training file lacks ({list(label_names)})")
-        encode = lambda s: s.astype(str).map(ids).astype(np.int64)  # noqa: E731
-        num_labels = len(label_names)
+    _check_local_columns(frames, paths, text_columns, label_column)
+    encode, num_labels, label_names = _label_encoding(frames, paths, label_column, regression)
     splits = {}
     for name, frame in frames.items():
         cols = {"text": frame[text_columns[0]].astype(str)}
@@ -484,6 +448,50 @@ def load_local_files(
             raise ValueError(f"negative integer labels in {negative}; class ids must be 0..K-1")
     return TaskData(name=Path(train).stem, splits=splits, num_labels=num_labels, is_regression=regression,
                     label_names=label_names, source=f"local files {', '.join(str(p) for p in paths.values())}")
+
+
+def _check_local_columns(frames: dict[str, pd.DataFrame], paths: dict[str, Path], text_columns: tuple[str, ...],
+                         label_column: str) -> None:
+    """Every file has the named columns and no empty text or label."""
+    for name, frame in frames.items():
+        missing = [c for c in (*text_columns, label_column) if c not in frame.columns]
+        if missing:
+            raise MissingColumnError(
+                f"{paths[name]} has no column(s) {missing}; its columns are {list(frame.columns)}. "
+                f"Name them with --text-columns and --label-column"
+            )
+        nulls = frame[[*text_columns, label_column]].isna().any(axis=1)
+        if nulls.any():
+            raise ValueError(f"{paths[name]} has {int(nulls.sum())} row(s) with an empty text or label (first at row {int(nulls.idxmax())}); remove them")
+
+
+def _label_encoding(frames: dict[str, pd.DataFrame], paths: dict[str, Path], label_column: str,
+                    regression: bool) -> tuple[Callable[[pd.Series], pd.Series], int, tuple[str, ...] | None]:
+    """(label column → targets, number of labels or 1 for regression, class names when the labels are text)."""
+    kinds = {name: _labels_kind(frame, label_column, paths[name]) for name, frame in frames.items()}
+    if regression:
+        bad = [str(paths[n]) for n, k in kinds.items() if k == "str"]
+        if bad:
+            raise ValueError(f"--regression needs numeric scores in {label_column!r}, but {', '.join(bad)} hold text "
+                             f"labels; drop --regression for a classification task")
+        return (lambda s: s.astype(float)), 1, None
+    if "float" in kinds.values():
+        name = next(n for n, k in kinds.items() if k == "float")
+        example = next(v for v in frames[name][label_column] if float(v) % 1 != 0)
+        raise ValueError(
+            f"{paths[name]}: {label_column!r} holds fractional numbers (e.g. {example}), which are scores, not class "
+            f"ids; pass --regression (regression=True) to train a regression head, or give integer class ids"
+        )
+    if kinds["train"] == "int":
+        num_labels = int(max(f[label_column].astype(np.int64).max() for f in frames.values())) + 1
+        return (lambda s: s.astype(np.int64)), num_labels, None
+    label_names = tuple(sorted(frames["train"][label_column].astype(str).unique()))
+    ids = {n: i for i, n in enumerate(label_names)}
+    for name, frame in frames.items():
+        unknown = sorted(set(frame[label_column].astype(str)) - set(ids))
+        if unknown:
+            raise ValueError(f"{paths[name]} has labels {unknown[:5]} that the training file lacks ({list(label_names)})")
+    return (lambda s: s.astype(str).map(ids).astype(np.int64)), len(label_names), label_names
 
 
 def normalize_task(task: str) -> str:

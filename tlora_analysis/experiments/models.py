@@ -1,6 +1,6 @@
 """Models: the bundled MiniLM, a local Hugging Face folder, or a hub id; head modes; target checks.
 
-Head modes (shared/PAPER.md §2 supports both):
+Head modes (the paper's setup uses both, docs/paper.md):
 - ``"fresh"``: a newly initialised classification head with the task's number of labels,
   trained next to the adapter (PEFT's ``modules_to_save=["classifier"]``).
 - ``"frozen"``: the checkpoint's head is kept and frozen; labels index its logits (the paper
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..adapters.inject import head_module_names
+from ..names import REGEX_PREFIX, as_patterns, looks_like_regex, unmatched
 from .bundled import BUNDLED_MODEL_NAME, bundled_model_dir
 
 __all__ = [
@@ -131,20 +132,7 @@ def load_model(
         raise UnknownModelError(f"could not load the weights of {target!r} ({exc}); give a Hugging Face model "
                                 f"folder with model.safetensors") from exc
     heads = head_module_names(model)
-    note = None
-    missing = [k for k in info.get("missing_keys", []) if k.split(".")[0] in heads]
-    if head == "frozen" and missing:
-        note = (f"the checkpoint has no trained classification head ({', '.join(missing[:2])} newly initialised) and "
-                f"--head frozen keeps that random head frozen: the model can only learn through the adapter into "
-                f"a random readout. Use --head fresh to train the head")
-        warnings.warn(note, stacklevel=2)
-        print(f"WARNING  {note}", file=sys.stderr, flush=True)
-    if head == "fresh":
-        if not heads:
-            raise ValueError(f"{type(model).__name__} has no 'classifier' or 'score' head to train; use head='frozen'")
-        torch.manual_seed(seed)
-        for name in heads:
-            model.get_submodule(name).apply(model._init_weights)
+    note = _set_up_head(model, heads, head, info.get("missing_keys", []), seed)
     try:
         tokenizer = AutoTokenizer.from_pretrained(target)
     except (OSError, ValueError, TypeError) as exc:
@@ -156,31 +144,43 @@ def load_model(
     return LoadedModel(model, tokenizer, identity, target, head, heads, note)
 
 
+def _set_up_head(model: nn.Module, heads: tuple[str, ...], head: str, missing_keys: Sequence[str],
+                 seed: int) -> str | None:
+    """A fresh head initialised from ``seed``; for a kept head that the checkpoint lacks, the warning note."""
+    missing = [k for k in missing_keys if k.split(".")[0] in heads]
+    if head == "frozen" and missing:
+        note = (f"the checkpoint has no trained classification head ({', '.join(missing[:2])} newly initialised) and "
+                f"--head frozen keeps that random head frozen: the model can only learn through the adapter into "
+                f"a random readout. Use --head fresh to train the head")
+        warnings.warn(note, stacklevel=3)
+        print(f"WARNING  {note}", file=sys.stderr, flush=True)
+        return note
+    if head == "fresh":
+        if not heads:
+            raise ValueError(f"{type(model).__name__} has no 'classifier' or 'score' head to train; use head='frozen'")
+        torch.manual_seed(seed)
+        for name in heads:
+            model.get_submodule(name).apply(model._init_weights)
+    return None
+
+
 def check_targets(model: nn.Module, targets: str | Sequence[str]) -> None:
-    """Raise :class:`UnknownTargetError` naming close module names when a target matches nothing."""
+    """Raise :class:`UnknownTargetError` naming close module names when a target pattern matches nothing."""
     names = [n for n, _ in model.named_modules() if n]
     suffixes = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-    entries = [targets] if isinstance(targets, str) else list(targets)
-    for entry in entries:
-        if isinstance(targets, str) or entry.startswith("re:"):
-            pattern = entry[3:] if entry.startswith("re:") else entry
-            try:
-                compiled = re.compile(pattern)
-            except re.error as exc:
-                raise UnknownTargetError(f"target {entry!r} is not a valid regular expression ({exc}); write a "
-                                         f"module name such as 'query', or fix the pattern after 're:'") from exc
-            if any(compiled.fullmatch(n) for n in names):
-                continue
-            candidates = difflib.get_close_matches(pattern, names, n=5, cutoff=0.5)
-        else:
-            if any(n == entry or n.endswith("." + entry) for n in names):
-                continue
-            candidates = difflib.get_close_matches(entry, suffixes, n=5, cutoff=0.5) or \
-                difflib.get_close_matches(entry, names, n=5, cutoff=0.5)
+    try:
+        patterns = as_patterns(targets, "targets")
+    except ValueError as exc:
+        raise UnknownTargetError(str(exc)) from exc
+    for entry in unmatched(names, patterns):
+        bare = entry.removeprefix(REGEX_PREFIX)
+        candidates = difflib.get_close_matches(bare, suffixes, n=5, cutoff=0.5) or \
+            difflib.get_close_matches(bare, names, n=5, cutoff=0.5)
         close = f"close names: {candidates}" if candidates else "no close name"
+        hint = f"; as a regular expression write 're:{entry}'" if looks_like_regex(entry) else ""
         raise UnknownTargetError(
             f"target {entry!r} matches no module of {type(model).__name__} ({close}); "
-            f"linear layers here are named {suffixes}"
+            f"linear layers here are named {suffixes}{hint}"
         )
 
 

@@ -13,9 +13,8 @@ from typing import Sequence
 
 from torch import nn
 
-from ..adapters.config import LoRAConfig
 from ..adapters.inject import CONFIG_ATTR
-from ..adapters.lora import LoRALinear
+from ..adapters.lora import LoRAConfig, LoRALinear
 
 __all__ = ["apply_peft_lora", "peft_recording_view"]
 

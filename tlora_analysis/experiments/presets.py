@@ -1,6 +1,6 @@
 """Named presets: bundles of hyperparameters that flags given on top of them override.
 
-``paper`` is shared/PAPER.md §2 (TLoRA, arXiv 2504.18735): rank 32 on attention query and
+``paper`` is the TLoRA paper's setup (docs/paper.md): rank 32 on attention query and
 value, AdamW lr 1e-3 with weight decay 0.01 (applied to B and α too), 6% linear warmup then
 linear decay, batch 32, 30 epochs, adapter dropout 0.5, the checkpoint's head kept frozen,
 fp32, tokenizer maximum length with dynamic padding. LoRA under the preset uses lora_alpha 16

@@ -7,7 +7,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["require_columns", "pick_step", "pick_layer", "module_order", "short_module", "finite"]
+from ..names import as_patterns, select_names
+
+__all__ = ["require_columns", "pick_step", "pick_layer", "one_layer", "module_order", "short_module", "finite"]
 
 _MODULE_ORDER = ("query", "key", "value", "dense", "output")
 _SHORT = {"query": "q", "key": "k", "value": "v"}
@@ -45,18 +47,20 @@ def pick_step(frame: pd.DataFrame, step: int | str | None) -> tuple[pd.DataFrame
 
 
 def pick_layer(frame: pd.DataFrame, layer: str | None) -> tuple[pd.DataFrame, str]:
-    """Rows of one layer: an exact name, a unique suffix, or None = the first layer in model order."""
+    """Rows of one layer: a name pattern (tlora_analysis.names) that selects exactly one layer, or None = the
+    first layer in model order."""
     names = list(dict.fromkeys(frame.sort_values(["layer_index"], kind="stable")["layer"]))
+    return frame[frame["layer"] == (chosen := one_layer(names, layer))], chosen
+
+
+def one_layer(names: Sequence[str], layer: str | None) -> str:
+    """The one name of ``names`` a pattern selects (None: the first); anything else is a ValueError listing them."""
     if layer is None:
-        chosen = names[0]
-    elif layer in names:
-        chosen = layer
-    else:
-        hits = [n for n in names if n.endswith(layer)]
-        if len(hits) != 1:
-            raise ValueError(f"layer {layer!r} matches {len(hits)} layers; give one of {names}")
-        chosen = hits[0]
-    return frame[frame["layer"] == chosen], chosen
+        return names[0]
+    hits = select_names(names, as_patterns(layer, "layer"))
+    if len(hits) != 1:
+        raise ValueError(f"layer {layer!r} matches {len(hits)} layers; give one of {list(names)}")
+    return hits[0]
 
 
 def module_order(modules: Sequence[str]) -> list[str]:

@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .. import analysis
+from ..adapters.methods import METHODS
 from . import distributions, norms, similarity, spectra, training
 from .runs import (RunRoles, difference_table, loss_name, majority_baseline, metrics_table, outcome_table,
                    parameter_table, selection_metric)
@@ -44,9 +45,10 @@ class FigureContext:
         r = self.roles
         return self.cached("similarity", lambda: analysis.similarity(r.tlora, r.lora, steps="last"))
 
-    def reachable(self) -> pd.DataFrame:
+    def reachable(self, confined: str = "tlora") -> pd.DataFrame:
+        """LoRA's update against the reachable set of the ``confined`` method's run (TLoRA or LoRA-XS)."""
         r = self.roles
-        return self.cached("reachable", lambda: analysis.reachable(r.tlora, r.lora, steps="last"))
+        return self.cached(f"reachable-{confined}", lambda: analysis.reachable(r.of(confined), r.lora, steps="last"))
 
     def metrics(self) -> pd.DataFrame:
         return self.cached("metrics", lambda: metrics_table(self.roles.all_runs))
@@ -90,7 +92,7 @@ class FigureSpec:
     def missing(self, roles: RunRoles) -> str | None:
         """Why the runs cannot support this figure, or None."""
         for need in self.needs:
-            if need in ("tlora", "lora") and getattr(roles, need) is None:
+            if need in METHODS and roles.of(need) is None:
                 return f"needs a {method_label(need)} run among the runs given"
             if need == "base_weights":
                 lacking = [r.name for r in (roles.tlora, roles.lora) if r is not None and not r.has_base_weights]
@@ -219,6 +221,13 @@ CATALOG: tuple[FigureSpec, ...] = (
                "draws per layer.",
                "figures.similarity.reachable_panels(analysis.reachable(tlora, lora, steps='last'))",
                ("tlora", "lora"), lambda ctx: similarity.reachable_panels(ctx.reachable())),
+    FigureSpec("reachable_set_lora_xs", "LoRA's update inside W0's top singular subspaces (LoRA-XS's reachable set)",
+               "As reachable_set, with LoRA-XS in place of TLoRA: its update lies in W0's top-r singular subspaces "
+               "instead of random ones. Top: the share f of ΔW_LoRA's energy in that set against unrelated "
+               "subspaces; bottom: LoRA-XS's cosine with that part, against random directions inside it. Side by side "
+               "with reachable_set it asks whether TLoRA's random projections matter.",
+               "figures.similarity.reachable_panels(analysis.reachable(lora_xs, lora, steps='last'))",
+               ("lora-xs", "lora"), lambda ctx: similarity.reachable_panels(ctx.reachable("lora-xs"))),
     FigureSpec("subspace_overlap_null_band", "Subspace overlap φ with TLoRA's frozen subspaces",
                "φ between ΔW_LoRA's top singular subspaces and TLoRA's col(Cᵀ) (output side, top) and col(A) (input "
                "side, bottom), per layer, with the 2.5–97.5% band of 2,000 draws of unrelated subspaces (mean r/d). "

@@ -28,10 +28,11 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "figures", help="regenerate every paper figure and its corrected companion from recorded runs",
-        description="Draw every figure the runs support (TLoRA, LoRA and full runs are told apart by run.json) "
+        description="Draw every figure the runs support (each run's method is read from its run.json) "
                     "as PDF + PNG, with index.md / index.html. Figures the runs cannot support are skipped "
                     "with the reason.")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (TLoRA, LoRA, full; more seeds allowed)")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run directories of any method (TLoRA, LoRA, full, VeRA, LoRA-XS; more seeds allowed)")
     p.add_argument("-o", "--output", default=DEFAULT_OUTPUT, metavar="DIR",
                    help=f"folder for the figures and the index (default: ./{DEFAULT_OUTPUT})")
     p.add_argument("--only", nargs="+", metavar="NAME", help="draw only these figures (file stems, e.g. fig03_loss)")

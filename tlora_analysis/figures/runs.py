@@ -4,8 +4,8 @@
   ``parameters`` and ``run.metrics``, with ``run`` and ``method`` columns.
 - :func:`difference_table`: the entries of ΔW_LoRA − ΔW_TLoRA for one layer, in the corrected
   construction and the paper-faithful one (transposed, LoRA scale dropped), for paper figure 9.
-- :class:`RunRoles`: which run is the TLoRA run, the LoRA run, the full fine-tuning run, read
-  from each run's ``run.json``.
+- :class:`RunRoles`: which run is the TLoRA run, the LoRA run, the full fine-tuning run (or any
+  registered method's run), read from each run's ``run.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pandas as pd
 
 from ..analysis.merged import paper_faithful_update
 from ..store import Run
+from ._frames import one_layer
 
 __all__ = ["as_run", "RunRoles", "parameter_table", "metrics_table", "outcome_table", "difference_table",
            "selection_metric", "majority_baseline", "loss_name", "headline_table"]
@@ -69,6 +70,10 @@ class RunRoles:
     @classmethod
     def from_paths(cls, runs: Iterable[RunLike]) -> "RunRoles":
         return cls([as_run(r) for r in runs])
+
+    def of(self, method: str) -> Run | None:
+        """The main run of a method (None when no run has it)."""
+        return self.by_method.get(method)
 
     @property
     def tlora(self) -> Run | None:
@@ -179,7 +184,7 @@ def outcome_table(runs: Sequence[RunLike], metric: str = "accuracy", split: str 
 def _dense_pair(run: Run, layer: str, step: int, construction: str) -> np.ndarray:
     update = run.update(layer, step)
     if construction == "paper_faithful":
-        update = paper_faithful_update(update, run.method)
+        update = paper_faithful_update(update, run.spec)
     return update.dense()
 
 
@@ -192,7 +197,7 @@ def difference_table(
 ) -> pd.DataFrame:
     """Entries of ΔW_LoRA − ΔW_TLoRA of one layer (W0 cancels in the merged difference).
 
-    ``layer``: a name or unique suffix present in both runs (default: the first common layer,
+    ``layer``: a name pattern (tlora_analysis.names) selecting one layer both runs have (default: the first common layer,
     the paper's layer 0 query). ``step``: "last" takes each run's last recorded step; an int
     must be recorded in both. "paper_faithful" needs a square layer and is left out otherwise.
     """
@@ -200,13 +205,7 @@ def difference_table(
     common = [n for n in tlora.layers if n in set(lora.layers)]
     if not common:
         raise ValueError(f"{lora.name} and {tlora.name} share no adapted layer")
-    if layer is None:
-        chosen = common[0]
-    else:
-        hits = [n for n in common if n == layer or n.endswith(layer)]
-        if len(hits) != 1:
-            raise ValueError(f"layer {layer!r} matches {len(hits)} common layers; give one of {common}")
-        chosen = hits[0]
+    chosen = one_layer(common, layer)
     steps = (lora.steps[-1], tlora.steps[-1]) if step == "last" else (int(step), int(step))
     unknown = [c for c in constructions if c not in ("paper_faithful", "corrected")]
     if unknown:

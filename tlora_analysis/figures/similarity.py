@@ -237,16 +237,18 @@ def _rows_by_module(reach: pd.DataFrame, values: Sequence[str], step: int | str 
         axes[row, 0].set_ylabel(SIMILARITY_LABELS.get(value, value), fontsize=6)
     _legend(fig, axes[0, 0])
     other = method_label(at["method_b"].iloc[0]) if "method_b" in at else "the other run"
-    fig.suptitle(f"{_pair_title(at)}: {title.format(other=other)} at step {chosen}")
+    confined = method_label(at["method_a"].iloc[0]) if "method_a" in at else "the first run"
+    fig.suptitle(f"{_pair_title(at)}: {title.format(other=other, confined=confined)} at step {chosen}")
     return fig
 
 
 @styled
 def reachable_panels(reach: pd.DataFrame, step: int | str | None = "last") -> Figure:
-    """TLoRA's reachable set S per layer: the share of the other update's energy inside S (top, null
-    mean r²/(out·in)) and TLoRA's cosine with that part (bottom, null: random directions inside S)."""
+    """The first run's reachable set S per layer (TLoRA's, or LoRA-XS's: W0's top-r singular subspaces): the
+    share of the other update's energy inside S (top, null mean r²/(out·in)) and the first run's cosine with
+    that part (bottom, null: random directions inside S)."""
     return _rows_by_module(reach, ("reachable_fraction", "cosine_reachable"), step,
-                           "{other}'s update inside TLoRA's reachable set")
+                           "{other}'s update inside {confined}'s reachable set")
 
 
 @styled
@@ -254,7 +256,7 @@ def overlap_panels(reach: pd.DataFrame, step: int | str | None = "last") -> Figu
     """φ between the other update's top singular subspaces and TLoRA's frozen col(Cᵀ) (output side,
     top) and col(A) (input side, bottom): TLoRA's own singular subspaces, fixed at initialisation."""
     return _rows_by_module(reach, ("overlap_out", "overlap_in"), step,
-                           "{other}'s top singular subspaces against TLoRA's frozen ones (null mean r/d)")
+                           "{other}'s top singular subspaces against {confined}'s frozen ones (null mean r/d)")
 
 
 @styled

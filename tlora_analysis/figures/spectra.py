@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from ._frames import pick_layer, pick_step, require_columns, short_module
-from .style import SEQUENTIAL_CMAP, method_color, method_label, new_figure, styled
+from .style import SEQUENTIAL_CMAP, method_color, method_label, method_order, new_figure, styled
 
 __all__ = ["eigenvalue_densities", "singular_value_spectra"]
 
@@ -67,9 +67,7 @@ def _counts(ax: Axes, counts: dict[str, int]) -> None:
 
 
 def _methods(frame: pd.DataFrame) -> list[str]:
-    order = ["tlora", "lora", "full"]
-    present = list(dict.fromkeys(frame["method"].astype(str)))
-    return [m for m in order if m in present] + [m for m in present if m not in order]
+    return method_order(frame["method"].astype(str))
 
 
 @styled
@@ -90,43 +88,11 @@ def eigenvalue_densities(
         raise ValueError("give merged= (analysis.merged_eigenvalues) and/or update= (analysis.eigenvalues) tables")
     rows = [f for f in (merged, update) if f is not None]
     fig, axes = new_figure("double", height=0.4 + 2.0 * len(rows), nrows=len(rows), ncols=2)
-    r = 0
     titles = []
     if merged is not None:
-        require_columns(merged, (*_EIG, "construction"), "analysis.merged_eigenvalues")
-        at, name, chosen = _one_layer_step(merged, layer, step)
-        kind = str(at["construction"].iloc[0])
-        for ax, sign in zip(axes[r], ("positive", "negative")):
-            parts = {}
-            for method in _methods(at):
-                re = at.loc[at["method"] == method, "eig_real"].to_numpy(float)
-                parts[method] = re[re > 0] if sign == "positive" else re[re < 0]
-            _counts(ax, _distribution_panel(ax, parts))
-            ax.set_title(("Re λ > 0, " if sign == "positive" else "Re λ < 0, ") + _CONSTRUCTION_TEXT.get(kind, kind))
-            ax.set_xlabel(r"Re $\lambda$")
-            ax.margins(y=0.15)
-        titles.append(f"{name}, step {chosen}")
-        r += 1
+        titles.append(_merged_row(axes[0], merged, layer, step))
     if update is not None:
-        require_columns(update, _EIG, "analysis.eigenvalues")
-        at, name, chosen = _one_layer_step(update, layer, step)
-        plane, modulus = axes[r]
-        for method in _methods(at):
-            part = at[at["method"] == method]
-            plane.scatter(part["eig_real"], part["eig_imag"], s=8, color=method_color(method), alpha=0.8,
-                          linewidths=0, label=method_label(method))
-        _counts(modulus, _distribution_panel(modulus, {m: at.loc[at["method"] == m, "eig_abs"].to_numpy(float)
-                                                       for m in _methods(at)}, log_x=bool((at["eig_abs"] > 0).all())))
-        modulus.margins(y=0.15)
-        plane.axhline(0, color="0.6", lw=0.5)
-        plane.axvline(0, color="0.6", lw=0.5)
-        plane.set_xlabel(r"Re $\lambda(\Delta W)$")
-        plane.set_ylabel(r"Im $\lambda(\Delta W)$")
-        plane.set_title(r"corrected: nonzero eigenvalues of $\Delta W$ (complex)")
-        modulus.set_xlabel(r"$|\lambda(\Delta W)|$")
-        modulus.set_title(r"corrected: $|\lambda|$ of $\Delta W$")
-        titles.append(f"{name}, step {chosen}")
-        plane.ticklabel_format(axis="both", style="sci", scilimits=(-2, 3))
+        titles.append(_update_row(axes[len(rows) - 1], update, layer, step))
     methods = _methods(pd.concat(rows))
     handles = [Patch(color=method_color(m), alpha=0.5, label=method_label(m)) for m in methods]
     if merged is not None:
@@ -134,6 +100,46 @@ def eigenvalue_densities(
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
     fig.suptitle("Eigenvalues, TLoRA vs LoRA (paper Fig. 8 and corrected): " + "; ".join(dict.fromkeys(titles)))
     return fig
+
+
+def _merged_row(axes, merged: pd.DataFrame, layer: str | None, step: int | str | None) -> str:
+    """The paper's panels: KDEs of the positive and negative real parts of the merged weights' eigenvalues."""
+    require_columns(merged, (*_EIG, "construction"), "analysis.merged_eigenvalues")
+    at, name, chosen = _one_layer_step(merged, layer, step)
+    kind = str(at["construction"].iloc[0])
+    for ax, sign in zip(axes, ("positive", "negative")):
+        parts = {}
+        for method in _methods(at):
+            re = at.loc[at["method"] == method, "eig_real"].to_numpy(float)
+            parts[method] = re[re > 0] if sign == "positive" else re[re < 0]
+        _counts(ax, _distribution_panel(ax, parts))
+        ax.set_title(("Re λ > 0, " if sign == "positive" else "Re λ < 0, ") + _CONSTRUCTION_TEXT.get(kind, kind))
+        ax.set_xlabel(r"Re $\lambda$")
+        ax.margins(y=0.15)
+    return f"{name}, step {chosen}"
+
+
+def _update_row(axes, update: pd.DataFrame, layer: str | None, step: int | str | None) -> str:
+    """The corrected panels: ΔW's nonzero eigenvalues in the complex plane and the density of their modulus."""
+    require_columns(update, _EIG, "analysis.eigenvalues")
+    at, name, chosen = _one_layer_step(update, layer, step)
+    plane, modulus = axes
+    for method in _methods(at):
+        part = at[at["method"] == method]
+        plane.scatter(part["eig_real"], part["eig_imag"], s=8, color=method_color(method), alpha=0.8,
+                      linewidths=0, label=method_label(method))
+    _counts(modulus, _distribution_panel(modulus, {m: at.loc[at["method"] == m, "eig_abs"].to_numpy(float)
+                                                   for m in _methods(at)}, log_x=bool((at["eig_abs"] > 0).all())))
+    modulus.margins(y=0.15)
+    plane.axhline(0, color="0.6", lw=0.5)
+    plane.axvline(0, color="0.6", lw=0.5)
+    plane.set_xlabel(r"Re $\lambda(\Delta W)$")
+    plane.set_ylabel(r"Im $\lambda(\Delta W)$")
+    plane.set_title(r"corrected: nonzero eigenvalues of $\Delta W$ (complex)")
+    modulus.set_xlabel(r"$|\lambda(\Delta W)|$")
+    modulus.set_title(r"corrected: $|\lambda|$ of $\Delta W$")
+    plane.ticklabel_format(axis="both", style="sci", scilimits=(-2, 3))
+    return f"{name}, step {chosen}"
 
 
 @styled

@@ -21,9 +21,12 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..adapters.methods import METHODS
+
 __all__ = [
     "SINGLE_COLUMN", "DOUBLE_COLUMN", "OKABE_ITO", "METHOD_COLORS", "METHOD_LABELS", "MATRIX_COLORS",
-    "SEQUENTIAL_CMAP", "DIVERGING_CMAP", "RC", "styled", "new_figure", "method_color", "method_label",
+    "SEQUENTIAL_CMAP", "DIVERGING_CMAP", "RC", "styled", "new_figure", "method_color", "method_label", "METHOD_ORDER",
+    "method_order",
     "diverging_norm", "sequential_norm", "save",
 ]
 
@@ -32,8 +35,10 @@ DOUBLE_COLUMN = 7.0  # inches: the full text width
 
 # Okabe & Ito (2008), distinguishable under the common colour-vision deficiencies.
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
-METHOD_COLORS = {"tlora": "#0072B2", "lora": "#E69F00", "full": "#009E73"}
-METHOD_LABELS = {"tlora": "TLoRA", "lora": "LoRA", "full": "Full FT"}
+# Each registered method keeps one colour (the palette in registration order) and its spec's label.
+METHOD_COLORS = {name: OKABE_ITO[i % len(OKABE_ITO)] for i, name in enumerate(METHODS)}
+METHOD_LABELS = {name: spec.label for name, spec in METHODS.items()}
+METHOD_ORDER = {name: i for i, name in enumerate(METHODS)}  # legends and titles list methods in this order
 MATRIX_COLORS = {"W0": "#7F7F7F", "A": "#009E73", "B": "#0072B2", "C": "#CC79A7", "dW": "#D55E00"}
 SEQUENTIAL_CMAP = "viridis"
 DIVERGING_CMAP = "RdBu_r"
@@ -109,13 +114,19 @@ def new_figure(
 
 
 def method_color(method: str) -> str:
-    """The fixed colour of a method (tlora, lora, full); other names get grey."""
+    """The fixed colour of a registered method (tlora, lora, full, vera, lora-xs); other names get grey."""
     return METHOD_COLORS.get(str(method).lower(), "#7F7F7F")
 
 
 def method_label(method: str) -> str:
-    """Display name of a method: TLoRA, LoRA, Full FT."""
+    """Display name of a method: its spec's label (TLoRA, LoRA, Full FT, VeRA, LoRA-XS)."""
     return METHOD_LABELS.get(str(method).lower(), str(method))
+
+
+def method_order(methods: Iterable[str]) -> list[str]:
+    """The distinct methods given, registered ones in registration order, then the others as they came."""
+    present = list(dict.fromkeys(map(str, methods)))
+    return sorted(present, key=lambda m: METHOD_ORDER.get(m, len(METHOD_ORDER)))
 
 
 def diverging_norm(values: Iterable[float] | np.ndarray, limit: float | None = None) -> mcolors.Normalize:

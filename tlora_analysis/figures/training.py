@@ -16,18 +16,16 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ._frames import require_columns
-from .style import method_color, method_label, new_figure, styled
+from .style import method_color, method_label, method_order, new_figure, styled
 
 __all__ = ["parameter_bars", "loss_curves", "method_curves", "params_vs_accuracy", "methods_title"]
 
-_METHOD_ORDER = {"full": 0, "lora": 1, "tlora": 2}
 _BASELINE_STYLE = dict(color="0.35", ls=":", lw=1.0, zorder=1)
 
 
 def methods_title(methods) -> str:
     """"TLoRA vs LoRA vs full fine-tuning" for the methods present (in that order), one name for one method."""
-    present = sorted(dict.fromkeys(methods), key=lambda m: _METHOD_ORDER.get(m, 9), reverse=True)
-    return " vs ".join(method_label(m) for m in present)
+    return " vs ".join(method_label(m) for m in method_order(methods))
 
 
 def _baseline_line(ax: Axes, baseline: float | None) -> list[Line2D]:
@@ -49,11 +47,11 @@ def parameter_bars(parameters: pd.DataFrame) -> Figure:
     """Paper figure 2: trainable parameters per method on a log scale, counts printed on the bars.
 
     ``parameters``: one row per run/method with ``method`` and ``trainable`` (optionally
-    ``rank`` and ``run``). The ratios to TLoRA are printed on the other bars.
+    ``rank`` and ``run``). Bars run from the most trainable parameters to the fewest; the other
+    bars print how many times the fewest they train (the paper's ratios to TLoRA).
     """
     require_columns(parameters, ("method", "trainable"), "figures.runs.parameter_table")
-    rows = parameters.assign(_o=parameters["method"].map(_METHOD_ORDER).fillna(9)).sort_values(["_o", "trainable"],
-                                                                                               ascending=[True, False])
+    rows = parameters.sort_values("trainable", ascending=False, kind="stable")
     labels = [_run_label(r) for _, r in rows.iterrows()]
     if len(set(labels)) < len(labels) and "run" in rows:
         labels = [f"{lab}\n{r}" for lab, r in zip(labels, rows["run"])]
@@ -65,12 +63,11 @@ def parameter_bars(parameters: pd.DataFrame) -> Figure:
     ax.set_yscale("log")
     ax.set_xticks(x, labels)
     ax.set_ylabel("trainable parameters (log scale)")
-    tlora = rows.loc[rows["method"] == "tlora", "trainable"]
-    base = float(tlora.min()) if not tlora.empty else None
-    for xi, c, m in zip(x, counts, rows["method"]):
+    fewest = int(np.argmin(counts)) if np.isfinite(counts).any() and counts.min() > 0 else None
+    for i, (xi, c) in enumerate(zip(x, counts)):
         text = f"{int(c):,}"
-        if base and m != "tlora":
-            text += f"\n({c / base:,.0f}× TLoRA)"
+        if fewest is not None and i != fewest:
+            text += f"\n({c / counts[fewest]:,.0f}× {method_label(rows['method'].iloc[fewest])})"
         ax.text(xi, c * 1.3, text, ha="center", va="bottom", fontsize=5.5)
     top = np.nanmax(counts) if np.isfinite(counts).any() else 10
     ax.set_ylim(top=top * 60)

@@ -27,9 +27,8 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..adapters import adapter_config, count_parameters, tracked_linears
-from ..adapters.tlora import TLoRALinear
-from ..adapters.lora import LoRALinear
+from ..adapters import adapter_config, count_parameters, spec_of, tracked_linears
+from ..adapters.io import frozen_prefix
 from ..store.format import BASE_WEIGHT_KEY, RUN_FORMAT, RUN_JSON, SCHEMA_VERSION, tensor_key
 from ..store.writer import RunWriter, json_safe
 from .background import BackgroundWriter
@@ -41,6 +40,8 @@ __all__ = ["SnapshotRecorder", "DENSE_WARN_BYTES", "BASE_WEIGHTS_MAX_PARAMS"]
 DENSE_WARN_BYTES = 512 * 2**20  # warn when one full-fine-tuning snapshot exceeds this
 BASE_WEIGHTS_MAX_PARAMS = 1_000_000_000  # store W0 by default below this model size
 
+_NOT_ADAPTED = ("this model has no adapters to record; call apply_adapters(model, TLoRAConfig(...)) (or another "
+                "method's config: LoRAConfig, FullConfig, VeRAConfig, LoRAXSConfig) before creating the recorder")
 _RESERVED = {"format", "schema_version", "method", "adapter_config", "rank", "layers", "parameters",
              "store_base_weights", "schedule", "created", "created_unix", "status", "package_version"}
 
@@ -57,6 +58,30 @@ def process_rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
     return 0
+
+
+def _check_arguments(run_dir: Any, total_steps: Any, run_info: Any, store_base_weights: Any, overwrite: Any,
+                     resume: Any, start_step: Any, background: Any, max_pending: Any) -> None:
+    """The recorder's arguments, checked before the model is read or a file is touched (docs/parameters.md)."""
+    if not isinstance(run_dir, (str, os.PathLike)) or not str(run_dir):
+        raise TypeError(f"run_dir must be a folder path (str or Path), got {run_dir!r}")
+    for name, value in (("overwrite", overwrite), ("resume", resume), ("background", background)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    if store_base_weights is not None and not isinstance(store_base_weights, bool):
+        raise TypeError(f"store_base_weights must be True, False or None (stored below 1e9 parameters), got "
+                        f"{store_base_weights!r}")
+    for name, value, low in (("total_steps", total_steps, 1), ("start_step", start_step, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"{name} must be None or an int ≥ {low}, got {value!r}")
+    if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+        raise ValueError(f"max_pending must be an int ≥ 1 (snapshots waiting for the writer), got {max_pending!r}")
+    if run_info is not None and not isinstance(run_info, Mapping):
+        raise TypeError(f"run_info must be a mapping of extra run.json entries, e.g. {{'task': 'mrpc'}}; got "
+                        f"{type(run_info).__name__}")
+    unknown = set(run_info or {}) & _RESERVED
+    if unknown:
+        raise ValueError(f"run_info may not set {sorted(unknown)}: the recorder writes those itself")
 
 
 def _git_revision() -> str | None:
@@ -105,24 +130,23 @@ class SnapshotRecorder:
         background: bool = True,
         max_pending: int = 16,
     ) -> None:
+        _check_arguments(run_dir, total_steps, run_info, store_base_weights, overwrite, resume, start_step, background,
+                         max_pending)
         self.model = unwrap_model(model)
         self.config = adapter_config(self.model)
         self.layers = tracked_linears(self.model) if self.config is not None else {}
         if self.config is None or not self.layers:
-            raise ValueError(
-                "this model has no adapters to record; call apply_adapters(model, TLoRAConfig(...)) "
-                "(or LoRAConfig / FullConfig) before creating the recorder"
-            )
+            raise ValueError(_NOT_ADAPTED)
+        self.spec = spec_of(self.config)
+        self._infos = {n: self.spec.layer_info(m) for n, m in self.layers.items()}
         self.schedule = as_schedule(schedule).bind(total_steps)
         self.schedule.includes(0)  # a LogSpaced schedule without total_steps fails here, not mid-training
         self.total_steps = total_steps
         self.run_dir = Path(run_dir)
-        unknown = set(run_info or {}) & _RESERVED
-        if unknown:
-            raise ValueError(f"run_info may not set {sorted(unknown)}: the recorder writes those itself")
         if store_base_weights is None:
             store_base_weights = count_parameters(self.model).total < BASE_WEIGHTS_MAX_PARAMS
-        self.store_base_weights = bool(store_base_weights)
+        # a method whose trained tensor is the weight itself has W0 in its step-0 snapshot instead
+        self.store_base_weights = bool(store_base_weights) and self.spec.weight_key is None
         self.is_writer = process_rank() == 0
         self.epoch: float | None = None
         self._hook = None
@@ -137,7 +161,11 @@ class SnapshotRecorder:
             self.step = start_step or 0
             return
         self._warn_if_dense()
-        header = self._header(dict(run_info or {}))
+        self._open(self._header(dict(run_info or {})), overwrite, resume, start_step)
+        self._thread = BackgroundWriter(max_pending) if background else None
+
+    def _open(self, header: dict[str, Any], overwrite: bool, resume: bool, start_step: int | None) -> None:
+        """Continue the run in run_dir (resume) or create it with its frozen file and step 0."""
         if resume and (self.run_dir / RUN_JSON).is_file() and not overwrite:
             self._writer = RunWriter.resume(self.run_dir, header, start_step)
             self._recorded = list(self._writer.recorded_steps)
@@ -149,7 +177,6 @@ class SnapshotRecorder:
             )
             self._recorded = [0]
         self._created_unix = float(self._writer.header["created_unix"])
-        self._thread = BackgroundWriter(max_pending) if background else None
 
     # ------------------------------------------------------------------ what is recorded
     @property
@@ -157,21 +184,22 @@ class SnapshotRecorder:
         return self.config.method
 
     def _snapshot_tensors(self) -> dict[str, torch.Tensor]:
-        if self.method == "full":
-            return {tensor_key(n, "weight"): m.weight for n, m in self.layers.items()}
-        return {tensor_key(n, k): t for n, layer in self.layers.items() for k, t in layer.trainable_state().items()}
+        spec = self.spec
+        return {tensor_key(n, k): t for n, module in self.layers.items() for k, t in spec.trainable_state(module).items()}
 
     def _frozen_tensors(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for name, layer in self.layers.items():
-            if self.method != "full":
-                out.update({tensor_key(name, k): t for k, t in layer.frozen_state().items()})
-                if self.store_base_weights:
-                    out[tensor_key(name, BASE_WEIGHT_KEY)] = layer.base_layer.weight
+        """Each layer's frozen tensors (once per shared group) and, when stored, W0 (a method whose trained
+        tensor is the weight itself has W0 in its step-0 snapshot instead)."""
+        spec, out = self.spec, {}
+        for name, module in self.layers.items():
+            prefix = frozen_prefix(name, self._infos[name])
+            out.update({tensor_key(prefix, k): t for k, t in spec.frozen_state(module).items()})
+            if self.store_base_weights:
+                out[tensor_key(name, BASE_WEIGHT_KEY)] = module.base_layer.weight
         return {k: v.detach().cpu() for k, v in out.items()}
 
     def _warn_if_dense(self) -> None:
-        if self.method != "full":
+        if self.spec.weight_key is None:
             return
         size = sum(m.weight.numel() * m.weight.element_size() for m in self.layers.values())
         if size > DENSE_WARN_BYTES:
@@ -179,14 +207,6 @@ class SnapshotRecorder:
                 f"full fine-tuning snapshots are dense: {size / 2**20:.0f} MiB each for {len(self.layers)} layers. "
                 "Use a sparser schedule (LogSpaced) or fewer target_modules to save disk", stacklevel=3,
             )
-
-    def _layer_info(self, name: str, module: nn.Module) -> dict[str, Any]:
-        info: dict[str, Any] = {"shape": [module.out_features, module.in_features], "dtype": str(module.weight.dtype).removeprefix("torch.")}
-        if isinstance(module, TLoRALinear):
-            info["fingerprints"] = module.fingerprints
-        if isinstance(module, LoRALinear):
-            info["rank"], info["scaling"] = module.rank, module.scaling
-        return info
 
     def _header(self, run_info: dict[str, Any]) -> dict[str, Any]:
         counts = count_parameters(self.model)
@@ -203,7 +223,7 @@ class SnapshotRecorder:
             "method": self.method,
             "adapter_config": self.config.to_dict(),
             "rank": getattr(self.config, "rank", None),
-            "layers": {n: self._layer_info(n, m) for n, m in self.layers.items()},
+            "layers": self._infos,
             "parameters": {"trainable": counts.trainable, "frozen": counts.frozen, "total": counts.total,
                            "adapter_buffers": counts.adapter_buffers},
             "store_base_weights": self.store_base_weights,

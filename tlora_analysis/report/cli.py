@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli_types import positive_int, unit_interval
 from ..store import Run
 from .render import write_report
 from .replicates import find_runs
@@ -45,9 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run directories, or folders holding runs (e.g. a study); sorted by their recorded method")
     p.add_argument("--tlora", nargs="+", default=[], metavar="RUN", help="TLoRA runs (replicates with different seeds)")
     p.add_argument("--lora", nargs="+", default=[], metavar="RUN", help="LoRA runs (replicates with different seeds)")
-    p.add_argument("--alpha", type=float, default=0.05, help="the one level every decision is made at (default 0.05)")
+    p.add_argument("--alpha", type=unit_interval, default=0.05, help="the one level every decision is made at (default 0.05)")
     p.add_argument("-o", "--output", default="report", metavar="DIR", help="output folder (default: ./report)")
-    p.add_argument("--n-null", type=int, default=2000, help="exact null draws per layer and permutations (default 2000)")
+    p.add_argument("--n-null", type=positive_int, default=2000, help="exact null draws per layer and permutations (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the null draws and permutations")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_run)

@@ -1,7 +1,7 @@
 """The run directory's names and versions, shared by the writer and the reader (docs/run-format.md).
 
     <run>/run.json                        header: schema version, method, config, layers, ...
-    <run>/frozen.safetensors              TLoRA's A and C per layer; W0 per layer when stored
+    <run>/frozen.safetensors              the adapters' frozen tensors; W0 per layer when stored
     <run>/snapshots/<step>.safetensors    the trainable state at that optimizer step
     <run>/metrics.jsonl                   one JSON object per logged event
     <run>/manifest.jsonl                  one line per data file written: step, checksum, metrics count
@@ -12,12 +12,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from ..adapters.spec import BASE_WEIGHT
+
 __all__ = [
     "RUN_FORMAT", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "RUN_JSON", "FROZEN_FILE",
-    "SNAPSHOT_DIR", "METRICS_FILE", "MANIFEST_FILE", "TRAINABLE_KEYS", "FROZEN_KEYS", "BASE_WEIGHT_KEY",
-    "snapshot_name", "snapshot_step", "tensor_key", "NotARunError", "SchemaVersionError",
-    "UnknownLayerError", "UnknownStepError", "RunExistsError", "NonFiniteError", "ForeignFileError",
-    "expected_shapes",
+    "SNAPSHOT_DIR", "METRICS_FILE", "MANIFEST_FILE", "BASE_WEIGHT_KEY", "snapshot_name", "snapshot_step",
+    "tensor_key", "NotARunError", "SchemaVersionError", "UnknownLayerError", "UnknownStepError", "RunExistsError",
+    "NonFiniteError", "ForeignFileError",
 ]
 
 RUN_FORMAT = "tlora_analysis.run"
@@ -32,11 +33,8 @@ MANIFEST_FILE = "manifest.jsonl"
 SNAPSHOT_FORMAT = "tlora_analysis.snapshot"
 FROZEN_FORMAT = "tlora_analysis.frozen"
 
-# Per-layer tensor names in a snapshot file, by method.
-TRAINABLE_KEYS = {"tlora": ("tlora_B", "tlora_alpha"), "lora": ("lora_A", "lora_B"), "full": ("weight",)}
-# Per-layer tensor names in frozen.safetensors (besides BASE_WEIGHT_KEY), by method.
-FROZEN_KEYS = {"tlora": ("tlora_A", "tlora_C"), "lora": (), "full": ()}
-BASE_WEIGHT_KEY = "base_weight"
+# Per-layer tensor names come from each method's spec (tlora_analysis.adapters.spec); W0's is this one.
+BASE_WEIGHT_KEY = BASE_WEIGHT
 
 _SNAPSHOT_RE = re.compile(r"^(\d+)\.safetensors$")
 
@@ -63,16 +61,6 @@ class NotARunError(ValueError):
 
 class SchemaVersionError(ValueError):
     """run.json has a schema version this package cannot read."""
-
-
-def expected_shapes(method: str, shape: tuple[int, int], rank: int | None) -> dict[str, tuple[int, ...]]:
-    """The shape each trainable tensor of a layer of ``shape`` (out, in) has in a snapshot."""
-    out, inn = shape
-    if method == "tlora":
-        return {"tlora_B": (rank, rank), "tlora_alpha": ()}
-    if method == "lora":
-        return {"lora_A": (rank, inn), "lora_B": (out, rank)}
-    return {"weight": (out, inn)}
 
 
 class NonFiniteError(ValueError):

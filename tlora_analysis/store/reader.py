@@ -3,7 +3,9 @@
 Opening a run reads run.json and lists the snapshot folder; no tensor is read until one is
 asked for. The first read of a snapshot file checks it whole (once per file per Run): its
 checksum, step, run id, every layer's tensors and their shapes, and that they are finite; the
-first read of frozen.safetensors checks its checksum, run id and the fingerprints of A and C.
+first read of frozen.safetensors checks its checksum, run id and the fingerprints of the frozen
+tensors. Which tensors a layer has, and how they make ΔW, is the method's spec
+(:mod:`tlora_analysis.adapters.spec`): the reader never names a method.
 A damaged or foreign file raises an error naming it (:class:`~tlora_analysis.fileio.CorruptFileError`,
 :class:`~tlora_analysis.store.format.ForeignFileError`, :class:`~tlora_analysis.store.format.NonFiniteError`),
 and every other snapshot still reads.
@@ -21,12 +23,11 @@ from typing import Any
 import pandas as pd
 import torch
 
+from ..adapters.methods import get_spec
+from ..adapters.spec import MethodSpec
 from ..fileio import CorruptFileError, fingerprint, load_tensors, open_tensors
 from ..lowrank import FactoredUpdate
-from .format import (
-    BASE_WEIGHT_KEY, FROZEN_KEYS, TRAINABLE_KEYS, ForeignFileError, NonFiniteError, UnknownLayerError,
-    UnknownStepError, expected_shapes,
-)
+from .format import BASE_WEIGHT_KEY, ForeignFileError, NonFiniteError, UnknownLayerError, UnknownStepError
 from .sources import Source, open_source
 
 __all__ = ["Run", "read_metrics", "METRIC_COLUMNS"]
@@ -96,6 +97,11 @@ class Run:
         return self.config["method"]
 
     @property
+    def spec(self) -> MethodSpec:
+        """The method's spec: which tensors a layer stores and how they make ΔW."""
+        return get_spec(self.method)
+
+    @property
     def adapter_config(self) -> dict[str, Any]:
         return self.config["adapter_config"]
 
@@ -111,6 +117,11 @@ class Run:
     def layer_rank(self, layer: str) -> int | None:
         """The adapter rank of one layer (LoRA layers may differ, e.g. PEFT's rank_pattern)."""
         return self.config["layers"][layer].get("rank") or self.rank
+
+    def layer_info(self, layer: str) -> dict[str, Any]:
+        """run.json's record of one layer: shape, dtype and what its method adds (rank, scaling, fingerprints, ...)."""
+        self._check_layer(layer)
+        return self.config["layers"][layer]
 
     @property
     def layers(self) -> list[str]:
@@ -129,7 +140,7 @@ class Run:
 
     @property
     def has_base_weights(self) -> bool:
-        if self.method == "full":
+        if self.spec.weight_key is not None:  # the trained tensor is the weight: W0 is its step-0 value
             return 0 in self._source.snapshot_files
         return bool(self.config.get("store_base_weights")) and self._source.frozen_file is not None
 
@@ -176,7 +187,7 @@ class Run:
                 raise ForeignFileError(f"{path} was written by another run (run id {meta.get('run_id')!r}, this run's "
                                        f"is {self.run_id!r}): it was copied in; restore this run's file")
         for layer, shape in self.layer_shapes.items():
-            for name, dims in expected_shapes(self.method, shape, self.layer_rank(layer)).items():
+            for name, dims in self.spec.trainable_shapes(*shape, self.layer_rank(layer)).items():
                 key = self._source.key(layer, name)
                 if key not in tensors:
                     raise CorruptFileError(f"{path} lacks tensor {key!r}: the snapshot is incomplete")
@@ -204,35 +215,44 @@ class Run:
         return info
 
     def trainable(self, layer: str, step: int) -> dict[str, torch.Tensor]:
-        """The layer's trainable tensors at ``step`` (TLoRA: tlora_B, tlora_alpha; LoRA: lora_A, lora_B; full: weight)."""
+        """The layer's trainable tensors at ``step``, by the keys its method's spec lists (TLoRA: tlora_B,
+        tlora_alpha; LoRA: lora_A, lora_B; full: weight; ...)."""
         self._check_layer(layer)
         path = self.snapshot_path(step)
         if step not in self._verified:
             self.check_snapshot(step)
         with open_tensors(path) as fh:
-            return {name: fh.get_tensor(self._source.key(layer, name)) for name in TRAINABLE_KEYS[self.method]}
+            return {name: fh.get_tensor(self._source.key(layer, name)) for name in self.spec.trainable_keys}
+
+    def frozen_keys(self, layer: str) -> dict[str, str]:
+        """The layer's frozen tensors: key → its key in frozen.safetensors (a shared group's key for tensors that
+        layers share, e.g. VeRA's per-shape projections)."""
+        prefix = self.layer_info(layer).get("frozen_group") or layer
+        return {name: self._source.key(prefix, name) for name in self.spec.frozen_keys}
 
     def frozen(self, layer: str) -> dict[str, torch.Tensor]:
-        """The layer's frozen adapter tensors (TLoRA: tlora_A, tlora_C; otherwise empty)."""
-        self._check_layer(layer)
-        names = FROZEN_KEYS[self.method]
-        if not names:
-            return {}
-        return self._frozen_tensors([self._source.key(layer, n) for n in names], names)
+        """The layer's frozen adapter tensors by key (TLoRA: tlora_A, tlora_C; LoRA and full: none; ...)."""
+        keys = self.frozen_keys(layer)
+        return self._frozen_tensors(list(keys.values()), tuple(keys)) if keys else {}
 
     def check_frozen(self) -> dict[str, torch.Tensor]:
-        """Read frozen.safetensors whole and check it: checksum, run id, A and C against run.json's fingerprints."""
+        """Read frozen.safetensors whole and check it: checksum, run id, the frozen tensors against run.json's
+        fingerprints."""
         path = self._source.frozen_file
         tensors, meta = load_tensors(path, verify=True)
         if self.run_id and meta.get("run_id") != self.run_id:
             raise ForeignFileError(f"{path} was written by another run (run id {meta.get('run_id')!r}, this run's is "
                                    f"{self.run_id!r}): it was copied in; restore this run's file")
+        checked: set[str] = set()
         for layer, info in self.config["layers"].items():
-            for letter, fp in (info.get("fingerprints") or {}).items():
-                key = self._source.key(layer, f"tlora_{letter}")
-                if key in tensors and fingerprint(tensors[key]) != fp:
-                    raise ForeignFileError(f"{path}: {key} does not match its fingerprint in run.json (another seed "
-                                           f"or another run's factors); restore this run's frozen.safetensors")
+            keys = self.frozen_keys(layer)
+            for role, fp in (info.get("fingerprints") or {}).items():
+                key = keys.get(self.spec.roles.get(role, ""))
+                if key in tensors and key not in checked:
+                    if fingerprint(tensors[key]) != fp:
+                        raise ForeignFileError(f"{path}: {key} does not match its fingerprint in run.json (another "
+                                               f"seed or another run's factors); restore this run's frozen.safetensors")
+                    checked.add(key)
         self._frozen_verified = True
         return tensors
 
@@ -249,10 +269,11 @@ class Run:
     def base_weight(self, layer: str) -> torch.Tensor:
         """W0 (out × in) of the layer: stored with the run, or step 0's weight for full fine-tuning."""
         self._check_layer(layer)
-        if self.method == "full":
+        weight_key = self.spec.weight_key
+        if weight_key is not None:
             if 0 not in self._source.snapshot_files:
-                raise ValueError(f"{self.name} has no step-0 snapshot, which holds W0 for full fine-tuning")
-            return self.trainable(layer, 0)["weight"]
+                raise ValueError(f"{self.name} has no step-0 snapshot, which holds W0 for a {self.method} run")
+            return self.trainable(layer, 0)[weight_key]
         if not self.has_base_weights:
             raise ValueError(
                 f"{self.name} does not store base weights W0; record it with "
@@ -261,21 +282,24 @@ class Run:
         key = self._source.key(layer, BASE_WEIGHT_KEY)
         return self._frozen_tensors([key], (BASE_WEIGHT_KEY,))[BASE_WEIGHT_KEY]
 
+    def layer_tensors(self, layer: str, step: int) -> dict[str, torch.Tensor]:
+        """Everything ΔW of the layer at ``step`` is made of, by key: trainable, frozen and (for a method with
+        a weight key) W0 as ``base_weight``."""
+        tensors = {**self.frozen(layer), **self.trainable(layer, step)}
+        if self.spec.weight_key is not None:
+            tensors[BASE_WEIGHT_KEY] = self.base_weight(layer)
+        return tensors
+
     def update(self, layer: str, step: int) -> FactoredUpdate:
-        """ΔW of the layer at ``step`` as a :class:`FactoredUpdate` (exact, nothing dense for adapters)."""
-        t = self.trainable(layer, step)
-        if self.method == "tlora":
-            f = self.frozen(layer)
-            return FactoredUpdate(f["tlora_C"].T, t["tlora_B"].T, f["tlora_A"].T, t["tlora_alpha"])
-        if self.method == "lora":
-            return FactoredUpdate(t["lora_B"], None, t["lora_A"], self.lora_scaling(layer))
-        w0 = self.base_weight(layer).double()
-        return FactoredUpdate.from_dense(t["weight"].double() - w0)
+        """ΔW of the layer at ``step`` as a :class:`FactoredUpdate` (exact, nothing dense for adapters), from the
+        method's one definition, in float64."""
+        tensors = {k: t.double() for k, t in self.layer_tensors(layer, step).items()}
+        return self.spec.factored_update(tensors, self.layer_info(layer))
 
     def lora_scaling(self, layer: str) -> float:
         """LoRA's lora_alpha / r (or / √r with rsLoRA) for this layer."""
         self._check_layer(layer)
-        scaling = self.config["layers"][layer].get("scaling")
+        scaling = self.layer_info(layer).get("scaling")
         if scaling is None:
             raise ValueError(f"{self.name} is a {self.method} run; only LoRA layers have a scaling")
         return float(scaling)

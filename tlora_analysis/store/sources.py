@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..adapters.methods import METHODS
 from ..fileio import CorruptFileError, open_tensors, read_json
 from .format import (
     FROZEN_FILE, METRICS_FILE, RUN_FORMAT, RUN_JSON, SCHEMA_VERSION, SNAPSHOT_DIR, SUPPORTED_SCHEMA_VERSIONS,
-    TRAINABLE_KEYS, NotARunError, SchemaVersionError, snapshot_step, tensor_key,
+    NotARunError, SchemaVersionError, snapshot_step, tensor_key,
 )
 from .trainer_logs import trainer_log_to_event
 
@@ -87,8 +88,8 @@ def _native(path: Path) -> Source:
 def _check_header(path: Path, header: dict[str, Any]) -> None:
     """run.json names a method this package reads and describes its layers; else a clear error."""
     method = header.get("method")
-    if method not in TRAINABLE_KEYS:
-        raise NotARunError(f"{path} names method {method!r}; this tlora-analysis reads {sorted(TRAINABLE_KEYS)} runs "
+    if method not in METHODS:
+        raise NotARunError(f"{path} names method {method!r}; this tlora-analysis reads {list(METHODS)} runs "
                            "(PEFT LoRA folders open too)")
     layers = header.get("layers")
     if not isinstance(layers, dict) or not layers:

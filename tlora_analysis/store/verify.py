@@ -2,7 +2,7 @@
 
 Problems make the report not ``ok``: a file that is missing, truncated, bit-flipped, fails its
 checksum, lacks a tensor or has one of the wrong shape, holds NaN or infinities, was written by
-another run (run id, manifest checksum or A/C fingerprints differ), a snapshot the manifest
+another run (run id, manifest checksum or the frozen tensors' fingerprints differ), a snapshot the manifest
 lists that is gone, a snapshot inside the recorded range the manifest does not list, or a
 metrics file shorter than the manifest says it was. Notes are what a killed process
 legitimately leaves (a torn last line, temporary files, the last snapshot written just before
@@ -138,12 +138,12 @@ def _check_frozen(run: "Run", report: VerifyReport, manifest: _Manifest | None) 
     if wrong:
         report.add(path, PROBLEM, wrong)
         return
-    from .format import BASE_WEIGHT_KEY, FROZEN_KEYS
+    from .format import BASE_WEIGHT_KEY
 
-    wanted = list(FROZEN_KEYS[run.method]) + ([BASE_WEIGHT_KEY] if run.config.get("store_base_weights")
-                                              and run.method != "full" else [])
-    lacking = [run._source.key(layer, n) for layer in run.layers for n in wanted
-               if run._source.key(layer, n) not in tensors]
+    with_w0 = run.config.get("store_base_weights") and run.spec.weight_key is None
+    wanted = [key for layer in run.layers for key in (
+        *run.frozen_keys(layer).values(), *([run._source.key(layer, BASE_WEIGHT_KEY)] if with_w0 else []))]
+    lacking = list(dict.fromkeys(k for k in wanted if k not in tensors))
     if lacking:
         report.add(path, PROBLEM, f"lacks {', '.join(lacking[:5])}")
     else:

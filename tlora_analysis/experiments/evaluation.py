@@ -1,0 +1,54 @@
+"""Scoring a model on a split, the precision context every forward pass runs in, and which evaluation is best."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .metrics import compute_metrics, constant_predictions
+
+__all__ = ["evaluate", "autocast_factory", "is_better"]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, is_regression: bool, autocast, progress: bool = False,
+             desc: str = "evaluate") -> dict[str, Any]:
+    """eval_loss, the task's metrics and whether every prediction was the same, over a whole split."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    losses, logits_all, labels_all, n = 0.0, [], [], 0
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress, dynamic_ncols=True):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast():
+            out = model(**batch)
+        size = batch["labels"].shape[0]
+        losses += float(out.loss) * size
+        n += size
+        logits_all.append(out.logits.float().cpu().numpy())
+        labels_all.append(batch["labels"].cpu().numpy())
+    model.train(was_training)
+    logits = np.concatenate(logits_all)
+    metrics = compute_metrics(np.concatenate(labels_all), logits, is_regression)
+    return {"eval_loss": losses / max(n, 1), **metrics, "constant_predictions": constant_predictions(logits, is_regression)}
+
+
+def autocast_factory(precision: str, device: torch.device) -> Callable[[], Any]:
+    """A factory of the autocast context for ``precision`` ("fp32": autocast off)."""
+    if precision == "fp32":
+        return lambda: torch.autocast(device.type, enabled=False)
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 training needs a CUDA device; use --precision bf16 or fp32 on the CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def is_better(metrics: dict[str, Any], best: dict[str, Any], metric: str) -> bool:
+    """Whether an evaluation beats the best so far on ``metric`` (the first always does; NaN never)."""
+    new, old = metrics.get(metric), best.get(metric)
+    return not best or (new is not None and not math.isnan(new) and (old is None or new > old))
