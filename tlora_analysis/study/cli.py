@@ -8,6 +8,8 @@ import time
 
 import pandas as pd
 
+from ..cli_types import positive_float, positive_int
+
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
@@ -73,9 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--phase", choices=("all", "select", "final", "summarize"), default="all",
                    help="run only the learning-rate selection, the replicates, or the summary (default: all)")
     p.add_argument("--shard", metavar="i/n", help="run every n-th planned run starting at the i-th (1-based)")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process (default 1)")
-    p.add_argument("--n-null", type=int, default=2000, help="null draws per layer in the claims reports")
-    p.add_argument("--stop-after", type=float, metavar="MINUTES",
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once, each in its own process (default 1)")
+    p.add_argument("--n-null", type=positive_int, default=2000, help="null draws per layer in the claims reports")
+    p.add_argument("--stop-after", type=positive_float, metavar="MINUTES",
                    help="start no run after this many minutes (running ones finish); run again to continue")
     p.add_argument("--dry-run", action="store_true", help="list the runs this call would train, train nothing")
     p.set_defaults(func=_run)
