@@ -15,41 +15,39 @@ def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, study, runs: list, deadline: float | None) -> list:
+    """Train this shard's share of ``runs`` (or list it with --dry-run); the failed outcomes."""
     from .execute import execute
+    from .plan import parse_shard, shard
+
+    mine = shard(runs, *parse_shard(args.shard))
+    if args.dry_run:
+        print("\n".join(r.name for r in mine))
+        return []
+    return [o for o in execute(study, mine, jobs=args.jobs, report=_say, deadline=deadline) if o.status == "failed"]
+
+
+def _run(args: argparse.Namespace) -> int:
     from .outputs import write_outputs
-    from .plan import final_runs, parse_shard, selection_runs, shard
+    from .plan import final_runs, parse_shard, selection_runs
     from .results import choose_learning_rates, results_table, summary_table
     from .spec import load_study
 
     study = load_study(args.study)
+    parse_shard(args.shard)  # a bad --shard is reported before anything runs
     deadline = None if args.stop_after is None else time.time() + 60 * args.stop_after
-    index, count = parse_shard(args.shard)
     select = selection_runs(study)
     _say(f"study {study.name}: {len(study.tasks)} task(s), {len(study.arms)} arm(s), {len(select)} selection runs, "
          f"seeds {list(study.seeds)}; runs in {study.runs_dir}")
-    failed = []
-    if args.phase in ("all", "select"):
-        mine = shard(select, index, count)
-        if args.dry_run:
-            print("\n".join(r.name for r in mine))
-        else:
-            failed += [o for o in execute(study, mine, jobs=args.jobs, report=_say, deadline=deadline)
-                       if o.status == "failed"]
-    selection = results_table(study.runs_dir, select)
-    chosen, selection = choose_learning_rates(selection)
+    failed = _train(args, study, select, deadline) if args.phase in ("all", "select") else []
+    chosen, selection = choose_learning_rates(results_table(study.runs_dir, select))
     groups = {(t, a.name, r) for t in study.tasks for a in study.arms for r in a.ranks if len(a.lrs) > 1}
     if len(chosen) < len(groups):
         _say(f"learning rates chosen for {len(chosen)} of {len(groups)} (task, arm, rank): the selection runs of the "
              "others are not finished (other shards?); their replicate runs wait")
     final = final_runs(study, chosen)
     if args.phase in ("all", "final"):
-        mine = shard(final, index, count)
-        if args.dry_run:
-            print("\n".join(r.name for r in mine))
-        else:
-            failed += [o for o in execute(study, mine, jobs=args.jobs, report=_say, deadline=deadline)
-                       if o.status == "failed"]
+        failed += _train(args, study, final, deadline)
     if args.phase in ("all", "summarize") and not args.dry_run:
         results = pd.concat([selection.drop(columns="chosen"), results_table(study.runs_dir, final)],
                             ignore_index=True)
