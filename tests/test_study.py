@@ -85,10 +85,33 @@ def test_plan_selects_on_held_out_train_then_replicates(tmp_path):
     (MINIMAL.replace("[tasks.rotten_tomatoes]", "[tasks.mrpc]\ndata_dir = '${NO_SUCH_VAR_FOR_TESTS}/MRPC'"),
      "NO_SUCH_VAR_FOR_TESTS.*not set"),
     ("name = [", "not valid TOML"),
+    (MINIMAL.replace("lrs = [1e-3]", "lrs = [1e-3]\ntasks = ['mrpc']"), "no \\[tasks.NAME\\] table for"),
+    (MINIMAL.replace("lrs = [1e-3]", "lrs = [1e-3]\ntasks = 'rotten_tomatoes'"), "list of task names"),
 ])
 def test_bad_study_files_are_named(tmp_path, text, message):
     with pytest.raises(StudyError, match=message):
         load_study(_write(tmp_path, text))
+
+
+def test_an_arm_runs_only_on_its_tasks(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLUE_FOR_TEST", str(tmp_path / "glue"))
+    text = MINIMAL.replace("[tasks.rotten_tomatoes]", "[tasks.rotten_tomatoes]\n[tasks.mrpc]\n"
+                           "data_dir = '${GLUE_FOR_TEST}/MRPC'").replace("ranks = [4, 8]", "ranks = [4, 8]\n"
+                                                                        "tasks = ['mrpc']")
+    study = load_study(_write(tmp_path, text))
+    select = selection_runs(study)
+    assert {(r.task, r.arm) for r in select if r.arm == "tlora"} == {("mrpc", "tlora")}
+    assert len(select) == 2 * 3 + 2 * 2  # tlora on mrpc only; full on both tasks
+    final = final_runs(study, {("mrpc", "tlora", 4): 1e-2, ("mrpc", "tlora", 8): 1e-2,
+                               ("rotten_tomatoes", "tlora", 4): 1e-2})
+    assert {r.task for r in final if r.arm == "tlora"} == {"mrpc"}
+    more_ranks = text + "[[arms]]\nmethod = 'lora'\nranks = [16]\nlrs = [1e-3]\ntasks = ['mrpc']\n"
+    runs = final_runs(load_study(_write(tmp_path, more_ranks)), {})
+    assert {(r.task, r.rank) for r in runs if r.arm == "lora"} == {("rotten_tomatoes", 4), ("mrpc", 4), ("mrpc", 16)}
+    for extra, message in (("ranks = [4]\nlrs = [1e-3]\n", "plans rotten_tomatoes at rank 4 twice"),
+                           ("ranks = [16]\nlrs = [1e-3]\ndropout = 0.1\n", "differ in method or settings")):
+        with pytest.raises(StudyError, match=message):
+            load_study(_write(tmp_path, text + "[[arms]]\nmethod = 'lora'\n" + extra))
 
 
 def test_environment_variables_expand(tmp_path, monkeypatch):

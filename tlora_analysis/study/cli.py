@@ -41,7 +41,8 @@ def _run(args: argparse.Namespace) -> int:
          f"seeds {list(study.seeds)}; runs in {study.runs_dir}")
     failed = _train(args, study, select, deadline) if args.phase in ("all", "select") else []
     chosen, selection = choose_learning_rates(results_table(study.runs_dir, select))
-    groups = {(t, a.name, r) for t in study.tasks for a in study.arms for r in a.ranks if len(a.lrs) > 1}
+    groups = {(t, a.name, r) for t in study.tasks for a in study.arms for r in a.ranks
+              if len(a.lrs) > 1 and a.runs_on(t)}
     if len(chosen) < len(groups):
         _say(f"learning rates chosen for {len(chosen)} of {len(groups)} (task, arm, rank): the selection runs of the "
              "others are not finished (other shards?); their replicate runs wait")

@@ -70,7 +70,7 @@ def selection_runs(study: Study) -> list[PlannedRun]:
     runs = []
     for task in study.tasks:
         for arm in study.arms:
-            if len(arm.lrs) < 2:
+            if len(arm.lrs) < 2 or not arm.runs_on(task):
                 continue
             for rank in arm.ranks:
                 for lr in arm.lrs:
@@ -84,7 +84,7 @@ def final_runs(study: Study, chosen: dict[tuple[str, str, int | None], float]) -
     """Phase "final": each (task, arm, rank) at its chosen learning rate, once per seed."""
     runs = []
     for task in study.tasks:
-        for arm in study.arms:
+        for arm in filter(lambda a: a.runs_on(task), study.arms):
             for rank in arm.ranks:
                 lr = arm.lrs[0] if len(arm.lrs) == 1 else chosen.get((task, arm.name, rank))
                 if lr is None:
@@ -117,7 +117,8 @@ def shard(runs: Iterable[PlannedRun], index: int, count: int) -> list[PlannedRun
 
 def check_configs(study: Study) -> None:
     """Build every run's TrainConfig once, so a bad value is reported before anything trains."""
-    placeholder = {(task, arm.name, rank): arm.lrs[0] for task in study.tasks for arm in study.arms for rank in arm.ranks}
+    placeholder = {(task, arm.name, rank): arm.lrs[0] for task in study.tasks for arm in study.arms for rank in arm.ranks
+                   if arm.runs_on(task)}
     for run in [*selection_runs(study), *final_runs(study, placeholder)]:
         try:
             run.config(study.runs_dir)

@@ -16,6 +16,7 @@
     ranks = [8, 16, 32]
     lrs = [5e-3, 1e-2, 2e-2]
     dropout = 0.0
+    tasks = ["mrpc"]                # optional: the tasks this arm runs on (default: every task)
 
     [selection]                     # learning rates are chosen on a part of *train* held out
     holdout = 0.1
@@ -48,13 +49,18 @@ class StudyError(ValueError):
 
 @dataclass(frozen=True)
 class Arm:
-    """One method setting of the grid: ``name`` (its label), ``method``, ranks, learning rates, other fields."""
+    """One method setting of the grid: ``name`` (its label), ``method``, ranks, learning rates, other fields,
+    and the tasks it runs on (None: every task)."""
 
     name: str
     method: str
     ranks: tuple[int | None, ...]
     lrs: tuple[float, ...]
     fields: dict[str, Any] = field(default_factory=dict)
+    tasks: tuple[str, ...] | None = None
+
+    def runs_on(self, task: str) -> bool:
+        return self.tasks is None or task in self.tasks
 
 
 @dataclass(frozen=True)
@@ -114,12 +120,25 @@ def _numbers(value: Any, where: str, kind: type) -> tuple:
     return tuple(kind(v) for v in items)
 
 
-def _arm(raw: Any, index: int, known: set[str]) -> Arm:
+def _arm_tasks(value: Any, where: str, tasks: dict[str, Any]) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise StudyError(f"{where}.tasks must be a non-empty list of task names, got {value!r}")
+    unknown = [v for v in value if v not in tasks]
+    if unknown:
+        raise StudyError(f"{where}.tasks names {unknown}, which the study has no [tasks.NAME] table for; "
+                         f"its tasks: {sorted(tasks)}")
+    return tuple(dict.fromkeys(value))
+
+
+def _arm(raw: Any, index: int, known: set[str], tasks: dict[str, Any]) -> Arm:
     where = f"arms[{index}]"
     if not isinstance(raw, dict) or "method" not in raw:
         raise StudyError(f"{where} needs at least `method = ...` and `lrs = [...]`")
     raw = dict(raw)
     method, name = raw.pop("method"), raw.pop("name", None)
+    arm_tasks = _arm_tasks(raw.pop("tasks", None), where, tasks)
     lrs = _numbers(raw.pop("lrs", None), f"{where}.lrs", float)
     if any(lr <= 0 for lr in lrs):
         raise StudyError(f"{where}.lrs must be positive, got {list(lrs)}")
@@ -129,7 +148,25 @@ def _arm(raw: Any, index: int, known: set[str]) -> Arm:
         raise StudyError(f"{where}: full fine-tuning has no rank; remove `ranks`")
     if method != "full" and ranks_raw is None:
         raise StudyError(f"{where}: a {method} arm needs `ranks = [...]`")
-    return Arm(str(name or method), str(method), ranks, lrs, _check_fields(raw, where, known))
+    return Arm(str(name or method), str(method), ranks, lrs, _check_fields(raw, where, known), arm_tasks)
+
+
+def _check_shared_names(arms: tuple[Arm, ...], tasks: dict[str, Any], path: Path) -> None:
+    """Arms may share a name (one setting, e.g. more ranks on one task) only when they are the same method
+    and fields and never plan the same (task, rank)."""
+    seen: dict[str, Arm] = {}
+    covered: set[tuple[str, str, int | None]] = set()
+    for arm in arms:
+        first = seen.setdefault(arm.name, arm)
+        if (first.method, first.fields) != (arm.method, arm.fields):
+            raise StudyError(f"{path}: two arms named {arm.name!r} differ in method or settings; give each its own "
+                             "`name` (arms share a name only to add ranks or tasks to one setting)")
+        for task in filter(arm.runs_on, tasks):
+            for rank in arm.ranks:
+                if (task, arm.name, rank) in covered:
+                    raise StudyError(f"{path}: arm {arm.name!r} plans {task} at rank {rank} twice; give each arm "
+                                     "its own `name`, or its own `ranks` / `tasks`")
+                covered.add((task, arm.name, rank))
 
 
 def load_study(path: str | os.PathLike) -> Study:
@@ -153,10 +190,8 @@ def load_study(path: str | os.PathLike) -> Study:
     arms_raw = raw.get("arms")
     if not isinstance(arms_raw, list) or not arms_raw:
         raise StudyError(f"{path} has no [[arms]]; add one per method setting")
-    arms = tuple(_arm(a, i, known) for i, a in enumerate(arms_raw))
-    names = [a.name for a in arms]
-    if len(set(names)) != len(names):
-        raise StudyError(f"{path}: two arms share a name ({names}); give each arm its own `name`")
+    arms = tuple(_arm(a, i, known, tasks) for i, a in enumerate(arms_raw))
+    _check_shared_names(arms, tasks, path)
     selection = raw.get("selection", {})
     holdout = selection.get("holdout", 0.1)
     seeds = _numbers(raw.get("replicates", {}).get("seeds", [0, 1, 2]), "replicates.seeds", int)
