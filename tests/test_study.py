@@ -4,6 +4,7 @@ end on the bundled default (resumed and re-run without retraining)."""
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -188,3 +189,33 @@ def test_no_run_starts_after_the_deadline(tmp_path):
     outcomes = execute(study, selection_runs(study)[:2], deadline=0.0, report=lambda _: None)
     assert [o.status for o in outcomes] == ["postponed", "postponed"]
     assert not (study.runs_dir / "select").exists()
+
+
+def test_contrasts_match_welch_by_hand():
+    from tlora_analysis.study.contrasts import contrast_table
+
+    rows = []
+    values = {("tlora", 8.0, "tlora"): [0.70, 0.72, 0.71], ("lora-xs", 8.0, "lora-xs"): [0.75, 0.79, 0.74],
+              ("lora", 16.0, "lora"): [0.80, 0.82, 0.81, 0.83], ("full", math.nan, "full"): [0.80, 0.80, 0.86]}
+    for (arm, rank, method), vals in values.items():
+        rows += [{"task": "t", "arm": arm, "rank": rank, "method": method, "seed": s, "best_value": v,
+                  "last_value": v - 0.01} for s, v in enumerate(vals)]
+    table = contrast_table(pd.DataFrame(rows))
+    best = table[table["value"] == "best"]
+    # equal ranks (tlora r8 vs lora-xs r8) and every arm against full; lora r16 has no equal-rank partner
+    assert {(r.first, r.second) for r in best.itertuples()} == {
+        ("tlora r8", "lora-xs r8"), ("tlora r8", "full"), ("lora-xs r8", "full"), ("lora r16", "full")}
+    row = best[(best["first"] == "tlora r8") & (best["second"] == "lora-xs r8")].iloc[0]
+    a, b = np.array(values[("tlora", 8.0, "tlora")]), np.array(values[("lora-xs", 8.0, "lora-xs")])
+    va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 3
+    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)  # Welch–Satterthwaite
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    t = (a.mean() - b.mean()) / math.sqrt(va + vb)
+    assert row["difference"] == pytest.approx(a.mean() - b.mean(), abs=1e-12)
+    assert (row["ci_lo"], row["ci_hi"]) == pytest.approx((a.mean() - b.mean() - half, a.mean() - b.mean() + half))
+    assert row["p_value"] == pytest.approx(2 * stats.t.sf(abs(t), df))
+    ps = best["p_value"].to_numpy()
+    order = np.argsort(ps)
+    holm_by_hand = np.minimum(np.maximum.accumulate((4 - np.arange(4)) * ps[order]), 1)
+    assert best["p_holm"].to_numpy()[order] == pytest.approx(holm_by_hand)
+    assert set(table["value"]) == {"best", "last"}

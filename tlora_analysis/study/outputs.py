@@ -2,7 +2,10 @@
 
     results.csv      one row per run (selection and replicate runs)
     selection.csv    every learning-rate candidate with its held-out value and the choice
-    summary.csv/.md  per (task, arm, rank): mean, sd and 95% interval over seeds
+    summary.csv/.md  per (task, arm, rank): mean, sd and 95% interval over seeds; summary.md also
+                     holds the differences between arms (contrasts.csv)
+    contrasts.csv    arms of equal rank, and every arm against full fine-tuning: difference of means,
+                     Welch's 95% interval and p-value, Holm-adjusted within the task
     figures/         metric vs trainable parameters; validation curves, TLoRA's α and ‖B‖_F, and
                      the reachable-set alignment over steps, each banded over seeds
     claims/<task>/<tlora arm>-vs-<lora arm>-r<rank>/   the claims report with the seeds as replicates
@@ -19,6 +22,7 @@ import pandas as pd
 
 from ..fileio import atomic_write_bytes
 from ..store import Run
+from .contrasts import contrast_table
 from .dynamics import reachable_dynamics, tlora_dynamics, validation_curves
 from .spec import Study
 
@@ -29,8 +33,19 @@ def _fmt(x, spec: str = ".3f") -> str:
     return "n/a" if x is None or pd.isna(x) else format(float(x), spec)
 
 
-def summary_markdown(summary: pd.DataFrame, study: Study, complete: bool) -> str:
-    """The summary table as markdown, one section per task."""
+def _contrast_lines(contrasts: pd.DataFrame) -> list[str]:
+    lines = ["Differences of the best value between arms (first − second; Welch's 95% interval and p-value over "
+             "seeds, Holm-adjusted over this task's rows):", "",
+             "| first | second | difference [95% CI] | p | p (Holm) |", "|---|---|---|---|---|"]
+    for _, r in contrasts[contrasts["value"] == "best"].iterrows():
+        lines.append(f"| {r['first']} | {r['second']} | {_fmt(r['difference'])} [{_fmt(r['ci_lo'])}, "
+                     f"{_fmt(r['ci_hi'])}] | {_fmt(r['p_value'], '.2g')} | {_fmt(r['p_holm'], '.2g')} |")
+    return lines + [""]
+
+
+def summary_markdown(summary: pd.DataFrame, study: Study, complete: bool,
+                     contrasts: pd.DataFrame | None = None) -> str:
+    """The summary table as markdown, one section per task, each followed by its contrasts when given."""
     lines = [f"# {study.name}: summary over seeds", ""]
     if not complete:
         lines += ["**Incomplete**: some planned runs have not finished; the table covers the finished ones.", ""]
@@ -49,6 +64,8 @@ def summary_markdown(summary: pd.DataFrame, study: Study, complete: bool) -> str
                 f"{_fmt(r['last_value_mean'])} [{_fmt(r['last_value_ci_lo'])}, {_fmt(r['last_value_ci_hi'])}] | "
                 f"{_fmt(r['step_seconds_median'], '.4f')} | {_fmt(r['peak_memory_gib_max'], '.2f')} |")
         lines.append("")
+        if contrasts is not None and (contrasts["task"] == task).any():
+            lines += _contrast_lines(contrasts[contrasts["task"] == task])
     return "\n".join(lines)
 
 
@@ -80,10 +97,12 @@ def write_outputs(study: Study, results: pd.DataFrame, selection: pd.DataFrame, 
 
     out = study.runs_dir.parent / "results"
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    for name, table in (("results.csv", results), ("selection.csv", selection), ("summary.csv", summary)):
-        atomic_write_bytes(out / name, table.to_csv(index=False).encode("utf-8"))
-    atomic_write_bytes(out / "summary.md", summary_markdown(summary, study, complete).encode("utf-8"))
     final = results[results["phase"] == "final"]
+    contrasts = contrast_table(final)
+    for name, table in (("results.csv", results), ("selection.csv", selection), ("summary.csv", summary),
+                        ("contrasts.csv", contrasts)):
+        atomic_write_bytes(out / name, table.to_csv(index=False).encode("utf-8"))
+    atomic_write_bytes(out / "summary.md", summary_markdown(summary, study, complete, contrasts).encode("utf-8"))
     figures = {}
     if len(summary):
         figures["metric_vs_parameters"] = metric_vs_parameters(summary)
@@ -105,6 +124,7 @@ def write_outputs(study: Study, results: pd.DataFrame, selection: pd.DataFrame, 
     reports = _claims(study, final, out / "claims", n_null, note)
     index = [f"# {study.name}: results", "", f"Made by: `{shlex.join(command)}`", "",
              "- [summary.md](summary.md), [summary.csv](summary.csv): mean and 95% interval over seeds",
+             "- [contrasts.csv](contrasts.csv): differences between arms (Welch interval, Holm-adjusted p)",
              "- [results.csv](results.csv): every run; [selection.csv](selection.csv): the learning-rate choice", ""]
     index += [f"![{name}](figures/{name}.png)" for name in figures] + [""]
     index += ["Claims reports (TLoRA vs LoRA, seeds as replicates):", ""]
