@@ -21,7 +21,9 @@ same as ``peft``). Ablations at the largest rank: ``tlora-plain`` (the formula i
 the Triton low-rank-epilogue GEMM, ``fused.set_backend("cublas")``; on a CPU the same as
 ``tlora``),
 TLoRA with dropout 0.1 at each position (on "all"; the mask redrawn in the backward, or stored), and ``tlora+recorder`` (snapshots every step) when
-``tlora_analysis.recording`` exists. Every adapter uses dropout 0 unless named.
+``tlora_analysis.recording`` exists. Every adapter uses dropout 0 unless named; ``--dropout P``
+gives the main grid's ``tlora`` (on its output, the mask chosen by "auto"), ``lora`` and ``peft``
+arms (each on its input, as PEFT's ``lora_dropout``) dropout P, for like-for-like comparisons.
 
 ``--recorder-ab ROUNDS`` (GPU) times the recorder instead, as an A/B on one TLoRA model: blocks
 of ``--steps`` steps without and with snapshots every step, alternated; ``--rounds N`` runs the
@@ -71,14 +73,15 @@ class Arm:
         return self.name if self.rank is None else f"{self.name} r={self.rank} {self.targets}"
 
 
-def plan_arms(device: str, ranks: list[int], targets: list[str], recorder: bool) -> list[Arm]:
+def plan_arms(device: str, ranks: list[int], targets: list[str], recorder: bool, dropout: float = 0.0) -> list[Arm]:
     """The arms in run order (GPU: the floor three times, to see drift)."""
     top = max(ranks)
     arms = [Arm("floor", options={"repeat": 0}), Arm("full")]
     methods = ["tlora", "lora", "peft"] + (["peft-bf16"] if device == "cuda" else [])
+    grid = {"dropout": dropout} if dropout else {}
     for t in targets:
         for r in ranks:
-            arms += [Arm(m, r, t) for m in methods]
+            arms += [Arm(m, r, t, dict(grid)) for m in methods]
     if device == "cuda":
         arms.append(Arm("floor", options={"repeat": 1}))
     for t in targets if device == "cuda" else targets[-1:]:  # the CPU is slow: ablations on one target set
@@ -173,10 +176,12 @@ def build_arm(arm: Arm, base: nn.Module, device: str) -> nn.Module:
             layer.dropout_mask = arm.options.get("mask", "auto")
         return model
     if arm.name == "lora":
-        return apply_adapters(model, LoRAConfig(rank=arm.rank, target_modules=ours, dropout=0.0))
+        return apply_adapters(model, LoRAConfig(rank=arm.rank, target_modules=ours,
+                                                dropout=arm.options.get("dropout", 0.0)))
     import peft
 
-    config = peft.LoraConfig(r=arm.rank, lora_alpha=arm.rank, lora_dropout=0.0, target_modules=targets)
+    config = peft.LoraConfig(r=arm.rank, lora_alpha=arm.rank, lora_dropout=arm.options.get("dropout", 0.0),
+                             target_modules=targets)
     return peft.get_peft_model(model, config, autocast_adapter_dtype=(arm.name == "peft"))
 
 
@@ -372,7 +377,8 @@ def ratio_table(results: list[dict]) -> str:
     lines = ["| arm | median ms (q25–q75) | × floor | × PEFT | tokens/s | peak GiB | × floor mem | saved MiB | trainable "
              "| host ms |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        label = r["arm"] + (f" dropout {r['dropout']} {r['position']} {r['mask']}" if "dropout" in r else "")
+        label = r["arm"] + (" dropout " + " ".join(str(r[k]) for k in ("dropout", "position", "mask") if k in r)
+                            if "dropout" in r else "")
         label += f" (#{r['repeat'] + 1})" if "repeat" in r else ""
         label += f" [round {r['round'] + 1}]" if "round" in r else ""
         p = peft.get((r["rank"], r["targets"]))
@@ -409,6 +415,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="timed steps per arm (default: cuda 25; cpu 3, one per round-robin round)")
     parser.add_argument("--only", nargs="*", default=None, help="keep only arms whose method is listed")
     parser.add_argument("--no-dropout", action="store_true", help="leave out the arms with dropout")
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="dropout of the main grid's tlora, lora and peft arms (default 0)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the (filtered) arm list this many times in turn, to see drift between arms")
     parser.add_argument("--recorder-ab", type=int, default=0, metavar="ROUNDS",
@@ -429,11 +437,11 @@ def main(argv: list[str] | None = None) -> None:
         has_recorder = True
     except ImportError:
         has_recorder = False
-    arms = plan_arms(args.device, args.ranks, args.targets, has_recorder)
+    arms = plan_arms(args.device, args.ranks, args.targets, has_recorder, args.dropout)
     if args.only is not None:
         arms = [a for a in arms if a.name in args.only]
     if args.no_dropout:
-        arms = [a for a in arms if "dropout" not in a.options]
+        arms = [a for a in arms if not a.options.get("dropout")]
     if args.rounds > 1:
         arms = [Arm(a.name, a.rank, a.targets, {**a.options, "round": i}) for i in range(args.rounds) for a in arms]
     base, data, info = build_base(args.device)
