@@ -70,8 +70,8 @@ def _check_arguments(run_dir: Any, total_steps: Any, run_info: Any, store_base_w
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {value!r}")
     if store_base_weights is not None and not isinstance(store_base_weights, bool):
-        raise TypeError(f"store_base_weights must be True (W0 in frozen.safetensors), False (W0 referenced by its hash "
-                        f"and model) or None (stored below 1e9 parameters), got {store_base_weights!r}")
+        raise TypeError(f"store_base_weights must be True, False or None (True: W0 in frozen.safetensors; False: W0 "
+                        f"referenced by its hash and model; None: stored below 1e9 parameters), got {store_base_weights!r}")
     for name, value, low in (("total_steps", total_steps, 1), ("start_step", start_step, 0)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise ValueError(f"{name} must be None or an int ≥ {low}, got {value!r}")
