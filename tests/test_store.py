@@ -304,13 +304,15 @@ def test_run_json_without_layers_or_with_an_unknown_method_is_named(tmp_path):
         Run(run.path)
 
 
-def test_every_file_carries_the_run_id(tmp_path):
+def test_every_snapshot_and_manifest_line_carries_the_run_id(tmp_path):
+    """The frozen file does not (runs with the same frozen tensors share its bytes); its manifest line does."""
     from tlora_analysis.fileio import load_tensors
 
     run = make_tiny_run(tmp_path, "tlora", steps=2)
     assert len(run.run_id) == 32
-    for path in [run.path / "frozen.safetensors", *map(run.snapshot_path, run.steps)]:
+    for path in map(run.snapshot_path, run.steps):
         assert load_tensors(path)[1]["run_id"] == run.run_id
+    assert "run_id" not in load_tensors(run.path / "frozen.safetensors")[1]
     lines = [json.loads(x) for x in (run.path / "manifest.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [None, 0, 1, 2] and {x["run_id"] for x in lines} == {run.run_id}
 

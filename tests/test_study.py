@@ -5,6 +5,7 @@ end on the bundled default (resumed and re-run without retraining)."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -173,6 +174,12 @@ def test_smoke_study_runs_end_to_end_and_continues(tmp_path):
     assert (results / "figures" / "reachable_cosine_reachable.png").exists()
     claims = pd.read_csv(results / "claims" / "rotten_tomatoes" / "tlora-vs-lora-r4" / "claims.csv")
     assert "Needs replicate" not in claims.set_index("claim_id").loc["stable_norms", "detail"]  # two seeds each
+    for claim in ("eigen_merged_faithful", "cosine_merged_faithful"):  # W0 referenced, read from the bundled model
+        assert "Needs W0" not in str(claims.set_index("claim_id").loc[claim, "detail"])
+    frozen = [folder / "runs" / p / "frozen.safetensors" for p in ("select/rotten_tomatoes/tlora-r4-lr1e-2",
+                                                                    "select/rotten_tomatoes/tlora-r4-lr2e-2",
+                                                                    "final/rotten_tomatoes/tlora-r4-s0")]
+    assert frozen[0].stat().st_nlink == 3 and all(os.path.samefile(frozen[0], f) for f in frozen)  # seed 0: one file
     runs = folder / "runs" / "final" / "rotten_tomatoes"
     assert not (runs / "tlora-r4-s0" / "trainer_state").exists()  # weights are not kept by default
     before = (runs / "tlora-r4-s0" / "run.json").stat().st_mtime_ns

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     )
     from .lowrank import FactoredUpdate
     from .recording import EveryN, Explicit, LogSpaced, RecorderCallback, SnapshotRecorder
-    from .store import Run
+    from .store import Run, open_run
 
 _EXPORTS = {  # name → the module that defines it
     **dict.fromkeys(("FullConfig", "LoRAConfig", "LoRAXSConfig", "TLoRAConfig", "VeRAConfig", "adapted_layers",
@@ -40,7 +40,7 @@ _EXPORTS = {  # name → the module that defines it
                     ".adapters"),
     "FactoredUpdate": ".lowrank",
     **dict.fromkeys(("SnapshotRecorder", "RecorderCallback", "EveryN", "LogSpaced", "Explicit"), ".recording"),
-    "Run": ".store",
+    **dict.fromkeys(("Run", "open_run"), ".store"),
 }
 _SUBPACKAGES = ("analysis", "figures", "report")
 

@@ -60,7 +60,7 @@ def intruders(
 ) -> pd.DataFrame:
     """Intruder-dimension count of W0 + ΔW per (layer, step): columns ``k``, ``threshold``, ``n_intruders``.
 
-    Needs the run's stored W0. ``k`` ≤ min(out, in); ``threshold`` in (0, 1].
+    Needs the run's W0 (stored, or the base model attached). ``k`` ≤ min(out, in); ``threshold`` in (0, 1].
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")

@@ -71,7 +71,8 @@ def merged_eigenvalues(
 
     ``paper_faithful=False``: W0 + ΔW (corrected). ``True``: the paper's construction (module
     docstring), every row labelled ``construction="paper_faithful"``. Square layers only;
-    dense O(n³) per (layer, step), hence ``steps="last"`` by default. Needs stored W0.
+    dense O(n³) per (layer, step), hence ``steps="last"`` by default. Needs W0 (stored, or the
+    base model attached: ``Run(path, base_model=...)``).
     """
     require_base_weights(run, "merged_eigenvalues")
     construction = CONSTRUCTIONS[1] if paper_faithful else CONSTRUCTIONS[0]

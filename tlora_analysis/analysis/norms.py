@@ -56,7 +56,7 @@ def norms(run: Any, layers: LayerSelection = None, steps: StepSelection = "all")
 
     A, B, C columns are NaN for a method without that matrix (full fine-tuning has none); alpha and
     alpha_fro_norm_B (|α|·‖B‖_F) are NaN without a trained scale α; fro_norm_W0 and rel_fro_norm_dW
-    (‖ΔW‖_F / ‖W0‖_F) are NaN unless the run stored W0. Frozen matrices are measured once per layer.
+    (‖ΔW‖_F / ‖W0‖_F) are NaN unless the run has W0. Frozen matrices are measured once per layer.
     """
     spec = run.spec
     source = UpdateSource(run)

@@ -133,9 +133,10 @@ class BaseWeight:
 
 
 def require_base_weights(run: Any, analysis: str) -> None:
-    """Raise :class:`MissingBaseWeightError` saying how to store W0 when the run lacks it."""
+    """Raise :class:`MissingBaseWeightError` saying how to get W0 when the run lacks it."""
     if not run.has_base_weights:
         raise MissingBaseWeightError(
-            f"{analysis} needs the base weights W0, which run {run.name!r} did not store; record "
-            "the run again with store_base_weights=True (SnapshotRecorder or the training runner) "
-            "to store them")
+            f"{analysis} needs the base weights W0, which run {run.name!r} did not store and whose base model "
+            "is not attached; open it with the base model it was trained from (Run(path, base_model=...), "
+            "--base-model), or record the run again with store_base_weights=True (SnapshotRecorder or the "
+            "training runner) to store them")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_types import positive_float, positive_int
+from ..cli_types import base_weights_mode, positive_float, positive_int
 from .config import METHODS, PRECISIONS
 from .presets import PRESETS, apply_preset
 
@@ -103,8 +103,12 @@ def _recording(p: argparse.ArgumentParser) -> None:
     r.add_argument("--eval-every", type=positive_int, help="also evaluate every N steps (always at each epoch end)")
     r.add_argument("--eval-test", action="store_true", help="evaluate the test split at the end (bundled data)")
     r.add_argument("--log-every", type=positive_int, help="training-loss event every N steps (default 10)")
+    r.add_argument("--base-weights", dest="store_base_weights", type=base_weights_mode, metavar="{stored,reference}",
+                   help="stored: W0 of the adapted layers in the run (default); reference: only its hash and the "
+                        "model in run.json, W0 read back from the model when analysed (paper-faithful merged "
+                        "figures need W0)")
     r.add_argument("--no-base-weights", dest="store_base_weights", action="store_false",
-                   help="do not store W0 of the adapted layers (paper-faithful merged figures need it)")
+                   help="the same as --base-weights reference")
     r.add_argument("--no-save-weights", dest="save_weights", action="store_false",
                    help="write neither the resume point (trainer_state/) nor the final adapter/ (no --resume later); "
                         "for full fine-tuning those are about four copies of the model")

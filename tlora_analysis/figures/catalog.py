@@ -98,7 +98,7 @@ class FigureSpec:
                 lacking = [r.name for r in (roles.tlora, roles.lora) if r is not None and not r.has_base_weights]
                 if lacking:
                     return (f"needs base weights W0, which {', '.join(lacking)} did not store "
-                            f"(record with store_base_weights=True)")
+                            f"(record with store_base_weights=True, or give the base model with --base-model)")
             if need == "two_methods" and len(roles.by_method) < 2:
                 return "needs runs of at least two methods (e.g. TLoRA and LoRA)"
         return None
@@ -187,7 +187,7 @@ CATALOG: tuple[FigureSpec, ...] = (
                "figures.norms.spectral_norm_heatmap(analysis.norms(run))", ("tlora",),
                lambda ctx: norms.spectral_norm_heatmap(ctx.norms())),
     FigureSpec("fig08_eigenvalues", "Eigenvalues TLoRA vs LoRA",
-               "Paper Fig. 8 (top, when both runs stored W0): KDE of the real parts of the eigenvalues of the "
+               "Paper Fig. 8 (top, when both runs have W0): KDE of the real parts of the eigenvalues of the "
                "paper-faithful merged weights, positive and negative panels. Corrected (bottom): the nonzero "
                "eigenvalues of ΔW itself, complex plane and modulus. First common square layer, last step.",
                "figures.spectra.eigenvalue_densities(merged=analysis.merged_eigenvalues(..., paper_faithful=True), "

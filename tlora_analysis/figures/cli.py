@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli_types import add_base_model_flag
+
 DEFAULT_OUTPUT = "figures"
 
 
@@ -17,7 +19,7 @@ def _run(args: argparse.Namespace) -> int:
     from .render import render
     from .runs import RunRoles
 
-    roles = RunRoles.from_paths(args.runs)
+    roles = RunRoles.from_paths(args.runs, base_model=args.base_model)
     print(f"runs:\n{roles.describe()}", file=sys.stderr)
     result = render(roles.runs, args.output, only=args.only, progress=not args.quiet)
     print(f"wrote {len(result.written)} figures (PDF + PNG) to {result.out_dir}; "
@@ -37,4 +39,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"folder for the figures and the index (default: ./{DEFAULT_OUTPUT})")
     p.add_argument("--only", nargs="+", metavar="NAME", help="draw only these figures (file stems, e.g. fig03_loss)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_base_model_flag(p)
     p.set_defaults(func=_run)

@@ -27,12 +27,13 @@ __all__ = ["as_run", "RunRoles", "parameter_table", "metrics_table", "outcome_ta
 RunLike = Run | str | os.PathLike
 
 
-def as_run(run: RunLike) -> Run:
-    """A :class:`Run` from a Run or a path (a clear error for anything else)."""
+def as_run(run: RunLike, base_model: str | os.PathLike | None = None) -> Run:
+    """A :class:`Run` from a Run or a path (a clear error for anything else); ``base_model`` supplies W0 of a
+    run that references it (attached to a given Run too)."""
     if isinstance(run, Run):
-        return run
+        return run if base_model is None else run.attach_base_model(base_model)
     if isinstance(run, (str, os.PathLike)):
-        return Run(run)
+        return Run(run, base_model=base_model)
     raise TypeError(f"expected a Run or a run directory path, got {type(run).__name__}")
 
 
@@ -68,8 +69,9 @@ class RunRoles:
                 self.by_method[run.method] = run
 
     @classmethod
-    def from_paths(cls, runs: Iterable[RunLike]) -> "RunRoles":
-        return cls([as_run(r) for r in runs])
+    def from_paths(cls, runs: Iterable[RunLike], base_model: str | os.PathLike | None = None) -> "RunRoles":
+        """The roles of runs given as paths or Runs; ``base_model`` supplies W0 of runs that reference it."""
+        return cls([as_run(r, base_model) for r in runs])
 
     def of(self, method: str) -> Run | None:
         """The main run of a method (None when no run has it)."""

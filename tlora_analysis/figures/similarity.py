@@ -101,7 +101,7 @@ def cosine_heatmap(
     drawn = [v for v in values if np.isfinite(at[v].to_numpy(float)).any()]
     if not drawn:
         raise ValueError(f"every value of {list(values)} is NaN at step {chosen}; cosine_merged_paper needs runs "
-                         f"recorded with base weights (store_base_weights=True)")
+                         f"recorded with base weights (store_base_weights=True) or with their base model attached")
     mods = module_order(at["module"].astype(str)) if modules is None else list(modules)
     norm = diverging_norm([], limit=1.0)
     n_layers = at["layer_index"].nunique()

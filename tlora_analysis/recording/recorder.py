@@ -29,6 +29,7 @@ from torch import nn
 from .. import __version__
 from ..adapters import adapter_config, count_parameters, spec_of, tracked_linears
 from ..adapters.io import frozen_prefix
+from ..store.base_weights import reference_entry
 from ..store.format import BASE_WEIGHT_KEY, RUN_FORMAT, RUN_JSON, SCHEMA_VERSION, tensor_key
 from ..store.writer import RunWriter, json_safe
 from .background import BackgroundWriter
@@ -43,7 +44,7 @@ BASE_WEIGHTS_MAX_PARAMS = 1_000_000_000  # store W0 by default below this model 
 _NOT_ADAPTED = ("this model has no adapters to record; call apply_adapters(model, TLoRAConfig(...)) (or another "
                 "method's config: LoRAConfig, FullConfig, VeRAConfig, LoRAXSConfig) before creating the recorder")
 _RESERVED = {"format", "schema_version", "method", "adapter_config", "rank", "layers", "parameters",
-             "store_base_weights", "schedule", "created", "created_unix", "status", "package_version"}
+             "store_base_weights", "base_weights", "schedule", "created", "created_unix", "status", "package_version"}
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -69,8 +70,8 @@ def _check_arguments(run_dir: Any, total_steps: Any, run_info: Any, store_base_w
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {value!r}")
     if store_base_weights is not None and not isinstance(store_base_weights, bool):
-        raise TypeError(f"store_base_weights must be True, False or None (stored below 1e9 parameters), got "
-                        f"{store_base_weights!r}")
+        raise TypeError(f"store_base_weights must be True, False or None (True: W0 in frozen.safetensors; False: W0 "
+                        f"referenced by its hash and model; None: stored below 1e9 parameters), got {store_base_weights!r}")
     for name, value, low in (("total_steps", total_steps, 1), ("start_step", start_step, 0)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise ValueError(f"{name} must be None or an int ≥ {low}, got {value!r}")
@@ -106,7 +107,9 @@ class SnapshotRecorder:
         Step 0 (the state now) and the final step (at ``close``) are always recorded.
     total_steps : the run's length, needed by LogSpaced schedules given without it.
     run_info : extra run.json entries (e.g. {"model": ..., "task": ..., "hyperparameters": {...}}).
-    store_base_weights : store W0 of the adapted layers (default: when the model has < 1e9 parameters).
+    store_base_weights : store W0 of the adapted layers in frozen.safetensors (default: when the model has < 1e9
+        parameters). Either way run.json's ``base_weights`` records W0's hash and the model, so a run that does
+        not store W0 is analysed with its base model attached (``Run(path, base_model=...)``).
     overwrite : replace whatever ``run_dir`` holds.
     resume : continue the run in ``run_dir`` from ``start_step`` (default: its last recorded step);
         later snapshots and metrics are dropped, since training redoes those steps. With no run
@@ -198,6 +201,21 @@ class SnapshotRecorder:
                 out[tensor_key(name, BASE_WEIGHT_KEY)] = module.base_layer.weight
         return {k: v.detach().cpu() for k, v in out.items()}
 
+    def _base_weights_entry(self, run_info: Mapping[str, Any]) -> dict[str, Any]:
+        """run.json's reference to W0: its hash over the adapted layers, whether the run holds it, the model.
+
+        The model is the runner's ``model`` entry when given (e.g. ``bundled:all-MiniLM-L6-v2``, a folder),
+        else the model config's ``_name_or_path``. A method whose trained tensor is the weight holds W0 in
+        its step-0 snapshot.
+        """
+        weights = {n: (m.weight if self.spec.weight_key is not None else m.base_layer.weight)
+                   for n, m in self.layers.items()}
+        model = run_info.get("model")
+        if not isinstance(model, str) or not model:
+            model = getattr(getattr(self.model, "config", None), "_name_or_path", None) or None
+        stored = self.store_base_weights or self.spec.weight_key is not None
+        return reference_entry(weights, stored, model)
+
     def _warn_if_dense(self) -> None:
         if self.spec.weight_key is None:
             return
@@ -227,6 +245,7 @@ class SnapshotRecorder:
             "parameters": {"trainable": counts.trainable, "frozen": counts.frozen, "total": counts.total,
                            "adapter_buffers": counts.adapter_buffers},
             "store_base_weights": self.store_base_weights,
+            "base_weights": self._base_weights_entry(run_info),
             "schedule": self.schedule.to_dict(),
             "total_steps": self.total_steps,
             "model_class": type(self.model).__name__,

@@ -119,7 +119,8 @@ def cosine_merged_faithful(sim: pd.DataFrame, alpha: float, n_null: int, has_bas
         f"ΔW_LoRA replaced by an update with its singular values and uniformly random singular vectors; {n_null} "
         "exact draws per layer", "0.91–0.99 per layer (merged weights)", test="upper-tail Monte-Carlo p per layer")
     if not has_base_weights:
-        return inconclusive(result, "Needs W0: record the runs with store_base_weights=True.")
+        return inconclusive(result, "Needs W0: record the runs with store_base_weights=True, or "
+                                   "give the base model they reference (--base-model / base_model=).")
     finite = sim[np.isfinite(sim["null_mean_cosine_merged_paper"].to_numpy(float))]
     if len(finite):
         result.detail = (f"The null's mean is {value_range(finite, 'null_mean_cosine_merged_paper')}: the shared W0 "

@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli_types import positive_int, unit_interval
+from ..cli_types import add_base_model_flag, positive_int, unit_interval
 from ..store import Run
 from .render import write_report
 from .replicates import find_runs
 
 
 def _runs(args: argparse.Namespace) -> tuple[list[Run], list[Run]]:
-    tlora = [Run(p) for p in find_runs(args.tlora)]
-    lora = [Run(p) for p in find_runs(args.lora)]
-    for run in (Run(p) for p in find_runs(args.runs)):
+    tlora = [Run(p, base_model=args.base_model) for p in find_runs(args.tlora)]
+    lora = [Run(p, base_model=args.base_model) for p in find_runs(args.lora)]
+    for run in (Run(p, base_model=args.base_model) for p in find_runs(args.runs)):
         if run.method == "tlora":
             tlora.append(run)
         elif run.method == "lora":
@@ -51,4 +51,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-null", type=positive_int, default=2000, help="exact null draws per layer and permutations (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the null draws and permutations")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_base_model_flag(p)
     p.set_defaults(func=_run)

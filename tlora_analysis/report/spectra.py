@@ -128,7 +128,8 @@ def eigen_merged_faithful(arms: Arms, alpha: float, n_resamples: int, rng: np.ra
         "visual only: KDEs of positive and negative eigenvalues 'similar'", test="permutation test")
     runs = [*arms.tlora, *arms.lora]
     if not all(r.has_base_weights for r in runs):
-        return inconclusive(result, "Needs W0: record the runs with store_base_weights=True.")
+        return inconclusive(result, "Needs W0: record the runs with store_base_weights=True, or "
+                                   "give the base model they reference (--base-model / base_model=).")
     layers = arms.square_layers()
     if not layers:
         return inconclusive(result, "No square adapted matrix: eigenvalues need out = in (e.g. attention q, v).")

@@ -8,12 +8,13 @@ from .format import (
     SCHEMA_VERSION, SUPPORTED_SCHEMA_VERSIONS, ForeignFileError, NonFiniteError, NotARunError, RunExistsError,
     SchemaVersionError, UnknownLayerError, UnknownStepError,
 )
-from .reader import Run
+from .base_weights import BaseModelError, BaseWeightsMismatchError
+from .reader import Run, open_run
 from .verify import FileCheck, VerifyReport
 from .writer import RunWriter
 
 __all__ = [
-    "Run", "RunWriter", "VerifyReport", "FileCheck", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS",
+    "Run", "open_run", "BaseModelError", "BaseWeightsMismatchError", "RunWriter", "VerifyReport", "FileCheck", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS",
     "NotARunError", "RunExistsError", "SchemaVersionError", "UnknownLayerError", "UnknownStepError",
     "ForeignFileError", "NonFiniteError",
 ]

@@ -6,9 +6,11 @@ import argparse
 import json
 from typing import Any
 
+from ..cli_types import add_base_model_flag
 from .reader import Run
 
 __all__ = ["register", "summary"]
+
 
 
 _METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "eval_loss")
@@ -58,7 +60,7 @@ def _text(value: Any) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    info = summary(Run(args.run))
+    info = summary(Run(args.run, base_model=args.base_model))
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -68,7 +70,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    report = Run(args.run).verify()
+    report = Run(args.run).verify(base_model=args.base_model)
     print(report)
     return 0 if report.ok else 1
 
@@ -79,8 +81,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "PEFT adapter folder or Trainer output_dir.")
     p.add_argument("run", help="run directory")
     p.add_argument("--json", action="store_true", help="print JSON")
+    add_base_model_flag(p)
     p.set_defaults(func=_inspect)
     v = sub.add_parser("verify", help="check every file of a run; exit 1 on a problem",
                        description="Checksums of every snapshot and the frozen file, tensors present, metrics readable.")
     v.add_argument("run", help="run directory")
+    v.add_argument("--base-model", metavar="MODEL",
+                   help="check this base model's W0 (folder, cached hub id or bundled) against the run's hash "
+                        "(default: the model run.json names, when it is here)")
     v.set_defaults(func=_verify)

@@ -4,7 +4,10 @@ Opening a run reads run.json and lists the snapshot folder; no tensor is read un
 asked for. The first read of a snapshot file checks it whole (once per file per Run): its
 checksum, step, run id, every layer's tensors and their shapes, and that they are finite; the
 first read of frozen.safetensors checks its checksum, run id and the fingerprints of the frozen
-tensors. Which tensors a layer has, and how they make ΔW, is the method's spec
+tensors (and W0 against run.json's ``base_weights`` hash when stored). A run that references W0
+instead of storing it reads it from its base model (:mod:`.base_weights`): the one given with
+``base_model=`` / :meth:`Run.attach_base_model`, else the model run.json names when it is on this
+machine, checked against the hash and kept by the ``Run`` object. Which tensors a layer has, and how they make ΔW, is the method's spec
 (:mod:`tlora_analysis.adapters.spec`): the reader never names a method.
 A damaged or foreign file raises an error naming it (:class:`~tlora_analysis.fileio.CorruptFileError`,
 :class:`~tlora_analysis.store.format.ForeignFileError`, :class:`~tlora_analysis.store.format.NonFiniteError`),
@@ -27,10 +30,11 @@ from ..adapters.methods import get_spec
 from ..adapters.spec import MethodSpec
 from ..fileio import CorruptFileError, fingerprint, load_tensors, open_tensors
 from ..lowrank import FactoredUpdate
+from .base_weights import base_weights_hash, loaded_and_verified, reference_problem, resolve_model_folder
 from .format import BASE_WEIGHT_KEY, ForeignFileError, NonFiniteError, UnknownLayerError, UnknownStepError
 from .sources import Source, open_source
 
-__all__ = ["Run", "read_metrics", "METRIC_COLUMNS"]
+__all__ = ["Run", "open_run", "read_metrics", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("step", "epoch", "event", "wall_time")
 
@@ -69,13 +73,22 @@ class Run:
     ``path`` is a run directory written by :class:`~tlora_analysis.SnapshotRecorder`, a PEFT
     LoRA adapter folder (one snapshot), or a Trainer ``output_dir`` of ``checkpoint-*/``
     folders of a PEFT LoRA model (one snapshot per checkpoint).
+
+    ``base_model`` (a model folder, a cached hub id or the bundled default's name) is attached at once
+    (:meth:`attach_base_model`): W0 of a run that references it instead of storing it is then read from that
+    model and checked against the run's hash. Without it such a run uses the model run.json names when that
+    is on this machine.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, base_model: str | os.PathLike | None = None) -> None:
         self.path = Path(path)
         self._source: Source = open_source(self.path)
         self._verified: set[int] = set()
         self._frozen_verified = False
+        self._base_model: str | os.PathLike | None = None
+        self._base_weights: dict[str, torch.Tensor] | None = None  # W0 read from the base model, per Run object
+        if base_model is not None:
+            self.attach_base_model(base_model)
 
     # ------------------------------------------------------------------ header
     @property
@@ -140,9 +153,46 @@ class Run:
 
     @property
     def has_base_weights(self) -> bool:
+        """Whether W0 can be read: stored with the run, or referenced and either a base model was attached (and
+        verified) or the model run.json names is on this machine (verified when W0 is first read). Cheap: no
+        tensor is read."""
         if self.spec.weight_key is not None:  # the trained tensor is the weight: W0 is its step-0 value
             return 0 in self._source.snapshot_files
-        return bool(self.config.get("store_base_weights")) and self._source.frozen_file is not None
+        if self.config.get("store_base_weights"):
+            return self._source.frozen_file is not None
+        return self._base_weights is not None or self._recorded_base_model is not None
+
+    @property
+    def base_weights_reference(self) -> dict[str, Any] | None:
+        """run.json's ``base_weights`` entry (stored, sha256, model), None for runs recorded without it."""
+        return self.config.get("base_weights")
+
+    @cached_property
+    def _recorded_base_model(self) -> Path | None:
+        """The local folder of the base model run.json names, when this run references W0 and it is here."""
+        ref = self.base_weights_reference
+        if ref is None or reference_problem(ref) or not ref.get("model"):
+            return None
+        return resolve_model_folder(ref["model"])
+
+    def attach_base_model(self, base_model: str | os.PathLike) -> "Run":
+        """Read W0 of every layer from ``base_model`` (a model folder, a hub id in the local cache or the bundled
+        default's name), check it against run.json's hash and keep it for this Run; returns the Run.
+
+        Raises :class:`~tlora_analysis.store.base_weights.BaseWeightsMismatchError` naming both hashes when it is
+        another model, :class:`~tlora_analysis.store.base_weights.BaseModelError` when it cannot be read.
+        """
+        if not isinstance(base_model, (str, os.PathLike)) or not os.fspath(base_model):
+            raise TypeError(f"base_model must be a model folder or name, got {base_model!r}")
+        ref = self.base_weights_reference
+        problem = "it records no base_weights hash (recorded before W0 was hashed)" if ref is None else \
+            reference_problem(ref)
+        if problem:
+            raise ValueError(f"{self.name}: a base model cannot be checked against this run: {problem}; analyse it "
+                             "with the W0 it stores, or record it again")
+        self._base_weights = loaded_and_verified(base_model, self.config["layers"], ref["sha256"], self.name)
+        self._base_model = base_model
+        return self
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, method={self.method!r}, layers={len(self.layers)}, steps={len(self.steps)})"
@@ -240,7 +290,7 @@ class Run:
         fingerprints."""
         path = self._source.frozen_file
         tensors, meta = load_tensors(path, verify=True)
-        if self.run_id and meta.get("run_id") != self.run_id:
+        if self.run_id and meta.get("run_id") not in (None, self.run_id):  # frozen files carry no run id now
             raise ForeignFileError(f"{path} was written by another run (run id {meta.get('run_id')!r}, this run's is "
                                    f"{self.run_id!r}): it was copied in; restore this run's file")
         checked: set[str] = set()
@@ -250,11 +300,26 @@ class Run:
                 key = keys.get(self.spec.roles.get(role, ""))
                 if key in tensors and key not in checked:
                     if fingerprint(tensors[key]) != fp:
-                        raise ForeignFileError(f"{path}: {key} does not match its fingerprint in run.json (another "
-                                               f"seed or another run's factors); restore this run's frozen.safetensors")
+                        raise ForeignFileError(f"{path} was written by another run: {key} does not match its "
+                                               f"fingerprint in run.json (another seed or another run's factors); "
+                                               f"restore this run's frozen.safetensors")
                     checked.add(key)
+        self._check_stored_base_weights(path, tensors)
         self._frozen_verified = True
         return tensors
+
+    def _check_stored_base_weights(self, path: Path, tensors: dict[str, torch.Tensor]) -> None:
+        """W0 stored in frozen.safetensors against run.json's base_weights hash (when both are there)."""
+        ref = self.base_weights_reference
+        if not self.config.get("store_base_weights") or ref is None or reference_problem(ref):
+            return
+        keys = [self._source.key(layer, BASE_WEIGHT_KEY) for layer in self.layers]
+        if all(k in tensors for k in keys):
+            actual = base_weights_hash((layer, tensors[k]) for layer, k in zip(self.layers, keys))
+            if actual != ref["sha256"]:
+                raise ForeignFileError(f"{path} was written by another run: its W0 hashes to {actual[:12]}…, run.json "
+                                       f"recorded {ref['sha256'][:12]}… (another base model); restore this run's "
+                                       f"frozen.safetensors")
 
     def _frozen_tensors(self, keys: list[str], names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         if not self._frozen_verified:
@@ -267,20 +332,32 @@ class Run:
         return dict(zip(names, (tensors[k] for k in keys)))
 
     def base_weight(self, layer: str) -> torch.Tensor:
-        """W0 (out × in) of the layer: stored with the run, or step 0's weight for full fine-tuning."""
+        """W0 (out × in) of the layer: stored with the run, step 0's weight for full fine-tuning, or read from the
+        base model (attached, else the one run.json names when it is here; checked against the run's hash)."""
         self._check_layer(layer)
         weight_key = self.spec.weight_key
         if weight_key is not None:
             if 0 not in self._source.snapshot_files:
                 raise ValueError(f"{self.name} has no step-0 snapshot, which holds W0 for a {self.method} run")
             return self.trainable(layer, 0)[weight_key]
-        if not self.has_base_weights:
-            raise ValueError(
-                f"{self.name} does not store base weights W0; record it with "
-                "SnapshotRecorder(..., store_base_weights=True) to run merged-weight analyses"
-            )
-        key = self._source.key(layer, BASE_WEIGHT_KEY)
-        return self._frozen_tensors([key], (BASE_WEIGHT_KEY,))[BASE_WEIGHT_KEY]
+        if self.config.get("store_base_weights") and self._source.frozen_file is not None:
+            key = self._source.key(layer, BASE_WEIGHT_KEY)
+            return self._frozen_tensors([key], (BASE_WEIGHT_KEY,))[BASE_WEIGHT_KEY]
+        if self._base_weights is None:
+            if not self.has_base_weights:
+                raise ValueError(self._no_base_weights_message())
+            self.attach_base_model(self.base_weights_reference["model"])
+        return self._base_weights[layer]
+
+    def _no_base_weights_message(self) -> str:
+        """Why W0 cannot be read, and the fix."""
+        ref = self.base_weights_reference
+        if ref is None or reference_problem(ref):
+            return (f"{self.name} does not store base weights W0; record it with "
+                    "SnapshotRecorder(..., store_base_weights=True) to run merged-weight analyses")
+        return (f"{self.name} references W0 (base model {ref.get('model')!r}, sha256 {ref['sha256'][:12]}…) without "
+                "storing it, and that model is not on this machine: pass the base model it was trained from with "
+                "--base-model / base_model= (or attach_base_model), or record the run with store_base_weights=True")
 
     def layer_tensors(self, layer: str, step: int) -> dict[str, torch.Tensor]:
         """Everything ΔW of the layer at ``step`` is made of, by key: trainable, frozen and (for a method with
@@ -304,11 +381,17 @@ class Run:
             raise ValueError(f"{self.name} is a {self.method} run; only LoRA layers have a scaling")
         return float(scaling)
 
-    def verify(self):
-        """Check every file of the run; returns a :class:`~tlora_analysis.store.VerifyReport`."""
+    def verify(self, base_model: str | os.PathLike | None = None):
+        """Check every file of the run, and W0 of ``base_model`` against the run's hash when given; returns a
+        :class:`~tlora_analysis.store.VerifyReport`."""
         from .verify import verify_run
 
-        return verify_run(self)
+        return verify_run(self, base_model)
+
+
+def open_run(path: str | os.PathLike, base_model: str | os.PathLike | None = None) -> Run:
+    """Open a run; ``base_model`` supplies W0 when the run references it instead of storing it."""
+    return Run(path, base_model=base_model)
 
 
 def _decode(value: str) -> Any:

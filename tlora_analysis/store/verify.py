@@ -2,7 +2,9 @@
 
 Problems make the report not ``ok``: a file that is missing, truncated, bit-flipped, fails its
 checksum, lacks a tensor or has one of the wrong shape, holds NaN or infinities, was written by
-another run (run id, manifest checksum or the frozen tensors' fingerprints differ), a snapshot the manifest
+another run (run id, manifest checksum, the frozen tensors' fingerprints or stored W0's hash differ), a
+malformed ``base_weights`` entry in run.json, a base model given to check that is not the run's
+(its W0 hashes differently), a snapshot the manifest
 lists that is gone, a snapshot inside the recorded range the manifest does not list, or a
 metrics file shorter than the manifest says it was. Notes are what a killed process
 legitimately leaves (a torn last line, temporary files, the last snapshot written just before
@@ -12,6 +14,7 @@ its manifest line); they keep it ``ok``.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +23,8 @@ import pandas as pd
 from safetensors import SafetensorError
 
 from ..fileio import CorruptFileError, open_tensors
-from .format import MANIFEST_FILE, SNAPSHOT_DIR, ForeignFileError, NonFiniteError, snapshot_name
+from .base_weights import BaseModelError, reference_problem
+from .format import MANIFEST_FILE, RUN_JSON, SNAPSHOT_DIR, ForeignFileError, NonFiniteError, snapshot_name
 from .reader import read_metrics
 from .writer import read_manifest
 
@@ -150,6 +154,35 @@ def _check_frozen(run: "Run", report: VerifyReport, manifest: _Manifest | None) 
         report.add(path, OK, f"{len(tensors)} tensors, checksum, run id and fingerprints ok")
 
 
+def _check_reference(run: "Run", report: VerifyReport, base_model: str | os.PathLike | None) -> None:
+    """run.json's base_weights entry: well formed, consistent with what the run stores, and, with a base model
+    (given, else the one it names when that is on this machine), W0 of that model hashing to it."""
+    path, ref = run.path / RUN_JSON, run.base_weights_reference
+    if ref is None:
+        report.add(path, NOTE, "no base_weights entry (recorded before W0 was hashed): a base model cannot be checked")
+        return
+    problem = reference_problem(ref)
+    stored = bool(run.config.get("store_base_weights")) or run.spec.weight_key is not None
+    if problem is None and ref["stored"] != stored:
+        problem = f"base_weights.stored is {ref['stored']}, but the run {'holds' if stored else 'does not hold'} W0"
+    if problem:
+        report.add(path, PROBLEM, problem)
+        return
+    model = base_model if base_model is not None else (None if ref["stored"] or run._recorded_base_model is None
+                                                       else ref["model"])
+    if model is None:
+        where = "stored with the run" if ref["stored"] else f"referenced (model {ref['model']!r}), not checked: " \
+                                                            "give --base-model to check it"
+        report.add(path, OK, f"base_weights entry well formed; W0 {where}")
+        return
+    try:
+        run.attach_base_model(model)
+    except (BaseModelError, ValueError, OSError) as exc:
+        report.add(path, PROBLEM, str(exc))
+        return
+    report.add(path, OK, f"W0 of base model {os.fspath(model)!r} matches base_weights.sha256 {ref['sha256'][:12]}…")
+
+
 def _check_snapshots(run: "Run", report: VerifyReport, manifest: _Manifest | None) -> None:
     how = "checksum, run id, shapes and values ok" if run._source.checksummed else \
         "readable, shapes and values ok (this format has no checksum)"
@@ -214,12 +247,14 @@ def _check_leftovers(run: "Run", report: VerifyReport) -> None:
                 report.add(p, NOTE, "temporary file of an interrupted write; ignored, removed on resume")
 
 
-def verify_run(run: "Run") -> VerifyReport:
-    """Check the frozen file, every snapshot, the metrics, the manifest and leftovers of ``run``."""
+def verify_run(run: "Run", base_model: str | os.PathLike | None = None) -> VerifyReport:
+    """Check the frozen file, W0's reference (against ``base_model`` when given), every snapshot, the metrics,
+    the manifest and leftovers of ``run``."""
     report = VerifyReport(run.name)
     manifest = _read_manifest(run, report) if run.kind == "run" else None
     if run.kind == "run":
         _check_frozen(run, report, manifest)
+        _check_reference(run, report, base_model)
     _check_snapshots(run, report, manifest)
     if run.kind == "run":
         _check_metrics(run, report, manifest)

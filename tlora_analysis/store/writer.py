@@ -6,7 +6,8 @@ directory either does not exist or holds a readable run.json, frozen.safetensors
 snapshot and its manifest. Metrics lines are appended with flush + fsync each; a torn last
 line (a kill mid-write) is cut off before the next append.
 
-The run id (run.json's ``run_id``) is written into every safetensors file's metadata, and each
+The run id (run.json's ``run_id``) is written into every snapshot's metadata (not into
+frozen.safetensors, which is then the same bytes for runs with the same frozen tensors), and each
 data file, once renamed into place, gets a line in ``manifest.jsonl`` (its step, checksum and
 the number of metrics lines written so far), appended with fsync. ``verify`` reads the
 manifest to find files deleted, replaced or copied in from another run after they were written.
@@ -36,6 +37,9 @@ __all__ = ["RunWriter", "json_safe", "COMPATIBILITY_KEYS", "new_run_id", "read_m
 
 # run.json fields that must agree for a resume to continue the same run.
 COMPATIBILITY_KEYS = ("method", "adapter_config", "layers")
+# run.json fields a resume keeps from the run's creation: identity, and what frozen.safetensors holds (the
+# resumed model's weights are no longer W0 for full fine-tuning, so its hash is the one taken at creation)
+_KEPT_ON_RESUME = ("created", "created_unix", "name", "run_id", "store_base_weights", "base_weights")
 
 
 def json_safe(value: Any) -> Any:
@@ -151,8 +155,10 @@ class RunWriter:
         staging = run_dir.parent / f".{run_dir.name}.creating-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
         try:
+            # no run id: runs with the same frozen tensors then have byte-identical frozen files (a study links
+            # them); run.json's fingerprints and base_weights hash, and the manifest, still tell another run's file
             frozen_sum = save_tensors(staging / FROZEN_FILE, frozen,
-                                      {"format": FROZEN_FORMAT, "schema_version": SCHEMA_VERSION, "run_id": run_id})
+                                      {"format": FROZEN_FORMAT, "schema_version": SCHEMA_VERSION})
             step, tensors, meta = initial_snapshot
             (staging / SNAPSHOT_DIR).mkdir()
             snap_sum = _save_snapshot(staging, step, tensors, meta, run_id)
@@ -210,7 +216,7 @@ class RunWriter:
             if s > start_step:
                 (snap_dir / snapshot_name(s)).unlink()
         _truncate_metrics(run_dir / METRICS_FILE, start_step)
-        merged = {**old, **{k: v for k, v in header.items() if k not in ("created", "created_unix", "name", "run_id")}}
+        merged = {**old, **{k: v for k, v in header.items() if k not in _KEPT_ON_RESUME}}
         merged["status"] = "running"
         merged["resumed_at_steps"] = [*old.get("resumed_at_steps", []), start_step]
         kept = [s for s in steps if s <= start_step]

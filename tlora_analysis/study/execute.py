@@ -5,26 +5,32 @@ a worker process (``python -m tlora_analysis.study.worker``), ``jobs`` at a time
 equal share of the CPU threads: training a small model is host-bound, so several runs share one
 GPU well. A run that fails is reported with its log and the others go on. Unless the study keeps
 weights, a finished run's resume point and final adapter are deleted: the analyses need neither.
+A finished run's frozen.safetensors that is byte-identical to one of another finished run (same
+method, seed, rank, targets and base model) is replaced by a hard link to it (:class:`FrozenFiles`).
 """
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..fileio import read_json
+from ..store.format import FROZEN_FILE, MANIFEST_FILE
+from ..store.writer import read_manifest
 from .plan import PlannedRun
 from .spec import Study
 
-__all__ = ["RunOutcome", "run_status", "execute", "train_planned"]
+__all__ = ["RunOutcome", "run_status", "execute", "train_planned", "FrozenFiles"]
 
 _LOGS = "logs"
 _WEIGHT_DIRS = ("trainer_state", "adapter")
@@ -51,6 +57,57 @@ def run_status(run_dir: Path) -> str:
     except (OSError, ValueError):
         return "partial"
     return "done" if status == "complete" else "partial"
+
+
+class FrozenFiles:
+    """The frozen.safetensors files of a study's finished runs by content, so identical ones share one inode.
+
+    Runs with the same method, seed, rank, targets and base model draw the same frozen tensors, and a
+    frozen file carries no run id, so their files are the same bytes: the selection runs of one arm and
+    seed, and the runs of one seed across tasks and learning rates. Candidates are found by size and the
+    checksum each run's manifest records, then compared byte by byte before linking. Files are only ever
+    replaced by a rename, never written in place, so a link is never changed through another run.
+    """
+
+    def __init__(self, runs_dir: Path) -> None:
+        self.first: dict[tuple[int, str], Path] = {}
+        self.linked = 0
+        self.saved_bytes = 0
+        for path in sorted(runs_dir.glob(f"**/{FROZEN_FILE}")):
+            if run_status(path.parent) == "done":
+                self.share(path.parent)
+
+    @staticmethod
+    def _key(run_dir: Path) -> tuple[int, str] | None:
+        """(size, the manifest's checksum) of the run's frozen file; None when either is missing."""
+        path = run_dir / FROZEN_FILE
+        try:
+            entries, _ = read_manifest(run_dir / MANIFEST_FILE)
+            size = path.stat().st_size
+        except (OSError, ValueError):
+            return None
+        sums = [e.get("sha256") for e in entries if e.get("file") == FROZEN_FILE]
+        return (size, str(sums[0])) if sums else None
+
+    def share(self, run_dir: Path) -> None:
+        """Replace the run's frozen file by a hard link to an identical earlier one (kept as it is where the file
+        system has no hard links: a copy would save nothing)."""
+        key = self._key(run_dir)
+        if key is None:
+            return
+        path = run_dir / FROZEN_FILE
+        first = self.first.setdefault(key, path)
+        if first == path or os.path.samefile(first, path) or not filecmp.cmp(first, path, shallow=False):
+            return
+        tmp = run_dir / f".{FROZEN_FILE}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            os.link(first, tmp)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            return
+        self.linked += 1
+        self.saved_bytes += key[0]
 
 
 def _fields_for(run: PlannedRun, study: Study) -> dict:
@@ -105,6 +162,7 @@ def execute(study: Study, runs: list[PlannedRun], jobs: int = 1,
     if outcomes:
         report(f"{len(outcomes)} of {len(runs)} runs already finished; {len(todo)} to train")
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    frozen = FrozenFiles(study.runs_dir)
     start = time.time()
 
     def attempt(run: PlannedRun) -> RunOutcome:
@@ -126,9 +184,14 @@ def execute(study: Study, runs: list[PlannedRun], jobs: int = 1,
         for done, future in enumerate(as_completed(futures), start=1):
             outcome = future.result()
             outcomes.append(outcome)
+            if outcome.status == "done":
+                frozen.share(study.runs_dir / outcome.run.name)
             elapsed = time.time() - start
             eta = elapsed / done * (len(todo) - done)
             report(f"[{done}/{len(todo)}] {outcome.run.name}: {outcome.status} in {outcome.seconds:.0f} s; "
                    f"elapsed {elapsed / 60:.1f} min, about {eta / 60:.1f} min left" + (
                        f"\n    {outcome.message}" if outcome.message else ""))
+    if frozen.linked:
+        report(f"{frozen.linked} frozen.safetensors files identical to another run's are hard links now "
+               f"({frozen.saved_bytes / 2**20:.1f} MiB saved)")
     return outcomes

@@ -82,7 +82,8 @@ def _claims(study: Study, final: pd.DataFrame, out: Path, n_null: int, note: Cal
             for l_arm in lora_arms:
                 folder = out / str(task) / f"{t_arm}-vs-{l_arm}-r{int(rank)}"
                 note(f"claims: {folder.relative_to(out)}")
-                runs = {arm: [Run(study.runs_dir / name) for name in part[part["arm"] == arm]["run"]]
+                runs = {arm: [Run(study.runs_dir / name, base_model=study.base_model)
+                              for name in part[part["arm"] == arm]["run"]]
                         for arm in (t_arm, l_arm)}
                 written.append(write_report(runs[t_arm], runs[l_arm], folder, n_null=n_null))
     return written

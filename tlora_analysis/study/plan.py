@@ -54,7 +54,8 @@ class PlannedRun:
 
 def _fields(study: Study, task: str, arm: Arm, rank: int | None, lr: float, seed: int, holdout: float | None
             ) -> dict[str, Any]:
-    out = {**study.train, **study.tasks[task], **arm.fields, "method": arm.method, "lr": lr, "seed": seed,
+    # W0 is the same for every run of a study: referenced by its hash unless the study asks to store it
+    out = {"store_base_weights": False, **study.train, **study.tasks[task], **arm.fields, "method": arm.method, "lr": lr, "seed": seed,
            "holdout": holdout, "progress": False, "verbose": False}
     if rank is not None:
         out["rank"] = rank

@@ -3,6 +3,7 @@
     name = "minilm-glue"            # optional; the folder name of the TOML by default
     runs = "runs"                   # where run directories go, relative to the TOML file
     keep_weights = false            # keep each run's resume point and final adapter after it ends
+    base_model = "/models/minilm"   # optional: W0 for the summary (default: the model each run names)
 
     [train]                         # TrainConfig fields shared by every run
     batch_size = 32
@@ -37,7 +38,7 @@ from typing import Any
 
 __all__ = ["Arm", "Study", "StudyError", "load_study"]
 
-_TOP = {"name", "runs", "keep_weights", "train", "tasks", "arms", "selection", "replicates"}
+_TOP = {"name", "runs", "keep_weights", "base_model", "train", "tasks", "arms", "selection", "replicates"}
 _RESERVED = {"method", "rank", "lr", "seed", "run_dir", "overwrite", "resume", "holdout", "progress", "verbose",
              "eval_test"}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -77,6 +78,7 @@ class Study:
     holdout: float
     selection_seed: int
     seeds: tuple[int, ...]
+    base_model: str | None = None  # where the summary reads W0 of runs that reference it (None: each run's model)
 
 
 def _expand(value: Any, where: str) -> Any:
@@ -108,6 +110,18 @@ def _check_fields(table: dict[str, Any], where: str, known: set[str]) -> dict[st
         if key not in known:
             raise StudyError(f"{where}.{key} is not a training setting; known: {', '.join(sorted(known - _RESERVED))}")
     return {k: _expand(v, f"{where}.{k}") for k, v in table.items()}
+
+
+def _base_model(value: Any, folder: Path) -> str | None:
+    """The study's ``base_model``: a model folder (relative to the TOML file when it exists there) or a name."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise StudyError(f"base_model must be a model folder or name (the model the runs were trained from), got "
+                         f"{value!r}")
+    value = _expand(value, "base_model")
+    local = folder / value
+    return str(local.resolve()) if local.is_dir() else value
 
 
 def _numbers(value: Any, where: str, kind: type) -> tuple:
@@ -199,7 +213,8 @@ def load_study(path: str | os.PathLike) -> Study:
                   runs_dir=(path.parent / str(raw.get("runs", "runs"))).resolve(),
                   keep_weights=bool(raw.get("keep_weights", False)),
                   train=_check_fields(raw.get("train", {}), "train", known), tasks=tasks, arms=arms,
-                  holdout=holdout, selection_seed=int(selection.get("seed", 0)), seeds=seeds)
+                  holdout=holdout, selection_seed=int(selection.get("seed", 0)), seeds=seeds,
+                  base_model=_base_model(raw.get("base_model"), path.parent))
     from .plan import check_configs
 
     check_configs(study)
