@@ -226,3 +226,18 @@ def test_contrasts_match_welch_by_hand():
     holm_by_hand = np.minimum(np.maximum.accumulate((4 - np.arange(4)) * ps[order]), 1)
     assert best["p_holm"].to_numpy()[order] == pytest.approx(holm_by_hand)
     assert set(table["value"]) == {"best", "last"}
+
+
+def test_band_curves_colour_by_arm_dash_by_rank_and_legend_every_panel():
+    from tlora_analysis.figures.study import band_curves
+
+    rows = []
+    for panel, line, group, method in (("a", "tlora r8", "tlora", "tlora"), ("a", "tlora r16", "tlora", "tlora"),
+                                       ("a", "lora r8", "lora", "lora"), ("b", "vera r256", "vera", "vera")):
+        rows += [{"panel": panel, "line": line, "group": group, "method": method, "step": s, "mean": 0.5 + s / 100,
+                  "lo": 0.4, "hi": 0.6} for s in (1, 2, 3)]
+    fig = band_curves(pd.DataFrame(rows), "accuracy", "title")
+    lines = {ln.get_label(): ln for ax in fig.axes for ln in ax.get_lines()}
+    assert lines["tlora r8"].get_color() == lines["tlora r16"].get_color() != lines["lora r8"].get_color()
+    assert lines["tlora r8"].get_linestyle() != lines["tlora r16"].get_linestyle()
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["tlora r8", "tlora r16", "lora r8", "vera r256"]

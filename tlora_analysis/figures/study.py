@@ -30,6 +30,15 @@ def _arm_colors(arms: Sequence[str], methods: dict[str, str]) -> dict[str, str]:
     return colors
 
 
+def _legend(fig: Figure, axes: np.ndarray) -> None:
+    """One legend below the panels with every label of any panel (an arm may run on some tasks only)."""
+    by_label: dict[str, object] = {}
+    for ax in axes.ravel():
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            by_label.setdefault(label, handle)
+    fig.legend(list(by_label.values()), list(by_label), loc="outside lower center", ncols=min(len(by_label), 6))
+
+
 @styled
 def metric_vs_parameters(summary: pd.DataFrame, value: str = "best_value") -> Figure:
     """Per task: mean ``value`` over seeds (with its 95% t interval) against trainable parameters (log).
@@ -68,10 +77,27 @@ def metric_vs_parameters(summary: pd.DataFrame, value: str = "best_value") -> Fi
         ax.grid(True, axis="y")
     metric = str(summary["metric"].iloc[0])
     axes[0, 0].set_ylabel(f"{'best' if value == 'best_value' else 'last'} validation {metric}")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6))
+    _legend(fig, axes)
     fig.suptitle(f"Validation {metric} against trainable parameters: mean over seeds with 95% t intervals")
     return fig
+
+
+_DASHES = ("-", "--", "-.", ":")
+
+
+def _line_styles(frame: pd.DataFrame) -> tuple[dict[str, str], dict[str, str]]:
+    """(colour, line style) per line: one colour per ``group`` (each line its own group when the column
+    is absent), and within a group solid, dashed, dash-dot, dotted in the order lines appear."""
+    groups = frame["group"] if "group" in frame else frame["line"]
+    group_of = dict(zip(frame["line"], groups))
+    colors = _arm_colors(list(dict.fromkeys(groups)), dict(zip(groups, frame["method"])))
+    seen: dict[str, int] = {}
+    styles = {}
+    for line in dict.fromkeys(frame["line"]):
+        k = seen.get(group_of[line], 0)
+        styles[line] = _DASHES[k % len(_DASHES)]
+        seen[group_of[line]] = k + 1
+    return {line: colors[group_of[line]] for line in styles}, styles
 
 
 @styled
@@ -79,12 +105,13 @@ def band_curves(frame: pd.DataFrame, ylabel: str, title: str, logy: bool = False
     """Mean curves over steps with a band, one panel per ``panel``, one line per ``line``.
 
     ``frame`` columns: ``panel``, ``line``, ``method``, ``step``, ``mean``, ``lo``, ``hi`` (the band,
-    e.g. the min and max or a 95% interval over seeds, as the caller states in ``title``).
+    e.g. the min and max or a 95% interval over seeds, as the caller states in ``title``), and
+    optionally ``group``: lines of one group (e.g. an arm's ranks) share a colour and differ in dash.
     """
     require_columns(frame, ("panel", "line", "method", "step", "mean", "lo", "hi"), "a study dynamics table")
     panels = list(dict.fromkeys(frame["panel"]))
     lines = list(dict.fromkeys(frame["line"]))
-    colors = _arm_colors(lines, dict(zip(frame["line"], frame["method"])))
+    colors, dashes = _line_styles(frame)
     fig, axes = new_figure("double", height=2.3, ncols=len(panels), sharey=False)
     for ax, panel in zip(axes[0], panels):
         part = frame[frame["panel"] == panel]
@@ -95,14 +122,13 @@ def band_curves(frame: pd.DataFrame, ylabel: str, title: str, logy: bool = False
             x = rows["step"].to_numpy(float)
             ax.fill_between(x, rows["lo"].to_numpy(float), rows["hi"].to_numpy(float), color=colors[line], alpha=0.2,
                             lw=0)
-            ax.plot(x, rows["mean"].to_numpy(float), color=colors[line], lw=1.0, label=line)
+            ax.plot(x, rows["mean"].to_numpy(float), color=colors[line], ls=dashes[line], lw=1.0, label=line)
         ax.set_title(str(panel))
         ax.set_xlabel("training step")
         if logy:
             ax.set_yscale("log")
         ax.grid(True, axis="y")
     axes[0, 0].set_ylabel(ylabel)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6))
+    _legend(fig, axes)
     fig.suptitle(title)
     return fig

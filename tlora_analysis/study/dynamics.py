@@ -21,8 +21,8 @@ def line_label(arm: str, rank) -> str:
 
 
 def _band(frame: pd.DataFrame, value: str) -> pd.DataFrame:
-    """Mean and min–max over seeds per (panel, line, method, step)."""
-    grouped = frame.groupby(["panel", "line", "method", "step"], sort=True)[value]
+    """Mean and min–max over seeds per (panel, line, group, method, step)."""
+    grouped = frame.groupby(["panel", "line", "group", "method", "step"], sort=True)[value]
     out = grouped.agg(mean="mean", lo="min", hi="max", seeds="count").reset_index()
     return out
 
@@ -35,8 +35,8 @@ def validation_curves(final: pd.DataFrame, runs_dir) -> pd.DataFrame:
         ev = run.metrics[run.metrics["event"] == "eval"]
         ev = ev[ev["split"] == "validation"] if "split" in ev else ev
         for step, value in zip(ev["step"], ev[r["metric"]]):
-            rows.append({"panel": r["task"], "line": line_label(r["arm"], r["rank"]), "method": r["method"],
-                         "step": int(step), "value": float(value)})
+            rows.append({"panel": r["task"], "line": line_label(r["arm"], r["rank"]), "group": r["arm"],
+                         "method": r["method"], "step": int(step), "value": float(value)})
     return _band(pd.DataFrame(rows), "value") if rows else pd.DataFrame()
 
 
@@ -47,8 +47,8 @@ def tlora_dynamics(final: pd.DataFrame, runs_dir) -> dict[str, pd.DataFrame]:
         norms = analysis.norms(Run(runs_dir / r["run"]))
         per_step = norms.groupby("step")[["alpha", "fro_norm_B"]].mean()
         for step, values in per_step.iterrows():
-            rows.append({"panel": r["task"], "line": line_label(r["arm"], r["rank"]), "method": "tlora",
-                         "step": int(step), **values.to_dict()})
+            rows.append({"panel": r["task"], "line": line_label(r["arm"], r["rank"]), "group": r["arm"],
+                         "method": "tlora", "step": int(step), **values.to_dict()})
     frame = pd.DataFrame(rows)
     return {name: _band(frame, name) for name in ("alpha", "fro_norm_B")} if rows else {}
 
@@ -66,7 +66,8 @@ def reachable_dynamics(final: pd.DataFrame, runs_dir, n_null: int = 200) -> dict
             per_step = table.groupby("step")[["enrichment", "cosine_reachable"]].mean()
             for step, values in per_step.iterrows():
                 rows.append({"panel": t["task"], "line": f"{line_label(t['arm'], t['rank'])} vs {lo['arm']}",
-                             "method": "tlora", "step": int(step), **values.to_dict()})
+                             "group": f"{t['arm']} vs {lo['arm']}", "method": "tlora", "step": int(step),
+                             **values.to_dict()})
     frame = pd.DataFrame(rows)
     if not rows:
         return {}

@@ -7,7 +7,8 @@
     contrasts.csv    arms of equal rank, and every arm against full fine-tuning: difference of means,
                      Welch's 95% interval and p-value, Holm-adjusted within the task
     figures/         metric vs trainable parameters; validation curves, TLoRA's α and ‖B‖_F, and
-                     the reachable-set alignment over steps, each banded over seeds
+                     the reachable-set alignment over steps, each banded over seeds, with the tidy
+                     table each curve figure draws (<name>.csv; band_curves redraws it)
     claims/<task>/<tlora arm>-vs-<lora arm>-r<rank>/   the claims report with the seeds as replicates
     index.md         what is where, with the command that made it
 """
@@ -104,24 +105,29 @@ def write_outputs(study: Study, results: pd.DataFrame, selection: pd.DataFrame, 
                         ("contrasts.csv", contrasts)):
         atomic_write_bytes(out / name, table.to_csv(index=False).encode("utf-8"))
     atomic_write_bytes(out / "summary.md", summary_markdown(summary, study, complete, contrasts).encode("utf-8"))
-    figures = {}
+    figures, data = {}, {}
     if len(summary):
         figures["metric_vs_parameters"] = metric_vs_parameters(summary)
     metric = str(final["metric"].iloc[0]) if len(final) else "metric"
     curves = validation_curves(final, study.runs_dir)
     if len(curves):
+        data["validation_curves"] = curves
         figures["validation_curves"] = band_curves(curves, f"validation {metric}",
                                                    "Validation metric over training: mean over seeds, band min–max")
     for name, frame in tlora_dynamics(final, study.runs_dir).items():
         label = {"alpha": "α (mean over matrices)", "fro_norm_B": "‖B‖_F (mean over matrices)"}[name]
+        data[f"tlora_{name}"] = frame
         figures[f"tlora_{name}"] = band_curves(frame, label, f"TLoRA's {label} over training, band over seeds")
     for name, frame in reachable_dynamics(final, study.runs_dir).items():
         label = {"enrichment": "LoRA's reachable fraction f / E f", "cosine_reachable": "cosine inside the set c_S"}[name]
+        data[f"reachable_{name}"] = frame
         figures[f"reachable_{name}"] = band_curves(frame, label, f"TLoRA's reachable set over training: {label} "
                                                                  "(mean over matrices), band over seeds")
     for name, fig in figures.items():
         note(f"figure: {name}")
         save(fig, out / "figures" / name)
+        if name in data:  # the tidy table it draws, so it can be redrawn without the runs (summary.csv for the rest)
+            atomic_write_bytes(out / "figures" / f"{name}.csv", data[name].to_csv(index=False).encode("utf-8"))
     reports = _claims(study, final, out / "claims", n_null, note)
     index = [f"# {study.name}: results", "", f"Made by: `{shlex.join(command)}`", "",
              "- [summary.md](summary.md), [summary.csv](summary.csv): mean and 95% interval over seeds",
