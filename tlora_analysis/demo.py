@@ -79,6 +79,9 @@ def _markdown(table: pd.DataFrame) -> str:
         "(query, value), step budget and warmup/decay schedule; TLoRA at a higher learning rate (2e-2 vs 1e-3) "
         "and without adapter dropout (docs/training.md says why).", "",
         *lines, "", f"Validation majority-class baseline: {majority:.4f}.", "",
+        "One seed and half an epoch per method: a first look, not a comparison. The repository's "
+        "studies/minilm-glue/README.md compares TLoRA, LoRA, LoRA-XS, VeRA and full fine-tuning over 3 seeds "
+        "with learning rates chosen on held-out data (`tlora-analysis study`, docs/study.md).", "",
     ])
 
 
