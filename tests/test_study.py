@@ -241,3 +241,15 @@ def test_band_curves_colour_by_arm_dash_by_rank_and_legend_every_panel():
     assert lines["tlora r8"].get_color() == lines["tlora r16"].get_color() != lines["lora r8"].get_color()
     assert lines["tlora r8"].get_linestyle() != lines["tlora r16"].get_linestyle()
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["tlora r8", "tlora r16", "lora r8", "vera r256"]
+
+
+def test_metric_vs_parameters_labels_ranks_once():
+    from tlora_analysis.figures.study import metric_vs_parameters
+
+    rows = [{"task": t, "arm": arm, "method": method, "rank": rank, "metric": "accuracy", "trainable_params": n,
+             "best_value_mean": 0.7, "best_value_ci_lo": 0.6, "best_value_ci_hi": 0.8, "majority_baseline": 0.5}
+            for t in ("a", "b") for arm, method, rank, n in (("tlora", "tlora", 8, 1550), ("tlora", "tlora", 16, 3854),
+                                                           ("vera", "vera", 256, 8450), ("full", "full", math.nan, 2e7))]
+    fig = metric_vs_parameters(pd.DataFrame(rows))
+    assert sorted(t.get_text() for t in fig.legends[0].get_texts()) == ["full", "majority class", "tlora", "vera r256"]
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["r16", "r8"]  # only the arm with several ranks

@@ -45,7 +45,8 @@ def metric_vs_parameters(summary: pd.DataFrame, value: str = "best_value") -> Fi
 
     ``summary``: rows of ``study.results.summary_table`` (task, arm, method, rank, metric,
     trainable_params, ``{value}_mean``, ``{value}_ci_lo``, ``{value}_ci_hi``, majority_baseline).
-    One colour per arm, points of one arm joined by rank.
+    One colour per arm, points of one arm joined by rank and labelled with it where the arm has
+    several ranks in the panel; an arm with one rank in the whole table names it in the legend.
     """
     cols = ("task", "arm", "method", "rank", "metric", "trainable_params", f"{value}_mean", f"{value}_ci_lo",
             f"{value}_ci_hi", "majority_baseline")
@@ -53,6 +54,9 @@ def metric_vs_parameters(summary: pd.DataFrame, value: str = "best_value") -> Fi
     tasks = list(dict.fromkeys(summary["task"]))
     arms = list(dict.fromkeys(summary["arm"]))
     colors = _arm_colors(arms, dict(zip(summary["arm"], summary["method"])))
+    ranks = {arm: summary.loc[summary["arm"] == arm, "rank"].dropna().nunique() for arm in arms}
+    labels = {arm: arm if ranks[arm] != 1 else
+              f"{arm} r{int(summary.loc[summary['arm'] == arm, 'rank'].dropna().iloc[0])}" for arm in arms}
     fig, axes = new_figure("double", height=2.4, ncols=len(tasks))
     for ax, task in zip(axes[0], tasks):
         part = summary[summary["task"] == task]
@@ -64,9 +68,9 @@ def metric_vs_parameters(summary: pd.DataFrame, value: str = "best_value") -> Fi
             y = rows[f"{value}_mean"].astype(float).to_numpy()
             err = np.vstack([y - rows[f"{value}_ci_lo"].astype(float), rows[f"{value}_ci_hi"].astype(float) - y])
             ax.errorbar(x, y, yerr=np.where(np.isfinite(err), err, 0.0), marker="o", ms=3.5, lw=0.9, capsize=2,
-                        color=colors[arm], label=arm)
-            for xi, yi, r in zip(x, y, rows["rank"]):
-                if pd.notna(r):
+                        color=colors[arm], label=labels[arm])
+            if rows["rank"].nunique() > 1:
+                for xi, yi, r in zip(x, y, rows["rank"]):
                     ax.annotate(f"r{int(r)}", (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=5.5)
         base = part["majority_baseline"].astype(float).dropna()
         if len(base):
