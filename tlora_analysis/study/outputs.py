@@ -90,6 +90,21 @@ def _claims(study: Study, final: pd.DataFrame, out: Path, n_null: int, note: Cal
     return written
 
 
+def _write_index(study: Study, out: Path, command: list[str], figures: list[str], reports: list[Path] | None) -> None:
+    """results/index.md; ``reports`` None while the claims reports are still being written."""
+    index = [f"# {study.name}: results", "", f"Made by: `{shlex.join(command)}`", "",
+             "- [summary.md](summary.md), [summary.csv](summary.csv): mean and 95% interval over seeds",
+             "- [contrasts.csv](contrasts.csv): differences between arms (Welch interval, Holm-adjusted p)",
+             "- [results.csv](results.csv): every run; [selection.csv](selection.csv): the learning-rate choice", ""]
+    index += [f"![{name}](figures/{name}.png)" for name in figures] + [""]
+    index += ["Claims reports (TLoRA vs LoRA, seeds as replicates):", ""]
+    if reports is None:
+        index += ["Being written (claims/); this list is complete once the summary finishes.", ""]
+    else:
+        index += [f"- [{p.parent.relative_to(out)}]({p.relative_to(out)})" for p in reports] + [""]
+    atomic_write_bytes(out / "index.md", "\n".join(index).encode("utf-8"))
+
+
 def write_outputs(study: Study, results: pd.DataFrame, selection: pd.DataFrame, summary: pd.DataFrame,
                   complete: bool, command: list[str], n_null: int = 2000,
                   note: Callable[[str], None] = lambda _: None) -> Path:
@@ -128,13 +143,7 @@ def write_outputs(study: Study, results: pd.DataFrame, selection: pd.DataFrame, 
         save(fig, out / "figures" / name)
         if name in data:  # the tidy table it draws, so it can be redrawn without the runs (summary.csv for the rest)
             atomic_write_bytes(out / "figures" / f"{name}.csv", data[name].to_csv(index=False).encode("utf-8"))
+    _write_index(study, out, command, list(figures), None)  # current even if the claims step is cut short
     reports = _claims(study, final, out / "claims", n_null, note)
-    index = [f"# {study.name}: results", "", f"Made by: `{shlex.join(command)}`", "",
-             "- [summary.md](summary.md), [summary.csv](summary.csv): mean and 95% interval over seeds",
-             "- [contrasts.csv](contrasts.csv): differences between arms (Welch interval, Holm-adjusted p)",
-             "- [results.csv](results.csv): every run; [selection.csv](selection.csv): the learning-rate choice", ""]
-    index += [f"![{name}](figures/{name}.png)" for name in figures] + [""]
-    index += ["Claims reports (TLoRA vs LoRA, seeds as replicates):", ""]
-    index += [f"- [{p.parent.relative_to(out)}]({p.relative_to(out)})" for p in reports] + [""]
-    atomic_write_bytes(out / "index.md", "\n".join(index).encode("utf-8"))
+    _write_index(study, out, command, list(figures), reports)
     return out / "index.md"
