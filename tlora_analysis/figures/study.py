@@ -54,9 +54,8 @@ def metric_vs_parameters(summary: pd.DataFrame, value: str = "best_value") -> Fi
     tasks = list(dict.fromkeys(summary["task"]))
     arms = list(dict.fromkeys(summary["arm"]))
     colors = _arm_colors(arms, dict(zip(summary["arm"], summary["method"])))
-    ranks = {arm: summary.loc[summary["arm"] == arm, "rank"].dropna().nunique() for arm in arms}
-    labels = {arm: arm if ranks[arm] != 1 else
-              f"{arm} r{int(summary.loc[summary['arm'] == arm, 'rank'].dropna().iloc[0])}" for arm in arms}
+    arm_ranks = {arm: summary.loc[summary["arm"] == arm, "rank"].dropna().unique() for arm in arms}
+    labels = {arm: f"{arm} r{int(r[0])}" if len(r) == 1 else arm for arm, r in arm_ranks.items()}
     fig, axes = new_figure("double", height=2.4, ncols=len(tasks))
     for ax, task in zip(axes[0], tasks):
         part = summary[summary["task"] == task]

@@ -18,15 +18,12 @@ import pandas as pd
 from scipy import stats
 
 from ..stats.combine import holm
+from .dynamics import line_label
 
 __all__ = ["CONTRAST_COLUMNS", "contrast_table"]
 
 CONTRAST_COLUMNS = ("task", "value", "first", "second", "first_mean", "second_mean", "difference", "ci_lo", "ci_hi",
                     "p_value", "p_holm", "first_seeds", "second_seeds")
-
-
-def _label(arm: str, rank: float) -> str:
-    return arm if pd.isna(rank) else f"{arm} r{int(rank)}"
 
 
 def _pairs(configs: list[tuple[str, float, str]]) -> list[tuple[int, int]]:
@@ -66,7 +63,7 @@ def contrast_table(final: pd.DataFrame, values: tuple[str, ...] = ("best_value",
                     sides.append(part.loc[same, value].astype(float).dropna().to_numpy())
                 p, lo, hi = _welch(*sides)
                 task_rows.append({"task": task, "value": value.removesuffix("_value"),
-                                  "first": _label(*configs[i][:2]), "second": _label(*configs[j][:2]),
+                                  "first": line_label(*configs[i][:2]), "second": line_label(*configs[j][:2]),
                                   "first_mean": float(np.mean(sides[0])), "second_mean": float(np.mean(sides[1])),
                                   "difference": float(np.mean(sides[0]) - np.mean(sides[1])), "ci_lo": lo,
                                   "ci_hi": hi, "p_value": p, "first_seeds": len(sides[0]),
