@@ -187,6 +187,17 @@ def test_smoke_study_runs_end_to_end_and_continues(tmp_path):
     assert main(["study", str(folder / "study.toml"), "--phase", "final"]) == 0
     assert (runs / "lora-r4-s1" / "run.json").exists()
     assert (runs / "tlora-r4-s0" / "run.json").stat().st_mtime_ns == before  # finished runs are skipped
+    # claims reports in parallel processes are the reports written one after another
+    from tlora_analysis.study.outputs import _claims
+
+    final = table[table["phase"] == "final"]
+    twice = pd.concat([final, final.assign(task="again")], ignore_index=True)
+    study = load_study(folder / "study.toml")
+    one = _claims(study, twice, tmp_path / "one", n_null=100, note=lambda _: None, jobs=1)
+    two = _claims(study, twice, tmp_path / "two", n_null=100, note=lambda _: None, jobs=2)
+    assert [p.relative_to(tmp_path / "two") for p in two] == [p.relative_to(tmp_path / "one") for p in one]
+    for a, b in zip(one, two):
+        pd.testing.assert_frame_equal(pd.read_csv(a.parent / "claims.csv"), pd.read_csv(b.parent / "claims.csv"))
 
 
 def test_no_run_starts_after_the_deadline(tmp_path):

@@ -110,3 +110,19 @@ def test_a_model_folder_with_only_pickled_weights_is_refused(tmp_path, capsys):
     argv[argv.index("--model") + 1] = str(model)
     assert main(argv) == 1
     assert "only pickled weights (pytorch_model.bin)" in capsys.readouterr().err
+
+
+def test_tf32_precision_is_scoped_to_cuda_runs():
+    import torch
+
+    from tlora_analysis.experiments.evaluation import matmul_precision
+
+    before = torch.get_float32_matmul_precision()
+    with matmul_precision("tf32", torch.device("cpu")):
+        assert torch.get_float32_matmul_precision() == before  # the CPU keeps full fp32 products
+    with pytest.raises(RuntimeError), matmul_precision("tf32", torch.device("cuda")):
+        assert torch.get_float32_matmul_precision() == "high"
+        raise RuntimeError("a failing run")
+    assert torch.get_float32_matmul_precision() == before  # restored even when the run fails
+    with matmul_precision("fp32", torch.device("cuda")):
+        assert torch.get_float32_matmul_precision() == before

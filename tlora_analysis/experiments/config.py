@@ -24,7 +24,7 @@ __all__ = ["TrainConfig", "METHODS", "PRECISIONS", "PEFT_LORA", "check_snapshots
 
 PEFT_LORA = "peft-lora"  # the runner's reference arm: PEFT's own LoRA, recorded as a LoRA run
 METHODS = (*ADAPTER_METHODS, PEFT_LORA)
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 HEADS = ("fresh", "frozen")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 _POSITIVE_INTS = ("rank", "batch_size", "eval_batch_size", "max_length", "log_every")

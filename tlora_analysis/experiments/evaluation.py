@@ -1,9 +1,10 @@
-"""Scoring a model on a split, the precision context every forward pass runs in, and which evaluation is best."""
+"""Scoring a model on a split, the precision contexts training runs in, and which evaluation is best."""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 
 from .metrics import compute_metrics, constant_predictions
 
-__all__ = ["evaluate", "autocast_factory", "is_better"]
+__all__ = ["evaluate", "autocast_factory", "matmul_precision", "is_better"]
 
 
 @torch.no_grad()
@@ -39,13 +40,28 @@ def evaluate(model: nn.Module, loader, device: torch.device, is_regression: bool
 
 
 def autocast_factory(precision: str, device: torch.device) -> Callable[[], Any]:
-    """A factory of the autocast context for ``precision`` ("fp32": autocast off)."""
-    if precision == "fp32":
+    """A factory of the autocast context for ``precision`` ("fp32", "tf32": autocast off)."""
+    if precision in ("fp32", "tf32"):
         return lambda: torch.autocast(device.type, enabled=False)
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("fp16 training needs a CUDA device; use --precision bf16 or fp32 on the CPU")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """Within the block, float32 matrix products on a CUDA device use TF32 tensor cores where ``precision`` is
+    "tf32" (fp32 storage and sums, products of 10-bit mantissas); every other case keeps full fp32 products."""
+    if precision != "tf32" or device.type != "cuda":
+        yield
+        return
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
 
 
 def is_better(metrics: dict[str, Any], best: dict[str, Any], metric: str) -> bool:

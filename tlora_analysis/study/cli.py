@@ -56,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
         complete = len(chosen) == len(groups) and len(done) == len(final)
         command = ["tlora-analysis", "study", args.study, "--phase", "summarize"]
         index_md = write_outputs(study, results, selection, summary_table(done), complete, command,
-                                 n_null=args.n_null, note=_say)
+                                 n_null=args.n_null, note=_say, jobs=args.jobs)
         _say(f"wrote {index_md}" + ("" if complete else " (incomplete: some runs have not finished)"))
     for outcome in failed:
         _say(f"FAILED {outcome.run.name}: {outcome.message}")
@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--phase", choices=("all", "select", "final", "summarize"), default="all",
                    help="run only the learning-rate selection, the replicates, or the summary (default: all)")
     p.add_argument("--shard", metavar="i/n", help="run every n-th planned run starting at the i-th (1-based)")
-    p.add_argument("--jobs", type=positive_int, default=1, help="runs trained at once, each in its own process (default 1)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs trained (and claims reports written) at once, each in its own process (default 1)")
     p.add_argument("--n-null", type=positive_int, default=2000, help="null draws per layer in the claims reports")
     p.add_argument("--stop-after", type=positive_float, metavar="MINUTES",
                    help="start no run after this many minutes (running ones finish); run again to continue")

@@ -15,7 +15,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import shlex
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
 
@@ -70,24 +73,44 @@ def summary_markdown(summary: pd.DataFrame, study: Study, complete: bool,
     return "\n".join(lines)
 
 
-def _claims(study: Study, final: pd.DataFrame, out: Path, n_null: int, note: Callable[[str], None]) -> list[Path]:
-    """One claims report per (task, TLoRA arm, LoRA arm, rank) with the replicate seeds of both."""
+def _one_report(tlora: list[Path], lora: list[Path], base_model: str | None, folder: Path, n_null: int,
+                threads: int | None) -> Path:
+    """One claims report from run folders (a process pool's task, so it takes paths, not Run objects)."""
+    import torch
+
     from ..report import write_report
 
-    written = []
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return write_report([Run(p, base_model=base_model) for p in tlora], [Run(p, base_model=base_model) for p in lora],
+                        folder, n_null=n_null)
+
+
+def _claims(study: Study, final: pd.DataFrame, out: Path, n_null: int, note: Callable[[str], None],
+            jobs: int = 1) -> list[Path]:
+    """One claims report per (task, TLoRA arm, LoRA arm, rank) with the replicate seeds of both; ``jobs`` reports
+    at a time, each in its own process with an equal share of the CPU threads."""
+    tasks = []
     done = final.dropna(subset=["best_value"])
     for (task, rank), part in done.groupby(["task", "rank"], sort=True):
-        tlora_arms = part[part["method"] == "tlora"]["arm"].unique()
-        lora_arms = part[part["method"] == "lora"]["arm"].unique()
-        for t_arm in tlora_arms:
-            for l_arm in lora_arms:
-                folder = out / str(task) / f"{t_arm}-vs-{l_arm}-r{int(rank)}"
-                note(f"claims: {folder.relative_to(out)}")
-                runs = {arm: [Run(study.runs_dir / name, base_model=study.base_model)
-                              for name in part[part["arm"] == arm]["run"]]
-                        for arm in (t_arm, l_arm)}
-                written.append(write_report(runs[t_arm], runs[l_arm], folder, n_null=n_null))
-    return written
+        for t_arm in part[part["method"] == "tlora"]["arm"].unique():
+            for l_arm in part[part["method"] == "lora"]["arm"].unique():
+                paths = {arm: [study.runs_dir / name for name in part[part["arm"] == arm]["run"]] for arm in (t_arm, l_arm)}
+                tasks.append((paths[t_arm], paths[l_arm], study.base_model,
+                              out / str(task) / f"{t_arm}-vs-{l_arm}-r{int(rank)}", n_null))
+    if jobs == 1 or len(tasks) < 2:
+        written = []
+        for task in tasks:
+            note(f"claims: {task[3].relative_to(out)}")
+            written.append(_one_report(*task, None))
+        return written
+    threads = max(1, (os.cpu_count() or 1) // min(jobs, len(tasks)))
+    context = multiprocessing.get_context("spawn")  # no forked torch state
+    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=context) as pool:
+        futures = {pool.submit(_one_report, *task, threads): task[3] for task in tasks}
+        for future in as_completed(futures):
+            note(f"claims: {futures[future].relative_to(out)}")
+        return [future.result() for future in futures]
 
 
 def _write_index(study: Study, out: Path, command: list[str], figures: list[str], reports: list[Path] | None) -> None:
@@ -107,8 +130,8 @@ def _write_index(study: Study, out: Path, command: list[str], figures: list[str]
 
 def write_outputs(study: Study, results: pd.DataFrame, selection: pd.DataFrame, summary: pd.DataFrame,
                   complete: bool, command: list[str], n_null: int = 2000,
-                  note: Callable[[str], None] = lambda _: None) -> Path:
-    """Write the tables, figures and claims reports; return results/index.md."""
+                  note: Callable[[str], None] = lambda _: None, jobs: int = 1) -> Path:
+    """Write the tables, figures and claims reports (``jobs`` reports at a time); return results/index.md."""
     from ..figures import save
     from ..figures.study import band_curves, metric_vs_parameters
 
@@ -144,6 +167,6 @@ def write_outputs(study: Study, results: pd.DataFrame, selection: pd.DataFrame, 
         if name in data:  # the tidy table it draws, so it can be redrawn without the runs (summary.csv for the rest)
             atomic_write_bytes(out / "figures" / f"{name}.csv", data[name].to_csv(index=False).encode("utf-8"))
     _write_index(study, out, command, list(figures), None)  # current even if the claims step is cut short
-    reports = _claims(study, final, out / "claims", n_null, note)
+    reports = _claims(study, final, out / "claims", n_null, note, jobs)
     _write_index(study, out, command, list(figures), reports)
     return out / "index.md"
