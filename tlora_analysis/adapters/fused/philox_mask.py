@@ -88,10 +88,10 @@ def keep_mask(dropout: PhiloxDropout, m: int, n: int, *, row_offset: int = 0,
               device: torch.device | str = "cpu") -> torch.Tensor:
     """The keep-mask (m × n, bool) of rows row_offset … row_offset + m − 1 of an output with n
     columns (a multiple of 16), as the kernels compute it: for tests and debugging."""
-    device = torch.device(device)
-    _launch_ready(device)
     if n % 16 or m < 1 or row_offset < 0:
         raise ValueError(f"need m ≥ 1, n a multiple of 16 and row_offset ≥ 0, got {m}, {n}, {row_offset}")
+    device = torch.device(device)
+    _launch_ready(device)
     bm, bn, _, warps = _tile(device)
     out = torch.empty(m, n, dtype=torch.bool, device=device)
     launcher = backend.launcher
@@ -106,11 +106,11 @@ def masked_projection(g: torch.Tensor, c: torch.Tensor, dropout: PhiloxDropout) 
     """(g ∘ keep) cᵀ / (1 − p) (M × r, g's dtype) for g (M × N, any strides) and c (r × N): the
     fused layer's gc under output dropout, one read of g, the mask regenerated (float32 sums,
     one rounding). Triton only: the mask exists nowhere else."""
-    _launch_ready(g.device)
     (m, n), r = g.shape, c.shape[0]
     if c.shape[1] != n or n % 16 or c.dtype != g.dtype or c.device != g.device:
         raise ValueError(f"need g (M × N), c (r × N) of one dtype and device and N a multiple of 16, "
                          f"got g {tuple(g.shape)} {g.dtype}, c {tuple(c.shape)} {c.dtype}")
+    _launch_ready(g.device)
     bm, bn, stages, warps = _tile(g.device)
     out = g.new_empty(m, r)
     launcher = backend.launcher
