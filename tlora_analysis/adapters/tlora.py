@@ -132,8 +132,13 @@ class TLoRALinear(AdaptedLinear):
     @property
     def dropout_mask(self) -> str:
         """Fast paths' dropout mask: "redraw" (recomputed in the backward: no memory, a second pass of
-        random numbers), "store" (nn.Dropout's one-byte mask) or "auto" (default: redraw on CUDA,
-        where memory binds; store on the CPU, where random numbers are expensive)."""
+        random numbers), "store" (nn.Dropout's one-byte mask) or "auto" (default). "auto" is the
+        Philox mask of (seed, element) inside the fused layer's Triton GEMM and its backward where
+        that kernel runs (output dropout with p a multiple of 1/256, such as 0.5; Hopper GPUs in
+        half precision, eager mode; adapters/fused/philox_mask.py): no memory and no extra pass.
+        Elsewhere "auto" redraws on CUDA, where memory binds, and stores on the CPU, where random
+        numbers are expensive. The Philox mask and the torch masks are different draws of the
+        same Bernoulli(1 − p) law."""
         return self._dropout_mask
 
     @dropout_mask.setter

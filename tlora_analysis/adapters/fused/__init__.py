@@ -7,8 +7,11 @@ not apply; it then computes its plain formula. Modules, from the layer down:
 - ``route``: which Function applies to a layer and an input, read from the layer's registries.
 - ``functions``: the autograd Functions (fused, adapter, merged) and their dropout masks.
 - ``shared_projection``: sibling layers that read one input share one product x [A_1 | A_2 …].
-- ``lowrank_gemm``: ``lowrank_matmul`` (x W + α (u B) C in one Triton GEMM, else cuBLAS) and the
-  ∂x product with ∂B and ∂α in its epilogue; ``core_grads``: ∂B and ∂α in one launch.
+- ``lowrank_gemm``: ``lowrank_matmul`` (x W + α (u B) C in one Triton GEMM, else cuBLAS), the
+  ∂x product with ∂B and ∂α in its epilogue, and ``dropout_lowrank_matmul`` (output dropout in
+  the accumulator); ``core_grads``: ∂B and ∂α in one launch.
+- ``philox_mask``: the output dropout's keep-mask as a function of (seed, element), regenerated
+  in the kernels (forward GEMM, the backward's masked projection), never stored.
 - ``launch``: the cheap launch of compiled kernels; ``kernels``: the Triton device code,
   imported with Triton only when a kernel can run.
 - ``state``: :data:`backend`, the one object holding the switches below and every cache.

@@ -11,17 +11,24 @@ gradient (docs/benchmarks.md, "TLoRA's options on a GPU"). The layer's ``impl`` 
   x W0ᵀ + α (u B) C and g W0 + α (gc Bᵀ) Aᵀ each through :func:`~.lowrank_gemm.lowrank_matmul`,
   where cuBLAS folds α B into the small factor and accumulates the base product onto the
   adapter's (``addmm_``, β = 1) or, by default on Hopper GPUs in half precision, one Triton
-  GEMM applies α and B and carries the rank-r term in its accumulator. With dropout on the
-  output (forward) or the input (∂x) that direction stays with the β = 1 accumulation. Without
-  input dropout, u may come from a sibling layer's call (shared_projection.py).
+  GEMM applies α and B and carries the rank-r term in its accumulator. With output dropout and
+  ``dropout_mask="auto"`` that GEMM drops the rank-r term out in its accumulator with a
+  Philox keep-mask of (seed, element) (philox_mask.py), and the backward regenerates the mask
+  in its one pass over g, gc = (g ∘ keep) Cᵀ / (1 − p); where it does not run (and with
+  "redraw" or "store"), and with input dropout (∂x), that direction stays with the β = 1
+  accumulation. Without input dropout, u may come from a sibling layer's call
+  (shared_projection.py).
 - ``"merged"`` (opt-in): :class:`TLoRAMergedFunction`, one product with W0 + ΔW, rebuilt from
   the factors in the forward and again in the backward (weight-sized passes instead of
   activation-sized ones). Without dropout only (else "fused"); W0 + ΔW is rounded to W0's
   dtype, which in bfloat16 drops updates below W0's rounding step.
 
-Dropout masks on CUDA are not stored by default: the backward redraws them from the saved
-generator state (peak memory stays at the no-dropout level; the redraw costs a second pass of
-random numbers). ``TLoRALinear.dropout_mask`` ("auto", "redraw", "store") chooses.
+Dropout masks are not stored by default: "auto" (``TLoRALinear.dropout_mask``) is the in-kernel
+Philox mask where the fused layer's Triton GEMM runs (output dropout, p a multiple of 1/256,
+output rows a multiple of 16; nothing mask-sized is kept), else a torch mask redrawn in the
+backward from the saved generator state on CUDA (peak memory stays at the no-dropout level;
+the redraw costs a second pass of random numbers) and stored on the CPU. "redraw" and "store"
+choose the torch mask everywhere.
 
 Gradients are exact for B, α and x: with gc = g Cᵀ (tokens × r) and G = uᵀ gc (r × r),
 ∂L/∂B = α G, ∂L/∂α = Σ B ∘ G, ∂L/∂u = gc (α B)ᵀ, ∂L/∂x = ∂L/∂u Aᵀ (+ g W0 for the base).
@@ -39,7 +46,8 @@ import torch
 from torch.nn import functional as F
 
 from .core_grads import core_grads
-from .lowrank_gemm import lowrank_matmul, lowrank_matmul_with_core_grads
+from .lowrank_gemm import dropout_lowrank_matmul, lowrank_matmul, lowrank_matmul_with_core_grads
+from .philox_mask import PhiloxDropout, masked_projection
 
 __all__ = ["TLoRAAdapterFunction", "TLoRALinearFunction", "TLoRAMergedFunction"]
 
@@ -127,6 +135,27 @@ def _input_grad_from_u(grad_u: torch.Tensor, a: torch.Tensor, mask: _DropoutMask
     return gx if mask is None else mask.backward(gx)
 
 
+def _output(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, u: torch.Tensor, b: torch.Tensor,
+            c: torch.Tensor, alpha: torch.Tensor, p_out: float, store_mask: bool,
+            kernel_mask: bool) -> tuple[torch.Tensor, PhiloxDropout | _DropoutMask | _StoredMask | None]:
+    """The fused layer's output x W0ᵀ + bias + dropout(α (u B) C) (tokens × out) and what the
+    backward needs to redo its output dropout."""
+    if p_out > 0 and kernel_mask:  # one GEMM, the rank-r term dropped out in its accumulator
+        fused = dropout_lowrank_matmul(x2, weight, u, c, bias, p=p_out, core=b, scale=alpha, transpose_w=True)
+        if fused is not None:
+            return fused
+    if p_out > 0:
+        m = (alpha * b) @ c  # r × out: α and B folded into C once per forward
+        out, mask = _dropout(u @ m, p_out, store_mask)
+        if bias is not None:
+            out.add_(bias)
+        # The large product accumulates onto the adapter's output in its GEMM epilogue (β = 1):
+        # the adapter costs one write of (tokens × out), not a separate add pass.
+        return out.addmm_(x2, weight.T), mask
+    # x W0ᵀ + α (u B) C in one GEMM where Triton runs (no activation written twice), else as above
+    return lowrank_matmul(x2, weight, u, c, bias, core=b, scale=alpha, transpose_w=True), None
+
+
 class TLoRAAdapterFunction(torch.autograd.Function):
     """The adapter α·((dropout(x) A) B) C → dropout alone; saves u = x A only."""
 
@@ -159,24 +188,16 @@ class TLoRALinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, alpha: torch.Tensor,
-                p_in: float, p_out: float, store_mask: bool, u: torch.Tensor | None = None) -> torch.Tensor:
-        """``u``: x A when already computed (shared_projection.py; no input dropout), else computed here."""
+                p_in: float, p_out: float, store_mask: bool, u: torch.Tensor | None = None,
+                kernel_mask: bool = False) -> torch.Tensor:
+        """``u``: x A when already computed (shared_projection.py; no input dropout), else computed
+        here. ``kernel_mask``: output dropout with the Philox mask in the Triton GEMM where it runs."""
         x2 = x.reshape(-1, x.shape[-1])
         if u is None:
             u, ctx.in_mask = _forward_u(x2, a, p_in, store_mask)
         else:
             ctx.in_mask = None
-        if p_out > 0:
-            m = (alpha * b) @ c  # r × out: α and B folded into C once per forward
-            out, ctx.out_mask = _dropout(u @ m, p_out, store_mask)
-            if bias is not None:
-                out.add_(bias)
-            # The large product accumulates onto the adapter's output in its GEMM epilogue (β = 1):
-            # the adapter costs one write of (tokens × out), not a separate add pass.
-            out.addmm_(x2, weight.T)
-        else:  # x W0ᵀ + α (u B) C in one GEMM where Triton runs (no activation written twice), else as above
-            out = lowrank_matmul(x2, weight, u, c, bias, core=b, scale=alpha, transpose_w=True)
-            ctx.out_mask = None
+        out, ctx.out_mask = _output(x2, weight, bias, u, b, c, alpha, p_out, store_mask, kernel_mask)
         ctx.save_for_backward(weight, u, a, b, c, alpha)
         ctx.x_shape = x.shape
         return out.view(*x.shape[:-1], weight.shape[0])
@@ -185,9 +206,11 @@ class TLoRALinearFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         weight, u, a, b, c, alpha = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1])
-        go = ctx.out_mask.backward(g) if ctx.out_mask is not None else g
         need_x, need_b, need_alpha = ctx.needs_input_grad[0], ctx.needs_input_grad[4], ctx.needs_input_grad[6]
-        gc = F.linear(go, c)  # go Cᵀ (tokens × r): the one pass over go
+        if isinstance(ctx.out_mask, PhiloxDropout):  # (g ∘ keep) Cᵀ / (1 − p), the mask regenerated
+            gc = masked_projection(g, c, ctx.out_mask)
+        else:  # go Cᵀ (tokens × r): the one pass over go
+            gc = F.linear(g if ctx.out_mask is None else ctx.out_mask.backward(g), c)
         grad_x = None
         if need_x and ctx.in_mask is None and (need_b or need_alpha):
             # g W0 + α (gc Bᵀ) Aᵀ in one GEMM with ∂B and ∂α in its epilogue (Triton), else β = 1
@@ -202,7 +225,7 @@ class TLoRALinearFunction(torch.autograd.Function):
             elif need_x:
                 grad_x = _input_grad_from_u(gc @ (alpha * b).T, a, ctx.in_mask).addmm_(g, weight)
         grad_x = None if grad_x is None else grad_x.view(ctx.x_shape)
-        return grad_x, None, None, None, grad_b, None, grad_alpha, None, None, None, None
+        return grad_x, None, None, None, grad_b, None, grad_alpha, None, None, None, None, None
 
 
 def _merged_weight(weight: torch.Tensor, a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,14 @@
   persistent GEMM with TMA loads, the rank-r term added in the accumulator before the only
   store; optionally ∂B and ∂α (:func:`core_grads_program`) by its programs that have one tile
   fewer than the others. Host side: lowrank_gemm.py.
+  With ``DROP_BELOW`` > 0 the rank-r term is computed first and dropped out in the accumulator
+  (:func:`keep_tile`), then the base product accumulates onto it: the fused layer's output
+  dropout at no extra pass over memory.
 - :func:`core_grads_kernel`: ∂B = α G and ∂α = ⟨B, G⟩ with G = uᵀ gc in one launch. Host
   side: core_grads.py.
+- :func:`keep_tile`: the output dropout's keep-mask of one tile, from Philox; also behind
+  :func:`masked_projection_kernel` ((g ∘ keep) Cᵀ / (1 − p), the backward's one pass over g) and
+  :func:`keep_mask_kernel` (the mask itself, for tests). Host side: philox_mask.py.
 
 launch.py imports this module the first time a kernel can run, so a process that never runs
 one (a CPU, a GPU older than Hopper, float32) never imports Triton.
@@ -14,7 +20,8 @@ one (a CPU, a GPU older than Hopper, float32) never imports Triton.
 import triton
 import triton.language as tl
 
-__all__ = ["core_grads_kernel", "core_grads_program", "lowrank_matmul_kernel", "tile_coords"]
+__all__ = ["core_grads_kernel", "core_grads_program", "keep_mask_kernel", "keep_tile",
+           "lowrank_matmul_kernel", "masked_projection_kernel", "tile_coords"]
 
 
 @triton.jit
@@ -72,17 +79,75 @@ def tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     return first_m + (tile_id % group_m), (tile_id % num_in_group) // group_m
 
 
+@triton.jit
+def keep_tile(seed_lo, seed_hi, rows, on, N, BM: tl.constexpr, BN: tl.constexpr, DROP_BELOW: tl.constexpr):
+    """The dropout keep-mask (BM × BN, bool) of rows ``rows`` (int64) and columns on … on + BN − 1
+    of an output with N columns, N and ``on`` multiples of 16.
+
+    Element e = row · N + column (int64) is kept iff byte e mod 16 (little-endian) of Philox4x32-10
+    with counter (e >> 4 as two 32-bit words, 0, 0) and key (seed_lo, seed_hi) is ≥ DROP_BELOW:
+    one Philox call gives 16 elements, P(keep) = 1 − DROP_BELOW / 256. Sixteen consecutive
+    elements never straddle a row because N is a multiple of 16."""
+    seed = (seed_hi.to(tl.int64) << 32) | seed_lo.to(tl.int64)
+    groups = ((rows * N + on) >> 4)[:, None] + tl.arange(0, BN // 16)[None, :]
+    r0, r1, r2, r3 = tl.randint4x(seed, groups)
+    b = tl.arange(0, 16)[None, None, :]  # the byte within the group of 16: word b // 4, bits 8 (b % 4) …
+    word = tl.where(b < 8, tl.where(b < 4, r0[:, :, None], r1[:, :, None]),
+                    tl.where(b < 12, r2[:, :, None], r3[:, :, None]))
+    byte = (word >> ((b & 3) * 8).to(tl.uint32)) & 0xFF
+    return tl.reshape(byte >= DROP_BELOW, (BM, BN))
+
+
+@triton.jit(do_not_specialize=["M", "N", "row_offset", "seed_lo", "seed_hi"])
+def keep_mask_kernel(out_ptr, M, N, row_offset, seed_lo, seed_hi,
+                     BM: tl.constexpr, BN: tl.constexpr, DROP_BELOW: tl.constexpr):
+    """out (M × N bool, row-major) = the keep-mask of rows row_offset … row_offset + M − 1 of an
+    output with N columns: :func:`keep_tile`, one tile per program."""
+    num_pid_n = tl.cdiv(N, BN)
+    pid_m = tl.program_id(0) // num_pid_n
+    on = (tl.program_id(0) % num_pid_n) * BN
+    rows = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
+    cols = on + tl.arange(0, BN)
+    keep = keep_tile(seed_lo, seed_hi, rows + row_offset, on, N, BM, BN, DROP_BELOW)
+    tl.store(out_ptr + rows[:, None] * N + cols[None, :], keep, mask=(rows < M)[:, None] & (cols < N)[None, :])
+
+
+@triton.jit(do_not_specialize=["M", "N", "R", "stride_g0", "stride_g1", "stride_c0", "stride_c1", "stride_out",
+                               "seed_lo", "seed_hi"])
+def masked_projection_kernel(g_ptr, c_ptr, out_ptr, M, N, R, stride_g0, stride_g1, stride_c0, stride_c1, stride_out,
+                             seed_lo, seed_hi, RP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                             DROP_BELOW: tl.constexpr):
+    """out = (g ∘ keep) cᵀ · 256 / (256 − DROP_BELOW) for g (M × N, any strides), c (R × N) and
+    the keep-mask of :func:`keep_tile`: one program per BM rows reads them once; the mask is
+    applied exactly (a select), the scale once to the float32 sum."""
+    rows = (tl.program_id(0) * BM + tl.arange(0, BM)).to(tl.int64)
+    offs_r = tl.arange(0, RP)
+    acc = tl.zeros((BM, RP), dtype=tl.float32)
+    for on in range(0, N, BN):
+        cols = on + tl.arange(0, BN)
+        g = tl.load(g_ptr + rows[:, None] * stride_g0 + cols[None, :].to(tl.int64) * stride_g1,
+                    mask=(rows < M)[:, None] & (cols < N)[None, :], other=0.0)
+        c = tl.load(c_ptr + offs_r[:, None] * stride_c0 + cols[None, :].to(tl.int64) * stride_c1,
+                    mask=(offs_r < R)[:, None] & (cols < N)[None, :], other=0.0)
+        keep = keep_tile(seed_lo, seed_hi, rows, on, N, BM, BN, DROP_BELOW)
+        acc = tl.dot(tl.where(keep, g, 0.0), tl.trans(c), acc)
+    acc = acc * (256.0 / (256 - DROP_BELOW))
+    tl.store(out_ptr + rows[:, None] * stride_out + offs_r[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=(rows < M)[:, None] & (offs_r < R)[None, :])
+
+
 # Integer arguments are not specialized on their values (Triton would compile again for every
 # size that is, or is not, a multiple of 16): one compiled kernel per layout serves all shapes.
 @triton.jit(do_not_specialize=["M", "N", "K", "R", "stride_x", "stride_w", "stride_u", "stride_v",
-                               "stride_core0", "stride_core1", "stride_y"])
+                               "stride_core0", "stride_core1", "stride_y", "seed_lo", "seed_hi"])
 def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_ptr, out_ptr,
                           y_ptr, share_ptr, count_ptr, grad_core_ptr, grad_scale_ptr, M, N, K, R,
                           stride_x, stride_w, stride_u, stride_v, stride_core0, stride_core1, stride_y,
-                          W_T: tl.constexpr, V_T: tl.constexpr, RP: tl.constexpr, HAS_CORE: tl.constexpr,
+                          seed_lo, seed_hi, W_T: tl.constexpr, V_T: tl.constexpr, RP: tl.constexpr, HAS_CORE: tl.constexpr,
                           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, NUM_SMS: tl.constexpr,
                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-                          CORE_GRADS: tl.constexpr, GRAD_PROGRAMS: tl.constexpr, PB: tl.constexpr):
+                          CORE_GRADS: tl.constexpr, GRAD_PROGRAMS: tl.constexpr, PB: tl.constexpr,
+                          DROP_BELOW: tl.constexpr):
     # TMA descriptors over the row-major storage; W and V may be stored transposed (W_T, V_T).
     x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[stride_x, 1], block_shape=[BM, BK])
     if W_T:
@@ -111,6 +176,19 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
         om = pid_m * BM
         on = pid_n * BN
         acc = tl.zeros((BM, BN), dtype=tl.float32)
+        if DROP_BELOW > 0:  # the rank-r term first (as below), dropped out in the accumulator: keep / (1 − p)
+            ut = u_desc.load([om, 0])
+            if HAS_CORE or HAS_SCALE:
+                t = tl.dot(ut, core) if HAS_CORE else ut.to(tl.float32)
+                if HAS_SCALE:
+                    t = t * scale
+                ut = t.to(ut.dtype)
+            if V_T:
+                acc = tl.dot(ut, v_desc.load([on, 0]).T, acc)
+            else:
+                acc = tl.dot(ut, v_desc.load([0, on]), acc)
+            keep = keep_tile(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64), on, N, BM, BN, DROP_BELOW)
+            acc = tl.where(keep, acc * (256.0 / (256 - DROP_BELOW)), 0.0)
         for ki in range(k_tiles):
             ok = ki * BK
             a = x_desc.load([om, ok])
@@ -118,19 +196,20 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
                 acc = tl.dot(a, w_desc.load([on, ok]).T, acc)
             else:
                 acc = tl.dot(a, w_desc.load([ok, on]), acc)
-        # the rank-r term: one more tensor-core product onto the same accumulator (columns
-        # past r are zeros from the descriptors' bounds), after scale · (u core) in float32,
-        # rounded to the operands' dtype
-        ut = u_desc.load([om, 0])
-        if HAS_CORE or HAS_SCALE:
-            t = tl.dot(ut, core) if HAS_CORE else ut.to(tl.float32)
-            if HAS_SCALE:
-                t = t * scale
-            ut = t.to(ut.dtype)
-        if V_T:
-            acc = tl.dot(ut, v_desc.load([on, 0]).T, acc)
-        else:
-            acc = tl.dot(ut, v_desc.load([0, on]), acc)
+        if DROP_BELOW == 0:
+            # the rank-r term: one more tensor-core product onto the same accumulator (columns
+            # past r are zeros from the descriptors' bounds), after scale · (u core) in float32,
+            # rounded to the operands' dtype
+            ut = u_desc.load([om, 0])
+            if HAS_CORE or HAS_SCALE:
+                t = tl.dot(ut, core) if HAS_CORE else ut.to(tl.float32)
+                if HAS_SCALE:
+                    t = t * scale
+                ut = t.to(ut.dtype)
+            if V_T:
+                acc = tl.dot(ut, v_desc.load([on, 0]).T, acc)
+            else:
+                acc = tl.dot(ut, v_desc.load([0, on]), acc)
         if HAS_BIAS:
             offs_n = on + tl.arange(0, BN)
             acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
