@@ -20,7 +20,7 @@ one (a CPU, a GPU older than Hopper, float32) never imports Triton.
 import triton
 import triton.language as tl
 
-__all__ = ["add_lowrank_term", "core_grads_kernel", "core_grads_program", "keep_mask_kernel", "keep_tile",
+__all__ = ["core_grads_kernel", "core_grads_program", "keep_mask_kernel", "keep_tile",
            "lowrank_matmul_kernel", "masked_projection_kernel", "tile_coords"]
 
 
@@ -136,23 +136,6 @@ def masked_projection_kernel(g_ptr, c_ptr, out_ptr, M, N, R, stride_g0, stride_g
              mask=(rows < M)[:, None] & (offs_r < R)[None, :])
 
 
-@triton.jit
-def add_lowrank_term(acc, u_desc, v_desc, core, scale, om, on, V_T: tl.constexpr, HAS_CORE: tl.constexpr,
-                     HAS_SCALE: tl.constexpr):
-    """acc + (scale · (u core)) v for the tile at (om, on): one more tensor-core product onto the
-    accumulator (columns past r are zeros from the descriptors' bounds), scale · (u core) taken in
-    float32 and rounded to the operands' dtype."""
-    ut = u_desc.load([om, 0])
-    if HAS_CORE or HAS_SCALE:
-        t = tl.dot(ut, core) if HAS_CORE else ut.to(tl.float32)
-        if HAS_SCALE:
-            t = t * scale
-        ut = t.to(ut.dtype)
-    if V_T:
-        return tl.dot(ut, v_desc.load([on, 0]).T, acc)
-    return tl.dot(ut, v_desc.load([0, on]), acc)
-
-
 # Integer arguments are not specialized on their values (Triton would compile again for every
 # size that is, or is not, a multiple of 16): one compiled kernel per layout serves all shapes.
 @triton.jit(do_not_specialize=["M", "N", "K", "R", "stride_x", "stride_w", "stride_u", "stride_v",
@@ -181,12 +164,10 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
     num_pid_m = tl.cdiv(M, BM)
     num_pid_n = tl.cdiv(N, BN)
     k_tiles = tl.cdiv(K, BK)
-    core = 0.0  # the r × r core, once per program (zeros past r), where there is one
-    if HAS_CORE:
+    if HAS_CORE:  # the r × r core, once per program (zeros past r)
         offs_r = tl.arange(0, RP)
         core = tl.load(core_ptr + offs_r[:, None] * stride_core0 + offs_r[None, :] * stride_core1,
                        mask=(offs_r[:, None] < R) & (offs_r[None, :] < R), other=0.0)
-    scale = 1.0
     if HAS_SCALE:
         scale = tl.load(scale_ptr).to(tl.float32)
     # persistent: one program per multiprocessor; flatten=True pipelines loads across tiles
@@ -195,8 +176,17 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
         om = pid_m * BM
         on = pid_n * BN
         acc = tl.zeros((BM, BN), dtype=tl.float32)
-        if DROP_BELOW > 0:  # the rank-r term first, dropped out in the accumulator: keep / (1 − p)
-            acc = add_lowrank_term(acc, u_desc, v_desc, core, scale, om, on, V_T, HAS_CORE, HAS_SCALE)
+        if DROP_BELOW > 0:  # the rank-r term first (as below), dropped out in the accumulator: keep / (1 − p)
+            ut = u_desc.load([om, 0])
+            if HAS_CORE or HAS_SCALE:
+                t = tl.dot(ut, core) if HAS_CORE else ut.to(tl.float32)
+                if HAS_SCALE:
+                    t = t * scale
+                ut = t.to(ut.dtype)
+            if V_T:
+                acc = tl.dot(ut, v_desc.load([on, 0]).T, acc)
+            else:
+                acc = tl.dot(ut, v_desc.load([0, on]), acc)
             keep = keep_tile(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64), on, N, BM, BN, DROP_BELOW)
             acc = tl.where(keep, acc * (256.0 / (256 - DROP_BELOW)), 0.0)
         for ki in range(k_tiles):
@@ -207,7 +197,19 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
             else:
                 acc = tl.dot(a, w_desc.load([ok, on]), acc)
         if DROP_BELOW == 0:
-            acc = add_lowrank_term(acc, u_desc, v_desc, core, scale, om, on, V_T, HAS_CORE, HAS_SCALE)
+            # the rank-r term: one more tensor-core product onto the same accumulator (columns
+            # past r are zeros from the descriptors' bounds), after scale · (u core) in float32,
+            # rounded to the operands' dtype
+            ut = u_desc.load([om, 0])
+            if HAS_CORE or HAS_SCALE:
+                t = tl.dot(ut, core) if HAS_CORE else ut.to(tl.float32)
+                if HAS_SCALE:
+                    t = t * scale
+                ut = t.to(ut.dtype)
+            if V_T:
+                acc = tl.dot(ut, v_desc.load([on, 0]).T, acc)
+            else:
+                acc = tl.dot(ut, v_desc.load([0, on]), acc)
         if HAS_BIAS:
             offs_n = on + tl.arange(0, BN)
             acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
