@@ -113,6 +113,9 @@ report = {"big": big, "layer": layer_results(0.5), "layer_calls": dict(calls)}
 calls.update(gemm_dropout=0, gemm=0, projection=0)
 report["layer_p03"] = layer_results(0.3)
 report["layer_p03_calls"] = dict(calls)
+calls.update(gemm_dropout=0, gemm=0, projection=0)
+report["layer_auto"] = layer_results(0.5, mask="auto")
+report["layer_auto_calls"] = dict(calls)
 report["values"] = value_independence()
 def refused(n, p):
     x, w, u, v = torch.randn(64, 32).half(), torch.randn(32, n).half(), torch.randn(64, 8).half(), torch.randn(8, n).half()
@@ -126,8 +129,9 @@ print(json.dumps(report))
 P_OUT = 0.5
 
 
-def make_layers(p: float, dtype: torch.dtype):
-    """A float64 reference layer and a copy in ``dtype`` with output dropout p: 64 → 64, rank 8, a random B."""
+def make_layers(p: float, dtype: torch.dtype, mask: str = "kernel"):
+    """A float64 reference layer and a copy in ``dtype`` with output dropout p and ``dropout_mask``
+    ``mask``: 64 → 64, rank 8, a random B."""
     torch.manual_seed(0)
     config = TLoRAConfig(rank=8, alpha_init=0.7, dropout=p, dropout_position="output", seed=1)
     ref = TLoRALinear(torch.nn.Linear(32, 64).double(), "layer", config)
@@ -135,6 +139,7 @@ def make_layers(p: float, dtype: torch.dtype):
         ref.tlora_B.normal_()
     layer = TLoRALinear(torch.nn.Linear(32, 64), "layer", config).to(dtype)
     layer.load_state_dict(ref.state_dict())
+    layer.dropout_mask = mask
     return ref, layer
 
 
@@ -159,18 +164,19 @@ def _rel(got, want):
     return ((got.double().cpu() - want.cpu()).abs().max() / want.abs().max()).item()
 
 
-def layer_results(p: float, device: str = "cpu", dtype: torch.dtype = torch.float16) -> dict:
-    """The fused layer (dropout_mask "auto") against the float64 formula under the Philox mask of
-    the seed the layer draws: relative errors of y, ∂x, ∂B and ∂α; the largest tensor the
-    autograd graph saved; whether the generator's state restored gives the same output, and
-    whether the next call draws another mask."""
-    ref, layer = make_layers(p, dtype)
+def layer_results(p: float, device: str = "cpu", dtype: torch.dtype = torch.float16,
+                  mask: str = "kernel") -> dict:
+    """The fused layer (``dropout_mask`` ``mask``) against the float64 formula under the Philox
+    mask of the seed the layer draws (with "kernel" and p a multiple of 1/256): relative errors of
+    y, ∂x, ∂B and ∂α; the largest tensor the autograd graph saved; whether the generator's state
+    restored gives the same output, and whether the next call draws another mask."""
+    ref, layer = make_layers(p, dtype, mask)
     layer.to(device)
     x = torch.randn(2, 32, 32, dtype=torch.float64)
     torch.manual_seed(5)
     seed = draw_seed()
     keep = philox_mask.keep_mask(PhiloxDropout(seed, p), 64, 64, device=device).cpu().double().view(2, 32, 64) \
-        if drop_below(p) else None
+        if drop_below(p) and mask == "kernel" else None
     saved = []
     torch.manual_seed(5)
     fast = _grads(layer, layer, x.to(device, dtype), saved)
@@ -255,6 +261,13 @@ class TestInterpreted:
         values = interpreted[0]["values"]
         assert values["same"] == [True, True]
 
+    def test_auto_keeps_the_torch_mask(self, interpreted):
+        """dropout_mask "auto" (the default) never takes the in-kernel mask: no dropout GEMM, no
+        masked projection; the CPU stores nn.Dropout's mask, the plain ∂x GEMM runs."""
+        report, _ = interpreted
+        assert report["layer_auto_calls"] == {"gemm_dropout": 0, "gemm": 1, "projection": 0}
+        assert report["layer_auto"]["same_again"] and report["layer_auto"]["next_call_differs"]
+
     def test_other_p_and_shapes_keep_the_torch_mask(self, interpreted):
         report, _ = interpreted
         assert all(report["refused"].values()), report["refused"]
@@ -270,7 +283,7 @@ def triton_backend():
 
 
 def test_without_triton_the_layer_keeps_the_torch_mask(monkeypatch, triton_backend):
-    """No Triton: the fused layer at p = 0.5 ("auto") stores nn.Dropout's mask, the plain formula's."""
+    """No Triton: the fused layer at p = 0.5 ("kernel") stores nn.Dropout's mask, the plain formula's."""
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(launch.importlib.util, "find_spec", lambda name, *a: None if name == "triton" else
                         find_spec(name, *a))
