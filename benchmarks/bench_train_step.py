@@ -21,7 +21,7 @@ same as ``peft``). Ablations at the largest rank: ``tlora-plain`` (the formula i
 the Triton low-rank-epilogue GEMM, ``fused.set_backend("cublas")``; on a CPU the same as
 ``tlora``),
 TLoRA with dropout ``--ablation-dropout`` (default 0.5) on "all": on the output with each mask
-(``kernel``: the Philox mask in the fused kernels where they run; ``redraw``, what ``auto`` gives on
+(``kernel``: the hashed mask in the fused kernels where they run; ``redraw``, what ``auto`` gives on
 CUDA; ``store``) and on the input (redrawn or stored), and ``tlora+recorder`` (snapshots every step) when
 ``tlora_analysis.recording`` exists. Every adapter uses dropout 0 unless named; ``--dropout P``
 gives the main grid's ``tlora`` (on its output, the mask chosen by "auto"), ``lora`` and ``peft``

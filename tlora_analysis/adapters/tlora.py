@@ -135,12 +135,12 @@ class TLoRALinear(AdaptedLinear):
         """Fast paths' dropout mask: "auto" (default), "redraw" (recomputed in the backward: no
         memory, a second pass of random numbers), "store" (nn.Dropout's one-byte mask) or
         "kernel". "auto" redraws on CUDA, where memory binds, and stores on the CPU, where random
-        numbers are expensive. "kernel" (opt-in) is the in-kernel mask of (seed, element) inside
-        the fused layer's Triton GEMM and its backward where that kernel runs (output dropout with
-        p a multiple of 1/256, such as 0.5; Hopper GPUs in half precision, eager mode;
-        adapters/fused/philox_mask.py): no memory and no extra pass over memory, but measured
-        slower than "auto" on an H100; elsewhere it is "auto". The in-kernel mask
-        and the torch masks are different draws of the same Bernoulli(1 − p) law."""
+        numbers are expensive. "kernel" (opt-in) is the in-kernel mask, a hash of (seed, element),
+        inside the fused layer's Triton GEMM and its backward where that kernel runs (output
+        dropout; Hopper GPUs in half precision, eager mode; adapters/fused/kernel_mask.py): no
+        memory and no extra pass over memory; elsewhere it is "auto". The in-kernel mask
+        and the torch masks are different draws of Bernoulli(1 − p) (the in-kernel one with p
+        rounded to a multiple of 2⁻³²)."""
         return self._dropout_mask
 
     @dropout_mask.setter
