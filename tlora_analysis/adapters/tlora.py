@@ -21,7 +21,7 @@ from .base import AdaptedLinear, layer_generator
 from .config import AdapterConfig, check_bool, check_choice, check_finite
 from .spec import Factors, MethodSpec, RunnerOptions, StoredTensor, fingerprints
 
-__all__ = ["IMPLEMENTATIONS", "SPEC", "TLoRAConfig", "TLoRALinear", "init_frozen_factors"]
+__all__ = ["DROPOUT_MASKS", "IMPLEMENTATIONS", "SPEC", "TLoRAConfig", "TLoRALinear", "init_frozen_factors"]
 
 NAME = "tlora"  # the method's registered name (run.json's "method", --method)
 
@@ -59,6 +59,7 @@ class TLoRAConfig(AdapterConfig):
         check_bool(self.train_alpha, "train_alpha")
 
 IMPLEMENTATIONS = ("plain", "adapter", "fused", "merged")
+DROPOUT_MASKS = ("auto", "redraw", "store", "kernel")
 _FUSED = ("fused", "merged")  # the implementations that fuse the base layer with the adapter
 
 
@@ -131,20 +132,21 @@ class TLoRALinear(AdaptedLinear):
 
     @property
     def dropout_mask(self) -> str:
-        """Fast paths' dropout mask: "redraw" (recomputed in the backward: no memory, a second pass of
-        random numbers), "store" (nn.Dropout's one-byte mask) or "auto" (default). "auto" is the
-        Philox mask of (seed, element) inside the fused layer's Triton GEMM and its backward where
-        that kernel runs (output dropout with p a multiple of 1/256, such as 0.5; Hopper GPUs in
-        half precision, eager mode; adapters/fused/philox_mask.py): no memory and no extra pass.
-        Elsewhere "auto" redraws on CUDA, where memory binds, and stores on the CPU, where random
-        numbers are expensive. The Philox mask and the torch masks are different draws of the
-        same Bernoulli(1 − p) law."""
+        """Fast paths' dropout mask: "auto" (default), "redraw" (recomputed in the backward: no
+        memory, a second pass of random numbers), "store" (nn.Dropout's one-byte mask) or
+        "kernel". "auto" redraws on CUDA, where memory binds, and stores on the CPU, where random
+        numbers are expensive. "kernel" (opt-in) is the in-kernel mask, a hash of (seed, element),
+        inside the fused layer's Triton GEMM and its backward where that kernel runs (output
+        dropout; Hopper GPUs in half precision, eager mode; adapters/fused/kernel_mask.py): no
+        memory and no extra pass over memory; elsewhere it is "auto". The in-kernel mask
+        and the torch masks are different draws of Bernoulli(1 − p) (the in-kernel one with p
+        rounded to a multiple of 2⁻³²)."""
         return self._dropout_mask
 
     @dropout_mask.setter
     def dropout_mask(self, value: str) -> None:
-        if value not in ("auto", "redraw", "store"):
-            raise ValueError(f"dropout_mask must be 'auto', 'redraw' or 'store', got {value!r}")
+        if value not in DROPOUT_MASKS:
+            raise ValueError(f"dropout_mask must be 'auto', 'redraw', 'store' or 'kernel', got {value!r}")
         self._dropout_mask = value
 
     def adapter_output(self, x: torch.Tensor) -> torch.Tensor:

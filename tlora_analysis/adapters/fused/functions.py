@@ -12,8 +12,8 @@ gradient (docs/benchmarks.md, "TLoRA's options on a GPU"). The layer's ``impl`` 
   where cuBLAS folds α B into the small factor and accumulates the base product onto the
   adapter's (``addmm_``, β = 1) or, by default on Hopper GPUs in half precision, one Triton
   GEMM applies α and B and carries the rank-r term in its accumulator. With output dropout and
-  ``dropout_mask="auto"`` that GEMM drops the rank-r term out in its accumulator with a
-  Philox keep-mask of (seed, element) (philox_mask.py), and the backward regenerates the mask
+  ``dropout_mask="kernel"`` (opt-in) that GEMM drops the rank-r term out in its accumulator with a
+  hashed keep-mask of (seed, element) (kernel_mask.py), and the backward regenerates the mask
   in its one pass over g, gc = (g ∘ keep) Cᵀ / (1 − p); where it does not run (and with
   "redraw" or "store"), and with input dropout (∂x), that direction stays with the β = 1
   accumulation. Without input dropout, u may come from a sibling layer's call
@@ -23,12 +23,12 @@ gradient (docs/benchmarks.md, "TLoRA's options on a GPU"). The layer's ``impl`` 
   activation-sized ones). Without dropout only (else "fused"); W0 + ΔW is rounded to W0's
   dtype, which in bfloat16 drops updates below W0's rounding step.
 
-Dropout masks are not stored by default: "auto" (``TLoRALinear.dropout_mask``) is the in-kernel
-Philox mask where the fused layer's Triton GEMM runs (output dropout, p a multiple of 1/256,
-output rows a multiple of 16; nothing mask-sized is kept), else a torch mask redrawn in the
-backward from the saved generator state on CUDA (peak memory stays at the no-dropout level;
-the redraw costs a second pass of random numbers) and stored on the CPU. "redraw" and "store"
-choose the torch mask everywhere.
+Dropout masks on CUDA are not stored by default: "auto" (``TLoRALinear.dropout_mask``) redraws
+a torch mask in the backward from the saved generator state on CUDA (peak memory stays at the
+no-dropout level; the redraw costs a second pass of random numbers) and stores it on the CPU.
+"redraw" and "store" choose the torch mask everywhere. "kernel" is the in-kernel hashed mask
+where the fused layer's Triton GEMM runs (output dropout; nothing mask-sized is kept), else
+"auto"'s choice.
 
 Gradients are exact for B, α and x: with gc = g Cᵀ (tokens × r) and G = uᵀ gc (r × r),
 ∂L/∂B = α G, ∂L/∂α = Σ B ∘ G, ∂L/∂u = gc (α B)ᵀ, ∂L/∂x = ∂L/∂u Aᵀ (+ g W0 for the base).
@@ -47,7 +47,7 @@ from torch.nn import functional as F
 
 from .core_grads import core_grads
 from .lowrank_gemm import dropout_lowrank_matmul, lowrank_matmul, lowrank_matmul_with_core_grads
-from .philox_mask import PhiloxDropout, masked_projection
+from .kernel_mask import KernelDropout, masked_projection
 
 __all__ = ["TLoRAAdapterFunction", "TLoRALinearFunction", "TLoRAMergedFunction"]
 
@@ -137,7 +137,7 @@ def _input_grad_from_u(grad_u: torch.Tensor, a: torch.Tensor, mask: _DropoutMask
 
 def _output(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, u: torch.Tensor, b: torch.Tensor,
             c: torch.Tensor, alpha: torch.Tensor, p_out: float, store_mask: bool,
-            kernel_mask: bool) -> tuple[torch.Tensor, PhiloxDropout | _DropoutMask | _StoredMask | None]:
+            kernel_mask: bool) -> tuple[torch.Tensor, KernelDropout | _DropoutMask | _StoredMask | None]:
     """The fused layer's output x W0ᵀ + bias + dropout(α (u B) C) (tokens × out) and what the
     backward needs to redo its output dropout."""
     if p_out > 0 and kernel_mask:  # one GEMM, the rank-r term dropped out in its accumulator
@@ -191,7 +191,7 @@ class TLoRALinearFunction(torch.autograd.Function):
                 p_in: float, p_out: float, store_mask: bool, u: torch.Tensor | None = None,
                 kernel_mask: bool = False) -> torch.Tensor:
         """``u``: x A when already computed (shared_projection.py; no input dropout), else computed
-        here. ``kernel_mask``: output dropout with the Philox mask in the Triton GEMM where it runs."""
+        here. ``kernel_mask``: output dropout with the in-kernel mask in the Triton GEMM where it runs."""
         x2 = x.reshape(-1, x.shape[-1])
         if u is None:
             u, ctx.in_mask = _forward_u(x2, a, p_in, store_mask)
@@ -207,7 +207,7 @@ class TLoRALinearFunction(torch.autograd.Function):
         weight, u, a, b, c, alpha = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1])
         need_x, need_b, need_alpha = ctx.needs_input_grad[0], ctx.needs_input_grad[4], ctx.needs_input_grad[6]
-        if isinstance(ctx.out_mask, PhiloxDropout):  # (g ∘ keep) Cᵀ / (1 − p), the mask regenerated
+        if isinstance(ctx.out_mask, KernelDropout):  # (g ∘ keep) Cᵀ / (1 − p), the mask regenerated
             gc = masked_projection(g, c, ctx.out_mask)
         else:  # go Cᵀ (tokens × r): the one pass over go
             gc = F.linear(g if ctx.out_mask is None else ctx.out_mask.backward(g), c)

@@ -4,14 +4,15 @@
   persistent GEMM with TMA loads, the rank-r term added in the accumulator before the only
   store; optionally ∂B and ∂α (:func:`core_grads_program`) by its programs that have one tile
   fewer than the others. Host side: lowrank_gemm.py.
-  With ``DROP_BELOW`` > 0 the rank-r term is computed first and dropped out in the accumulator
+  With ``DROPOUT`` the rank-r term is computed first and dropped out in the accumulator
   (:func:`keep_tile`), then the base product accumulates onto it: the fused layer's output
   dropout at no extra pass over memory.
 - :func:`core_grads_kernel`: ∂B = α G and ∂α = ⟨B, G⟩ with G = uᵀ gc in one launch. Host
   side: core_grads.py.
-- :func:`keep_tile`: the output dropout's keep-mask of one tile, from Philox; also behind
+- :func:`row_hash` and :func:`keep_tile`: the output dropout's keep-mask of one tile, a 32-bit
+  hash (:func:`fmix32`) of (seed, row, column) per element; also behind
   :func:`masked_projection_kernel` ((g ∘ keep) Cᵀ / (1 − p), the backward's one pass over g) and
-  :func:`keep_mask_kernel` (the mask itself, for tests). Host side: philox_mask.py.
+  :func:`keep_mask_kernel` (the mask itself, for tests). Host side: kernel_mask.py.
 
 launch.py imports this module the first time a kernel can run, so a process that never runs
 one (a CPU, a GPU older than Hopper, float32) never imports Triton.
@@ -20,8 +21,8 @@ one (a CPU, a GPU older than Hopper, float32) never imports Triton.
 import triton
 import triton.language as tl
 
-__all__ = ["core_grads_kernel", "core_grads_program", "keep_mask_kernel", "keep_tile",
-           "lowrank_matmul_kernel", "masked_projection_kernel", "tile_coords"]
+__all__ = ["core_grads_kernel", "core_grads_program", "fmix32", "keep_mask_kernel", "keep_tile",
+           "lowrank_matmul_kernel", "masked_projection_kernel", "row_hash", "tile_coords"]
 
 
 @triton.jit
@@ -80,58 +81,67 @@ def tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def keep_tile(seed_lo, seed_hi, rows, on, N, BM: tl.constexpr, BN: tl.constexpr, DROP_BELOW: tl.constexpr):
-    """The dropout keep-mask (BM × BN, bool) of rows ``rows`` (int64) and columns on … on + BN − 1
-    of an output with N columns, N and ``on`` multiples of 16.
-
-    Element e = row · N + column (int64) is kept iff byte e mod 16 (little-endian) of Philox4x32-10
-    with counter (e >> 4 as two 32-bit words, 0, 0) and key (seed_lo, seed_hi) is ≥ DROP_BELOW:
-    one Philox call gives 16 elements, P(keep) = 1 − DROP_BELOW / 256. Sixteen consecutive
-    elements never straddle a row because N is a multiple of 16."""
-    seed = (seed_hi.to(tl.int64) << 32) | seed_lo.to(tl.int64)
-    groups = ((rows * N + on) >> 4)[:, None] + tl.arange(0, BN // 16)[None, :]
-    r0, r1, r2, r3 = tl.randint4x(seed, groups)
-    b = tl.arange(0, 16)[None, None, :]  # the byte within the group of 16: word b // 4, bits 8 (b % 4) …
-    word = tl.where(b < 8, tl.where(b < 4, r0[:, :, None], r1[:, :, None]),
-                    tl.where(b < 12, r2[:, :, None], r3[:, :, None]))
-    byte = (word >> ((b & 3) * 8).to(tl.uint32)) & 0xFF
-    return tl.reshape(byte >= DROP_BELOW, (BM, BN))
+def fmix32(x):
+    """MurmurHash3's finalizer on uint32 words (every operation modulo 2³²): a bijection in
+    which each output bit depends on each input bit."""
+    x = x ^ (x >> 16)
+    x = x * 0x85EBCA6B  # a uint32 constant (≥ 2³¹): the product stays uint32 and wraps
+    x = x ^ (x >> 13)
+    x = x * 0xC2B2AE35
+    return x ^ (x >> 16)
 
 
-@triton.jit(do_not_specialize=["M", "N", "row_offset", "seed_lo", "seed_hi"])
-def keep_mask_kernel(out_ptr, M, N, row_offset, seed_lo, seed_hi,
-                     BM: tl.constexpr, BN: tl.constexpr, DROP_BELOW: tl.constexpr):
-    """out (M × N bool, row-major) = the keep-mask of rows row_offset … row_offset + M − 1 of an
-    output with N columns: :func:`keep_tile`, one tile per program."""
+@triton.jit
+def row_hash(seed_lo, seed_hi, rows):
+    """h_row = fmix32(s_lo ^ fmix32(i_lo ^ fmix32(i_hi ^ s_hi))) (uint32) for rows i (int64 ≥ 0,
+    halves i_lo = i mod 2³², i_hi = ⌊i / 2³²⌋) and the seed's halves s_lo, s_hi (int32 ≥ 0):
+    the dropout mask's per-row state (kernel_mask.py)."""
+    h = fmix32((rows >> 32).to(tl.uint32) ^ seed_hi.to(tl.uint32))
+    h = fmix32(rows.to(tl.uint32) ^ h)  # int64 → uint32 keeps the low 32 bits
+    return fmix32(seed_lo.to(tl.uint32) ^ h)
+
+
+@triton.jit
+def keep_tile(h_row, cols, keep_below):
+    """The dropout keep-mask (bool) of rows with :func:`row_hash` ``h_row`` and columns ``cols``
+    (int32 ≥ 0), broadcast to (rows, cols): element (i, j) is kept iff
+    fmix32(h_row(i) ^ (j · 0x9E3779B9 mod 2³²)) ≥ T, where ``keep_below`` holds T's 32 bits as
+    an int32 (compared unsigned). Elementwise, in the layout its result is used in."""
+    col = cols.to(tl.uint32) * 0x9E3779B9
+    return fmix32(h_row[:, None] ^ col[None, :]) >= keep_below.to(tl.uint32, bitcast=True)
+
+
+@triton.jit(do_not_specialize=["M", "N", "row_offset", "seed_lo", "seed_hi", "keep_below"])
+def keep_mask_kernel(out_ptr, M, N, row_offset, seed_lo, seed_hi, keep_below, BM: tl.constexpr, BN: tl.constexpr):
+    """out (M × N bool, row-major) = the keep-mask of rows row_offset … row_offset + M − 1 of the
+    output: :func:`keep_tile`, one tile per program."""
     num_pid_n = tl.cdiv(N, BN)
-    pid_m = tl.program_id(0) // num_pid_n
-    on = (tl.program_id(0) % num_pid_n) * BN
-    rows = (pid_m * BM + tl.arange(0, BM)).to(tl.int64)
-    cols = on + tl.arange(0, BN)
-    keep = keep_tile(seed_lo, seed_hi, rows + row_offset, on, N, BM, BN, DROP_BELOW)
+    rows = ((tl.program_id(0) // num_pid_n) * BM + tl.arange(0, BM)).to(tl.int64)
+    cols = (tl.program_id(0) % num_pid_n) * BN + tl.arange(0, BN)
+    keep = keep_tile(row_hash(seed_lo, seed_hi, rows + row_offset), cols, keep_below)
     tl.store(out_ptr + rows[:, None] * N + cols[None, :], keep, mask=(rows < M)[:, None] & (cols < N)[None, :])
 
 
-@triton.jit(do_not_specialize=["M", "N", "R", "stride_g0", "stride_g1", "stride_c0", "stride_c1", "stride_out",
-                               "seed_lo", "seed_hi"])
-def masked_projection_kernel(g_ptr, c_ptr, out_ptr, M, N, R, stride_g0, stride_g1, stride_c0, stride_c1, stride_out,
-                             seed_lo, seed_hi, RP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                             DROP_BELOW: tl.constexpr):
-    """out = (g ∘ keep) cᵀ · 256 / (256 − DROP_BELOW) for g (M × N, any strides), c (R × N) and
-    the keep-mask of :func:`keep_tile`: one program per BM rows reads them once; the mask is
-    applied exactly (a select), the scale once to the float32 sum."""
-    rows = (tl.program_id(0) * BM + tl.arange(0, BM)).to(tl.int64)
-    offs_r = tl.arange(0, RP)
+@triton.jit(do_not_specialize=["M", "N", "R", "stride_g", "stride_c", "stride_out", "seed_lo", "seed_hi",
+                               "keep_below", "scale_bits"])
+def masked_projection_kernel(g_ptr, c_ptr, out_ptr, M, N, R, stride_g, stride_c, stride_out, seed_lo, seed_hi,
+                             keep_below, scale_bits, RP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """out = (g ∘ keep) cᵀ · scale for g (M × N) and c (R × N), both row-major with 16-byte
+    aligned rows (TMA loads; zeros past the edges), the keep-mask of :func:`keep_tile` and
+    ``scale_bits`` the bits of the float32 scale: one program per BM rows reads them once; the
+    mask is applied exactly (a select), the scale once to the float32 sum."""
+    g_desc = tl.make_tensor_descriptor(g_ptr, shape=[M, N], strides=[stride_g, 1], block_shape=[BM, BN])
+    c_desc = tl.make_tensor_descriptor(c_ptr, shape=[R, N], strides=[stride_c, 1], block_shape=[RP, BN])
+    om = tl.program_id(0) * BM
+    rows = (om + tl.arange(0, BM)).to(tl.int64)
+    h_row = row_hash(seed_lo, seed_hi, rows)
     acc = tl.zeros((BM, RP), dtype=tl.float32)
     for on in range(0, N, BN):
-        cols = on + tl.arange(0, BN)
-        g = tl.load(g_ptr + rows[:, None] * stride_g0 + cols[None, :].to(tl.int64) * stride_g1,
-                    mask=(rows < M)[:, None] & (cols < N)[None, :], other=0.0)
-        c = tl.load(c_ptr + offs_r[:, None] * stride_c0 + cols[None, :].to(tl.int64) * stride_c1,
-                    mask=(offs_r < R)[:, None] & (cols < N)[None, :], other=0.0)
-        keep = keep_tile(seed_lo, seed_hi, rows, on, N, BM, BN, DROP_BELOW)
-        acc = tl.dot(tl.where(keep, g, 0.0), tl.trans(c), acc)
-    acc = acc * (256.0 / (256 - DROP_BELOW))
+        g = g_desc.load([om, on])
+        keep = keep_tile(h_row, on + tl.arange(0, BN), keep_below)
+        acc = tl.dot(tl.where(keep, g, 0.0), c_desc.load([0, on]).T, acc)
+    acc = acc * scale_bits.to(tl.float32, bitcast=True)
+    offs_r = tl.arange(0, RP)
     tl.store(out_ptr + rows[:, None] * stride_out + offs_r[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=(rows < M)[:, None] & (offs_r < R)[None, :])
 
@@ -139,15 +149,17 @@ def masked_projection_kernel(g_ptr, c_ptr, out_ptr, M, N, R, stride_g0, stride_g
 # Integer arguments are not specialized on their values (Triton would compile again for every
 # size that is, or is not, a multiple of 16): one compiled kernel per layout serves all shapes.
 @triton.jit(do_not_specialize=["M", "N", "K", "R", "stride_x", "stride_w", "stride_u", "stride_v",
-                               "stride_core0", "stride_core1", "stride_y", "seed_lo", "seed_hi"])
+                               "stride_core0", "stride_core1", "stride_y", "seed_lo", "seed_hi",
+                               "keep_below", "scale_bits"])
 def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_ptr, out_ptr,
                           y_ptr, share_ptr, count_ptr, grad_core_ptr, grad_scale_ptr, M, N, K, R,
                           stride_x, stride_w, stride_u, stride_v, stride_core0, stride_core1, stride_y,
-                          seed_lo, seed_hi, W_T: tl.constexpr, V_T: tl.constexpr, RP: tl.constexpr, HAS_CORE: tl.constexpr,
+                          seed_lo, seed_hi, keep_below, scale_bits, W_T: tl.constexpr, V_T: tl.constexpr,
+                          RP: tl.constexpr, HAS_CORE: tl.constexpr,
                           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, NUM_SMS: tl.constexpr,
                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
                           CORE_GRADS: tl.constexpr, GRAD_PROGRAMS: tl.constexpr, PB: tl.constexpr,
-                          DROP_BELOW: tl.constexpr):
+                          DROPOUT: tl.constexpr):
     # TMA descriptors over the row-major storage; W and V may be stored transposed (W_T, V_T).
     x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[stride_x, 1], block_shape=[BM, BK])
     if W_T:
@@ -176,7 +188,7 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
         om = pid_m * BM
         on = pid_n * BN
         acc = tl.zeros((BM, BN), dtype=tl.float32)
-        if DROP_BELOW > 0:  # the rank-r term first (as below), dropped out in the accumulator: keep / (1 − p)
+        if DROPOUT:  # the rank-r term first (as below), dropped out in the accumulator: keep · scale
             ut = u_desc.load([om, 0])
             if HAS_CORE or HAS_SCALE:
                 t = tl.dot(ut, core) if HAS_CORE else ut.to(tl.float32)
@@ -187,8 +199,9 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
                 acc = tl.dot(ut, v_desc.load([on, 0]).T, acc)
             else:
                 acc = tl.dot(ut, v_desc.load([0, on]), acc)
-            keep = keep_tile(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64), on, N, BM, BN, DROP_BELOW)
-            acc = tl.where(keep, acc * (256.0 / (256 - DROP_BELOW)), 0.0)
+            keep = keep_tile(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on + tl.arange(0, BN),
+                             keep_below)
+            acc = tl.where(keep, acc * scale_bits.to(tl.float32, bitcast=True), 0.0)
         for ki in range(k_tiles):
             ok = ki * BK
             a = x_desc.load([om, ok])
@@ -196,7 +209,7 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
                 acc = tl.dot(a, w_desc.load([on, ok]).T, acc)
             else:
                 acc = tl.dot(a, w_desc.load([ok, on]), acc)
-        if DROP_BELOW == 0:
+        if not DROPOUT:
             # the rank-r term: one more tensor-core product onto the same accumulator (columns
             # past r are zeros from the descriptors' bounds), after scale · (u core) in float32,
             # rounded to the operands' dtype

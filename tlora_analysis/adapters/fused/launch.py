@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["HALF_DTYPES", "TritonLauncher", "cdiv", "next_power_of_2"]
+__all__ = ["HALF_DTYPES", "TritonLauncher", "cdiv", "next_power_of_2", "tma_ok"]
 
 HALF_DTYPES = (torch.bfloat16, torch.float16)  # what the kernels take (in float32 tensor cores would round to TF32)
 _INT32_MAX = 2**31 - 1
@@ -41,6 +41,13 @@ def cdiv(a: int, b: int) -> int:
 def next_power_of_2(n: int) -> int:
     """The smallest power of two ≥ n ≥ 1 (``triton.next_power_of_2`` is a JIT function)."""
     return 1 << (n - 1).bit_length()
+
+
+def tma_ok(t: torch.Tensor) -> bool:
+    """TMA's rules for a row-major 2-D operand: unit column stride, rows that do not overlap, the
+    row stride and the base address 16-byte aligned."""
+    s0, s1 = t.stride()
+    return s1 == 1 and s0 >= t.shape[1] and s0 * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
 
 
 def _triton_runs_on(device_type: str) -> bool:

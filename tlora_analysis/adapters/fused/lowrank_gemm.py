@@ -18,7 +18,7 @@ cheaply, and :func:`lowrank_matmul` falls back to cuBLAS otherwise.
 programs a tile short, and those compute ∂B and ∂α after their tiles (core_grads.py's algorithm)
 instead of a launch of their own. :func:`dropout_lowrank_matmul` is the layer's forward under
 output dropout: the rank-r term goes into the accumulator first, is dropped out there with the
-Philox keep-mask (philox_mask.py), and the base product accumulates onto it.
+hashed keep-mask of (seed, element) (kernel_mask.py), and the base product accumulates onto it.
 """
 
 from __future__ import annotations
@@ -26,19 +26,12 @@ from __future__ import annotations
 import torch
 
 from . import core_grads as _core_grads
-from . import philox_mask
-from .launch import HALF_DTYPES, cdiv, next_power_of_2
-from .philox_mask import PhiloxDropout
+from . import kernel_mask
+from .launch import HALF_DTYPES, cdiv, next_power_of_2, tma_ok
+from .kernel_mask import KernelDropout
 from .state import backend
 
 __all__ = ["dropout_lowrank_matmul", "lowrank_matmul", "lowrank_matmul_with_core_grads", "supported"]
-
-
-def _tma_ok(t: torch.Tensor) -> bool:
-    """TMA's rules for a row-major 2-D operand: unit column stride, rows that do not overlap, the
-    row stride and the base address 16-byte aligned."""
-    s0, s1 = t.stride()
-    return s1 == 1 and s0 >= t.shape[1] and s0 * t.element_size() % 16 == 0 and t.data_ptr() % 16 == 0
 
 
 def _applies(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
@@ -60,7 +53,7 @@ def _applies(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
     if y is not None and (y.dtype != dtype or y.get_device() != device or y.stride(1) != 1):
         return False
     return (0 < r <= 64 and n * x.element_size() % 16 == 0 and x.numel() > 0
-            and _tma_ok(x) and _tma_ok(w) and _tma_ok(u) and _tma_ok(v))
+            and tma_ok(x) and tma_ok(w) and tma_ok(u) and tma_ok(v))
 
 
 def _chain(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, core: torch.Tensor | None,
@@ -119,9 +112,9 @@ _GRAD_PROGRAMS = 32  # the most programs that share the core gradients' work (as
 
 
 def _config(device: int, w_t: bool, v_t: bool, r: int, has_core: bool, has_scale: bool,
-            has_bias: bool, core_grads: bool, drop_below: int) -> tuple[dict, int, int, int, int]:
+            has_bias: bool, core_grads: bool, dropout: bool) -> tuple[dict, int, int, int, int]:
     """(constexprs, BM, BN, stages, warps) for one operand layout on one device (its index, -1
-    for the CPU) and one dropout (``drop_below`` 0: none): built once (TritonLauncher.config)."""
+    for the CPU) and whether the rank-r term is dropped out: built once (TritonLauncher.config)."""
     bm, bn, bk, stages, warps = _INTERPRETER_TILE if device < 0 else _TILE
     num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device >= 0 else 4
     rp = max(16, next_power_of_2(r))
@@ -129,21 +122,21 @@ def _config(device: int, w_t: bool, v_t: bool, r: int, has_core: bool, has_scale
                   "HAS_SCALE": has_scale, "HAS_BIAS": has_bias, "NUM_SMS": num_sms,
                   "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "CORE_GRADS": core_grads,
                   "GRAD_PROGRAMS": _GRAD_PROGRAMS, "PB": _core_grads.shares_per_step(rp, _GRAD_PROGRAMS),
-                  "DROP_BELOW": drop_below}
+                  "DROPOUT": dropout}
     return constexprs, bm, bn, stages, warps
 
 
 def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                            bias: torch.Tensor | None, core: torch.Tensor | None, scale: torch.Tensor | None,
                            y: torch.Tensor | None, w_t: bool, v_t: bool, core_t: bool, m: int, n: int, k: int, r: int,
-                           compiled: bool, dropout: PhiloxDropout | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+                           compiled: bool, dropout: KernelDropout | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """The kernel's output, w and v as stored; with ``y`` (core and scale then required) also
     scale · yᵀ u and ⟨op(core), uᵀ y⟩; with ``dropout`` the rank-r term dropped out."""
     out = x.new_empty((m, n))
     launcher = backend.launcher
     constexprs, bm, bn, stages, warps = launcher.config(
         ("lowrank_matmul", x.get_device(), w_t, v_t, r, core is not None, scale is not None, bias is not None,
-         y is not None, 0 if dropout is None else dropout.drop_below), _config)
+         y is not None, dropout is not None), _config)
     if core is None:
         core_strides = (0, 0)
     else:
@@ -156,7 +149,7 @@ def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
     tensors = (x, w, u, v, out if core is None else core, out if scale is None else scale,
                out if bias is None else bias, out, *grads)
     ints = (m, n, k, r, x.stride(0), w.stride(0), u.stride(0), v.stride(0), *core_strides,
-            0 if y is None else y.stride(0), *((0, 0) if dropout is None else dropout.keys))
+            0 if y is None else y.stride(0), *((0, 0, 0, 0) if dropout is None else dropout.args))
     launcher.run(launcher.kernels.lowrank_matmul_kernel, grid, tensors, ints, constexprs, stages, warps, compiled)
     return out if y is None else (out, grads[3], grads[4])
 
@@ -270,27 +263,25 @@ def dropout_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
                            bias: torch.Tensor | None = None, *, p: float, core: torch.Tensor | None = None,
                            scale: torch.Tensor | None = None, seed: int | None = None, transpose_w: bool = False,
                            transpose_v: bool = False,
-                           transpose_core: bool = False) -> tuple[torch.Tensor, PhiloxDropout] | None:
+                           transpose_core: bool = False) -> tuple[torch.Tensor, KernelDropout] | None:
     """(x op(w) + dropout_p(scale · (u op(core)) op(v)) (+ bias), the dropout) in one launch of the
     kernel, with :func:`lowrank_matmul`'s operands; None where it does not run (nothing drawn then).
 
-    The dropout is inverted (kept elements × 1 / (1 − p)) with philox_mask.py's keep-mask of
-    ``seed``, drawn from torch's default generator when None. It runs where :func:`supported`
-    says the kernel runs and the backend allows it in eager mode, with output rows (N) a multiple
-    of 16 elements and p a multiple of 1/256 in (0, 1); not under ``torch.compile`` nor CUDA
-    graph capture (the seed is a launch argument, not part of the graph's state). The rank-r
+    The dropout is inverted (kept elements × 1 / (1 − p), in float32) with kernel_mask.py's
+    keep-mask of ``seed``, drawn from torch's default generator when None. It runs where
+    :func:`supported` says the kernel runs and the backend allows it in eager mode, with
+    0 < p < 1; not under ``torch.compile`` nor CUDA graph capture (the seed is a launch argument, not part of the graph's state). The rank-r
     term is rounded to x's dtype after scale · (u core) as in :func:`lowrank_matmul`, dropped
     out in float32 in the accumulator, and the base product accumulates onto it.
     """
-    below = philox_mask.drop_below(p)
-    if (below is None or torch.compiler.is_compiling()
+    if (not 0 < p < 1 or torch.compiler.is_compiling()
             or not backend.triton_allowed(compiling=False, device_type=x.device.type)
             or (x.is_cuda and torch.cuda.is_current_stream_capturing())):
         return None
     (w, w_t), (v, v_t) = _stored(w, transpose_w), _stored(v, transpose_v)
     m, n, k, r = _chain(x, w, u, v, core, scale, None, w_t, v_t)
-    if n % 16 or not _applies(x, w, u, v, bias, core, scale, None, n, r):
+    if not _applies(x, w, u, v, bias, core, scale, None, n, r):
         return None
-    dropout = PhiloxDropout(philox_mask.draw_seed() if seed is None else seed, p)
+    dropout = KernelDropout(kernel_mask.draw_seed() if seed is None else seed, p)
     return (_triton_lowrank_matmul(x, w, u, v, bias, core, scale, None, w_t, v_t, transpose_core, m, n, k, r, False,
                                    dropout), dropout)

@@ -1,0 +1,151 @@
+"""The fused layer's output dropout as a function of (seed, element): regenerated in the kernels, never stored.
+
+Why: a stored mask costs one byte per element of every adapted layer's output, and a mask drawn
+by torch costs extra passes over (tokens × out) tensors in the forward and again in the
+backward, where it is redrawn (docs/benchmarks.md, "TLoRA's options on a GPU"). Here the keep
+decision of each output element is a hash of a seed and the element's position, computed where
+it is used: in the forward GEMM's accumulator (lowrank_gemm.py) and in the backward's one pass
+over the gradient, gc = (g ∘ keep) Cᵀ / (1 − p) (:func:`masked_projection`). The layer uses it
+with ``dropout_mask="kernel"``.
+
+The mask, exactly. All arithmetic is on 32-bit unsigned words, modulo 2³². fmix32 is
+MurmurHash3's finalizer: x ^= x >> 16; x *= 0x85EBCA6B; x ^= x >> 13; x *= 0xC2B2AE35;
+x ^= x >> 16. The seed s (0 ≤ s < 2⁶²) is drawn per layer call from torch's default CPU
+generator (:func:`draw_seed`), so it follows the run's seed and the order of calls (step, layer)
+and is saved and restored with ``torch.get_rng_state()``; its halves are s_lo = s mod 2³¹ and
+s_hi = ⌊s / 2³¹⌋. Element (i, j) of the output (row i ≥ 0 as a 64-bit integer with 32-bit
+halves i_lo = i mod 2³², i_hi = ⌊i / 2³²⌋; column j) has
+
+    h_row(i) = fmix32(s_lo ^ fmix32(i_lo ^ fmix32(i_hi ^ s_hi)))
+    h(i, j) = fmix32(h_row(i) ^ (j · 0x9E3779B9 mod 2³²))
+
+and is kept iff h(i, j) ≥ T, where T = p · 2³² rounded to the nearest integer (ties to even,
+p a float64) and clamped to [1, 2³² − 1] (:func:`keep_below`): P(keep) = 1 − T / 2³², which
+is 1 − p to within 2⁻³² for every p in (0, 1). Kept elements are scaled by 1 / (1 − p) rounded
+to float32. h_row is computed once per row of a tile, h once per element, elementwise in the
+layout the element is used in; the mask does not depend on the output's width, so any N works. kernels.py's ``keep_tile`` is the one device-side definition, and :func:`keep_mask`
+returns it as a bool tensor for tests.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import torch
+
+from .launch import cdiv, next_power_of_2, tma_ok
+from .state import backend
+
+__all__ = ["KernelDropout", "SEED_BITS", "draw_seed", "keep_below", "keep_mask", "masked_projection"]
+
+SEED_BITS = 62  # two 31-bit halves: kernel arguments that fit int32, so the cached launches serve them
+_HALF = (1 << 31) - 1
+# (BM, BN, pipeline stages, warps) of the two mask kernels. The masked projection is a skinny,
+# memory-bound GEMM (one read of g, M × N): BM = 64 gives a program per 64 rows (128 programs
+# for 8192 tokens, about one per multiprocessor of an H100), BN = 128 columns of g per step,
+# four TMA loads in flight, 32 elements of g per thread. It compiles for sm_90 without register
+# spills (Triton 3.6 and 3.9: at most 106 registers for r ≤ 64); its speed is not measured yet.
+# The interpreter gets small tiles so that tests cover several.
+_TILE = (64, 128, 4, 8)
+_INTERPRETER_TILE = (16, 32, 1, 4)
+
+
+def keep_below(p: float) -> int | None:
+    """T = p · 2³² rounded to the nearest integer (ties to even), clamped to [1, 2³² − 1]: an
+    element is dropped iff its hash is below T. None unless 0 < p < 1."""
+    if not 0 < p < 1:
+        return None
+    return min(max(round(p * 2**32), 1), 2**32 - 1)  # p · 2³² is exact in float64
+
+
+def draw_seed() -> int:
+    """A fresh seed in [0, 2⁶²) from torch's default CPU generator (the run's seed, the order of calls)."""
+    return int(torch.randint(1 << SEED_BITS, (), generator=torch.default_generator))
+
+
+def _int32_bits(word: int) -> int:
+    """A 32-bit word as the int32 with its bits (kernel arguments are int32)."""
+    return word - (1 << 32) if word >= 1 << 31 else word
+
+
+@dataclass(frozen=True)
+class KernelDropout:
+    """One layer call's output dropout: its seed (0 ≤ seed < 2⁶²) and p (0 < p < 1)."""
+
+    seed: int
+    p: float
+
+    def __post_init__(self) -> None:
+        if keep_below(self.p) is None or not 0 <= self.seed < 1 << SEED_BITS:
+            raise ValueError(f"need 0 ≤ seed < 2^{SEED_BITS} and 0 < p < 1, got seed {self.seed}, p {self.p}")
+
+    @property
+    def keep_below(self) -> int:
+        """T (see :func:`keep_below`)."""
+        return keep_below(self.p)
+
+    @property
+    def scale(self) -> float:
+        """1 / (1 − p) rounded to float32: the factor of the kept elements."""
+        return struct.unpack("<f", struct.pack("<f", 1 / (1 - self.p)))[0]
+
+    @property
+    def args(self) -> tuple[int, int, int, int]:
+        """The kernels' four int32 arguments: s_lo = s mod 2³¹, s_hi = ⌊s / 2³¹⌋, T's bits and the
+        bits of :attr:`scale`."""
+        scale_bits = struct.unpack("<i", struct.pack("<f", self.scale))[0]
+        return self.seed & _HALF, self.seed >> 31, _int32_bits(self.keep_below), scale_bits
+
+
+def _tile(device: torch.device) -> tuple[int, int, int, int]:
+    return _INTERPRETER_TILE if device.type == "cpu" else _TILE
+
+
+def _launch_ready(device: torch.device) -> None:
+    if not backend.launcher.ready(device.type):
+        raise RuntimeError(f"the in-kernel dropout mask needs Triton's kernels on {device.type} tensors "
+                           "(a Hopper GPU, or TRITON_INTERPRET=1 for CPU tensors)")
+
+
+def keep_mask(dropout: KernelDropout, m: int, n: int, *, row_offset: int = 0,
+              device: torch.device | str = "cpu") -> torch.Tensor:
+    """The keep-mask (m × n, bool) of rows row_offset … row_offset + m − 1 (row_offset + m ≤ 2⁶³)
+    and columns 0 … n − 1, as the kernels compute it: for tests and debugging."""
+    if m < 1 or n < 1 or not 0 <= row_offset <= 2**63 - m:
+        raise ValueError(f"need m ≥ 1, n ≥ 1 and 0 ≤ row_offset ≤ 2^63 − m, got {m}, {n}, {row_offset}")
+    device = torch.device(device)
+    _launch_ready(device)
+    bm, bn, _, warps = _tile(device)
+    out = torch.empty(m, n, dtype=torch.bool, device=device)
+    launcher = backend.launcher
+    constexprs = launcher.config(("keep_mask", bm, bn), lambda *key: dict(zip(("BM", "BN"), key)))
+    launcher.run(launcher.kernels.keep_mask_kernel, cdiv(m, bm) * cdiv(n, bn), (out,),
+                 (m, n, row_offset, *dropout.args[:3]), constexprs, 1, warps)
+    return out
+
+
+def masked_projection(g: torch.Tensor, c: torch.Tensor, dropout: KernelDropout) -> torch.Tensor:
+    """(g ∘ keep) cᵀ / (1 − p) (M × r, g's dtype) for g (M × N) and c (r × N) of one dtype
+    and device: the fused layer's gc under output dropout, the mask regenerated, float32 sums
+    scaled and rounded once. One kernel that reads g once where g and c are row-major with
+    16-byte aligned rows (TMA loads; the fused layer's are), else :func:`keep_mask` and a
+    float32 product in torch. Triton only: the mask exists nowhere else."""
+    (m, n), r = g.shape, c.shape[0]
+    if c.dim() != 2 or c.shape[1] != n or c.dtype != g.dtype or c.device != g.device or r < 1:
+        raise ValueError(f"need g (M × N), c (r × N) of one dtype and device, "
+                         f"got g {tuple(g.shape)} {g.dtype}, c {tuple(c.shape)} {c.dtype}")
+    _launch_ready(g.device)
+    if m == 0 or n == 0:
+        return g.new_zeros(m, r)
+    if not (tma_ok(g) and tma_ok(c)):
+        keep = keep_mask(dropout, m, n, device=g.device)
+        return ((torch.where(keep, g, 0).float() @ c.float().T) * dropout.scale).to(g.dtype)
+    bm, bn, stages, warps = _tile(g.device)
+    out = g.new_empty(m, r)
+    launcher = backend.launcher
+    constexprs = launcher.config(("masked_projection", max(16, next_power_of_2(r)), bm, bn),
+                                 lambda *key: dict(zip(("RP", "BM", "BN"), key)))
+    launcher.run(launcher.kernels.masked_projection_kernel, cdiv(m, bm), (g, c, out),
+                 (m, n, r, g.stride(0), c.stride(0), out.stride(0), *dropout.args), constexprs, stages, warps)
+    return out
