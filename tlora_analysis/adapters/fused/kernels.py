@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 __all__ = ["core_grads_kernel", "core_grads_program", "fmix32", "keep_mask_kernel", "keep_tile",
-           "lowrank_matmul_kernel", "masked_projection_kernel", "row_hash", "tile_coords"]
+           "lowrank_matmul_kernel", "masked_projection_kernel", "row_hash", "scaled_rows", "tile_coords"]
 
 
 @triton.jit
@@ -146,6 +146,18 @@ def masked_projection_kernel(g_ptr, c_ptr, out_ptr, M, N, R, stride_g, stride_c,
              mask=(rows < M)[:, None] & (offs_r < R)[None, :])
 
 
+@triton.jit
+def scaled_rows(ut, core, scale, HAS_CORE: tl.constexpr, HAS_SCALE: tl.constexpr):
+    """scale · (u core) for a (BM × r) tile of u, taken in float32 and rounded to u's dtype (u itself
+    without core and scale): the left factor of the GEMM's rank-r term."""
+    if HAS_CORE or HAS_SCALE:
+        t = tl.dot(ut, core) if HAS_CORE else ut.to(tl.float32)
+        if HAS_SCALE:
+            t = t * scale
+        ut = t.to(ut.dtype)
+    return ut
+
+
 # Integer arguments are not specialized on their values (Triton would compile again for every
 # size that is, or is not, a multiple of 16): one compiled kernel per layout serves all shapes.
 @triton.jit(do_not_specialize=["M", "N", "K", "R", "stride_x", "stride_w", "stride_u", "stride_v",
@@ -176,10 +188,12 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
     num_pid_m = tl.cdiv(M, BM)
     num_pid_n = tl.cdiv(N, BN)
     k_tiles = tl.cdiv(K, BK)
-    if HAS_CORE:  # the r × r core, once per program (zeros past r)
+    core = 0.0  # the r × r core, once per program (zeros past r), where there is one
+    if HAS_CORE:
         offs_r = tl.arange(0, RP)
         core = tl.load(core_ptr + offs_r[:, None] * stride_core0 + offs_r[None, :] * stride_core1,
                        mask=(offs_r[:, None] < R) & (offs_r[None, :] < R), other=0.0)
+    scale = 1.0
     if HAS_SCALE:
         scale = tl.load(scale_ptr).to(tl.float32)
     # persistent: one program per multiprocessor; flatten=True pipelines loads across tiles
@@ -189,16 +203,8 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
         on = pid_n * BN
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         if DROPOUT:  # the rank-r term first (as below), dropped out in the accumulator: keep · scale
-            ut = u_desc.load([om, 0])
-            if HAS_CORE or HAS_SCALE:
-                t = tl.dot(ut, core) if HAS_CORE else ut.to(tl.float32)
-                if HAS_SCALE:
-                    t = t * scale
-                ut = t.to(ut.dtype)
-            if V_T:
-                acc = tl.dot(ut, v_desc.load([on, 0]).T, acc)
-            else:
-                acc = tl.dot(ut, v_desc.load([0, on]), acc)
+            ut = scaled_rows(u_desc.load([om, 0]), core, scale, HAS_CORE, HAS_SCALE)
+            acc = tl.dot(ut, v_desc.load([on, 0]).T, acc) if V_T else tl.dot(ut, v_desc.load([0, on]), acc)
             keep = keep_tile(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on + tl.arange(0, BN),
                              keep_below)
             acc = tl.where(keep, acc * scale_bits.to(tl.float32, bitcast=True), 0.0)
@@ -211,18 +217,9 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
                 acc = tl.dot(a, w_desc.load([ok, on]), acc)
         if not DROPOUT:
             # the rank-r term: one more tensor-core product onto the same accumulator (columns
-            # past r are zeros from the descriptors' bounds), after scale · (u core) in float32,
-            # rounded to the operands' dtype
-            ut = u_desc.load([om, 0])
-            if HAS_CORE or HAS_SCALE:
-                t = tl.dot(ut, core) if HAS_CORE else ut.to(tl.float32)
-                if HAS_SCALE:
-                    t = t * scale
-                ut = t.to(ut.dtype)
-            if V_T:
-                acc = tl.dot(ut, v_desc.load([on, 0]).T, acc)
-            else:
-                acc = tl.dot(ut, v_desc.load([0, on]), acc)
+            # past r are zeros from the descriptors' bounds)
+            ut = scaled_rows(u_desc.load([om, 0]), core, scale, HAS_CORE, HAS_SCALE)
+            acc = tl.dot(ut, v_desc.load([on, 0]).T, acc) if V_T else tl.dot(ut, v_desc.load([0, on]), acc)
         if HAS_BIAS:
             offs_n = on + tl.arange(0, BN)
             acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
