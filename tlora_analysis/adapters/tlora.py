@@ -146,7 +146,7 @@ class TLoRALinear(AdaptedLinear):
     @dropout_mask.setter
     def dropout_mask(self, value: str) -> None:
         if value not in DROPOUT_MASKS:
-            raise ValueError(f"dropout_mask must be 'auto', 'redraw', 'store' or 'kernel', got {value!r}")
+            raise ValueError(f"dropout_mask must be one of {', '.join(map(repr, DROPOUT_MASKS))}, got {value!r}")
         self._dropout_mask = value
 
     def adapter_output(self, x: torch.Tensor) -> torch.Tensor:

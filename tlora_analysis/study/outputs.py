@@ -90,24 +90,25 @@ def _claims(study: Study, final: pd.DataFrame, out: Path, n_null: int, note: Cal
             jobs: int = 1) -> list[Path]:
     """One claims report per (task, TLoRA arm, LoRA arm, rank) with the replicate seeds of both; ``jobs`` reports
     at a time, each in its own process with an equal share of the CPU threads."""
-    tasks = []
+    reports: dict[Path, tuple] = {}  # each report's folder → _one_report's arguments but the threads
     done = final.dropna(subset=["best_value"])
     for (task, rank), part in done.groupby(["task", "rank"], sort=True):
         for t_arm in part[part["method"] == "tlora"]["arm"].unique():
             for l_arm in part[part["method"] == "lora"]["arm"].unique():
                 paths = {arm: [study.runs_dir / name for name in part[part["arm"] == arm]["run"]] for arm in (t_arm, l_arm)}
-                tasks.append((paths[t_arm], paths[l_arm], study.base_model,
-                              out / str(task) / f"{t_arm}-vs-{l_arm}-r{int(rank)}", n_null))
-    if jobs == 1 or len(tasks) < 2:
+                folder = out / str(task) / f"{t_arm}-vs-{l_arm}-r{int(rank)}"
+                reports[folder] = (paths[t_arm], paths[l_arm], study.base_model, folder, n_null)
+    if jobs == 1 or len(reports) < 2:
         written = []
-        for task in tasks:
-            note(f"claims: {task[3].relative_to(out)}")
-            written.append(_one_report(*task, None))
+        for folder, arguments in reports.items():
+            note(f"claims: {folder.relative_to(out)}")
+            written.append(_one_report(*arguments, None))
         return written
-    threads = max(1, (os.cpu_count() or 1) // min(jobs, len(tasks)))
+    workers = min(jobs, len(reports))
+    threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")  # no forked torch state
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=context) as pool:
-        futures = {pool.submit(_one_report, *task, threads): task[3] for task in tasks}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(_one_report, *arguments, threads): folder for folder, arguments in reports.items()}
         for future in as_completed(futures):
             note(f"claims: {futures[future].relative_to(out)}")
         return [future.result() for future in futures]

@@ -23,8 +23,9 @@ and is kept iff h(i, j) ≥ T, where T = p · 2³² rounded to the nearest integ
 p a float64) and clamped to [1, 2³² − 1] (:func:`keep_below`): P(keep) = 1 − T / 2³², which
 is 1 − p to within 2⁻³² for every p in (0, 1). Kept elements are scaled by 1 / (1 − p) rounded
 to float32. h_row is computed once per row of a tile, h once per element, elementwise in the
-layout the element is used in; the mask does not depend on the output's width, so any N works. kernels.py's ``keep_tile`` is the one device-side definition, and :func:`keep_mask`
-returns it as a bool tensor for tests.
+layout the element is used in; the mask does not depend on the output's width, so any N works.
+kernels.py's ``keep_tile`` is the one device-side definition, and :func:`keep_mask` returns it as
+a bool tensor for tests.
 """
 
 from __future__ import annotations

@@ -26,9 +26,8 @@ from __future__ import annotations
 import torch
 
 from . import core_grads as _core_grads
-from . import kernel_mask
+from .kernel_mask import KernelDropout, draw_seed
 from .launch import HALF_DTYPES, cdiv, next_power_of_2, tma_ok
-from .kernel_mask import KernelDropout
 from .state import backend
 
 __all__ = ["dropout_lowrank_matmul", "lowrank_matmul", "lowrank_matmul_with_core_grads", "supported"]
@@ -129,7 +128,8 @@ def _config(device: int, w_t: bool, v_t: bool, r: int, has_core: bool, has_scale
 def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                            bias: torch.Tensor | None, core: torch.Tensor | None, scale: torch.Tensor | None,
                            y: torch.Tensor | None, w_t: bool, v_t: bool, core_t: bool, m: int, n: int, k: int, r: int,
-                           compiled: bool, dropout: KernelDropout | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+                           compiled: bool, dropout: KernelDropout | None = None
+                           ) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """The kernel's output, w and v as stored; with ``y`` (core and scale then required) also
     scale · yᵀ u and ⟨op(core), uᵀ y⟩; with ``dropout`` the rank-r term dropped out."""
     out = x.new_empty((m, n))
@@ -270,9 +270,10 @@ def dropout_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
     The dropout is inverted (kept elements × 1 / (1 − p), in float32) with kernel_mask.py's
     keep-mask of ``seed``, drawn from torch's default generator when None. It runs where
     :func:`supported` says the kernel runs and the backend allows it in eager mode, with
-    0 < p < 1; not under ``torch.compile`` nor CUDA graph capture (the seed is a launch argument, not part of the graph's state). The rank-r
-    term is rounded to x's dtype after scale · (u core) as in :func:`lowrank_matmul`, dropped
-    out in float32 in the accumulator, and the base product accumulates onto it.
+    0 < p < 1; not under ``torch.compile`` nor CUDA graph capture (the seed is a launch argument,
+    not part of the graph's state). The rank-r term is rounded to x's dtype after scale · (u core)
+    as in :func:`lowrank_matmul`, dropped out in float32 in the accumulator, and the base product
+    accumulates onto it.
     """
     if (not 0 < p < 1 or torch.compiler.is_compiling()
             or not backend.triton_allowed(compiling=False, device_type=x.device.type)
@@ -282,6 +283,6 @@ def dropout_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
     m, n, k, r = _chain(x, w, u, v, core, scale, None, w_t, v_t)
     if not _applies(x, w, u, v, bias, core, scale, None, n, r):
         return None
-    dropout = KernelDropout(kernel_mask.draw_seed() if seed is None else seed, p)
+    dropout = KernelDropout(draw_seed() if seed is None else seed, p)
     return (_triton_lowrank_matmul(x, w, u, v, bias, core, scale, None, w_t, v_t, transpose_core, m, n, k, r, False,
                                    dropout), dropout)
