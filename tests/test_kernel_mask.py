@@ -370,17 +370,18 @@ def test_without_triton_the_layer_keeps_the_torch_mask(monkeypatch, triton_backe
     monkeypatch.setattr(launch.importlib.util, "find_spec", lambda name, *a: None if name == "triton" else
                         find_spec(name, *a))
     monkeypatch.setattr(backend, "launcher", launch.TritonLauncher())
-    _, layer = make_layers(P_OUT, torch.float16)
-    _, plain = make_layers(P_OUT, torch.float16)
+    # float32: the float16 loss's sum over 4,096 elements alone moves ∂α by several percent across torch builds
+    _, layer = make_layers(P_OUT, torch.float32)
+    _, plain = make_layers(P_OUT, torch.float32)
     plain.impl = "plain"
-    x = torch.randn(2, 32, 32, dtype=torch.float16)
+    x = torch.randn(2, 32, 32)
     outs = []
     for mod in (layer, plain):
         torch.manual_seed(4)
         outs.append(_grads(mod, mod, x))
     assert (outs[0]["y"] != 0).any()
     for k in outs[1]:
-        torch.testing.assert_close(outs[0][k], outs[1][k], rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(outs[0][k], outs[1][k], rtol=1e-5, atol=1e-5)
     assert lowrank_gemm.dropout_lowrank_matmul(torch.zeros(4, 16).half(), torch.zeros(16, 16).half(),
                                                torch.zeros(4, 2).half(), torch.zeros(2, 16).half(), p=0.5) is None
     with pytest.raises(RuntimeError, match="needs Triton"):
