@@ -437,3 +437,32 @@ def test_mask_kernels_qualify_for_the_cached_launch():
 
     assert backend.launcher.ints_unspecialized(kernels.keep_mask_kernel, 1, 6)
     assert backend.launcher.ints_unspecialized(kernels.masked_projection_kernel, 3, 10)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+@pytest.mark.parametrize("dropout", [False, True])
+def test_gemm_keeps_its_tensor_core_products_in_flight(dropout):
+    """Compiled for an H100 (sm_90a; no GPU needed), the GEMM's K loop issues each tensor-core
+    product before the previous one has finished (``wgmma.wait_group 1`` in the PTX), with and
+    without the mask. With the mask the tile loop is not flattened: flattened, every product is
+    waited for, which doubles the kernel's time."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from tlora_analysis.adapters.fused import kernels
+
+    fn = kernels.lowrank_matmul_kernel
+    bm, bn, bk, stages, warps = lowrank_gemm._TILE
+    constexprs = {"W_T": True, "V_T": False, "RP": 32, "HAS_CORE": True, "HAS_SCALE": True, "HAS_BIAS": False,
+                  "NUM_SMS": 132, "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "CORE_GRADS": False,
+                  "GRAD_PROGRAMS": 32, "PB": 4, "DROPOUT": dropout}
+    names = [p.name for p in fn.params]
+    signature = {p.name: "constexpr" if p.is_constexpr else
+                 "*fp32" if p.name in ("scale_ptr", "grad_scale_ptr", "share_ptr") else
+                 "*i32" if p.name == "count_ptr" else "*bf16" if p.name.endswith("_ptr") else "i32"
+                 for p in fn.params}
+    source = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()})
+    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                         options={"num_warps": warps, "num_stages": stages}).asm["ptx"]
+    assert "wgmma.wait_group.sync.aligned 1;" in ptx
