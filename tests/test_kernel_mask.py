@@ -13,6 +13,7 @@ run (the layer's torch mask then).
 from __future__ import annotations
 
 import importlib.util
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -441,7 +442,7 @@ def test_mask_kernels_qualify_for_the_cached_launch():
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
 @pytest.mark.parametrize("dropout", [False, True])
-def test_gemm_keeps_its_tensor_core_products_in_flight(dropout):
+def test_gemm_keeps_its_tensor_core_products_in_flight(dropout, monkeypatch):
     """Compiled for an H100 (sm_90a; no GPU needed), the GEMM's K loop issues each tensor-core
     product before the previous one has finished (``wgmma.wait_group 1`` in the PTX), with and
     without the mask. With the mask the tile loop is not flattened: flattened, every product is
@@ -453,10 +454,9 @@ def test_gemm_keeps_its_tensor_core_products_in_flight(dropout):
     from tlora_analysis.adapters.fused import kernels
 
     fn = kernels.lowrank_matmul_kernel
-    bm, bn, bk, stages, warps = lowrank_gemm._TILE
-    constexprs = {"W_T": True, "V_T": False, "RP": 32, "HAS_CORE": True, "HAS_SCALE": True, "HAS_BIAS": False,
-                  "NUM_SMS": 132, "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "CORE_GRADS": False,
-                  "GRAD_PROGRAMS": 32, "PB": 4, "DROPOUT": dropout}
+    # the package's own configuration for GPU 0, an H100's 132 multiprocessors
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
+    constexprs, _, _, stages, warps = lowrank_gemm._config(0, True, False, 32, True, True, False, False, dropout)
     names = [p.name for p in fn.params]
     signature = {p.name: "constexpr" if p.is_constexpr else
                  "*fp32" if p.name in ("scale_ptr", "grad_scale_ptr", "share_ptr") else
