@@ -21,8 +21,8 @@ same as ``peft``). Ablations at the largest rank: ``tlora-plain`` (the formula i
 the Triton low-rank-epilogue GEMM, ``fused.set_backend("cublas")``; on a CPU the same as
 ``tlora``),
 TLoRA with dropout ``--ablation-dropout`` (default 0.5) on "all": on the output with each mask
-(``kernel``: the hashed mask in the fused kernels where they run; ``redraw``, what ``auto`` gives on
-CUDA; ``store``) and on the input (redrawn or stored), and ``tlora+recorder`` (snapshots every step) when
+(``auto``: the hashed mask in the fused kernels where they run; ``redraw``, the torch mask drawn again
+in the backward; ``store``) and on the input (redrawn or stored), and ``tlora+recorder`` (snapshots every step) when
 ``tlora_analysis.recording`` exists. Every adapter uses dropout 0 unless named; ``--dropout P``
 gives the main grid's ``tlora`` (on its output, the mask chosen by "auto"), ``lora`` and ``peft``
 arms (each on its input, as PEFT's ``lora_dropout``) dropout P, for like-for-like comparisons.
@@ -90,7 +90,7 @@ def plan_arms(device: str, ranks: list[int], targets: list[str], recorder: bool,
     for t in targets if device == "cuda" else targets[-1:]:  # the CPU is slow: ablations on one target set
         arms += [Arm(f"tlora-{impl}", top, t) for impl in ("plain", "folded", "adapter", "merged", "cublas")]
     arms += [Arm("tlora", top, "all", {"dropout": ablation_dropout, "position": pos, "mask": mask})
-             for pos, mask in (("output", "kernel"), ("output", "redraw"), ("output", "store"), ("input", "redraw"),
+             for pos, mask in (("output", "auto"), ("output", "redraw"), ("output", "store"), ("input", "redraw"),
                                ("input", "store"))]
     if recorder:
         arms.append(Arm("tlora+recorder", top, "all"))
@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="dropout of the main grid's tlora, lora and peft arms (default 0)")
     parser.add_argument("--ablation-dropout", type=float, default=0.5,
                         help="dropout of the TLoRA dropout arms (largest rank, all layers: output with the mask "
-                             "'kernel', 'redraw' and 'store', input with 'redraw' and 'store'; default 0.5, the paper's)")
+                             "'auto', 'redraw' and 'store', input with 'redraw' and 'store'; default 0.5, the paper's)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the (filtered) arm list this many times in turn, to see drift between arms")
     parser.add_argument("--recorder-ab", type=int, default=0, metavar="ROUNDS",

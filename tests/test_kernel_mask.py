@@ -179,7 +179,7 @@ lowrank_gemm._triton_lowrank_matmul = counted_gemm
 projection = functions.masked_projection
 functions.masked_projection = lambda *a: calls.__setitem__("projection", calls["projection"] + 1) or projection(*a)
 report = {"big": big}
-for name, p, mask in (("layer", 0.5, "kernel"), ("layer_p01", 0.1, "kernel"), ("layer_auto", 0.5, "auto")):
+for name, p, mask in (("layer", 0.5, "auto"), ("layer_p01", 0.1, "auto"), ("layer_redraw", 0.5, "redraw")):
     calls.update(gemm_dropout=0, gemm=0, projection=0)
     report[name] = layer_results(p, mask=mask)
     report[name + "_calls"] = dict(calls)
@@ -208,7 +208,7 @@ print(json.dumps(report))
 P_OUT = 0.5
 
 
-def make_layers(p: float, dtype: torch.dtype, mask: str = "kernel"):
+def make_layers(p: float, dtype: torch.dtype, mask: str = "auto"):
     """A float64 reference layer and a copy in ``dtype`` with output dropout p and ``dropout_mask``
     ``mask``: 64 → 64, rank 8, a random B."""
     torch.manual_seed(0)
@@ -244,9 +244,9 @@ def _rel(got, want):
 
 
 def layer_results(p: float, device: str = "cpu", dtype: torch.dtype = torch.float16,
-                  mask: str = "kernel") -> dict:
+                  mask: str = "auto") -> dict:
     """The fused layer (``dropout_mask`` ``mask``) against the float64 formula under the in-kernel
-    mask of the seed the layer draws (with "kernel"): relative errors of y, ∂x, ∂B and ∂α; the
+    mask of the seed the layer draws (with "auto"): relative errors of y, ∂x, ∂B and ∂α; the
     largest tensor the autograd graph saved; whether the generator's state restored gives the
     same output, and whether the next call draws another mask."""
     ref, layer = make_layers(p, dtype, mask)
@@ -255,7 +255,7 @@ def layer_results(p: float, device: str = "cpu", dtype: torch.dtype = torch.floa
     torch.manual_seed(5)
     seed = draw_seed()
     keep = kernel_mask.keep_mask(KernelDropout(seed, p), 64, 64, device=device).cpu().double().view(2, 32, 64) \
-        if mask == "kernel" else None
+        if mask == "auto" else None
     saved = []
     torch.manual_seed(5)
     fast = _grads(layer, layer, x.to(device, dtype), saved)
@@ -346,12 +346,12 @@ class TestInterpreted:
         errors = interpreted[0]["projection"]
         assert max(errors.values()) < 2e-3, errors  # float16 output rounding: 2⁻¹¹ ≈ 4.9e-4 relative
 
-    def test_auto_keeps_the_torch_mask(self, interpreted):
-        """dropout_mask "auto" (the default) never takes the in-kernel mask: no dropout GEMM, no
-        masked projection; the CPU stores nn.Dropout's mask, the plain ∂x GEMM runs."""
+    def test_redraw_keeps_the_torch_mask(self, interpreted):
+        """dropout_mask "redraw" never takes the in-kernel mask: no dropout GEMM, no masked
+        projection; the torch mask is drawn again in the backward, the plain ∂x GEMM runs."""
         report, _ = interpreted
-        assert report["layer_auto_calls"] == {"gemm_dropout": 0, "gemm": 1, "projection": 0}
-        assert report["layer_auto"]["same_again"] and report["layer_auto"]["next_call_differs"]
+        assert report["layer_redraw_calls"] == {"gemm_dropout": 0, "gemm": 1, "projection": 0}
+        assert report["layer_redraw"]["same_again"] and report["layer_redraw"]["next_call_differs"]
 
     def test_where_the_kernel_does_not_run(self, interpreted):
         report, _ = interpreted
@@ -366,7 +366,7 @@ def triton_backend():
 
 
 def test_without_triton_the_layer_keeps_the_torch_mask(monkeypatch, triton_backend):
-    """No Triton: the fused layer at p = 0.5 ("kernel") stores nn.Dropout's mask, the plain formula's."""
+    """No Triton: the fused layer at p = 0.5 ("auto") stores nn.Dropout's mask, the plain formula's."""
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(launch.importlib.util, "find_spec", lambda name, *a: None if name == "triton" else
                         find_spec(name, *a))

@@ -77,7 +77,7 @@ def test_matches_plain_formula(impl, dtype, dropout, position, bias):
 
 @pytest.mark.parametrize("impl", FAST)
 @pytest.mark.parametrize("position", ["output", "input"])
-@pytest.mark.parametrize("dropout_mask", ["store", "auto", "kernel"])  # "kernel" without Triton: "auto"
+@pytest.mark.parametrize("dropout_mask", ["store", "auto", "redraw"])
 def test_stored_mask_matches_plain_formula(impl, position, dropout_mask):
     layer = make_layer(torch.float64, impl, 0.3, position, dropout_mask=dropout_mask)
     x = torch.randn(3, 5, 12, dtype=torch.float64)

@@ -59,7 +59,7 @@ class TLoRAConfig(AdapterConfig):
         check_bool(self.train_alpha, "train_alpha")
 
 IMPLEMENTATIONS = ("plain", "adapter", "fused", "merged")
-DROPOUT_MASKS = ("auto", "redraw", "store", "kernel")
+DROPOUT_MASKS = ("auto", "redraw", "store")
 _FUSED = ("fused", "merged")  # the implementations that fuse the base layer with the adapter
 
 
@@ -132,15 +132,14 @@ class TLoRALinear(AdaptedLinear):
 
     @property
     def dropout_mask(self) -> str:
-        """Fast paths' dropout mask: "auto" (default), "redraw" (recomputed in the backward: no
-        memory, a second pass of random numbers), "store" (nn.Dropout's one-byte mask) or
-        "kernel". "auto" redraws on CUDA, where memory binds, and stores on the CPU, where random
-        numbers are expensive. "kernel" (opt-in) is the in-kernel mask, a hash of (seed, element),
-        inside the fused layer's Triton GEMM and its backward where that kernel runs (output
-        dropout; Hopper GPUs in half precision, eager mode; adapters/fused/kernel_mask.py): no
-        memory and no extra pass over memory; elsewhere it is "auto". The in-kernel mask
-        and the torch masks are different draws of Bernoulli(1 − p) (the in-kernel one with p
-        rounded to a multiple of 2⁻³²)."""
+        """Fast paths' dropout mask: "auto" (default), "redraw" (a torch mask recomputed in the
+        backward: no memory, a second pass of random numbers) or "store" (nn.Dropout's one-byte
+        mask). "auto" is the in-kernel mask, a hash of (seed, element), inside the fused layer's
+        Triton GEMM and its backward where that kernel runs (output dropout; Hopper GPUs in half
+        precision, eager mode; adapters/fused/kernel_mask.py): no memory and no extra pass over
+        memory. Elsewhere "auto" redraws on CUDA, where memory binds, and stores on the CPU, where
+        random numbers are expensive. The in-kernel mask and the torch masks are different draws
+        of Bernoulli(1 − p) (the in-kernel one with p rounded to a multiple of 2⁻³²)."""
         return self._dropout_mask
 
     @dropout_mask.setter

@@ -11,8 +11,8 @@ not apply; it then computes its plain formula. Modules, from the layer down:
   ∂x product with ∂B and ∂α in its epilogue, and ``dropout_lowrank_matmul`` (output dropout in
   the accumulator); ``core_grads``: ∂B and ∂α in one launch.
 - ``kernel_mask``: the output dropout's keep-mask as a hash of (seed, element), regenerated
-  in the kernels (forward GEMM, the backward's masked projection), never stored; the layer's
-  ``dropout_mask="kernel"`` (opt-in).
+  in the kernels (forward GEMM, the backward's masked projection), never stored; what the
+  layer's ``dropout_mask="auto"`` uses where the Triton GEMM runs.
 - ``launch``: the cheap launch of compiled kernels; ``kernels``: the Triton device code,
   imported with Triton only when a kernel can run.
 - ``state``: :data:`backend`, the one object holding the switches below and every cache.

@@ -12,7 +12,7 @@ gradient (docs/benchmarks.md, "TLoRA's options on a GPU"). The layer's ``impl`` 
   where cuBLAS folds α B into the small factor and accumulates the base product onto the
   adapter's (``addmm_``, β = 1) or, by default on Hopper GPUs in half precision, one Triton
   GEMM applies α and B and carries the rank-r term in its accumulator. With output dropout and
-  ``dropout_mask="kernel"`` (opt-in) that GEMM drops the rank-r term out in its accumulator with a
+  ``dropout_mask="auto"`` (the default) that GEMM drops the rank-r term out in its accumulator with a
   hashed keep-mask of (seed, element) (kernel_mask.py), and the backward regenerates the mask
   in its one pass over g, gc = (g ∘ keep) Cᵀ / (1 − p); where it does not run (and with
   "redraw" or "store"), and with input dropout (∂x), that direction stays with the β = 1
@@ -23,12 +23,12 @@ gradient (docs/benchmarks.md, "TLoRA's options on a GPU"). The layer's ``impl`` 
   activation-sized ones). Without dropout only (else "fused"); W0 + ΔW is rounded to W0's
   dtype, which in bfloat16 drops updates below W0's rounding step.
 
-Dropout masks on CUDA are not stored by default: "auto" (``TLoRALinear.dropout_mask``) redraws
-a torch mask in the backward from the saved generator state on CUDA (peak memory stays at the
-no-dropout level; the redraw costs a second pass of random numbers) and stores it on the CPU.
-"redraw" and "store" choose the torch mask everywhere. "kernel" is the in-kernel hashed mask
-where the fused layer's Triton GEMM runs (output dropout; nothing mask-sized is kept), else
-"auto"'s choice.
+Dropout masks on CUDA are not stored by default. "auto" (``TLoRALinear.dropout_mask``) is the
+in-kernel hashed mask where the fused layer's Triton GEMM runs (output dropout; nothing
+mask-sized is kept, no extra pass over memory); elsewhere on CUDA it redraws a torch mask in the
+backward from the saved generator state (peak memory stays at the no-dropout level; the redraw
+costs a second pass of random numbers), and on the CPU it stores the mask. "redraw" and "store"
+choose the torch mask everywhere.
 
 Gradients are exact for B, α and x: with gc = g Cᵀ (tokens × r) and G = uᵀ gc (r × r),
 ∂L/∂B = α G, ∂L/∂α = Σ B ∘ G, ∂L/∂u = gc (α B)ᵀ, ∂L/∂x = ∂L/∂u Aᵀ (+ g W0 for the base).

@@ -6,7 +6,7 @@ backward, where it is redrawn (docs/benchmarks.md, "TLoRA's options on a GPU"). 
 decision of each output element is a hash of a seed and the element's position, computed where
 it is used: in the forward GEMM's accumulator (lowrank_gemm.py) and in the backward's one pass
 over the gradient, gc = (g ∘ keep) Cᵀ / (1 − p) (:func:`masked_projection`). The layer uses it
-with ``dropout_mask="kernel"``.
+with ``dropout_mask="auto"`` (the default) wherever its Triton GEMM runs.
 
 The mask, exactly. All arithmetic is on 32-bit unsigned words, modulo 2³². fmix32 is
 MurmurHash3's finalizer: x ^= x >> 16; x *= 0x85EBCA6B; x ^= x >> 13; x *= 0xC2B2AE35;

@@ -59,16 +59,16 @@ def _dropout_probabilities(layer: nn.Module) -> tuple[float, float]:
 
 def _store_mask(layer: nn.Module, x: torch.Tensor) -> bool:
     """Whether a torch dropout mask is stored for the backward (else redrawn there): the layer's
-    ``dropout_mask``, where "auto" (and "kernel" where the fused layer's kernel does not take
-    the in-kernel mask instead) stores on the CPU and redraws on CUDA."""
+    ``dropout_mask``, where "auto" (where the fused layer's kernel does not take the in-kernel
+    mask instead) stores on the CPU and redraws on CUDA."""
     mode = layer._dropout_mask
-    return mode == "store" or (mode in ("auto", "kernel") and x.device.type != "cuda")
+    return mode == "store" or (mode == "auto" and x.device.type != "cuda")
 
 
 def forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     """W0 x + bias + the adapter in one fused Function: :class:`TLoRAMergedFunction` for
     ``impl="merged"`` without dropout, else :class:`TLoRALinearFunction` (with x A shared among
-    sibling layers where there is no input dropout; with ``dropout_mask="kernel"`` output dropout
+    sibling layers where there is no input dropout; with ``dropout_mask="auto"`` output dropout
     by the in-kernel mask in its Triton GEMM where that runs); None where it does not apply."""
     factors = _factors(layer, x)
     base = None if factors is None else _fusable_base(layer, factors[0].dtype)
@@ -79,7 +79,7 @@ def forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
         return TLoRAMergedFunction.apply(x, *base, *factors)
     u = backend.projections.project(layer, x, factors[0]) if p_in == 0 else None
     store = _store_mask(layer, x) if p_in or p_out else False
-    return TLoRALinearFunction.apply(x, *base, *factors, p_in, p_out, store, u, layer._dropout_mask == "kernel")
+    return TLoRALinearFunction.apply(x, *base, *factors, p_in, p_out, store, u, layer._dropout_mask == "auto")
 
 
 def adapter_output(layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
