@@ -264,3 +264,23 @@ def test_metric_vs_parameters_labels_ranks_once():
     fig = metric_vs_parameters(pd.DataFrame(rows))
     assert sorted(t.get_text() for t in fig.legends[0].get_texts()) == ["full", "majority class", "tlora", "vera r256"]
     assert sorted(t.get_text() for t in fig.axes[0].texts) == ["r16", "r8"]  # only the arm with several ranks
+
+
+def test_identical_curves_are_drawn_once_under_both_names():
+    """Two arms with the same curve in a panel (LoRA's reachable fraction for TLoRA arms sharing A and C)
+    become one line named after both; curves that differ anywhere, or sit in other panels, stay apart."""
+    from tlora_analysis.study.dynamics import _merge_identical_lines
+
+    def curve(panel, line, means):
+        return [{"panel": panel, "line": line, "group": line.split()[0], "method": "tlora", "step": s, "mean": m,
+                 "lo": m - 0.1, "hi": m + 0.1, "seeds": 3} for s, m in zip((1, 2, 3), means)]
+
+    frame = pd.DataFrame(curve("a", "tlora r8 vs lora", [1.0, 0.9, 1.1])
+                         + curve("a", "tlora-drop0.5 r8 vs lora", [1.0, 0.9, 1.1])
+                         + curve("a", "tlora r16 vs lora", [1.0, 0.9, 1.1000001])
+                         + curve("b", "tlora-drop0.5 r8 vs lora", [1.0, 0.9, 1.1]))
+    merged = _merge_identical_lines(frame)
+    lines = merged.groupby("panel")["line"].unique().map(list).to_dict()
+    assert lines == {"a": ["tlora r8 vs lora = tlora-drop0.5 r8 vs lora", "tlora r16 vs lora"],
+                     "b": ["tlora-drop0.5 r8 vs lora"]}
+    assert len(merged) == 9 and merged[merged["line"].str.contains("=")]["group"].unique().tolist() == ["tlora"]

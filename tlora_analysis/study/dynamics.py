@@ -27,6 +27,24 @@ def _band(frame: pd.DataFrame, value: str) -> pd.DataFrame:
     return out
 
 
+def _merge_identical_lines(banded: pd.DataFrame) -> pd.DataFrame:
+    """One curve for lines of a panel that are equal at every point, labelled with all their names
+    joined by " = " (drawn apart, the later would hide the earlier). LoRA's reachable fraction
+    depends on TLoRA's frozen A and C alone, so TLoRA arms that share them draw the same curve."""
+    if banded.empty:
+        return banded
+    curves = []
+    for _, part in banded.groupby("panel", sort=False):
+        names: dict[tuple, list[str]] = {}
+        first: dict[tuple, pd.DataFrame] = {}
+        for line, curve in part.groupby("line", sort=False):
+            key = tuple(curve[["step", "mean", "lo", "hi"]].itertuples(index=False, name=None))
+            names.setdefault(key, []).append(str(line))
+            first.setdefault(key, curve)
+        curves += [first[key].assign(line=" = ".join(labels)) for key, labels in names.items()]
+    return pd.concat(curves, ignore_index=True)
+
+
 def validation_curves(final: pd.DataFrame, runs_dir) -> pd.DataFrame:
     """The task's validation metric at every evaluation of every final run, banded over seeds."""
     rows = []
@@ -72,4 +90,4 @@ def reachable_dynamics(final: pd.DataFrame, runs_dir, n_null: int = 200) -> dict
     if not rows:
         return {}
     frame = frame[np.isfinite(frame["cosine_reachable"].astype(float))]
-    return {name: _band(frame, name) for name in ("enrichment", "cosine_reachable")}
+    return {name: _merge_identical_lines(_band(frame, name)) for name in ("enrichment", "cosine_reachable")}
