@@ -34,6 +34,10 @@ def test_demo_writes_runs_figures_report_table_and_clears_stale_outputs(tmp_path
     (figures / "stale_figure.png").write_text("old")
     (figures / ".demo-outputs.json").write_text(json.dumps(["stale_figure.png"]))
     (figures / "notes.md").write_text("not the demo's")
+    study = tmp_path / "studies" / "minilm-glue"
+    (study / "results").mkdir(parents=True)
+    (study / "README.md").write_text("# study")
+    (study / "results" / "summary.md").write_text("# summary")
     made = run_demo(tmp_path, quiet=True, config=SMALL)
 
     assert not (figures / "stale_figure.png").exists() and (figures / "notes.md").exists()
@@ -50,6 +54,8 @@ def test_demo_writes_runs_figures_report_table_and_clears_stale_outputs(tmp_path
     assert table["val_majority_baseline"].iloc[0] == pytest.approx(max(scored.mean(), 1 - scored.mean()))
     index = (figures / "index.html").read_text()
     assert "href='report.html'" in index and "href='results.md'" in index
-    assert "| tlora |" in (figures / "results.md").read_text()
+    assert "href='../studies/minilm-glue/results/summary.md'" in index  # the committed study, from the checkout
+    results_md = (figures / "results.md").read_text()
+    assert "| tlora |" in results_md and "[the study's findings](../studies/minilm-glue/README.md)" in results_md
     listed = json.loads((figures / ".demo-outputs.json").read_text())
     assert "results.md" in listed and "stale_figure.png" not in listed

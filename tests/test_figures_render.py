@@ -117,10 +117,13 @@ def test_cli_figures(runs, tmp_path, capsys):
 def test_index_leads_with_headline_numbers_and_links_report_and_results(runs, tmp_path):
     (tmp_path / "report.html").write_text("<html></html>")
     (tmp_path / "results.md").write_text("# results")
-    render([runs["tlora"], runs["lora"]], tmp_path, only=["fig02_trainable_parameters"], progress=False)
+    render([runs["tlora"], runs["lora"]], tmp_path, only=["fig02_trainable_parameters"], progress=False,
+           see_also=[("../study/summary.md", "a study")])
     md, html = (tmp_path / "index.md").read_text(), (tmp_path / "index.html").read_text()
     assert "[claims report](report.html)" in md and "[results table](results.md)" in md
     assert "<a href='report.html'>" in html and "<a href='results.md'>" in html
+    assert md.index("[results table](results.md)") < md.index("[a study](../study/summary.md)")
+    assert "<a href='../study/summary.md'>a study</a>" in html
     assert "| tlora-r4-s0 | tlora | 68 | accuracy 0.5000 (step 4) |" in md  # the tiny runs log accuracy 0.5
 
 

@@ -16,6 +16,7 @@ fixed random projections, so on this short budget it gets a higher learning rate
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ DEMO_CONFIG = TrainConfig(
 )
 DEMO_METHOD_SETTINGS = {"tlora": {"lr": 2e-2, "dropout": 0.0}, "lora": {"lr": 1e-3}}
 _MANIFEST = ".demo-outputs.json"
+_STUDY = Path("studies") / "minilm-glue"  # the committed 3-seed study, in a checkout of the repository
 
 
 @dataclass
@@ -64,7 +66,14 @@ def results_table(results: dict[str, TrainResult], majority: float) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def _markdown(table: pd.DataFrame) -> str:
+def _study_links(root: Path, figures_dir: Path) -> list[tuple[str, str]]:
+    """(link from figures_dir, text) to the committed study's README and summary, where the checkout has them."""
+    study = root / _STUDY
+    files = [(study / "README.md", "the study's findings"), (study / "results" / "summary.md", "its summary over seeds")]
+    return [(Path(os.path.relpath(p, figures_dir)).as_posix(), text) for p, text in files if p.is_file()]
+
+
+def _markdown(table: pd.DataFrame, study: list[tuple[str, str]]) -> str:
     cols = ["method", "rank", "lr", "steps", "trainable_params", "best_val_accuracy", "last_val_accuracy",
             "last_val_f1", "last_val_mcc", "test_accuracy", "train_seconds"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -79,9 +88,10 @@ def _markdown(table: pd.DataFrame) -> str:
         "(query, value), step budget and warmup/decay schedule; TLoRA at a higher learning rate (2e-2 vs 1e-3) "
         "and without adapter dropout (docs/training.md says why).", "",
         *lines, "", f"Validation majority-class baseline: {majority:.4f}.", "",
-        "One seed and half an epoch per method: a first look, not a comparison. The repository's "
-        "studies/minilm-glue/README.md compares TLoRA, LoRA, LoRA-XS, VeRA and full fine-tuning over 3 seeds "
-        "with learning rates chosen on held-out data (`tlora-analysis study`, docs/study.md).", "",
+        "One seed and half an epoch per method: a first look, not a comparison. The repository's study in "
+        f"{_STUDY.as_posix()}/ compares TLoRA, LoRA, LoRA-XS, VeRA and full fine-tuning over 3 seeds with learning "
+        "rates chosen on held-out data (`tlora-analysis study`, docs/study.md)"
+        + (": " + ", ".join(f"[{text}]({link})" for link, text in study) if study else "") + ".", "",
     ])
 
 
@@ -120,11 +130,12 @@ def run_demo(root: str | Path = ".", quiet: bool = False, config: TrainConfig = 
     figures_dir.mkdir(parents=True, exist_ok=True)
     data_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(data_dir / "results.csv", index=False)
-    (figures_dir / "results.md").write_text(_markdown(table))
+    study = _study_links(root, figures_dir)
+    (figures_dir / "results.md").write_text(_markdown(table, study))
     runs = [results["tlora"].run_dir, results["lora"].run_dir]
     print("report: checking the paper's claims …", flush=True)
     report = write_report(runs[0], runs[1], figures_dir)
-    figures = render_all(runs, figures_dir)  # last: its index links the report and the results table
+    figures = render_all(runs, figures_dir, see_also=study)  # last: its index links the report, table and study
     report_files = [*figures_dir.glob("report.*"), figures_dir / "claims.csv"]
     made = DemoOutputs(
         runs=runs, figures=[Path(p) for p in figures],

@@ -68,12 +68,14 @@ def render(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     command: str | None = None,
+    see_also: Sequence[tuple[str, str]] = (),
 ) -> RenderResult:
     """Draw every catalog figure (or the ``only`` names) the runs support into ``out_dir``.
 
     A figure is skipped, with its reason, when the runs lack what it needs or when the
     analysis it draws raises a ValueError (e.g. no square layer, no eval metrics).
-    ``log`` receives one line per skip (default: stderr).
+    ``log`` receives one line per skip (default: stderr). ``see_also``: (link, text) pairs the
+    index lists after the claims report and results table found beside it.
     """
     roles = RunRoles.from_paths(runs)
     out = Path(out_dir)
@@ -99,13 +101,14 @@ def render(
                 (out / f"{spec.name}.{ext}").unlink(missing_ok=True)
             log(f"skipped {spec.name}: {reason}")
     cmd = command or figures_command(runs, out)
-    result.index = _write_index(result, specs, roles, cmd)
+    result.index = _write_index(result, specs, roles, cmd, see_also)
     return result
 
 
-def render_all(runs: Sequence[RunLike], out_dir: str | os.PathLike) -> list[Path]:
+def render_all(runs: Sequence[RunLike], out_dir: str | os.PathLike,
+               see_also: Sequence[tuple[str, str]] = ()) -> list[Path]:
     """Write every figure the runs support (PDF + PNG) and index.md / index.html; return the paths."""
-    return render(runs, out_dir).paths
+    return render(runs, out_dir, see_also=see_also).paths
 
 
 _COMPANIONS = (("report.html", "claims report"), ("report.md", "claims report (Markdown)"),
@@ -124,12 +127,13 @@ def _headline_rows(roles: RunRoles) -> list[list[str]]:
     return rows
 
 
-def _write_index(result: RenderResult, specs: list[FigureSpec], roles: RunRoles, command: str) -> list[Path]:
+def _write_index(result: RenderResult, specs: list[FigureSpec], roles: RunRoles, command: str,
+                 see_also: Sequence[tuple[str, str]] = ()) -> list[Path]:
     made = [s for s in specs if s.name in result.written]
     runs_md = "\n".join(f"- `{r.method}` {r.name}: `{r.path}`" for r in roles.runs)
     header = ["run", "method", "trainable parameters", "best validation", "majority class"]
     rows = _headline_rows(roles)
-    links = [(name, what) for name, what in _COMPANIONS if (result.out_dir / name).is_file()]
+    links = [(name, what) for name, what in _COMPANIONS if (result.out_dir / name).is_file()] + list(see_also)
     md = ["# Figures", ""]
     if links:
         md += ["See also: " + ", ".join(f"[{what}]({name})" for name, what in links) + ".", ""]
