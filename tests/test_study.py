@@ -264,6 +264,7 @@ def test_metric_vs_parameters_labels_ranks_once():
     fig = metric_vs_parameters(pd.DataFrame(rows))
     assert sorted(t.get_text() for t in fig.legends[0].get_texts()) == ["full", "majority class", "tlora", "vera r256"]
     assert sorted(t.get_text() for t in fig.axes[0].texts) == ["r16", "r8"]  # only the arm with several ranks
+    assert sorted(t.xyann[1] for t in fig.axes[0].texts) == [-3, 3]  # neighbouring ranks: one above, one below
 
 
 def test_identical_curves_are_drawn_once_under_both_names():

@@ -68,9 +68,10 @@ def metric_vs_parameters(summary: pd.DataFrame, value: str = "best_value") -> Fi
             err = np.vstack([y - rows[f"{value}_ci_lo"].astype(float), rows[f"{value}_ci_hi"].astype(float) - y])
             ax.errorbar(x, y, yerr=np.where(np.isfinite(err), err, 0.0), marker="o", ms=3.5, lw=0.9, capsize=2,
                         color=colors[arm], label=labels[arm])
-            if rows["rank"].nunique() > 1:
-                for xi, yi, r in zip(x, y, rows["rank"]):
-                    ax.annotate(f"r{int(r)}", (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=5.5)
+            if rows["rank"].nunique() > 1:  # labels alternate above and below, so neighbouring ranks stay legible
+                for i, (xi, yi, r) in enumerate(zip(x, y, rows["rank"])):
+                    ax.annotate(f"r{int(r)}", (xi, yi), textcoords="offset points", xytext=(3, 3 if i % 2 == 0 else -3),
+                                va="bottom" if i % 2 == 0 else "top", fontsize=5.5, color=colors[arm])
         base = part["majority_baseline"].astype(float).dropna()
         if len(base):
             ax.axhline(float(base.iloc[0]), color="0.35", ls=":", lw=1.0, label="majority class")
