@@ -12,14 +12,14 @@
 #                   that started it: later calls on the same machine only wait and bring
 #   bring           wait until the background training ends or WAIT seconds (default 0) have
 #                   passed since the script began, then write to $OUT what it finished that no
-#                   earlier bring wrote: selection.tar.gz and final-records.tar.gz (run.json and
+#                   earlier bring wrote: minilm-glue-selection.tar.gz and final-records.tar.gz (run.json and
 #                   metrics.jsonl of every finished run: all that choosing learning rates and the
 #                   tables read), and the whole folders of finished replicate runs that the claims
 #                   reports and figures read (TLoRA and LoRA, every seed; seed 0 of LoRA-XS and
 #                   VeRA) in runs-*.tar.gz files of at most 15 MiB, as many as fit 8 files and 56 MiB in $OUT
 # Unpacked under studies/minilm-glue/, the brought files make a study that summarize completes
-# anywhere. A machine's runs are lost when it is given back, so every call that trains also writes
-# $OUT/minilm-glue-selection.tar.gz (the finished selection runs' records); copied to
+# anywhere. A machine's runs are lost when it is given back, so every call that trains or brings also
+# writes $OUT/minilm-glue-selection.tar.gz (the finished selection runs' records); copied to
 # .device/selection.tar.gz, it is unpacked on the next machine, whose selection phase skips those runs.
 set -euo pipefail
 export PYTHONPATH="$PWD/.device/site:$PWD" GLUE_DIR="$PWD/.device/glue" TOKENIZERS_PARALLELISM=false
@@ -39,7 +39,7 @@ keep_selection() { (cd studies/minilm-glue && finished select | records "${OUT:-
 bring() {  # from $STAGE's study folder into $OUT
   local brought=$STAGE/brought.txt
   touch $brought
-  finished select | records "$OUT/selection.tar.gz"
+  finished select | records "$OUT/minilm-glue-selection.tar.gz"
   finished final > $STAGE/final.txt
   records "$OUT/final-records.tar.gz" < $STAGE/final.txt
   python3 - "$STAGE" "$OUT" <<'PYTHON'

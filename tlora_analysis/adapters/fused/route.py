@@ -59,8 +59,8 @@ def _dropout_probabilities(layer: nn.Module) -> tuple[float, float]:
 
 def _store_mask(layer: nn.Module, x: torch.Tensor) -> bool:
     """Whether a torch dropout mask is stored for the backward (else redrawn there): the layer's
-    ``dropout_mask``, where "auto" (where the fused layer's kernel does not take the in-kernel
-    mask instead) stores on the CPU and redraws on CUDA."""
+    ``dropout_mask``; "auto", where the fused layer's kernel does not take the in-kernel mask,
+    stores on the CPU and redraws on CUDA."""
     mode = layer._dropout_mask
     return mode == "store" or (mode == "auto" and x.device.type != "cuda")
 
