@@ -442,13 +442,18 @@ def test_mask_kernels_qualify_for_the_cached_launch():
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
 @pytest.mark.parametrize("dropout", [False, True])
-def test_gemm_keeps_its_tensor_core_products_in_flight(dropout, monkeypatch):
+@pytest.mark.parametrize("w_t, v_t, bias", [(True, False, False), (False, True, True)])
+def test_gemm_keeps_its_tensor_core_products_in_flight(dropout, w_t, v_t, bias, monkeypatch, tmp_path):
     """Compiled for an H100 (sm_90a; no GPU needed), the GEMM's K loop issues each tensor-core
     product before the previous one has finished (``wgmma.wait_group 1`` in the PTX), with and
-    without the mask. With the mask the tile loop is not flattened: flattened, every product is
-    waited for, which doubles the kernel's time."""
+    without the mask, and its registers do not spill (Triton's ptxas). With the mask the tile
+    loop is not flattened: flattened, every product is waited for, which doubles the kernel's
+    time (docs/benchmarks.md, "Designs measured and not kept")."""
+    import subprocess
+
     import triton
     from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
     from triton.compiler import ASTSource
 
     from tlora_analysis.adapters.fused import kernels
@@ -456,7 +461,7 @@ def test_gemm_keeps_its_tensor_core_products_in_flight(dropout, monkeypatch):
     fn = kernels.lowrank_matmul_kernel
     # the package's own configuration for GPU 0, an H100's 132 multiprocessors
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
-    constexprs, _, _, stages, warps = lowrank_gemm._config(0, True, False, 32, True, True, False, False, dropout)
+    constexprs, _, _, stages, warps = lowrank_gemm._config(0, w_t, v_t, 32, True, True, bias, False, dropout)
     names = [p.name for p in fn.params]
     signature = {p.name: "constexpr" if p.is_constexpr else
                  "*fp32" if p.name in ("scale_ptr", "grad_scale_ptr", "share_ptr") else
@@ -466,3 +471,7 @@ def test_gemm_keeps_its_tensor_core_products_in_flight(dropout, monkeypatch):
     ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                          options={"num_warps": warps, "num_stages": stages}).asm["ptx"]
     assert "wgmma.wait_group.sync.aligned 1;" in ptx
+    (tmp_path / "gemm.ptx").write_text(ptx)
+    report = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", str(tmp_path / "gemm.ptx"),
+                             "-o", str(tmp_path / "gemm.cubin")], capture_output=True, text=True, check=True)
+    assert "0 bytes spill stores, 0 bytes spill loads" in report.stdout + report.stderr
