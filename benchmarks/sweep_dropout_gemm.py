@@ -111,6 +111,7 @@ def sweep_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, out_ptr, M, N,
 def launch(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, core: torch.Tensor,
            scale: torch.Tensor, dropout: KernelDropout, out: torch.Tensor, variant: tuple, tile: tuple,
            group_m: int) -> torch.Tensor:
+    """out = x W0ᵀ + dropped(α (u B) C) by the sweep kernel, one variant, tile and GROUP_M."""
     halves, flatten, mask = variant
     bm, bn, bk, stages, warps = tile
     (m, k), n, r = x.shape, w.shape[0], u.shape[1]
