@@ -9,8 +9,9 @@ fused layer's cuBLAS composition (u v, then the GEMM accumulated onto it with β
 - ``SUBTILE``: store the output tile in two halves (frees shared memory for the rank-r tiles);
 - ``FLATTEN``: software-pipeline the persistent loop across tiles; ``WS``: warp specialization.
 
-The package's kernel (tlora_analysis/adapters/fused/kernels.py) is the winner: post, subtile,
-flatten, 128 × 256 × 64 tiles, 3 stages, 8 warps. Also the host time per call of a raw launch,
+The package's kernel (tlora_analysis/adapters/fused/kernels.py) is the H200's winner: post, subtile,
+flatten, 128 × 256 × 64 tiles, 3 stages, 8 warps (on an H100, not flattening wins on three of
+the six GEMMs: docs/benchmarks.md). Also the host time per call of a raw launch,
 of the package's ``lowrank_matmul`` (backend "triton") and of the cuBLAS composition.
 
     PYTHONPATH=. python benchmarks/sweep_epilogue_gemm.py --out sweep.json
