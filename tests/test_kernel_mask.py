@@ -42,20 +42,27 @@ def fmix32(x):
     return x ^ (x >> np.uint64(16))
 
 
-def reference_hash(seed: int, rows, cols) -> np.ndarray:
-    """kernel_mask.py's h(i, j) for rows i (≥ 0, < 2⁶⁴) × columns j, written out:
-    fmix32(fmix32(s_lo ^ fmix32(i_lo ^ fmix32(i_hi ^ s_hi))) ^ j · 0x9E3779B9), s_lo = s mod 2³¹."""
-    rows, cols = np.asarray(rows, dtype=np.uint64), np.asarray(cols, dtype=np.uint64)
+def reference_hash(seed: int, rows, pairs) -> np.ndarray:
+    """kernel_mask.py's h(i, k) for rows i (≥ 0, < 2⁶⁴) × pairs of columns k, written out:
+    fmix32(fmix32(s_lo ^ fmix32(i_lo ^ fmix32(i_hi ^ s_hi))) ^ k · 0x9E3779B9), s_lo = s mod 2³¹."""
+    rows, pairs = np.asarray(rows, dtype=np.uint64), np.asarray(pairs, dtype=np.uint64)
     s_lo, s_hi = np.uint64(seed % 2**31), np.uint64(seed >> 31)
     h_row = fmix32(s_lo ^ fmix32((rows & _M32) ^ fmix32((rows >> np.uint64(32)) ^ s_hi)))
-    return fmix32(h_row[:, None] ^ ((cols * np.uint64(0x9E3779B9)) & _M32)[None, :])
+    return fmix32(h_row[:, None] ^ ((pairs * np.uint64(0x9E3779B9)) & _M32)[None, :])
+
+
+def reference_draws(seed: int, rows, cols) -> np.ndarray:
+    """The 16-bit draws d(i, j): the low half of h(i, ⌊j / 2⌋) for even j, the high half for odd j."""
+    cols = np.asarray(cols, dtype=np.uint64)
+    h = reference_hash(seed, rows, cols >> np.uint64(1))
+    return np.where((cols & np.uint64(1)) == 1, h >> np.uint64(16), h & np.uint64(0xFFFF))
 
 
 def reference_mask(seed: int, m: int, n: int, p: float, row_offset: int = 0) -> np.ndarray:
-    """Rows row_offset … row_offset + m − 1, columns 0 … n − 1: kept iff h ≥ T = round(p · 2³²)
-    clamped to [1, 2³² − 1]."""
-    t = min(max(round(p * 2**32), 1), 2**32 - 1)
-    return reference_hash(seed, np.arange(m, dtype=np.uint64) + np.uint64(row_offset), np.arange(n)) >= t
+    """Rows row_offset … row_offset + m − 1, columns 0 … n − 1: kept iff d ≥ T = round(p · 2¹⁶)."""
+    t = round(p * 2**16)
+    assert 1 <= t < 2**16
+    return reference_draws(seed, np.arange(m, dtype=np.uint64) + np.uint64(row_offset), np.arange(n)) >= t
 
 
 def _fmix32_int(x: int) -> int:
@@ -76,30 +83,39 @@ def test_fmix32_known_answers():
 
 
 def test_reference_hash_known_answers():
-    """h(seed, i, j), each from plain Python integers, including rows with both 32-bit halves in
+    """h(seed, i, k), each from plain Python integers, including rows with both 32-bit halves in
     use and the largest seed."""
     cases = {(0, 0, 0): 0x0, (0, 0, 1): 0x92CA2F0E, (0, 1, 0): 0x5716F995, (SEED, 7, 100): 0x9BC43B0C,
              (2**62 - 1, 2**32 + 5, 4095): 0x576E0BDC, (5 * 2**31 + 7, 2**63 - 1, 1): 0x9DB8C988}
-    for (seed, i, j), want in cases.items():
-        assert int(reference_hash(seed, [i], [j])[0, 0]) == want, (seed, i, j)
+    for (seed, i, k), want in cases.items():
+        assert int(reference_hash(seed, [i], [k])[0, 0]) == want, (seed, i, k)
 
 
-def test_keep_below_rounds_p_times_two_to_the_32():
-    assert keep_below(0.5) == 2**31 and keep_below(0.25) == 2**30
-    assert [keep_below(p) for p in (0.1, 0.3, 0.9)] == [429496730, 1288490189, 3865470566]
-    assert keep_below(2**-33) == 1 and keep_below(3 * 2**-33) == 2  # ties to even, then clamped to ≥ 1
-    assert keep_below(1e-12) == 1 and keep_below(1 - 1e-12) == 2**32 - 1
-    assert [keep_below(p) for p in (0.0, 1.0, -0.1, 1.5)] == [None] * 4
+def test_reference_draws_are_the_halves_of_one_hash_per_pair():
+    """Columns 2k and 2k + 1 take the low and high 16 bits of h(i, k), from the known answers above."""
+    assert reference_draws(0, [0], [2, 3]).tolist() == [[0x2F0E, 0x92CA]]
+    assert reference_draws(SEED, [7], [200, 201]).tolist() == [[0x3B0C, 0x9BC4]]
+    assert reference_draws(2**62 - 1, [2**32 + 5], [8190, 8191]).tolist() == [[0x0BDC, 0x576E]]
+
+
+def test_keep_below_rounds_p_times_two_to_the_16():
+    assert keep_below(0.5) == 2**15 and keep_below(0.25) == 2**14
+    assert [keep_below(p) for p in (0.1, 0.3, 0.9)] == [6554, 19661, 58982]
+    assert keep_below(2.5 * 2**-16) == 2 and keep_below(3.5 * 2**-16) == 4  # ties to even
+    assert keep_below(1.5 * 2**-17) == 1 and keep_below(1 - 2**-16) == 2**16 - 1
+    # p the 16-bit threshold cannot resolve: the layer takes a torch mask there
+    assert [keep_below(p) for p in (2**-17, 1e-6, 1 - 2**-17, 0.0, 1.0, -0.1, 1.5)] == [None] * 7
 
 
 def test_kernel_arguments():
-    assert KernelDropout(2**62 - 1, 0.5).args[:3] == (2**31 - 1, 2**31 - 1, -(2**31))  # T's bits as an int32
-    assert KernelDropout(5 * 2**31 + 7, 0.25).args[:3] == (7, 5, 2**30)
+    assert KernelDropout(2**62 - 1, 0.5).args[:3] == (2**31 - 1, 2**31 - 1, 2**15)
+    assert KernelDropout(5 * 2**31 + 7, 0.25).args[:3] == (7, 5, 2**14)
     d = KernelDropout(3, 0.5)
-    assert d.scale == 2.0 and d.args[3] == 0x40000000  # float32 2.0
-    assert KernelDropout(3, 0.1).scale == np.float32(1 / 0.9)
-    for seed, p in ((2**62, 0.5), (-1, 0.5), (0, 0.0), (0, 1.0)):
-        with pytest.raises(ValueError, match="0 < p < 1"):
+    assert d.p_hat == 0.5 and d.scale == 2.0 and d.args[3] == 0x40000000  # float32 2.0
+    d = KernelDropout(3, 0.1)  # p̂ = 6554 / 2¹⁶, within 2⁻¹⁷ of p; the scale unbiased for p̂
+    assert d.p_hat == 6554 / 2**16 and abs(d.p_hat - 0.1) <= 2**-17 and d.scale == np.float32(2**16 / (2**16 - 6554))
+    for seed, p in ((2**62, 0.5), (-1, 0.5), (0, 0.0), (0, 1.0), (0, 1e-6)):
+        with pytest.raises(ValueError, match="2\\^-17 < p < 1 − 2\\^-17"):
             KernelDropout(seed, p)
 
 
@@ -117,9 +133,9 @@ def test_seed_follows_torchs_default_generator():
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
 def test_reference_keep_fraction_is_one_minus_p(p):
-    """Two-sided exact binomial test at level ALPHA on 2²⁰ elements."""
+    """Two-sided exact binomial test at level ALPHA on 2²⁰ elements, against 1 − p̂."""
     mask = reference_mask(SEED, 512, 2048, p)
-    assert stats.binomtest(int(mask.sum()), mask.size, 1 - p).pvalue > ALPHA
+    assert stats.binomtest(int(mask.sum()), mask.size, 1 - KernelDropout(SEED, p).p_hat).pvalue > ALPHA
 
 
 def _independent(a: np.ndarray, b: np.ndarray) -> float:
@@ -133,7 +149,8 @@ def _independent(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("offset", [0, 1])
 def test_neighbours_are_independent(p, offset):
     """Horizontally and vertically adjacent elements, in disjoint pairs (2k + offset, 2k + offset + 1)
-    so that the pairs are independent under the null: chi-square at level ALPHA each, on 2¹⁹ pairs."""
+    so that the pairs are independent under the null: chi-square at level ALPHA each, on 2¹⁹ pairs.
+    Offset 0 pairs the two halves of one hash, offset 1 neighbouring hashes."""
     mask = reference_mask(SEED, 1024, 1026, p)[:, offset:offset + 1024]
     assert _independent(mask[:, 0::2], mask[:, 1::2]) > ALPHA  # (i, j), (i, j + 1)
     mask = reference_mask(SEED, 1026, 1024, p)[offset:offset + 1024]
@@ -186,7 +203,7 @@ for name, p, mask in (("layer", 0.5, "auto"), ("layer_p01", 0.1, "auto"), ("laye
 report["values"] = value_independence()
 def projection_error(g, c, dropout):
     keep = torch.from_numpy(reference_mask(dropout.seed, *g.shape, dropout.p))
-    want = (g.double() * keep / (1 - dropout.p)) @ c.double().T
+    want = (g.double() * keep / (1 - dropout.p_hat)) @ c.double().T
     return ((masked_projection(g, c, dropout).double() - want).abs().max() / want.abs().max()).item()
 gen = torch.Generator().manual_seed(0)
 g, c = torch.randn(50, 40, generator=gen).half(), torch.randn(8, 40, generator=gen).half()
@@ -198,7 +215,8 @@ report["projection"] = {
 def refused(n, p):
     x, w, u, v = torch.randn(64, 32).half(), torch.randn(32, n).half(), torch.randn(64, 8).half(), torch.randn(8, n).half()
     return lowrank_gemm.dropout_lowrank_matmul(x, w, u, v, p=p) is None
-report["refused"] = {"p 0": refused(64, 0.0), "p 1": refused(64, 1.0), "36 columns (TMA rows)": refused(36, 0.5),
+report["refused"] = {"p 0": refused(64, 0.0), "p 1": refused(64, 1.0), "p 1e-6 (below 16 bits)": refused(64, 1e-6),
+                     "36 columns (TMA rows)": refused(36, 0.5),
                      "control: 40 columns, p 0.3 (runs)": not refused(40, 0.3)}
 fused.set_backend("cublas")
 report["refused"]["cublas backend"] = refused(64, 0.5)
@@ -223,9 +241,11 @@ def make_layers(p: float, dtype: torch.dtype, mask: str = "auto"):
 
 
 def masked_formula(layer: TLoRALinear, x: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
-    """x W0ᵀ + b + α ((x A) B C) ∘ keep / (1 − p): the plain formula with the mask applied by hand."""
+    """x W0ᵀ + b + α ((x A) B C) ∘ keep / (1 − p̂): the plain formula with the mask applied by hand,
+    p̂ the mask's drop probability (p to 16 bits)."""
     adapter = layer.tlora_alpha * (((x @ layer.tlora_A) @ layer.tlora_B) @ layer.tlora_C)
-    return torch.nn.functional.linear(x, layer.base_layer.weight, layer.base_layer.bias) + adapter * keep / (1 - p)
+    p_hat = KernelDropout(0, p).p_hat
+    return torch.nn.functional.linear(x, layer.base_layer.weight, layer.base_layer.bias) + adapter * keep / (1 - p_hat)
 
 
 def _grads(fn, layer, x, saved=None):
@@ -318,9 +338,9 @@ class TestInterpreted:
 
     @pytest.mark.parametrize("name, p", [("p10", 0.1), ("p30", 0.3), ("p50", 0.5), ("p90", 0.9)])
     def test_keep_fraction_is_one_minus_p(self, interpreted, name, p):
-        """Two-sided exact binomial test at level ALPHA on the kernel's 32768 elements."""
+        """Two-sided exact binomial test at level ALPHA on the kernel's 32768 elements, against 1 − p̂."""
         mask = interpreted[1][name]
-        assert stats.binomtest(int(mask.sum()), mask.numel(), 1 - p).pvalue > ALPHA
+        assert stats.binomtest(int(mask.sum()), mask.numel(), 1 - KernelDropout(SEED, p).p_hat).pvalue > ALPHA
 
     @pytest.mark.parametrize("name", ["layer", "layer_p01"])
     def test_fused_layer_matches_the_masked_formula(self, interpreted, name):
@@ -426,7 +446,7 @@ def test_cuda_masked_projection_matches_float64(m, n, r):
     g, c = torch.randn(m, n, device="cuda").bfloat16(), torch.randn(r, n, device="cuda").bfloat16()
     d = KernelDropout(SEED, 0.3)
     keep = torch.from_numpy(reference_mask(SEED, m, n, 0.3)).cuda()
-    want = (g.double() * keep / 0.7) @ c.double().T
+    want = (g.double() * keep / (1 - d.p_hat)) @ c.double().T
     got = kernel_mask.masked_projection(g, c, d)
     assert ((got.double() - want).abs().max() / want.abs().max()).item() < 1e-2  # bfloat16 output rounding
 

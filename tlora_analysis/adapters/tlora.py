@@ -139,7 +139,9 @@ class TLoRALinear(AdaptedLinear):
         precision, eager mode; adapters/fused/kernel_mask.py): no memory and no extra pass over
         memory. Elsewhere "auto" redraws on CUDA, where memory binds, and stores on the CPU, where
         random numbers are expensive. The in-kernel mask and the torch masks are different draws
-        of Bernoulli(1 − p) (the in-kernel one with p rounded to a multiple of 2⁻³²)."""
+        of Bernoulli(1 − p) (the in-kernel one with p rounded to a multiple of 2⁻¹⁶ and its kept
+        elements scaled by the inverse of the rounded keep rate; a p below about 2⁻¹⁷ or above
+        1 − 2⁻¹⁷, which 16 bits cannot resolve, takes the torch mask)."""
         return self._dropout_mask
 
     @dropout_mask.setter

@@ -14,7 +14,7 @@ gradient (docs/benchmarks.md, "TLoRA's options on a GPU"). The layer's ``impl`` 
   GEMM applies α and B and carries the rank-r term in its accumulator. With output dropout and
   ``dropout_mask="auto"`` (the default) that GEMM drops the rank-r term out in its accumulator with a
   hashed keep-mask of (seed, element) (kernel_mask.py), and the backward regenerates the mask
-  in its one pass over g, gc = (g ∘ keep) Cᵀ / (1 − p); where it does not run (and with
+  in its one pass over g, gc = (g ∘ keep) Cᵀ / (1 − p̂); where it does not run (and with
   "redraw" or "store"), and with input dropout (∂x), that direction stays with the β = 1
   accumulation. Without input dropout, u may come from a sibling layer's call
   (shared_projection.py).
@@ -207,7 +207,7 @@ class TLoRALinearFunction(torch.autograd.Function):
         weight, u, a, b, c, alpha = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1])
         need_x, need_b, need_alpha = ctx.needs_input_grad[0], ctx.needs_input_grad[4], ctx.needs_input_grad[6]
-        if isinstance(ctx.out_mask, KernelDropout):  # (g ∘ keep) Cᵀ / (1 − p), the mask regenerated
+        if isinstance(ctx.out_mask, KernelDropout):  # (g ∘ keep) Cᵀ / (1 − p̂), the mask regenerated
             gc = masked_projection(g, c, ctx.out_mask)
         else:  # go Cᵀ (tokens × r): the one pass over go
             gc = F.linear(g if ctx.out_mask is None else ctx.out_mask.backward(g), c)

@@ -5,7 +5,7 @@ by torch costs extra passes over (tokens × out) tensors in the forward and agai
 backward, where it is redrawn (docs/benchmarks.md, "TLoRA's options on a GPU"). Here the keep
 decision of each output element is a hash of a seed and the element's position, computed where
 it is used: in the forward GEMM's accumulator (lowrank_gemm.py) and in the backward's one pass
-over the gradient, gc = (g ∘ keep) Cᵀ / (1 − p) (:func:`masked_projection`). The layer uses it
+over the gradient, gc = (g ∘ keep) Cᵀ / (1 − p̂) (:func:`masked_projection`). The layer uses it
 with ``dropout_mask="auto"`` (the default) wherever its Triton GEMM runs.
 
 The mask, exactly. All arithmetic is on 32-bit unsigned words, modulo 2³². fmix32 is
@@ -14,16 +14,22 @@ x ^= x >> 16. The seed s (0 ≤ s < 2⁶²) is drawn per layer call from torch's
 generator (:func:`draw_seed`), so it follows the run's seed and the order of calls (step, layer)
 and is saved and restored with ``torch.get_rng_state()``; its halves are s_lo = s mod 2³¹ and
 s_hi = ⌊s / 2³¹⌋. Element (i, j) of the output (row i ≥ 0 as a 64-bit integer with 32-bit
-halves i_lo = i mod 2³², i_hi = ⌊i / 2³²⌋; column j) has
+halves i_lo = i mod 2³², i_hi = ⌊i / 2³²⌋; column j in the pair of columns k = ⌊j / 2⌋) has
 
     h_row(i) = fmix32(s_lo ^ fmix32(i_lo ^ fmix32(i_hi ^ s_hi)))
-    h(i, j) = fmix32(h_row(i) ^ (j · 0x9E3779B9 mod 2³²))
+    h(i, k) = fmix32(h_row(i) ^ (k · 0x9E3779B9 mod 2³²))
+    d(i, j) = h(i, k) mod 2¹⁶ for even j, ⌊h(i, k) / 2¹⁶⌋ for odd j
 
-and is kept iff h(i, j) ≥ T, where T = p · 2³² rounded to the nearest integer (ties to even,
-p a float64) and clamped to [1, 2³² − 1] (:func:`keep_below`): P(keep) = 1 − T / 2³², which
-is 1 − p to within 2⁻³² for every p in (0, 1). Kept elements are scaled by 1 / (1 − p) rounded
-to float32. h_row is computed once per row of a tile, h once per element, elementwise in the
-layout the element is used in; the mask does not depend on the output's width, so any N works.
+and is kept iff d(i, j) ≥ T, where T = p · 2¹⁶ rounded to the nearest integer (ties to even, p a
+float64; :func:`keep_below`), which must lie in [1, 2¹⁶ − 1]: p from about 2⁻¹⁷ to 1 − 2⁻¹⁷
+(outside it the layer draws a torch mask instead). One hash thus decides two elements,
+through its two halves (fmix32 is a bijection, so the halves of a uniform word are independent
+and uniform): half the hashing of a hash per element, which is most of the mask's cost in the
+kernels. Each element is dropped with probability p̂ = T / 2¹⁶ (:attr:`KernelDropout.p_hat`),
+within 2⁻¹⁷ of p, and kept elements are scaled by 1 / (1 − p̂) rounded to float32, so that the
+kept term is unbiased for the mask actually drawn (p̂ = p exactly for p = k / 2¹⁶, e.g. 0.5 or
+0.25). h_row is computed once per row of a tile, h once per pair of elements, in the layout the
+elements are used in; the mask does not depend on the output's width, so any N works.
 kernels.py's ``keep_tile`` is the one device-side definition, and :func:`keep_mask` returns it as
 a bool tensor for tests.
 """
@@ -53,11 +59,13 @@ _INTERPRETER_TILE = (16, 32, 1, 4)
 
 
 def keep_below(p: float) -> int | None:
-    """T = p · 2³² rounded to the nearest integer (ties to even), clamped to [1, 2³² − 1]: an
-    element is dropped iff its hash is below T. None unless 0 < p < 1."""
+    """T = p · 2¹⁶ rounded to the nearest integer (ties to even): an element is dropped iff its
+    16-bit draw is below T. None unless 1 ≤ T ≤ 2¹⁶ − 1 (p from about 2⁻¹⁷ to 1 − 2⁻¹⁷), where
+    the mask cannot resolve p."""
     if not 0 < p < 1:
         return None
-    return min(max(round(p * 2**32), 1), 2**32 - 1)  # p · 2³² is exact in float64
+    t = round(p * 2**16)  # p · 2¹⁶ is exact in float64
+    return t if 1 <= t < 2**16 else None
 
 
 def draw_seed() -> int:
@@ -65,21 +73,17 @@ def draw_seed() -> int:
     return int(torch.randint(1 << SEED_BITS, (), generator=torch.default_generator))
 
 
-def _int32_bits(word: int) -> int:
-    """A 32-bit word as the int32 with its bits (kernel arguments are int32)."""
-    return word - (1 << 32) if word >= 1 << 31 else word
-
-
 @dataclass(frozen=True)
 class KernelDropout:
-    """One layer call's output dropout: its seed (0 ≤ seed < 2⁶²) and p (0 < p < 1)."""
+    """One layer call's output dropout: its seed (0 ≤ seed < 2⁶²) and p (:func:`keep_below` not None)."""
 
     seed: int
     p: float
 
     def __post_init__(self) -> None:
         if keep_below(self.p) is None or not 0 <= self.seed < 1 << SEED_BITS:
-            raise ValueError(f"need 0 ≤ seed < 2^{SEED_BITS} and 0 < p < 1, got seed {self.seed}, p {self.p}")
+            raise ValueError(f"need 0 ≤ seed < 2^{SEED_BITS} and 2^-17 < p < 1 − 2^-17 (16-bit thresholds), "
+                             f"got seed {self.seed}, p {self.p}")
 
     @property
     def keep_below(self) -> int:
@@ -87,16 +91,21 @@ class KernelDropout:
         return keep_below(self.p)
 
     @property
+    def p_hat(self) -> float:
+        """p̂ = T / 2¹⁶: the probability that the mask drops an element (within 2⁻¹⁷ of p)."""
+        return self.keep_below / 2**16
+
+    @property
     def scale(self) -> float:
-        """1 / (1 − p) rounded to float32: the factor of the kept elements."""
-        return struct.unpack("<f", struct.pack("<f", 1 / (1 - self.p)))[0]
+        """1 / (1 − p̂) rounded to float32: the factor of the kept elements."""
+        return struct.unpack("<f", struct.pack("<f", 1 / (1 - self.p_hat)))[0]
 
     @property
     def args(self) -> tuple[int, int, int, int]:
-        """The kernels' four int32 arguments: s_lo = s mod 2³¹, s_hi = ⌊s / 2³¹⌋, T's bits and the
-        bits of :attr:`scale`."""
+        """The kernels' four int32 arguments: s_lo = s mod 2³¹, s_hi = ⌊s / 2³¹⌋, T and the bits
+        of :attr:`scale`."""
         scale_bits = struct.unpack("<i", struct.pack("<f", self.scale))[0]
-        return self.seed & _HALF, self.seed >> 31, _int32_bits(self.keep_below), scale_bits
+        return self.seed & _HALF, self.seed >> 31, self.keep_below, scale_bits
 
 
 def _tile(device: torch.device) -> tuple[int, int, int, int]:
@@ -127,7 +136,7 @@ def keep_mask(dropout: KernelDropout, m: int, n: int, *, row_offset: int = 0,
 
 
 def masked_projection(g: torch.Tensor, c: torch.Tensor, dropout: KernelDropout) -> torch.Tensor:
-    """(g ∘ keep) cᵀ / (1 − p) (M × r, g's dtype) for g (M × N) and c (r × N) of one dtype
+    """(g ∘ keep) cᵀ / (1 − p̂) (M × r, g's dtype) for g (M × N) and c (r × N) of one dtype
     and device: the fused layer's gc under output dropout, the mask regenerated, float32 sums
     scaled and rounded once. One kernel that reads g once where g and c are row-major with
     16-byte aligned rows (TMA loads; the fused layer's are), else :func:`keep_mask` and a

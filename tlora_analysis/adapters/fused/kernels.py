@@ -10,8 +10,9 @@
 - :func:`core_grads_kernel`: ∂B = α G and ∂α = ⟨B, G⟩ with G = uᵀ gc in one launch. Host
   side: core_grads.py.
 - :func:`row_hash` and :func:`keep_tile`: the output dropout's keep-mask of one tile, a 32-bit
-  hash (:func:`fmix32`) of (seed, row, column) per element; also behind
-  :func:`masked_projection_kernel` ((g ∘ keep) Cᵀ / (1 − p), the backward's one pass over g) and
+  hash (:func:`fmix32`) of (seed, row, pair of columns) whose two 16-bit halves decide the
+  pair's two elements; also behind
+  :func:`masked_projection_kernel` ((g ∘ keep) Cᵀ / (1 − p̂), the backward's one pass over g) and
   :func:`keep_mask_kernel` (the mask itself, for tests). Host side: kernel_mask.py.
 
 launch.py imports this module the first time a kernel can run, so a process that never runs
@@ -102,13 +103,18 @@ def row_hash(seed_lo, seed_hi, rows):
 
 
 @triton.jit
-def keep_tile(h_row, cols, keep_below):
-    """The dropout keep-mask (bool) of rows with :func:`row_hash` ``h_row`` and columns ``cols``
-    (int32 ≥ 0), broadcast to (rows, cols): element (i, j) is kept iff
-    fmix32(h_row(i) ^ (j · 0x9E3779B9 mod 2³²)) ≥ T, where ``keep_below`` holds T's 32 bits as
-    an int32 (compared unsigned). Elementwise, in the layout its result is used in."""
-    col = cols.to(tl.uint32) * 0x9E3779B9
-    return fmix32(h_row[:, None] ^ col[None, :]) >= keep_below.to(tl.uint32, bitcast=True)
+def keep_tile(h_row, col0, keep_below, BN: tl.constexpr):
+    """The dropout keep-mask (bool, rows × BN, BN even) of rows with :func:`row_hash` ``h_row``
+    and columns col0 … col0 + BN − 1 (col0 even, int32 ≥ 0): with h = fmix32(h_row(i) ^ (k ·
+    0x9E3779B9 mod 2³²)) for the pair of columns k = ⌊j / 2⌋, element (i, 2k) is kept iff
+    h mod 2¹⁶ ≥ T and (i, 2k + 1) iff ⌊h / 2¹⁶⌋ ≥ T (as h ≥ T · 2¹⁶), T = ``keep_below``
+    (0 < T < 2¹⁶). One hash per two elements, in the layout the mask is used in; the two halves'
+    decisions are joined as the even and odd columns (which the tensor cores' accumulator
+    layout keeps in one thread)."""
+    pairs = (col0 // 2 + tl.arange(0, BN // 2)).to(tl.uint32) * 0x9E3779B9
+    h = fmix32(h_row[:, None] ^ pairs[None, :])
+    below = keep_below.to(tl.uint32)
+    return tl.reshape(tl.join((h & 0xFFFF) >= below, h >= (below << 16)), (h_row.shape[0], BN))
 
 
 @triton.jit(do_not_specialize=["M", "N", "row_offset", "seed_lo", "seed_hi", "keep_below"])
@@ -117,8 +123,9 @@ def keep_mask_kernel(out_ptr, M, N, row_offset, seed_lo, seed_hi, keep_below, BM
     output: :func:`keep_tile`, one tile per program."""
     num_pid_n = tl.cdiv(N, BN)
     rows = ((tl.program_id(0) // num_pid_n) * BM + tl.arange(0, BM)).to(tl.int64)
-    cols = (tl.program_id(0) % num_pid_n) * BN + tl.arange(0, BN)
-    keep = keep_tile(row_hash(seed_lo, seed_hi, rows + row_offset), cols, keep_below)
+    col0 = (tl.program_id(0) % num_pid_n) * BN
+    cols = col0 + tl.arange(0, BN)
+    keep = keep_tile(row_hash(seed_lo, seed_hi, rows + row_offset), col0, keep_below, BN)
     tl.store(out_ptr + rows[:, None] * N + cols[None, :], keep, mask=(rows < M)[:, None] & (cols < N)[None, :])
 
 
@@ -137,9 +144,8 @@ def masked_projection_kernel(g_ptr, c_ptr, out_ptr, M, N, R, stride_g, stride_c,
     h_row = row_hash(seed_lo, seed_hi, rows)
     acc = tl.zeros((BM, RP), dtype=tl.float32)
     for on in range(0, N, BN):
-        g = g_desc.load([om, on])
-        keep = keep_tile(h_row, on + tl.arange(0, BN), keep_below)
-        acc = tl.dot(tl.where(keep, g, 0.0), c_desc.load([0, on]).T, acc)
+        g = tl.where(keep_tile(h_row, on, keep_below, BN), g_desc.load([om, on]), 0.0)
+        acc = tl.dot(g, c_desc.load([0, on]).T, acc)
     acc = acc * scale_bits.to(tl.float32, bitcast=True)
     offs_r = tl.arange(0, RP)
     tl.store(out_ptr + rows[:, None] * stride_out + offs_r[None, :], acc.to(out_ptr.dtype.element_ty),
@@ -208,8 +214,7 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
         if DROPOUT:  # the rank-r term first (as below), dropped out in the accumulator: keep · scale
             ut = scaled_rows(u_desc.load([om, 0]), core, scale, HAS_CORE, HAS_SCALE)
             acc = tl.dot(ut, v_desc.load([on, 0]).T, acc) if V_T else tl.dot(ut, v_desc.load([0, on]), acc)
-            keep = keep_tile(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on + tl.arange(0, BN),
-                             keep_below)
+            keep = keep_tile(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on, keep_below, BN)
             acc = tl.where(keep, acc * scale_bits.to(tl.float32, bitcast=True), 0.0)
         for ki in range(k_tiles):
             ok = ki * BK

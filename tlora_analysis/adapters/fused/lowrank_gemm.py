@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from . import core_grads as _core_grads
-from .kernel_mask import KernelDropout, draw_seed
+from .kernel_mask import KernelDropout, draw_seed, keep_below
 from .launch import HALF_DTYPES, cdiv, next_power_of_2, tma_ok
 from .state import backend
 
@@ -267,15 +267,15 @@ def dropout_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
     """(x op(w) + dropout_p(scale · (u op(core)) op(v)) (+ bias), the dropout) in one launch of the
     kernel, with :func:`lowrank_matmul`'s operands; None where it does not run (nothing drawn then).
 
-    The dropout is inverted (kept elements × 1 / (1 − p), in float32) with kernel_mask.py's
-    keep-mask of ``seed``, drawn from torch's default generator when None. It runs where
-    :func:`supported` says the kernel runs and the backend allows it in eager mode, with
-    0 < p < 1; not under ``torch.compile`` nor CUDA graph capture (the seed is a launch argument,
+    The dropout is inverted (kept elements × 1 / (1 − p̂), p̂ the mask's drop probability, in
+    float32) with kernel_mask.py's keep-mask of ``seed``, drawn from torch's default generator
+    when None. It runs where :func:`supported` says the kernel runs and the backend allows it in
+    eager mode, with p that the mask resolves (``keep_below(p)`` not None); not under ``torch.compile`` nor CUDA graph capture (the seed is a launch argument,
     not part of the graph's state). The rank-r term is rounded to x's dtype after scale · (u core)
     as in :func:`lowrank_matmul`, dropped out in float32 in the accumulator, and the base product
     accumulates onto it.
     """
-    if (not 0 < p < 1 or torch.compiler.is_compiling()
+    if (keep_below(p) is None or torch.compiler.is_compiling()
             or not backend.triton_allowed(compiling=False, device_type=x.device.type)
             or (x.is_cuda and torch.cuda.is_current_stream_capturing())):
         return None
