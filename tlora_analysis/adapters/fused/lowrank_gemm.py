@@ -270,8 +270,9 @@ def dropout_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
     The dropout is inverted (kept elements × 1 / (1 − p̂), p̂ the mask's drop probability, in
     float32) with kernel_mask.py's keep-mask of ``seed``, drawn from torch's default generator
     when None. It runs where :func:`supported` says the kernel runs and the backend allows it in
-    eager mode, with p that the mask resolves (``keep_below(p)`` not None); not under ``torch.compile`` nor CUDA graph capture (the seed is a launch argument,
-    not part of the graph's state). The rank-r term is rounded to x's dtype after scale · (u core)
+    eager mode, with p that the mask resolves (``keep_below(p)`` not None); not under
+    ``torch.compile`` nor CUDA graph capture (the seed is a launch argument, not part of the
+    graph's state). The rank-r term is rounded to x's dtype after scale · (u core)
     as in :func:`lowrank_matmul`, dropped out in float32 in the accumulator, and the base product
     accumulates onto it.
     """
