@@ -240,12 +240,16 @@ def make_layers(p: float, dtype: torch.dtype, mask: str = "auto"):
     return ref, layer
 
 
+def masked_term(layer: TLoRALinear, x: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
+    """((x A) B C) ∘ keep / (1 − p̂): the rank-r term without α under a mask applied by hand, p̂
+    the mask's drop probability (p to 16 bits)."""
+    return ((x @ layer.tlora_A) @ layer.tlora_B) @ layer.tlora_C * keep / (1 - KernelDropout(0, p).p_hat)
+
+
 def masked_formula(layer: TLoRALinear, x: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
-    """x W0ᵀ + b + α ((x A) B C) ∘ keep / (1 − p̂): the plain formula with the mask applied by hand,
-    p̂ the mask's drop probability (p to 16 bits)."""
-    adapter = layer.tlora_alpha * (((x @ layer.tlora_A) @ layer.tlora_B) @ layer.tlora_C)
-    p_hat = KernelDropout(0, p).p_hat
-    return torch.nn.functional.linear(x, layer.base_layer.weight, layer.base_layer.bias) + adapter * keep / (1 - p_hat)
+    """x W0ᵀ + b + α · masked_term: the plain formula with the mask applied by hand."""
+    return (torch.nn.functional.linear(x, layer.base_layer.weight, layer.base_layer.bias)
+            + layer.tlora_alpha * masked_term(layer, x, keep, p))
 
 
 def _grads(fn, layer, x, saved=None):
@@ -255,8 +259,13 @@ def _grads(fn, layer, x, saved=None):
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t if saved is None else saved.append(t.numel()) or t,
                                                   lambda t: t):
         y = fn(x)
-    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).reshape(y.shape)).sum().backward()
+    (y * loss_weights(y)).sum().backward()
     return {"y": y.detach(), "x": x.grad, "B": layer.tlora_B.grad, "alpha": layer.tlora_alpha.grad.reshape(1)}
+
+
+def loss_weights(y: torch.Tensor) -> torch.Tensor:
+    """∂L/∂y of the tests' loss: a different weight for each element, from −1 to 1."""
+    return torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).reshape(y.shape)
 
 
 def _rel(got, want):
@@ -268,7 +277,11 @@ def layer_results(p: float, device: str = "cpu", dtype: torch.dtype = torch.floa
     """The fused layer (``dropout_mask`` ``mask``) against the float64 formula under the in-kernel
     mask of the seed the layer draws (with "auto"): relative errors of y, ∂x, ∂B and ∂α; the
     largest tensor the autograd graph saved; whether the generator's state restored gives the
-    same output, and whether the next call draws another mask."""
+    same output, and whether the next call draws another mask.
+
+    ∂α is a sum of 4,096 terms of both signs, and a mask under which they nearly cancel would make
+    its error relative to ∂α meaningless; it is taken relative to the larger of |∂α| and the terms'
+    2-norm, the size of such a sum when the signs are random."""
     ref, layer = make_layers(p, dtype, mask)
     layer.to(device)
     x = torch.randn(2, 32, 32, dtype=torch.float64)
@@ -284,6 +297,10 @@ def layer_results(p: float, device: str = "cpu", dtype: torch.dtype = torch.floa
     if keep is not None:
         want = _grads(lambda t: masked_formula(ref, t, keep, p), ref, x)
         out["errors"] = {k: _rel(fast[k], want[k]) for k in want}
+        with torch.no_grad():
+            terms = loss_weights(want["y"]) * masked_term(ref, x, keep, p)
+        scale = max(want["alpha"].abs().item(), terms.norm().item())
+        out["errors"]["alpha"] = ((fast["alpha"].double().cpu() - want["alpha"]).abs() / scale).item()
     torch.manual_seed(5)
     out["same_again"] = bool(torch.equal(layer(x.to(device, dtype)), fast["y"]))
     torch.set_rng_state(state_after)
