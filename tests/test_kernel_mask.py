@@ -403,7 +403,7 @@ def triton_backend():
 
 
 def test_without_triton_the_layer_keeps_the_torch_mask(monkeypatch, triton_backend):
-    """No Triton: the fused layer at p = 0.5 ("auto") stores nn.Dropout's mask, the plain formula's."""
+    """No Triton: the fused layer at p = 0.5 ("auto") stores the Dropout module's mask, the plain formula's."""
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(launch.importlib.util, "find_spec", lambda name, *a: None if name == "triton" else
                         find_spec(name, *a))

@@ -194,7 +194,7 @@ def layer_errors(dtype, device, dropout):
     ref.impl = "plain"
     layer = TLoRALinear(torch.nn.Linear(64, 48), "layer", config).to(device, dtype)
     layer.load_state_dict(ref.state_dict())
-    layer.dropout_mask = "redraw"  # a bool mask: on a CPU the one nn.Dropout draws, in any precision
+    layer.dropout_mask = "redraw"  # a bool mask: on a CPU the Dropout module's, in any precision
     x = torch.randn(3, 7, 64, dtype=torch.float64)
     out = {}
     for name, mod, xx in (("ref", ref, x), ("fast", layer, x.to(device, dtype))):

@@ -2,9 +2,10 @@
 
 The reference is written out here with torch.nn.functional (not the package's code); forward
 outputs and gradients of x, B and α are compared in float64 and float32, with dropout off and
-on at both positions. The fast paths draw a dropout mask as a Bernoulli bool tensor, which on
-the CPU is the mask nn.Dropout draws from the same seed (checked below), and redraw it in the
-backward from the saved generator state; matching gradients show the redraw is the same mask.
+on at both positions. On the CPU every path draws the documented dropout mask, an element kept
+iff its uniform float32 draw from the default generator is ≥ p (written out in :func:`drop`), and
+the fast paths redraw it in the backward from the saved generator state; matching gradients show
+the redraw is the same mask.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from scipy.stats import binomtest
+
 from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, adapted_layers, apply_adapters
+from tlora_analysis.adapters.dropout import Dropout, apply_keep, draw_keep, dropout
 from tlora_analysis.adapters.tlora import IMPLEMENTATIONS
 
 FAST = ("adapter", "fused", "merged")
@@ -35,13 +39,21 @@ def make_layer(dtype, impl, dropout=0.0, position="output", rank=4, bias=True, s
     return layer
 
 
+def drop(t: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """The CPU dropout as documented: t ∘ (u ≥ p) / (1 − p), u uniform float32 draws in t's element order."""
+    if not training or p == 0:
+        return t
+    keep = torch.rand(t.shape, dtype=torch.float32) >= p
+    return t * (keep.to(t.dtype) * (1.0 / (1.0 - p)))
+
+
 def reference(layer: TLoRALinear, x: torch.Tensor, p: float, position: str, training: bool) -> torch.Tensor:
     """W0 x + b + Dropout(α·((x A) B) C), written from the paper's formula."""
     a, b, c, alpha = layer.tlora_A, layer.tlora_B, layer.tlora_C, layer.tlora_alpha
     base = F.linear(x, layer.base_layer.weight, layer.base_layer.bias)
     if position == "input":
-        return base + alpha * (((F.dropout(x, p, training) @ a) @ b) @ c)
-    return base + F.dropout(alpha * (((x @ a) @ b) @ c), p, training)
+        return base + alpha * (((drop(x, p, training) @ a) @ b) @ c)
+    return base + drop(alpha * (((x @ a) @ b) @ c), p, training)
 
 
 def outputs_and_grads(fn, layer, x, seed):
@@ -112,12 +124,36 @@ def test_dropout_actually_drops():
     torch.testing.assert_close(adapter[~zero], 2.0 * full[~zero], rtol=1e-10, atol=1e-10)
 
 
-def test_mask_is_drawn_like_nn_dropout():
-    x = torch.randn(20, 30, dtype=torch.float32)
+def test_dropout_module_draws_the_documented_mask():
+    x = torch.randn(20, 30, dtype=torch.float64) + 10.0  # no zeros but the dropped ones
     torch.manual_seed(3)
-    expected = F.dropout(x, 0.4, True) != 0
+    u = torch.rand(20, 30)
     torch.manual_seed(3)
-    assert torch.equal(torch.empty(x.shape, dtype=torch.bool).bernoulli_(0.6), expected)
+    y = Dropout(0.4)(x)
+    torch.testing.assert_close(y, torch.where(u >= 0.4, x / 0.6, 0.0), rtol=1e-15, atol=0)
+    torch.manual_seed(3)
+    assert torch.equal(draw_keep((600,), 0.4, torch.device("cpu")), (u >= 0.4).flatten())  # shape-free order
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x, 0.4, training=True), y)
+    assert dropout(x, 0.4, training=False) is x and dropout(x, 0.0) is x
+
+
+def test_dropout_keep_rate_and_hand_case():
+    torch.manual_seed(0)
+    kept = int(draw_keep((200_000,), 0.5, torch.device("cpu")).sum())
+    assert binomtest(kept, 200_000, 0.5).pvalue > 1e-4  # Bernoulli(1 − p) keeps
+    keep = torch.tensor([True, False, True])
+    y = apply_keep(torch.tensor([1.0, 2.0, -3.0], dtype=torch.float64, requires_grad=True), keep, 0.25)
+    assert y.tolist() == [4 / 3, 0.0, -4.0]
+    y.sum().backward()
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
+def test_dropout_rejects_p_outside_0_1(p):
+    with pytest.raises(ValueError, match=r"probability in \[0, 1\)"):
+        Dropout(p)
+    with pytest.raises(ValueError, match=r"probability in \[0, 1\)"):
+        dropout(torch.ones(2), p)
 
 
 @pytest.mark.parametrize("impl", FAST)

@@ -12,6 +12,7 @@ from torch import nn
 from ..names import NameSelection
 from .base import AdaptedLinear, layer_generator
 from .config import AdapterConfig, check_bool, check_finite
+from .dropout import Dropout
 from .spec import Factors, MethodSpec, RunnerOptions, StoredTensor
 
 __all__ = ["LoRAConfig", "LoRALinear", "SPEC"]
@@ -62,7 +63,7 @@ class LoRALinear(AdaptedLinear):
         nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=layer_generator(config.seed, layer_name))
         self.lora_A = nn.Parameter(a.to(device=w.device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, config.rank, device=w.device, dtype=dtype))
-        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.dropout = Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.scaling = config.scaling
         self.rank = config.rank
 

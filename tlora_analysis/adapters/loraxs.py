@@ -20,6 +20,7 @@ from torch import nn
 from ..names import NameSelection
 from .base import AdaptedLinear, layer_generator
 from .config import AdapterConfig, check_finite
+from .dropout import Dropout
 from .spec import Factors, MethodSpec, RunnerOptions, StoredTensor, fingerprints
 
 __all__ = ["LoRAXSConfig", "LoRAXSLinear", "SPEC", "svd_factors"]
@@ -74,7 +75,7 @@ class LoRAXSLinear(AdaptedLinear):
         if config.init_std > 0:
             nn.init.normal_(r, std=config.init_std, generator=layer_generator(config.seed, layer_name))
         self.loraxs_R = nn.Parameter(r.to(device=w.device, dtype=w.dtype))
-        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.dropout = Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.rank = config.rank
 
     def adapter_output(self, x: torch.Tensor) -> torch.Tensor:

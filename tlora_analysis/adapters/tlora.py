@@ -19,6 +19,7 @@ from ..names import NameSelection
 from . import fused
 from .base import AdaptedLinear, layer_generator
 from .config import AdapterConfig, check_bool, check_choice, check_finite
+from .dropout import Dropout
 from .spec import Factors, MethodSpec, RunnerOptions, StoredTensor, fingerprints
 
 __all__ = ["DROPOUT_MASKS", "IMPLEMENTATIONS", "SPEC", "TLoRAConfig", "TLoRALinear", "init_frozen_factors"]
@@ -106,7 +107,7 @@ class TLoRALinear(AdaptedLinear):
             self.tlora_alpha = nn.Parameter(alpha)
         else:
             self.register_buffer("tlora_alpha", alpha)
-        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.dropout = Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.dropout_position = config.dropout_position
         self.rank = config.rank
         self.impl = "fused"
@@ -133,12 +134,14 @@ class TLoRALinear(AdaptedLinear):
     @property
     def dropout_mask(self) -> str:
         """Fast paths' dropout mask: "auto" (default), "redraw" (a torch mask recomputed in the
-        backward: no memory, a second pass of random numbers) or "store" (nn.Dropout's one-byte
+        backward: no memory, a second pass of random numbers) or "store" (the forward's one-byte
         mask). "auto" is the in-kernel mask, a hash of (seed, element), inside the fused layer's
         Triton GEMM and its backward where that kernel runs (output dropout; Hopper GPUs in half
         precision, eager mode; adapters/fused/kernel_mask.py): no memory and no extra pass over
         memory. Elsewhere "auto" redraws on CUDA, where memory binds, and stores on the CPU, where
-        random numbers are expensive. The in-kernel mask and the torch masks are different draws
+        random numbers are expensive. The torch masks are adapters/dropout.py's (on the CPU the
+        mask the plain formula's ``Dropout`` draws from the same seed). The in-kernel mask and the
+        torch masks are different draws
         of Bernoulli(1 − p) (the in-kernel one with p rounded to a multiple of 2⁻¹⁶ and its kept
         elements scaled by the inverse of the rounded keep rate; a p below about 2⁻¹⁷ or above
         1 − 2⁻¹⁷, which 16 bits cannot resolve, takes the torch mask)."""

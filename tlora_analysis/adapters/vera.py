@@ -20,6 +20,7 @@ from torch import nn
 from ..names import NameSelection
 from .base import AdaptedLinear, layer_generator
 from .config import AdapterConfig, check_finite
+from .dropout import Dropout
 from .spec import Factors, MethodSpec, RunnerOptions, StoredTensor, fingerprints
 
 __all__ = ["VeRAConfig", "VeRALinear", "VeRAProjections", "SPEC"]
@@ -91,7 +92,7 @@ class VeRALinear(AdaptedLinear):
         self.vera_lambda_d = nn.Parameter(torch.full((config.rank,), float(config.d_initial), device=w.device,
                                                      dtype=dtype))
         self.vera_lambda_b = nn.Parameter(torch.zeros(out, device=w.device, dtype=dtype))
-        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.dropout = Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.rank = config.rank
 
     @property

@@ -28,7 +28,9 @@ in-kernel hashed mask where the fused layer's Triton GEMM runs (output dropout; 
 mask-sized is kept, no extra pass over memory); elsewhere on CUDA it redraws a torch mask in the
 backward from the saved generator state (peak memory stays at the no-dropout level; the redraw
 costs a second pass of random numbers), and on the CPU it stores the mask. "redraw" and "store"
-choose the torch mask everywhere.
+choose the torch mask everywhere. On the CPU the torch mask is the one the layer's ``Dropout``
+module draws (adapters/dropout.py: uniform draws compared with p, a quarter of the time of
+torch's Bernoulli sampler), so every path computes the same function from the same seed.
 
 Gradients are exact for B, α and x: with gc = g Cᵀ (tokens × r) and G = uᵀ gc (r × r),
 ∂L/∂B = α G, ∂L/∂α = Σ B ∘ G, ∂L/∂u = gc (α B)ᵀ, ∂L/∂x = ∂L/∂u Aᵀ (+ g W0 for the base).
@@ -45,6 +47,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from ..dropout import apply_keep, draw_keep
 from .core_grads import core_grads
 from .lowrank_gemm import dropout_lowrank_matmul, lowrank_matmul, lowrank_matmul_with_core_grads
 from .kernel_mask import KernelDropout, masked_projection
@@ -57,9 +60,10 @@ class _DropoutMask:
 
     Storing the mask would cost one byte per element of every adapted layer's output (about 20%
     of the peak memory of a 1B model with all linear layers adapted); redrawing it costs one
-    pass. The mask is drawn as a fresh bool tensor, so it depends only on the generator state
-    and the shape, never on the values or memory layout of the tensor it is applied to; on the
-    CPU it is the very mask ``nn.Dropout`` draws from the same seed.
+    pass. The mask is :func:`~tlora_analysis.adapters.dropout.draw_keep`'s, a fresh bool tensor,
+    so it depends only on the generator state and the shape, never on the values or memory layout
+    of the tensor it is applied to; on the CPU it is the very mask the layer's ``Dropout`` module
+    (the plain formula) draws from the same seed.
     """
 
     def __init__(self, shape: torch.Size, p: float, device: torch.device) -> None:
@@ -72,38 +76,37 @@ class _DropoutMask:
         self.state = self.generator.get_state()
 
     def _draw(self) -> torch.Tensor:
-        mask = torch.empty(self.shape, dtype=torch.bool, device=self.device)
-        return mask.bernoulli_(1.0 - self.p, generator=self.generator)
-
-    def apply(self, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """t ∘ mask / (1 − p) in one kernel."""
-        return torch.ops.aten.native_dropout_backward(t, mask, 1.0 / (1.0 - self.p))
+        return draw_keep(self.shape, self.p, self.device, self.generator)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.apply(t, self._draw())  # advances the generator like nn.Dropout
+        return apply_keep(t, self._draw(), self.p)  # advances the generator like the Dropout module
 
     def backward(self, g: torch.Tensor) -> torch.Tensor:
         now = self.generator.get_state()
         self.generator.set_state(self.state)
         mask = self._draw()
         self.generator.set_state(now)  # the random stream goes on as if nothing was redrawn
-        return self.apply(g, mask)
+        return apply_keep(g, mask, self.p)
 
 
 class _StoredMask:
-    """The kept-mask of ``torch.native_dropout`` (nn.Dropout's kernel), stored: no redraw, one byte per element."""
+    """The keep-mask of the forward (the Dropout module's on the CPU, ``torch.native_dropout``'s on
+    CUDA), stored: no redraw, one byte per element."""
 
     def __init__(self, mask: torch.Tensor, p: float) -> None:
         self.mask, self.p = mask, p
 
     def backward(self, g: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten.native_dropout_backward(g, self.mask, 1.0 / (1.0 - self.p))
+        return apply_keep(g, self.mask, self.p)
 
 
 def _dropout(t: torch.Tensor, p: float, store: bool) -> tuple[torch.Tensor, _DropoutMask | _StoredMask | None]:
     """Inverted dropout of ``t`` (no-op for p = 0) and what the backward needs to redo it."""
     if p <= 0:
         return t, None
+    if store and t.device.type == "cpu":
+        keep = draw_keep(t.shape, p, t.device)
+        return apply_keep(t, keep, p), _StoredMask(keep, p)
     if store:
         out, mask = torch.native_dropout(t, p, True)
         return out, _StoredMask(mask, p)
