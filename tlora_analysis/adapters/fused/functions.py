@@ -29,8 +29,9 @@ mask-sized is kept, no extra pass over memory); elsewhere on CUDA it redraws a t
 backward from the saved generator state (peak memory stays at the no-dropout level; the redraw
 costs a second pass of random numbers), and on the CPU it stores the mask. "redraw" and "store"
 choose the torch mask everywhere. On the CPU the torch mask is the one the layer's ``Dropout``
-module draws (adapters/dropout.py: uniform draws compared with p, a quarter of the time of
-torch's Bernoulli sampler), so every path computes the same function from the same seed.
+module draws (adapters/dropout.py: uniform draws compared with p, drawn and applied in under
+half the time of ``nn.Dropout``'s kernel), so every path computes the same function from the
+same seed.
 
 Gradients are exact for B, α and x: with gc = g Cᵀ (tokens × r) and G = uᵀ gc (r × r),
 ∂L/∂B = α G, ∂L/∂α = Σ B ∘ G, ∂L/∂u = gc (α B)ᵀ, ∂L/∂x = ∂L/∂u Aᵀ (+ g W0 for the base).
