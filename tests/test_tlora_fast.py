@@ -143,9 +143,11 @@ def test_dropout_keep_rate_and_hand_case():
     kept = int(draw_keep((200_000,), 0.5, torch.device("cpu")).sum())
     assert binomtest(kept, 200_000, 0.5).pvalue > 1e-4  # Bernoulli(1 − p) keeps
     keep = torch.tensor([True, False, True])
-    y = apply_keep(torch.tensor([1.0, 2.0, -3.0], dtype=torch.float64, requires_grad=True), keep, 0.25)
+    t = torch.tensor([1.0, 2.0, -3.0], dtype=torch.float64, requires_grad=True)
+    y = apply_keep(t, keep, 0.25)
     assert y.tolist() == [4 / 3, 0.0, -4.0]
     y.sum().backward()
+    assert t.grad.tolist() == [4 / 3, 0.0, 4 / 3]  # the mask and scale again: differentiable in t
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])

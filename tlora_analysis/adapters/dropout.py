@@ -20,7 +20,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["Dropout", "apply_keep", "draw_keep", "dropout"]
+from .config import check_dropout
+
+__all__ = ["Dropout", "apply_keep", "draw_keep", "dropout", "dropout_with_mask"]
 
 
 def draw_keep(shape: torch.Size | tuple[int, ...], p: float, device: torch.device,
@@ -37,25 +39,31 @@ def apply_keep(t: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
     return torch.ops.aten.native_dropout_backward(t, keep, 1.0 / (1.0 - p))
 
 
+def dropout_with_mask(t: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverted dropout of ``t`` (0 < p < 1, training) and its keep-mask (bool): :func:`draw_keep`'s
+    on the CPU, ``torch.native_dropout``'s (``nn.Dropout``'s kernel) elsewhere."""
+    if t.device.type != "cpu":
+        return torch.native_dropout(t, p, True)
+    keep = draw_keep(t.shape, p, t.device)
+    return apply_keep(t, keep, p), keep
+
+
 def dropout(t: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """Inverted dropout of ``t`` with probability p ∈ [0, 1): :func:`draw_keep`'s mask on the CPU,
     ``F.dropout`` elsewhere; the identity when not training or p = 0."""
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout p must be a probability in [0, 1), got {p!r}")
+    check_dropout(p, "dropout p")
     if not training or p == 0.0:
         return t
     if t.device.type != "cpu":
         return F.dropout(t, p, True)
-    return apply_keep(t, draw_keep(t.shape, p, t.device), p)
+    return dropout_with_mask(t, p)[0]
 
 
 class Dropout(nn.Dropout):
     """``nn.Dropout`` with :func:`dropout`'s mask: the adapters' dropout module (p in [0, 1))."""
 
     def __init__(self, p: float = 0.5) -> None:
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout p must be a probability in [0, 1), got {p!r}")
-        super().__init__(p)
+        super().__init__(check_dropout(p, "dropout p"))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return dropout(t, self.p, self.training)

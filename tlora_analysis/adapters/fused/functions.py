@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from ..dropout import apply_keep, draw_keep
+from ..dropout import apply_keep, draw_keep, dropout_with_mask
 from .core_grads import core_grads
 from .lowrank_gemm import dropout_lowrank_matmul, lowrank_matmul, lowrank_matmul_with_core_grads
 from .kernel_mask import KernelDropout, masked_projection
@@ -105,12 +105,9 @@ def _dropout(t: torch.Tensor, p: float, store: bool) -> tuple[torch.Tensor, _Dro
     """Inverted dropout of ``t`` (no-op for p = 0) and what the backward needs to redo it."""
     if p <= 0:
         return t, None
-    if store and t.device.type == "cpu":
-        keep = draw_keep(t.shape, p, t.device)
-        return apply_keep(t, keep, p), _StoredMask(keep, p)
     if store:
-        out, mask = torch.native_dropout(t, p, True)
-        return out, _StoredMask(mask, p)
+        out, keep = dropout_with_mask(t, p)
+        return out, _StoredMask(keep, p)
     dm = _DropoutMask(t.shape, p, t.device)
     return dm.forward(t), dm
 
