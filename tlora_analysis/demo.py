@@ -10,7 +10,7 @@ Budget choices (docs/training.md gives the measurements behind them): both metho
 fresh head, rank 8 on query and value, max length 64, 150 steps of batch 32 (about 0.47 epoch)
 with the same warmup/decay schedule and seed. TLoRA trains r² + 1 = 65 numbers per matrix through
 fixed random projections, so on this short budget it gets a higher learning rate (2e-2, LoRA
-1e-3) and no adapter dropout (the paper's 0.5 output dropout slows learning and each step).
+1e-3) and no adapter dropout (the paper's 0.5 output dropout slows learning on this budget).
 """
 
 from __future__ import annotations
