@@ -10,8 +10,10 @@ every (variant × tile) below of a sweep kernel that computes x W0ᵀ + keep ∘
   flattened across tiles (``flatten``) or not;
 - ``halves``: the rank-r term after the K loop, half an output tile at a time, each half
   stored before the other's term is computed (no second full-tile accumulator);
-- the mask: the package's hash (``keep_tile``), or two bounds that are not dropout: ``parity``
-  (keep iff row + column is even, no hash) and ``none`` (only the scaling);
+- the mask: the package's hash (``keep_tile``, one 32-bit hash per two elements, 16-bit
+  thresholds); ``quad``, one hash per four elements of one thread's accumulator (:func:`quad_keep`,
+  8-bit thresholds: p resolved to 2⁻⁸, exact for the paper's 0.5); or two bounds that are not
+  dropout: ``parity`` (keep iff row + column is even, no hash) and ``none`` (only the scaling);
 - tiles (BM, BN, BK, stages, warps) and GROUP_M for ``before``.
 
 Variants with the package's hash are checked against the package's output (same mask, so the
@@ -39,15 +41,30 @@ if not torch.cuda.is_available():
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from tlora_analysis.adapters.fused.kernels import keep_tile, row_hash, scaled_rows, tile_coords  # noqa: E402
+from tlora_analysis.adapters.fused.kernels import fmix32, keep_tile, row_hash, scaled_rows, tile_coords  # noqa: E402
 
 NUM_SMS = torch.cuda.get_device_properties(0).multi_processor_count
 TILES = [(128, 256, 64, 3, 8), (128, 128, 64, 4, 8), (256, 128, 64, 3, 8)]  # BM, BN, BK, stages, warps
-# name: (HALVES, FLATTEN, MASK: 0 the package's hash, 1 parity, 2 none)
+# name: (HALVES, FLATTEN, MASK: 0 the package's hash, 1 parity, 2 none, 3 quad)
 VARIANTS = {"before": (False, False, 0), "before flatten": (False, True, 0), "halves": (True, False, 0),
             "halves flatten": (True, True, 0), "before, parity mask": (False, False, 1),
-            "before, no mask": (False, False, 2)}
+            "before, no mask": (False, False, 2), "before, quad mask": (False, False, 3)}
 GROUPS = (4, 16)  # GROUP_M besides 8, for "before" on the first tile
+
+
+@triton.jit
+def quad_keep(h_row, col0, keep_below, BM: tl.constexpr, BN: tl.constexpr):
+    """A keep-mask with one hash per four elements (rows × BN, col0 and BN multiples of 16): h =
+    fmix32(h_row(i) ^ (g · 0x9E3779B9)) for the group g = 4 ⌊j / 16⌋ + ⌊j / 2⌋ mod 4 decides element
+    (i, j) by its byte 2 (⌊j / 8⌋ mod 2) + j mod 2, kept iff that byte ≥ T8 = ⌊keep_below / 2⁸⌋ (the
+    16-bit threshold's 8 bits). A thread of the tensor cores' accumulator holds columns 2c, 2c + 1,
+    2c + 8, 2c + 9 of each 16: the four elements of a group, so no data moves between threads."""
+    groups = (col0 // 4 + tl.arange(0, BN // 4)).to(tl.uint32) * 0x9E3779B9
+    h = tl.reshape(fmix32(h_row[:, None] ^ groups[None, :]), (BM, BN // 16, 4))  # (i, ⌊j / 16⌋, ⌊j / 2⌋ mod 4)
+    below = (keep_below >> 8).to(tl.uint32)
+    first = tl.join((h & 0xFF) >= below, ((h >> 8) & 0xFF) >= below)  # ⌊j / 8⌋ even: j mod 2 = 0, 1
+    second = tl.join(((h >> 16) & 0xFF) >= below, h >= (below << 24))
+    return tl.reshape(tl.permute(tl.join(first, second), (0, 1, 4, 2, 3)), (BM, BN))
 
 
 @triton.jit
@@ -58,6 +75,9 @@ def dropped(t, om, on, seed_lo, seed_hi, keep_below, scale_bits, MASK: tl.conste
     if MASK == 0:
         keep = keep_tile(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on, keep_below, BN)
         t = tl.where(keep, t, 0.0)
+    elif MASK == 3:
+        t = tl.where(quad_keep(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on, keep_below,
+                               BM, BN), t, 0.0)
     elif MASK == 1:
         t = tl.where((((om + tl.arange(0, BM))[:, None] + (on + tl.arange(0, BN))[None, :]) & 1) == 0, t, 0.0)
     return t
