@@ -12,8 +12,10 @@ every (variant × tile) below of a sweep kernel that computes x W0ᵀ + keep ∘
   stored before the other's term is computed (no second full-tile accumulator);
 - the mask: the package's hash (``keep_tile``, one 32-bit hash per two elements, 16-bit
   thresholds); ``quad``, one hash per four elements of one thread's accumulator (:func:`quad_keep`,
-  8-bit thresholds: p resolved to 2⁻⁸, exact for the paper's 0.5); or two bounds that are not
-  dropout: ``parity`` (keep iff row + column is even, no hash) and ``none`` (only the scaling);
+  8-bit thresholds: p resolved to 2⁻⁸, exact for the paper's 0.5); ``bits``, for p = 0.5 only, one
+  hash per 32 elements of one thread's accumulator, one bit each (:func:`bit_keep`); or two bounds
+  that are not dropout: ``parity`` (keep iff row + column is even, no hash) and ``none`` (only the
+  scaling);
 - tiles (BM, BN, BK, stages, warps) and GROUP_M for ``before``.
 
 Variants with the package's hash are checked against the package's output (same mask, so the
@@ -45,10 +47,11 @@ from tlora_analysis.adapters.fused.kernels import fmix32, keep_tile, row_hash, s
 
 NUM_SMS = torch.cuda.get_device_properties(0).multi_processor_count
 TILES = [(128, 256, 64, 3, 8), (128, 128, 64, 4, 8), (256, 128, 64, 3, 8)]  # BM, BN, BK, stages, warps
-# name: (HALVES, FLATTEN, MASK: 0 the package's hash, 1 parity, 2 none, 3 quad)
+# name: (HALVES, FLATTEN, MASK: 0 the package's hash, 1 parity, 2 none, 3 quad, 4 bits)
 VARIANTS = {"before": (False, False, 0), "before flatten": (False, True, 0), "halves": (True, False, 0),
             "halves flatten": (True, True, 0), "before, parity mask": (False, False, 1),
-            "before, no mask": (False, False, 2), "before, quad mask": (False, False, 3)}
+            "before, no mask": (False, False, 2), "before, quad mask": (False, False, 3),
+            "before, bit mask (p = 0.5)": (False, False, 4)}
 GROUPS = (4, 16)  # GROUP_M besides 8, for "before" on the first tile
 
 
@@ -68,6 +71,22 @@ def quad_keep(h_row, col0, keep_below, BM: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
+def bit_keep(h_row, col0, BM: tl.constexpr, BN: tl.constexpr):
+    """A keep-mask for p = 1/2 with one hash per 32 elements (rows × BN, col0 and BN multiples of
+    128): h = fmix32(h_row(i) ^ (g · 0x9E3779B9)) for the group g = 4 ⌊j / 128⌋ + ⌊j / 2⌋ mod 4 keeps
+    element (i, j) iff its bit 4 (⌊j / 16⌋ mod 8) + 2 (⌊j / 8⌋ mod 2) + j mod 2 is set: the 32
+    elements one thread of the tensor cores' accumulator holds in each 128 columns of a row."""
+    groups = (col0 // 32 + tl.arange(0, BN // 32)).to(tl.uint32) * 0x9E3779B9
+    h = tl.reshape(fmix32(h_row[:, None] ^ groups[None, :]), (BM, BN // 128, 4))  # i, ⌊j / 128⌋, ⌊j / 2⌋ mod 4
+    h = tl.join(h, h >> 1)  # each join adds a last axis: the bit's offset by j mod 2, then ⌊j / 8⌋ mod 2, …
+    h = tl.join(h, h >> 2)
+    h = tl.join(h, h >> 4)  # … then the three bits of ⌊j / 16⌋ mod 8, lowest first
+    h = tl.join(h, h >> 8)
+    h = tl.join(h, h >> 16)
+    return tl.reshape(tl.permute((h & 1) != 0, (0, 1, 7, 6, 5, 4, 2, 3)), (BM, BN))
+
+
+@triton.jit
 def dropped(t, om, on, seed_lo, seed_hi, keep_below, scale_bits, MASK: tl.constexpr, BM: tl.constexpr,
             BN: tl.constexpr):
     """t (rows om…, columns on…) dropped out and scaled, or one of the two bounds."""
@@ -78,6 +97,8 @@ def dropped(t, om, on, seed_lo, seed_hi, keep_below, scale_bits, MASK: tl.conste
     elif MASK == 3:
         t = tl.where(quad_keep(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on, keep_below,
                                BM, BN), t, 0.0)
+    elif MASK == 4:
+        t = tl.where(bit_keep(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on, BM, BN), t, 0.0)
     elif MASK == 1:
         t = tl.where((((om + tl.arange(0, BM))[:, None] + (on + tl.arange(0, BN))[None, :]) & 1) == 0, t, 0.0)
     return t
@@ -160,7 +181,8 @@ def sweep_shape(out_f: int, in_f: int, tokens: int, rank: int, p: float) -> dict
         "F.linear": bench(lambda: F.linear(x, w0)),
         "package, no dropout": bench(lambda: lowrank_matmul(x, w0, u, c, core=b, scale=alpha, transpose_w=True)),
         "package, mask": bench(package)}
-    configs = [(name, variant, tile, 8) for name, variant in VARIANTS.items() for tile in TILES]
+    configs = [(name, variant, tile, 8) for name, variant in VARIANTS.items() for tile in TILES
+               if variant[2] != 4 or p == 0.5]  # the bit mask is dropout with p = 1/2 only
     configs += [("before", VARIANTS["before"], TILES[0], gm) for gm in GROUPS]
     for name, variant, tile, gm in configs:
         label = f"{name} {'×'.join(map(str, tile[:3]))} s{tile[3]} w{tile[4]} G{gm}"
