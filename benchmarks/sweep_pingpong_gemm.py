@@ -34,20 +34,12 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
+from tlora_analysis.adapters.fused.kernels import fmix32, row_hash, tile_coords
+
 # TMA copies: async_load / async_store since Triton 3.7, the longer names before (the GPUs run 3.6)
 TMA_LOAD = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 TMA_STORE = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 CONFIGS = [(4, 128), (3, 128)]  # (stages, BN); BM = 128 and BK = 64 throughout
-
-
-@gluon.jit
-def fmix32(x):
-    """MurmurHash3's finalizer on uint32 words (kernels.py's ``fmix32``)."""
-    x = x ^ (x >> 16)
-    x = x * 0x85EBCA6B
-    x = x ^ (x >> 13)
-    x = x * 0xC2B2AE35
-    return x ^ (x >> 16)
 
 
 @gluon.jit
@@ -56,24 +48,13 @@ def dropped(acc, om, on, seed_lo, seed_hi, keep_below, scale, BM: gl.constexpr, 
     lo, hi = acc.reshape([BM, BN // 2, 2]).split()
     layout: gl.constexpr = lo.type.layout
     rows = (om + gl.arange(0, BM, layout=gl.SliceLayout(1, layout))).to(gl.int64)
-    h_row = fmix32((rows >> 32).to(gl.uint32) ^ seed_hi.to(gl.uint32))
-    h_row = fmix32(rows.to(gl.uint32) ^ h_row)
-    h_row = fmix32(seed_lo.to(gl.uint32) ^ h_row)
+    h_row = row_hash(seed_lo, seed_hi, rows)
     pairs = (on // 2 + gl.arange(0, BN // 2, layout=gl.SliceLayout(0, layout))).to(gl.uint32) * 0x9E3779B9
     h = fmix32(h_row[:, None] ^ pairs[None, :])
     below = keep_below.to(gl.uint32)
     lo = gl.where((h & 0xFFFF) >= below, lo * scale, 0.0)
     hi = gl.where(h >= (below << 16), hi * scale, 0.0)
     return gl.convert_layout(gl.join(lo, hi).reshape([BM, BN]), acc.type.layout)
-
-
-@gluon.jit
-def tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
-    """Grouped order (kernels.py's ``tile_coords``)."""
-    num_in_group = GROUP_M * num_pid_n
-    first_m = (tile // num_in_group) * GROUP_M
-    group_m = gl.minimum(num_pid_m - first_m, GROUP_M)
-    return first_m + (tile % group_m), (tile % num_in_group) // group_m
 
 
 @gluon.jit
