@@ -75,6 +75,10 @@ class Arm:
         return self.name if self.rank is None else f"{self.name} r={self.rank} {self.targets}"
 
 
+# TLoRA's dropout arms (r the largest, all layers): position-mask
+DROPOUT_ARMS = ("output-auto", "output-redraw", "output-store", "input-redraw", "input-store")
+
+
 def plan_arms(device: str, ranks: list[int], targets: list[str], recorder: bool, dropout: float = 0.0,
               ablation_dropout: float = 0.5) -> list[Arm]:
     """The arms in run order (GPU: the floor three times, to see drift)."""
@@ -90,8 +94,7 @@ def plan_arms(device: str, ranks: list[int], targets: list[str], recorder: bool,
     for t in targets if device == "cuda" else targets[-1:]:  # the CPU is slow: ablations on one target set
         arms += [Arm(f"tlora-{impl}", top, t) for impl in ("plain", "folded", "adapter", "merged", "cublas")]
     arms += [Arm("tlora", top, "all", {"dropout": ablation_dropout, "position": pos, "mask": mask})
-             for pos, mask in (("output", "auto"), ("output", "redraw"), ("output", "store"), ("input", "redraw"),
-                               ("input", "store"))]
+             for pos, mask in (name.split("-") for name in DROPOUT_ARMS)]
     if recorder:
         arms.append(Arm("tlora+recorder", top, "all"))
     if device == "cuda":
@@ -419,6 +422,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="timed steps per arm (default: cuda 25; cpu 3, one per round-robin round)")
     parser.add_argument("--only", nargs="*", default=None, help="keep only arms whose method is listed")
     parser.add_argument("--no-dropout", action="store_true", help="leave out the arms with dropout")
+    parser.add_argument("--dropout-masks", nargs="+", choices=list(DROPOUT_ARMS), default=list(DROPOUT_ARMS),
+                        help="the TLoRA dropout arms to keep, as position-mask (default: all)")
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="dropout of the main grid's tlora, lora and peft arms (default 0)")
     parser.add_argument("--ablation-dropout", type=float, default=0.5,
@@ -449,6 +454,8 @@ def main(argv: list[str] | None = None) -> None:
         arms = [a for a in arms if a.name in args.only]
     if args.no_dropout:
         arms = [a for a in arms if not a.options.get("dropout")]
+    arms = [a for a in arms if "position" not in a.options
+            or f"{a.options['position']}-{a.options['mask']}" in args.dropout_masks]
     if args.rounds > 1:
         arms = [Arm(a.name, a.rank, a.targets, {**a.options, "round": i}) for i in range(args.rounds) for a in arms]
     base, data, info = build_base(args.device)
