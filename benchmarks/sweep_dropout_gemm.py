@@ -10,16 +10,16 @@ every (variant × tile) below of a sweep kernel that computes x W0ᵀ + keep ∘
   flattened across tiles (``flatten``) or not;
 - ``halves``: the rank-r term after the K loop, half an output tile at a time, each half
   stored before the other's term is computed (no second full-tile accumulator);
-- the mask: the package's hash (``keep_tile``, one 32-bit hash per two elements, 16-bit
-  thresholds); ``quad``, one hash per four elements of one thread's accumulator (:func:`quad_keep`,
-  8-bit thresholds: p resolved to 2⁻⁸, exact for the paper's 0.5); ``bits``, for p = 0.5 only, one
-  hash per 32 elements of one thread's accumulator, one bit each (:func:`bit_keep`); or two bounds
-  that are not dropout: ``parity`` (keep iff row + column is even, no hash) and ``none`` (only the
-  scaling);
+- the mask: the pair mask (``keep_tile``, one 32-bit hash per two elements, 16-bit thresholds:
+  the package's for p ≠ 1/2), unless named; ``quad``, one hash per four elements of one thread's
+  accumulator (:func:`quad_keep`, 8-bit thresholds: p resolved to 2⁻⁸, exact for the paper's
+  0.5); ``bits``, for p = 0.5 only, the package's bit mask (``keep_tile`` with ``BITS``, one hash
+  per 32 elements of one thread's accumulator, one bit each); or two bounds that are not
+  dropout: ``parity`` (keep iff row + column is even, no hash) and ``none`` (only the scaling);
 - tiles (BM, BN, BK, stages, warps) and GROUP_M for ``before``.
 
-Variants with the package's hash are checked against the package's output (same mask, so the
-same numbers up to the float32 order of summation).
+Variants with the package's mask for this p are checked against the package's output (same
+mask, so the same numbers up to the float32 order of summation).
 
     PYTHONPATH=. python benchmarks/sweep_dropout_gemm.py --out dropout_gemm_sweep.json
 """
@@ -47,7 +47,7 @@ from tlora_analysis.adapters.fused.kernels import fmix32, keep_tile, row_hash, s
 
 NUM_SMS = torch.cuda.get_device_properties(0).multi_processor_count
 TILES = [(128, 256, 64, 3, 8), (128, 128, 64, 4, 8), (256, 128, 64, 3, 8)]  # BM, BN, BK, stages, warps
-# name: (HALVES, FLATTEN, MASK: 0 the package's hash, 1 parity, 2 none, 3 quad, 4 bits)
+# name: (HALVES, FLATTEN, MASK: 0 pairs, 1 parity, 2 none, 3 quad, 4 bits)
 VARIANTS = {"before": (False, False, 0), "before flatten": (False, True, 0), "halves": (True, False, 0),
             "halves flatten": (True, True, 0), "before, parity mask": (False, False, 1),
             "before, no mask": (False, False, 2), "before, quad mask": (False, False, 3),
@@ -71,34 +71,19 @@ def quad_keep(h_row, col0, keep_below, BM: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
-def bit_keep(h_row, col0, BM: tl.constexpr, BN: tl.constexpr):
-    """A keep-mask for p = 1/2 with one hash per 32 elements (rows × BN, col0 and BN multiples of
-    128): h = fmix32(h_row(i) ^ (g · 0x9E3779B9)) for the group g = 4 ⌊j / 128⌋ + ⌊j / 2⌋ mod 4 keeps
-    element (i, j) iff its bit 4 (⌊j / 16⌋ mod 8) + 2 (⌊j / 8⌋ mod 2) + j mod 2 is set: the 32
-    elements one thread of the tensor cores' accumulator holds in each 128 columns of a row."""
-    groups = (col0 // 32 + tl.arange(0, BN // 32)).to(tl.uint32) * 0x9E3779B9
-    h = tl.reshape(fmix32(h_row[:, None] ^ groups[None, :]), (BM, BN // 128, 4))  # i, ⌊j / 128⌋, ⌊j / 2⌋ mod 4
-    h = tl.join(h, h >> 1)  # each join adds a last axis: the bit's offset by j mod 2, then ⌊j / 8⌋ mod 2, …
-    h = tl.join(h, h >> 2)
-    h = tl.join(h, h >> 4)  # … then the three bits of ⌊j / 16⌋ mod 8, lowest first
-    h = tl.join(h, h >> 8)
-    h = tl.join(h, h >> 16)
-    return tl.reshape(tl.permute((h & 1) != 0, (0, 1, 7, 6, 5, 4, 2, 3)), (BM, BN))
-
-
-@triton.jit
 def dropped(t, om, on, seed_lo, seed_hi, keep_below, scale_bits, MASK: tl.constexpr, BM: tl.constexpr,
             BN: tl.constexpr):
     """t (rows om…, columns on…) dropped out and scaled, or one of the two bounds."""
     t = t * scale_bits.to(tl.float32, bitcast=True)
     if MASK == 0:
-        keep = keep_tile(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on, keep_below, BN)
+        keep = keep_tile(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on, keep_below, BN, False)
         t = tl.where(keep, t, 0.0)
     elif MASK == 3:
         t = tl.where(quad_keep(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on, keep_below,
                                BM, BN), t, 0.0)
     elif MASK == 4:
-        t = tl.where(bit_keep(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on, BM, BN), t, 0.0)
+        keep = keep_tile(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on, keep_below, BN, True)
+        t = tl.where(keep, t, 0.0)
     elif MASK == 1:
         t = tl.where((((om + tl.arange(0, BM))[:, None] + (on + tl.arange(0, BN))[None, :]) & 1) == 0, t, 0.0)
     return t
@@ -163,7 +148,8 @@ def launch(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, c
     return out
 
 
-def sweep_shape(out_f: int, in_f: int, tokens: int, rank: int, p: float) -> dict[str, float | None]:
+def sweep_shape(out_f: int, in_f: int, tokens: int, rank: int, p: float, variants: list[str],
+                tiles: list[tuple]) -> dict[str, float | None]:
     """ms per call of every arm for one layer shape, and each hashed variant's largest deviation
     from the package's output (relative to its largest entry)."""
     bench = lambda fn: triton.testing.do_bench(fn, warmup=10, rep=50)  # noqa: E731  (median ms)
@@ -181,15 +167,16 @@ def sweep_shape(out_f: int, in_f: int, tokens: int, rank: int, p: float) -> dict
         "F.linear": bench(lambda: F.linear(x, w0)),
         "package, no dropout": bench(lambda: lowrank_matmul(x, w0, u, c, core=b, scale=alpha, transpose_w=True)),
         "package, mask": bench(package)}
-    configs = [(name, variant, tile, 8) for name, variant in VARIANTS.items() for tile in TILES
-               if variant[2] != 4 or p == 0.5]  # the bit mask is dropout with p = 1/2 only
-    configs += [("before", VARIANTS["before"], TILES[0], gm) for gm in GROUPS]
+    configs = [(name, VARIANTS[name], tile, 8) for name in variants for tile in tiles
+               if VARIANTS[name][2] != 4 or p == 0.5]  # the bit mask is dropout with p = 1/2 only
+    if "before" in variants and len(tiles) == len(TILES):
+        configs += [("before", VARIANTS["before"], TILES[0], gm) for gm in GROUPS]
     for name, variant, tile, gm in configs:
         label = f"{name} {'×'.join(map(str, tile[:3]))} s{tile[3]} w{tile[4]} G{gm}"
         try:
             got = launch(x, w0, u, c, b, alpha, dropout, out, variant, tile, gm).float()
             row[label] = bench(lambda: launch(x, w0, u, c, b, alpha, dropout, out, variant, tile, gm))
-            if variant[2] == 0:
+            if variant[2] == (4 if dropout.bits else 0):  # the package's mask
                 row[label + ": deviation"] = ((got - ref).abs().max() / ref.abs().max()).item()
         except triton.runtime.errors.OutOfResources:  # a tile that does not fit in shared memory
             row[label] = None
@@ -203,11 +190,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--p", type=float, default=0.5)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="the sweep kernel's variants to time (default: all)")
+    parser.add_argument("--first-tile", action="store_true",
+                        help=f"only the first tile, {TILES[0][:3]}, and GROUP_M 8 (default: all tiles and GROUP_M)")
     args = parser.parse_args(argv)
+    tiles = TILES[:1] if args.first_tile else TILES
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
               "tokens": args.tokens, "rank": args.rank, "p": args.p, "ms_per_call": {}}
     for label, (out_f, in_f) in SHAPES.items():
-        report["ms_per_call"][label] = sweep_shape(out_f, in_f, args.tokens, args.rank, args.p)
+        report["ms_per_call"][label] = sweep_shape(out_f, in_f, args.tokens, args.rank, args.p,
+                                                      args.variants, tiles)
         args.out.write_text(json.dumps(report, indent=1))
     package = {label: row["package, mask"] for label, row in report["ms_per_call"].items()}
     print("| arm (ms, × the package's masked GEMM) | " + " | ".join(SHAPES) + " |")

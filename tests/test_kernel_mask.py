@@ -42,13 +42,13 @@ def fmix32(x):
     return x ^ (x >> np.uint64(16))
 
 
-def reference_hash(seed: int, rows, pairs) -> np.ndarray:
-    """kernel_mask.py's h(i, k) for rows i (≥ 0, < 2⁶⁴) × pairs of columns k, written out:
-    fmix32(fmix32(s_lo ^ fmix32(i_lo ^ fmix32(i_hi ^ s_hi))) ^ k · 0x9E3779B9), s_lo = s mod 2³¹."""
-    rows, pairs = np.asarray(rows, dtype=np.uint64), np.asarray(pairs, dtype=np.uint64)
+def reference_hash(seed: int, rows, groups) -> np.ndarray:
+    """kernel_mask.py's h(i, g) for rows i (≥ 0, < 2⁶⁴) × column groups g, written out:
+    fmix32(fmix32(s_lo ^ fmix32(i_lo ^ fmix32(i_hi ^ s_hi))) ^ g · 0x9E3779B9), s_lo = s mod 2³¹."""
+    rows, groups = np.asarray(rows, dtype=np.uint64), np.asarray(groups, dtype=np.uint64)
     s_lo, s_hi = np.uint64(seed % 2**31), np.uint64(seed >> 31)
     h_row = fmix32(s_lo ^ fmix32((rows & _M32) ^ fmix32((rows >> np.uint64(32)) ^ s_hi)))
-    return fmix32(h_row[:, None] ^ ((pairs * np.uint64(0x9E3779B9)) & _M32)[None, :])
+    return fmix32(h_row[:, None] ^ ((groups * np.uint64(0x9E3779B9)) & _M32)[None, :])
 
 
 def reference_draws(seed: int, rows, cols) -> np.ndarray:
@@ -58,11 +58,22 @@ def reference_draws(seed: int, rows, cols) -> np.ndarray:
     return np.where((cols & np.uint64(1)) == 1, h >> np.uint64(16), h & np.uint64(0xFFFF))
 
 
+def reference_bits(seed: int, rows, cols) -> np.ndarray:
+    """The bit mask (p = 1/2): (i, j) kept iff bit 2 ⌊(j mod 128) / 8⌋ + j mod 2 of h(i, g) is set,
+    g = 4 ⌊j / 128⌋ + ⌊j / 2⌋ mod 4."""
+    cols = np.asarray(cols, dtype=np.uint64)
+    h = reference_hash(seed, rows, np.uint64(4) * (cols // np.uint64(128)) + (cols // np.uint64(2)) % np.uint64(4))
+    bit = np.uint64(2) * ((cols % np.uint64(128)) // np.uint64(8)) + cols % np.uint64(2)
+    return ((h >> bit[None, :]) & np.uint64(1)) == 1
+
+
 def reference_mask(seed: int, m: int, n: int, p: float, row_offset: int = 0) -> np.ndarray:
-    """Rows row_offset … row_offset + m − 1, columns 0 … n − 1: kept iff d ≥ T = round(p · 2¹⁶)."""
+    """Rows row_offset … row_offset + m − 1, columns 0 … n − 1: for p = 1/2 the bit mask, else
+    kept iff d ≥ T = round(p · 2¹⁶)."""
     t = round(p * 2**16)
     assert 1 <= t < 2**16
-    return reference_draws(seed, np.arange(m, dtype=np.uint64) + np.uint64(row_offset), np.arange(n)) >= t
+    rows = np.arange(m, dtype=np.uint64) + np.uint64(row_offset)
+    return reference_bits(seed, rows, np.arange(n)) if t == 2**15 else reference_draws(seed, rows, np.arange(n)) >= t
 
 
 def _fmix32_int(x: int) -> int:
@@ -98,6 +109,16 @@ def test_reference_draws_are_the_halves_of_one_hash_per_pair():
     assert reference_draws(2**62 - 1, [2**32 + 5], [8190, 8191]).tolist() == [[0x0BDC, 0x576E]]
 
 
+def test_reference_bits_are_one_hash_per_thread_group():
+    """Columns 8t + 2c + e (t < 16, e < 2) of each 128 take bit 2t + e of h(i, 4 ⌊j / 128⌋ + c),
+    from the known answers above: h(SEED, 7, 100) in block 25, c = 0; h(0, 0, 1) in block 0, c = 1."""
+    block25 = [3200 + 8 * t + e for t in range(16) for e in (0, 1)]
+    assert reference_bits(SEED, [7], block25)[0].tolist() == [bool(0x9BC43B0C >> b & 1) for b in range(32)]
+    block0_c1 = [8 * t + 2 + e for t in range(16) for e in (0, 1)]
+    assert reference_bits(0, [0], block0_c1)[0].tolist() == [bool(0x92CA2F0E >> b & 1) for b in range(32)]
+    assert np.array_equal(reference_mask(SEED, 3, 300, 0.5), reference_bits(SEED, np.arange(3), np.arange(300)))
+
+
 def test_keep_below_rounds_p_times_two_to_the_16():
     assert keep_below(0.5) == 2**15 and keep_below(0.25) == 2**14
     assert [keep_below(p) for p in (0.1, 0.3, 0.9)] == [6554, 19661, 58982]
@@ -111,8 +132,9 @@ def test_kernel_arguments():
     assert KernelDropout(2**62 - 1, 0.5).args[:3] == (2**31 - 1, 2**31 - 1, 2**15)
     assert KernelDropout(5 * 2**31 + 7, 0.25).args[:3] == (7, 5, 2**14)
     d = KernelDropout(3, 0.5)
-    assert d.p_hat == 0.5 and d.scale == 2.0 and d.args[3] == 0x40000000  # float32 2.0
+    assert d.p_hat == 0.5 and d.scale == 2.0 and d.args[3] == 0x40000000 and d.bits  # float32 2.0
     d = KernelDropout(3, 0.1)  # p̂ = 6554 / 2¹⁶, within 2⁻¹⁷ of p; the scale unbiased for p̂
+    assert not d.bits and not KernelDropout(3, 0.5 + 2**-16).bits
     assert d.p_hat == 6554 / 2**16 and abs(d.p_hat - 0.1) <= 2**-17 and d.scale == np.float32(2**16 / (2**16 - 6554))
     for seed, p in ((2**62, 0.5), (-1, 0.5), (0, 0.0), (0, 1.0), (0, 1e-6)):
         with pytest.raises(ValueError, match="2\\^-17 < p < 1 − 2\\^-17"):
@@ -150,11 +172,22 @@ def _independent(a: np.ndarray, b: np.ndarray) -> float:
 def test_neighbours_are_independent(p, offset):
     """Horizontally and vertically adjacent elements, in disjoint pairs (2k + offset, 2k + offset + 1)
     so that the pairs are independent under the null: chi-square at level ALPHA each, on 2¹⁹ pairs.
-    Offset 0 pairs the two halves of one hash, offset 1 neighbouring hashes."""
+    Offset 0 pairs the two halves of one hash (p = 0.1) or its adjacent bits (p = 0.5), offset 1
+    neighbouring hashes (p = 0.1) or bits of two hashes (p = 0.5)."""
     mask = reference_mask(SEED, 1024, 1026, p)[:, offset:offset + 1024]
     assert _independent(mask[:, 0::2], mask[:, 1::2]) > ALPHA  # (i, j), (i, j + 1)
     mask = reference_mask(SEED, 1026, 1024, p)[offset:offset + 1024]
     assert _independent(mask[0::2], mask[1::2]) > ALPHA  # (i, j), (i + 1, j)
+
+
+@pytest.mark.parametrize("gap", [2, 8, 64])
+def test_bits_of_one_hash_are_independent(gap):
+    """The bit mask's elements (i, j) and (i, j + gap) for ⌊j / gap⌋ even (disjoint pairs): gap 8
+    pairs adjacent bits of one hash (columns 8t + 2c + e and 8(t + 1) + 2c + e), 64 its low and high
+    halves, 2 the bits of two hashes. Chi-square at level ALPHA each, on 2¹⁹ pairs."""
+    mask = reference_mask(SEED, 1024, 1024, 0.5)
+    first = (np.arange(1024) // gap) % 2 == 0
+    assert _independent(mask[:, first], mask[:, np.roll(first, gap)]) > ALPHA
 
 
 @pytest.mark.parametrize("name, seed_b, offset_b", [("seed + 1", SEED + 1, 0), ("seed + 2³¹ (s_hi)", SEED + 2**31, 0),
@@ -185,7 +218,8 @@ masks = {"a": keep_mask(d, 40, 64), "a_again": keep_mask(d, 40, 64),
          "narrow": keep_mask(d, 40, 16), "big": keep_mask(d, 4, 48, row_offset=big),
          "wrap": keep_mask(d, 6, 20, row_offset=2**32 - 3), "odd": keep_mask(KernelDropout(OTHER, 0.3), 7, 37),
          "p10": keep_mask(KernelDropout(SEED, 0.1), 128, 256), "p30": keep_mask(KernelDropout(OTHER, 0.3), 128, 256),
-         "p50": keep_mask(d, 128, 256), "p90": keep_mask(KernelDropout(OTHER, 0.9), 128, 256)}
+         "p50": keep_mask(d, 128, 256), "p90": keep_mask(KernelDropout(OTHER, 0.9), 128, 256),
+         "odd50": keep_mask(KernelDropout(OTHER, 0.5), 7, 300)}
 save_file({k: v.contiguous() for k, v in masks.items()}, "OUT_PATH")
 calls = {"gemm_dropout": 0, "gemm": 0, "projection": 0}
 gemm = lowrank_gemm._triton_lowrank_matmul
@@ -200,15 +234,18 @@ for name, p, mask in (("layer", 0.5, "auto"), ("layer_p01", 0.1, "auto"), ("laye
     calls.update(gemm_dropout=0, gemm=0, projection=0)
     report[name] = layer_results(p, mask=mask)
     report[name + "_calls"] = dict(calls)
-report["values"] = value_independence()
+report["values"] = {"p50": value_independence(), "p10": value_independence(p=0.1)}
 def projection_error(g, c, dropout):
     keep = torch.from_numpy(reference_mask(dropout.seed, *g.shape, dropout.p))
     want = (g.double() * keep / (1 - dropout.p_hat)) @ c.double().T
     return ((masked_projection(g, c, dropout).double() - want).abs().max() / want.abs().max()).item()
 gen = torch.Generator().manual_seed(0)
 g, c = torch.randn(50, 40, generator=gen).half(), torch.randn(8, 40, generator=gen).half()
+wide_g, wide_c = torch.randn(50, 296, generator=gen).half(), torch.randn(8, 296, generator=gen).half()
 report["projection"] = {
     "TMA, partial tiles": projection_error(g, c, KernelDropout(SEED, 0.3)),
+    "TMA, 296 columns, p 0.5 (bits)": projection_error(wide_g, wide_c, KernelDropout(SEED, 0.5)),
+    "TMA, 296 columns, p 0.3": projection_error(wide_g, wide_c, KernelDropout(OTHER, 0.3)),
     "strided g (torch)": projection_error(torch.randn(40, 50, generator=gen).half().T, c, KernelDropout(SEED, 0.3)),
     "37 of 40 columns (TMA)": projection_error(g[:, :37], c[:, :37], KernelDropout(OTHER, 0.1)),
     "37 columns (torch)": projection_error(g[:, :37], c[:, :37].contiguous(), KernelDropout(OTHER, 0.1))}
@@ -308,17 +345,18 @@ def layer_results(p: float, device: str = "cpu", dtype: torch.dtype = torch.floa
     return out
 
 
-def value_independence(device: str = "cpu", dtype: torch.dtype = torch.float16) -> dict:
+def value_independence(device: str = "cpu", dtype: torch.dtype = torch.float16, p: float = P_OUT) -> dict:
     """The dropped elements of the rank-r term (w = 0) for two unrelated operands and one seed,
-    against keep_mask: the mask depends on (seed, element) only."""
-    d = KernelDropout(0x5EED, P_OUT)
-    keep = kernel_mask.keep_mask(d, 64, 96, device=device)
+    against keep_mask: the mask depends on (seed, element) only. 296 columns: several of the
+    GEMM's column tiles, the last one partial."""
+    d, n = KernelDropout(0x5EED, p), 296
+    keep = kernel_mask.keep_mask(d, 64, n, device=device)
     same = []
     for seed in (1, 2):
         g = torch.Generator().manual_seed(seed)
-        u, v = (torch.randn(*s, generator=g).to(device, dtype) for s in ((64, 8), (8, 96)))
-        x, w = torch.randn(64, 32, generator=g).to(device, dtype), torch.zeros(32, 96, dtype=dtype, device=device)
-        out, _ = lowrank_gemm.dropout_lowrank_matmul(x, w, u, v, p=P_OUT, seed=d.seed)
+        u, v = (torch.randn(*s, generator=g).to(device, dtype) for s in ((64, 8), (8, n)))
+        x, w = torch.randn(64, 32, generator=g).to(device, dtype), torch.zeros(32, n, dtype=dtype, device=device)
+        out, _ = lowrank_gemm.dropout_lowrank_matmul(x, w, u, v, p=p, seed=d.seed)
         same.append(bool(torch.equal(out != 0, keep)))
     return {"same": same, "kept": keep.float().mean().item()}
 
@@ -335,6 +373,7 @@ class TestInterpreted:
     def test_mask_is_the_definition(self, interpreted):
         _, masks = interpreted
         for name, seed, shape, p in (("a", SEED, (40, 64), 0.5), ("odd", OTHER, (7, 37), 0.3),
+                                     ("p50", SEED, (128, 256), 0.5), ("odd50", OTHER, (7, 300), 0.5),
                                      ("p10", SEED, (128, 256), 0.1), ("p30", OTHER, (128, 256), 0.3),
                                      ("p90", OTHER, (128, 256), 0.9)):
             assert np.array_equal(masks[name].numpy(), reference_mask(seed, *shape, p)), name
@@ -376,8 +415,8 @@ class TestInterpreted:
             assert layer["same_again"] and layer["next_call_differs"]
 
     def test_mask_does_not_depend_on_values(self, interpreted):
-        values = interpreted[0]["values"]
-        assert values["same"] == [True, True]
+        for p, values in interpreted[0]["values"].items():
+            assert values["same"] == [True, True], p
 
     def test_masked_projection_matches_float64(self, interpreted):
         errors = interpreted[0]["projection"]
@@ -454,15 +493,16 @@ def test_cuda_fused_layer_matches_the_masked_formula(dtype, p, triton_backend):
     out = layer_results(p, "cuda", dtype)
     assert max(out["errors"].values()) < (3e-2 if dtype == torch.bfloat16 else 5e-3), out["errors"]
     assert out["largest_saved"] < 64 * 64 and out["same_again"] and out["next_call_differs"]
-    assert value_independence("cuda", dtype)["same"] == [True, True]
+    assert value_independence("cuda", dtype, p)["same"] == [True, True]
 
 
 @needs_hopper
 @pytest.mark.parametrize("m, n, r", [(300, 256, 8), (1000, 712, 32), (64, 4096, 64)])
-def test_cuda_masked_projection_matches_float64(m, n, r):
+@pytest.mark.parametrize("p", [0.3, 0.5])
+def test_cuda_masked_projection_matches_float64(m, n, r, p):
     g, c = torch.randn(m, n, device="cuda").bfloat16(), torch.randn(r, n, device="cuda").bfloat16()
-    d = KernelDropout(SEED, 0.3)
-    keep = torch.from_numpy(reference_mask(SEED, m, n, 0.3)).cuda()
+    d = KernelDropout(SEED, p)
+    keep = torch.from_numpy(reference_mask(SEED, m, n, p)).cuda()
     want = (g.double() * keep / (1 - d.p_hat)) @ c.double().T
     got = kernel_mask.masked_projection(g, c, d)
     assert ((got.double() - want).abs().max() / want.abs().max()).item() < 1e-2  # bfloat16 output rounding
@@ -478,14 +518,14 @@ def test_mask_kernels_qualify_for_the_cached_launch():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
-@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("dropout, bits", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("w_t, v_t, bias", [(True, False, False), (False, True, True)])
-def test_gemm_keeps_its_tensor_core_products_in_flight(dropout, w_t, v_t, bias, monkeypatch, tmp_path):
+def test_gemm_keeps_its_tensor_core_products_in_flight(dropout, bits, w_t, v_t, bias, monkeypatch, tmp_path):
     """Compiled for an H100 (sm_90a; no GPU needed), the GEMM's K loop issues each tensor-core
     product before the previous one has finished (``wgmma.wait_group 1`` in the PTX), with and
     without the mask, and its registers do not spill (Triton's ptxas). With the mask the tile
     loop is not flattened: flattened, every product is waited for, which doubles the kernel's
-    time (docs/benchmarks.md, "Designs measured and not kept")."""
+    time (docs/benchmarks.md, "Designs measured and not kept"). Both masks: pairs and bits."""
     import subprocess
 
     import triton
@@ -498,7 +538,8 @@ def test_gemm_keeps_its_tensor_core_products_in_flight(dropout, w_t, v_t, bias, 
     fn = kernels.lowrank_matmul_kernel
     # the package's own configuration for GPU 0, an H100's 132 multiprocessors
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
-    constexprs, _, _, stages, warps = lowrank_gemm._config(0, w_t, v_t, 32, True, True, bias, False, dropout)
+    constexprs, _, _, stages, warps = lowrank_gemm._config(0, w_t, v_t, 32, True, True, bias, False, dropout,
+                                                                   bits)
     names = [p.name for p in fn.params]
     signature = {p.name: "constexpr" if p.is_constexpr else
                  "*fp32" if p.name in ("scale_ptr", "grad_scale_ptr", "share_ptr") else

@@ -13,25 +13,32 @@ MurmurHash3's finalizer: x ^= x >> 16; x *= 0x85EBCA6B; x ^= x >> 13; x *= 0xC2B
 x ^= x >> 16. The seed s (0 ≤ s < 2⁶²) is drawn per layer call from torch's default CPU
 generator (:func:`draw_seed`), so it follows the run's seed and the order of calls (step, layer)
 and is saved and restored with ``torch.get_rng_state()``; its halves are s_lo = s mod 2³¹ and
-s_hi = ⌊s / 2³¹⌋. Element (i, j) of the output (row i ≥ 0 as a 64-bit integer with 32-bit
-halves i_lo = i mod 2³², i_hi = ⌊i / 2³²⌋; column j in the pair of columns k = ⌊j / 2⌋) has
+s_hi = ⌊s / 2³¹⌋. Row i ≥ 0 of the output (a 64-bit integer with 32-bit halves i_lo = i mod 2³²,
+i_hi = ⌊i / 2³²⌋) has the state
 
     h_row(i) = fmix32(s_lo ^ fmix32(i_lo ^ fmix32(i_hi ^ s_hi)))
-    h(i, k) = fmix32(h_row(i) ^ (k · 0x9E3779B9 mod 2³²))
-    d(i, j) = h(i, k) mod 2¹⁶ for even j, ⌊h(i, k) / 2¹⁶⌋ for odd j
 
-and is kept iff d(i, j) ≥ T, where T = p · 2¹⁶ rounded to the nearest integer (ties to even, p a
-float64; :func:`keep_below`), which must lie in [1, 2¹⁶ − 1]: p from about 2⁻¹⁷ to 1 − 2⁻¹⁷
-(outside it the layer draws a torch mask instead). One hash thus decides two elements,
-through its two halves (fmix32 is a bijection, so the halves of a uniform word are independent
-and uniform): half the hashing of a hash per element, which is most of the mask's cost in the
-kernels. Each element is dropped with probability p̂ = T / 2¹⁶ (:attr:`KernelDropout.p_hat`),
-within 2⁻¹⁷ of p, and kept elements are scaled by 1 / (1 − p̂) rounded to float32, so that the
-kept term is unbiased for the mask actually drawn (p̂ = p exactly for p = k / 2¹⁶, e.g. 0.5 or
-0.25). h_row is computed once per row of a tile, h once per pair of elements, in the layout the
-elements are used in; the mask does not depend on the output's width, so any N works.
-kernels.py's ``keep_tile`` is the one device-side definition, and :func:`keep_mask` returns it as
-a bool tensor for tests.
+and T = p · 2¹⁶ rounded to the nearest integer (ties to even, p a float64; :func:`keep_below`)
+must lie in [1, 2¹⁶ − 1]: p from about 2⁻¹⁷ to 1 − 2⁻¹⁷ (outside it the layer draws a torch
+mask instead). Element (i, j) is decided by one of two masks, both hashes of h_row(i) and a
+column group g through h(i, g) = fmix32(h_row(i) ^ (g · 0x9E3779B9 mod 2³²)):
+
+- p = 1/2 (T = 2¹⁵), bits: g = 4 ⌊j / 128⌋ + ⌊j / 2⌋ mod 4, and (i, j) is kept iff bit
+  b(j) = 2 ⌊(j mod 128) / 8⌋ + j mod 2 of h(i, g) is set. One hash decides 32 elements, each
+  dropped with probability exactly 1/2.
+- any other p, pairs: g = ⌊j / 2⌋, d(i, j) = h(i, g) mod 2¹⁶ for even j, ⌊h(i, g) / 2¹⁶⌋ for
+  odd j, and (i, j) is kept iff d(i, j) ≥ T. One hash decides two elements, each dropped with
+  probability p̂ = T / 2¹⁶ (:attr:`KernelDropout.p_hat`), within 2⁻¹⁷ of p.
+
+fmix32 is a bijection, so the bits (and halves) of a uniform word are independent and uniform.
+The groups are the elements that one thread of the tensor cores' accumulator holds (a pair of
+adjacent columns; in each 128 columns of a row, the 32 columns 8t + 2c and 8t + 2c + 1, t < 16,
+for one c < 4), so the kernels hash once per group without moving data between threads: the
+hashing is most of the mask's cost. Kept elements are scaled by 1 / (1 − p̂) rounded to float32,
+so that the kept term is unbiased for the mask actually drawn (p̂ = p exactly for p = k / 2¹⁶,
+e.g. 0.5 or 0.25). h_row is computed once per row of a tile; the mask does not depend on the
+output's width, so any N works. kernels.py's ``keep_tile`` is the one device-side definition, and
+:func:`keep_mask` returns it as a bool tensor for tests.
 """
 
 from __future__ import annotations
@@ -53,9 +60,10 @@ _HALF = (1 << 31) - 1
 # for 8192 tokens, about one per multiprocessor of an H100), BN = 128 columns of g per step,
 # four TMA loads in flight, 32 elements of g per thread. It compiles for sm_90 without register
 # spills (Triton 3.6 and 3.9: at most 106 registers for r ≤ 64); its speed is not measured yet.
-# The interpreter gets small tiles so that tests cover several.
+# The interpreter gets short tiles so that tests cover several; BN = 128, the bit mask's group.
 _TILE = (64, 128, 4, 8)
-_INTERPRETER_TILE = (16, 32, 1, 4)
+_INTERPRETER_TILE = (16, 128, 1, 4)
+BITS_BELOW = 1 << 15  # T of p = 1/2: the bit mask
 
 
 def keep_below(p: float) -> int | None:
@@ -96,6 +104,11 @@ class KernelDropout:
         return self.keep_below / 2**16
 
     @property
+    def bits(self) -> bool:
+        """Whether the bit mask decides (p̂ = 1/2), else the pair mask."""
+        return self.keep_below == BITS_BELOW
+
+    @property
     def scale(self) -> float:
         """1 / (1 − p̂) rounded to float32: the factor of the kept elements."""
         return struct.unpack("<f", struct.pack("<f", 1 / (1 - self.p_hat)))[0]
@@ -129,7 +142,8 @@ def keep_mask(dropout: KernelDropout, m: int, n: int, *, row_offset: int = 0,
     bm, bn, _, warps = _tile(device)
     out = torch.empty(m, n, dtype=torch.bool, device=device)
     launcher = backend.launcher
-    constexprs = launcher.config(("keep_mask", bm, bn), lambda *key: dict(zip(("BM", "BN"), key)))
+    constexprs = launcher.config(("keep_mask", bm, bn, dropout.bits),
+                                 lambda *key: dict(zip(("BM", "BN", "BITS"), key)))
     launcher.run(launcher.kernels.keep_mask_kernel, cdiv(m, bm) * cdiv(n, bn), (out,),
                  (m, n, row_offset, *dropout.args[:3]), constexprs, 1, warps)
     return out
@@ -154,8 +168,8 @@ def masked_projection(g: torch.Tensor, c: torch.Tensor, dropout: KernelDropout) 
     bm, bn, stages, warps = _tile(g.device)
     out = g.new_empty(m, r)
     launcher = backend.launcher
-    constexprs = launcher.config(("masked_projection", max(16, next_power_of_2(r)), bm, bn),
-                                 lambda *key: dict(zip(("RP", "BM", "BN"), key)))
+    constexprs = launcher.config(("masked_projection", max(16, next_power_of_2(r)), bm, bn, dropout.bits),
+                                 lambda *key: dict(zip(("RP", "BM", "BN", "BITS"), key)))
     launcher.run(launcher.kernels.masked_projection_kernel, cdiv(m, bm), (g, c, out),
                  (m, n, r, g.stride(0), c.stride(0), out.stride(0), *dropout.args), constexprs, stages, warps)
     return out

@@ -11,7 +11,8 @@
   side: core_grads.py.
 - :func:`row_hash` and :func:`keep_tile`: the output dropout's keep-mask of one tile, a 32-bit
   hash (:func:`fmix32`) of (seed, row, pair of columns) whose two 16-bit halves decide the
-  pair's two elements; also behind
+  pair's two elements, or for p = 1/2 of (seed, row, group of 32 columns) whose bits decide the
+  group's elements; also behind
   :func:`masked_projection_kernel` ((g ∘ keep) Cᵀ / (1 − p̂), the backward's one pass over g) and
   :func:`keep_mask_kernel` (the mask itself, for tests). Host side: kernel_mask.py.
 
@@ -103,14 +104,31 @@ def row_hash(seed_lo, seed_hi, rows):
 
 
 @triton.jit
-def keep_tile(h_row, col0, keep_below, BN: tl.constexpr):
-    """The dropout keep-mask (bool, rows × BN, BN even) of rows with :func:`row_hash` ``h_row``
-    and columns col0 … col0 + BN − 1 (col0 even, int32 ≥ 0): with h = fmix32(h_row(i) ^ (k ·
+def keep_tile(h_row, col0, keep_below, BN: tl.constexpr, BITS: tl.constexpr):
+    """The dropout keep-mask (bool, rows × BN) of rows with :func:`row_hash` ``h_row`` and columns
+    col0 … col0 + BN − 1, in the layout the mask is used in (kernel_mask.py defines both masks).
+
+    Pairs (BN and col0 even; T = ``keep_below``, 0 < T < 2¹⁶): with h = fmix32(h_row(i) ^ (k ·
     0x9E3779B9 mod 2³²)) for the pair of columns k = ⌊j / 2⌋, element (i, 2k) is kept iff
-    h mod 2¹⁶ ≥ T and (i, 2k + 1) iff ⌊h / 2¹⁶⌋ ≥ T (as h ≥ T · 2¹⁶), T = ``keep_below``
-    (0 < T < 2¹⁶). One hash per two elements, in the layout the mask is used in; the two halves'
-    decisions are joined as the even and odd columns (which the tensor cores' accumulator
-    layout keeps in one thread)."""
+    h mod 2¹⁶ ≥ T and (i, 2k + 1) iff ⌊h / 2¹⁶⌋ ≥ T (as h ≥ T · 2¹⁶): the two halves' decisions
+    are joined as the even and odd columns, which the tensor cores' accumulator keeps in one thread.
+
+    ``BITS`` (p = 1/2; BN and col0 multiples of 128): with h = fmix32(h_row(i) ^ (g · 0x9E3779B9
+    mod 2³²)) for the group g = 4 ⌊j / 128⌋ + ⌊j / 2⌋ mod 4, element (i, j) is kept iff bit
+    2 ⌊(j mod 128) / 8⌋ + j mod 2 of h is set: a group is the 32 elements of a row that one thread
+    of the accumulator holds in each 128 columns (columns 8t + 2c and 8t + 2c + 1, t < 16), so one
+    hash decides 32 elements and no data moves between threads."""
+    if BITS:
+        groups = (col0 // 32 + tl.arange(0, BN // 32)).to(tl.uint32) * 0x9E3779B9
+        h = tl.reshape(fmix32(h_row[:, None] ^ groups[None, :]), (h_row.shape[0], BN // 128, 4))
+        # each join adds a last axis of size 2 holding bit offsets 0 and 1, 2, 4, 8, 16 in turn:
+        # j mod 2 first, then the four bits of t = ⌊(j mod 128) / 8⌋, lowest first
+        h = tl.join(h, h >> 1)
+        h = tl.join(h, h >> 2)
+        h = tl.join(h, h >> 4)
+        h = tl.join(h, h >> 8)
+        h = tl.join(h, h >> 16)  # axes: i, ⌊j / 128⌋, c = ⌊j / 2⌋ mod 4, j mod 2, then t's bits 0 … 3
+        return tl.reshape(tl.permute((h & 1) != 0, (0, 1, 7, 6, 5, 4, 2, 3)), (h_row.shape[0], BN))
     pairs = (col0 // 2 + tl.arange(0, BN // 2)).to(tl.uint32) * 0x9E3779B9
     h = fmix32(h_row[:, None] ^ pairs[None, :])
     below = keep_below.to(tl.uint32)
@@ -118,21 +136,23 @@ def keep_tile(h_row, col0, keep_below, BN: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["M", "N", "row_offset", "seed_lo", "seed_hi", "keep_below"])
-def keep_mask_kernel(out_ptr, M, N, row_offset, seed_lo, seed_hi, keep_below, BM: tl.constexpr, BN: tl.constexpr):
+def keep_mask_kernel(out_ptr, M, N, row_offset, seed_lo, seed_hi, keep_below, BM: tl.constexpr, BN: tl.constexpr,
+                     BITS: tl.constexpr):
     """out (M × N bool, row-major) = the keep-mask of rows row_offset … row_offset + M − 1 of the
     output: :func:`keep_tile`, one tile per program."""
     num_pid_n = tl.cdiv(N, BN)
     rows = ((tl.program_id(0) // num_pid_n) * BM + tl.arange(0, BM)).to(tl.int64)
     col0 = (tl.program_id(0) % num_pid_n) * BN
     cols = col0 + tl.arange(0, BN)
-    keep = keep_tile(row_hash(seed_lo, seed_hi, rows + row_offset), col0, keep_below, BN)
+    keep = keep_tile(row_hash(seed_lo, seed_hi, rows + row_offset), col0, keep_below, BN, BITS)
     tl.store(out_ptr + rows[:, None] * N + cols[None, :], keep, mask=(rows < M)[:, None] & (cols < N)[None, :])
 
 
 @triton.jit(do_not_specialize=["M", "N", "R", "stride_g", "stride_c", "stride_out", "seed_lo", "seed_hi",
                                "keep_below", "scale_bits"])
 def masked_projection_kernel(g_ptr, c_ptr, out_ptr, M, N, R, stride_g, stride_c, stride_out, seed_lo, seed_hi,
-                             keep_below, scale_bits, RP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+                             keep_below, scale_bits, RP: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                             BITS: tl.constexpr):
     """out = (g ∘ keep) cᵀ · scale for g (M × N) and c (R × N), both row-major with 16-byte
     aligned rows (TMA loads; zeros past the edges), the keep-mask of :func:`keep_tile` and
     ``scale_bits`` the bits of the float32 scale: one program per BM rows reads them once; the
@@ -144,7 +164,7 @@ def masked_projection_kernel(g_ptr, c_ptr, out_ptr, M, N, R, stride_g, stride_c,
     h_row = row_hash(seed_lo, seed_hi, rows)
     acc = tl.zeros((BM, RP), dtype=tl.float32)
     for on in range(0, N, BN):
-        g = tl.where(keep_tile(h_row, on, keep_below, BN), g_desc.load([om, on]), 0.0)
+        g = tl.where(keep_tile(h_row, on, keep_below, BN, BITS), g_desc.load([om, on]), 0.0)
         acc = tl.dot(g, c_desc.load([0, on]).T, acc)
     acc = acc * scale_bits.to(tl.float32, bitcast=True)
     offs_r = tl.arange(0, RP)
@@ -177,7 +197,7 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
                           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, NUM_SMS: tl.constexpr,
                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
                           CORE_GRADS: tl.constexpr, GRAD_PROGRAMS: tl.constexpr, PB: tl.constexpr,
-                          DROPOUT: tl.constexpr):
+                          DROPOUT: tl.constexpr, BITS: tl.constexpr):
     # TMA descriptors over the row-major storage; W and V may be stored transposed (W_T, V_T).
     x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[stride_x, 1], block_shape=[BM, BK])
     if W_T:
@@ -214,7 +234,8 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
         if DROPOUT:  # the rank-r term first (as below), dropped out in the accumulator: keep · scale
             ut = scaled_rows(u_desc.load([om, 0]), core, scale, HAS_CORE, HAS_SCALE)
             acc = tl.dot(ut, v_desc.load([on, 0]).T, acc) if V_T else tl.dot(ut, v_desc.load([0, on]), acc)
-            keep = keep_tile(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on, keep_below, BN)
+            keep = keep_tile(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on, keep_below, BN,
+                             BITS)
             acc = tl.where(keep, acc * scale_bits.to(tl.float32, bitcast=True), 0.0)
         for ki in range(k_tiles):
             ok = ki * BK

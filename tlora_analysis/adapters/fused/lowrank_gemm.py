@@ -107,21 +107,25 @@ def supported(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor
 # design"); the interpreter gets small tiles so that tests cover several tiles per program.
 _TILE = (128, 256, 64, 3, 8)
 _INTERPRETER_TILE = (32, 32, 16, 1, 4)
+_INTERPRETER_MASKED_BN = 128  # the bit mask's group of columns (kernel_mask.py)
 _GRAD_PROGRAMS = 32  # the most programs that share the core gradients' work (as in core_grads.py)
 
 
 def _config(device: int, w_t: bool, v_t: bool, r: int, has_core: bool, has_scale: bool,
-            has_bias: bool, core_grads: bool, dropout: bool) -> tuple[dict, int, int, int, int]:
+            has_bias: bool, core_grads: bool, dropout: bool, bits: bool) -> tuple[dict, int, int, int, int]:
     """(constexprs, BM, BN, stages, warps) for one operand layout on one device (its index, -1
-    for the CPU) and whether the rank-r term is dropped out: built once (TritonLauncher.config)."""
+    for the CPU), whether the rank-r term is dropped out and by the bit mask: built once
+    (TritonLauncher.config)."""
     bm, bn, bk, stages, warps = _INTERPRETER_TILE if device < 0 else _TILE
+    if device < 0 and dropout:
+        bn = _INTERPRETER_MASKED_BN
     num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device >= 0 else 4
     rp = max(16, next_power_of_2(r))
     constexprs = {"W_T": w_t, "V_T": v_t, "RP": rp, "HAS_CORE": has_core,
                   "HAS_SCALE": has_scale, "HAS_BIAS": has_bias, "NUM_SMS": num_sms,
                   "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "CORE_GRADS": core_grads,
                   "GRAD_PROGRAMS": _GRAD_PROGRAMS, "PB": _core_grads.shares_per_step(rp, _GRAD_PROGRAMS),
-                  "DROPOUT": dropout}
+                  "DROPOUT": dropout, "BITS": bits}
     return constexprs, bm, bn, stages, warps
 
 
@@ -136,7 +140,7 @@ def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
     launcher = backend.launcher
     constexprs, bm, bn, stages, warps = launcher.config(
         ("lowrank_matmul", x.get_device(), w_t, v_t, r, core is not None, scale is not None, bias is not None,
-         y is not None, dropout is not None), _config)
+         y is not None, dropout is not None, dropout is not None and dropout.bits), _config)
     if core is None:
         core_strides = (0, 0)
     else:
