@@ -51,7 +51,7 @@ TILES = [(128, 256, 64, 3, 8), (128, 128, 64, 4, 8), (256, 128, 64, 3, 8)]  # BM
 VARIANTS = {"before": (False, False, 0), "before flatten": (False, True, 0), "halves": (True, False, 0),
             "halves flatten": (True, True, 0), "before, parity mask": (False, False, 1),
             "before, no mask": (False, False, 2), "before, quad mask": (False, False, 3),
-            "before, bit mask (p = 0.5)": (False, False, 4)}
+            "before, bit mask (p = 0.5)": (False, False, 4), "halves flatten, bit mask (p = 0.5)": (True, True, 4)}
 GROUPS = (4, 16)  # GROUP_M besides 8, for "before" on the first tile
 
 
