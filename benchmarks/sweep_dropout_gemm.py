@@ -75,15 +75,13 @@ def dropped(t, om, on, seed_lo, seed_hi, keep_below, scale_bits, MASK: tl.conste
             BN: tl.constexpr):
     """t (rows om…, columns on…) dropped out and scaled, or one of the two bounds."""
     t = t * scale_bits.to(tl.float32, bitcast=True)
-    if MASK == 0:
-        keep = keep_tile(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on, keep_below, BN, False)
+    if MASK == 0 or MASK == 4:  # the package's pair or bit mask
+        keep = keep_tile(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on, keep_below, BN,
+                         MASK == 4)
         t = tl.where(keep, t, 0.0)
     elif MASK == 3:
         t = tl.where(quad_keep(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on, keep_below,
                                BM, BN), t, 0.0)
-    elif MASK == 4:
-        keep = keep_tile(row_hash(seed_lo, seed_hi, (om + tl.arange(0, BM)).to(tl.int64)), on, keep_below, BN, True)
-        t = tl.where(keep, t, 0.0)
     elif MASK == 1:
         t = tl.where((((om + tl.arange(0, BM))[:, None] + (on + tl.arange(0, BN))[None, :]) & 1) == 0, t, 0.0)
     return t
