@@ -276,7 +276,8 @@ def summarize(arm: Arm, times_ms: list[float], tokens: int, extra: dict) -> dict
 
 
 def profile_cuda(arms: list[Arm], base: nn.Module, data: dict, tmp: Path, path: Path) -> None:
-    """Per-kernel GPU time of three steps of each arm (torch.profiler), the top 30 by self time."""
+    """Per-kernel GPU time of three steps of each arm (torch.profiler): the kernels' summed time
+    per step, then the top 60 by self time."""
     from torch.profiler import ProfilerActivity, profile
 
     with path.open("w") as f:
@@ -289,8 +290,11 @@ def profile_cuda(arms: list[Arm], base: nn.Module, data: dict, tmp: Path, path: 
                 for _ in range(3):
                     trainer.step()
                 torch.cuda.synchronize()
-            f.write(f"## {arm.label}\n")
-            f.write(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=30, max_name_column_width=70))
+            events = prof.key_averages()
+            busy_ms = sum(e.self_device_time_total for e in events) / 3 / 1000
+            options = "".join(f" {k} {v}" for k, v in arm.options.items())
+            f.write(f"## {arm.label}{options}\n\nkernels' summed time per step: {busy_ms:.2f} ms\n\n")
+            f.write(events.table(sort_by="self_cuda_time_total", row_limit=60, max_name_column_width=70))
             f.write("\n\n")
             del trainer
             gc.collect()
@@ -436,7 +440,8 @@ def main(argv: list[str] | None = None) -> None:
                              "ROUNDS alternations of --steps steps without and with snapshots every step")
     parser.add_argument("--threads", type=int, default=1, help="cpu: torch intra-op threads (default 1)")
     parser.add_argument("--profile", type=Path, default=None,
-                        help="cuda: also write per-kernel times of the floor and TLoRA (largest rank, all layers)")
+                        help="cuda: also write per-kernel times of the floor and TLoRA (largest rank, all layers; "
+                             "dropout 0 and the --ablation-dropout on the output, in-kernel mask)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU is visible here; use --device cpu")
@@ -488,8 +493,9 @@ def main(argv: list[str] | None = None) -> None:
             run_cuda(arms, base, data, tokens, warmup, steps, Path(tmp), sink)
             if args.profile is not None:
                 top = max(args.ranks)
-                profile_cuda([Arm("floor"), Arm("tlora", top, "all"), Arm("tlora-merged", top, "all")],
-                             base, data, Path(tmp), args.profile)
+                profile_cuda([Arm("floor"), Arm("tlora", top, "all"),
+                              Arm("tlora", top, "all", {"dropout": args.ablation_dropout, "position": "output",
+                                                        "mask": "auto"})], base, data, Path(tmp), args.profile)
         else:
             run_cpu(arms, base, data, tokens, warmup, steps, Path(tmp), sink)
     print(ratio_table(report["results"]))
