@@ -84,6 +84,19 @@ def time_us(fn: Callable[[], object], device: str, repeats: int, inner: int = 20
     return 1000 * statistics.median(s.elapsed_time(e) for s, e in events) / inner
 
 
+def print_ms_table(rows: dict[str, dict[str, float | None]], baseline: str, title: str) -> None:
+    """A markdown table of ms per call, one row per arm and one column per shape, each cell also
+    × that shape's ``baseline`` arm (None: "–"); entries named "…deviation" left out."""
+    shapes = list(rows)
+    print(f"| {title} | " + " | ".join(shapes) + " |")
+    print("|---" * (len(shapes) + 1) + "|")
+    for arm in next(iter(rows.values())):
+        if not arm.endswith("deviation"):
+            cells = [rows[s].get(arm) for s in shapes]
+            print(f"| {arm} | " + " | ".join("–" if t is None else f"{t:.3f} ({t / rows[s][baseline]:.2f})"
+                                            for t, s in zip(cells, shapes)) + " |")
+
+
 def layer(tokens: int, out: int, inp: int, r: int, device: str,
           dtype: torch.dtype) -> tuple[dict[str, Callable], tuple[torch.Tensor, ...]]:
     """Ready inputs and one closure per kernel (or variant) of one layer; the epilogue GEMM's forward operands."""

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from bench_layer_kernels import SHAPES
+from bench_layer_kernels import SHAPES, print_ms_table
 
 from tlora_analysis.adapters.fused.kernel_mask import KernelDropout
 from tlora_analysis.adapters.fused.lowrank_gemm import dropout_lowrank_matmul, lowrank_matmul
@@ -200,14 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         report["ms_per_call"][label] = sweep_shape(out_f, in_f, args.tokens, args.rank, args.p,
                                                       args.variants, tiles)
         args.out.write_text(json.dumps(report, indent=1))
-    package = {label: row["package, mask"] for label, row in report["ms_per_call"].items()}
-    print("| arm (ms, × the package's masked GEMM) | " + " | ".join(SHAPES) + " |")
-    print("|---" * (len(SHAPES) + 1) + "|")
-    for arm in next(iter(report["ms_per_call"].values())):
-        if not arm.endswith("deviation"):
-            cells = [report["ms_per_call"][s].get(arm) for s in SHAPES]
-            print(f"| {arm} | " + " | ".join("–" if t is None else f"{t:.3f} ({t / package[s]:.2f})"
-                                            for t, s in zip(cells, SHAPES)) + " |")
+    print_ms_table(report["ms_per_call"], "package, mask", "arm (ms, × the package's masked GEMM)")
 
 
 if __name__ == "__main__":

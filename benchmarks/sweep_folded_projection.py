@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from bench_layer_kernels import SHAPES
+from bench_layer_kernels import SHAPES, print_ms_table
 
 from tlora_analysis.adapters.fused.lowrank_gemm import lowrank_matmul
 
@@ -180,13 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         report["ms_per_call"][label] = sweep_shape(out_f, in_f, args.tokens, args.rank)
         args.out.write_text(json.dumps(report, indent=1))
     rows = report["ms_per_call"]
-    arms = [k for k in next(iter(rows.values())) if "deviation" not in k]
-    print("| arm (ms; × package) | " + " | ".join(f"{s} ∂x" for s in rows) + " |")
-    print("|---|" + "---|" * len(rows))
-    for arm in arms:
-        cells = [f"{rows[s][arm]:.3f} ({rows[s][arm] / rows[s]['package']:.2f})" if rows[s][arm] else "–"
-                 for s in rows]
-        print(f"| {arm} | " + " | ".join(cells) + " |")
+    print_ms_table(rows, "package", "arm (ms, × the package: F.linear(g, C), then its ∂x GEMM)")
     for s, row in rows.items():
         print(s, {k: f"{v:.2e}" for k, v in row.items() if "deviation" in k})
 
