@@ -53,9 +53,11 @@ TILES = [(128, 256, 64, 3, 8)]  # BM, BN, BK, stages, warps (4 stages do not fit
 def folded_kernel(g_ptr, w_ptr, c_ptr, a_ptr, core_ptr, scale_ptr, gc_ptr, flag_ptr, out_ptr, M, N, K, R, epoch,
                   RP: tl.constexpr, NUM_SMS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                   GROUP_M: tl.constexpr, ORDER: tl.constexpr):
-    """out = g W0 + scale · (gc core) Aᵀ with gc = g Cᵀ computed by the first column's tiles; g
-    (M × K), W0 (K × N), C (R × K), A (N × R), core (R × R, applied as stored), gc (M × RP)
-    written here, flags one int32 per block of rows (set to ``epoch`` when its gc is stored)."""
+    """out = g W0 + scale · (gc core) Aᵀ with gc = g Cᵀ computed once per block of rows (``ORDERS``:
+    by its first-column tile, in the grouped order (0) or ahead of all other tiles (1), or by a
+    thin tile of its own ahead of all output tiles (2)); g (M × K), W0 (K × N), C (R × K), A
+    (N × R), core (R × R, applied as stored), gc (M × RP) written here, flags one int32 per block
+    of rows (set to ``epoch`` when its gc is stored)."""
     g_desc = tl.make_tensor_descriptor(g_ptr, shape=[M, K], strides=[K, 1], block_shape=[BM, BK])
     w_desc = tl.make_tensor_descriptor(w_ptr, shape=[K, N], strides=[N, 1], block_shape=[BK, BN])
     c_desc = tl.make_tensor_descriptor(c_ptr, shape=[R, K], strides=[K, 1], block_shape=[RP, BK])
@@ -145,8 +147,8 @@ def sweep_shape(out_f: int, in_f: int, tokens: int, rank: int) -> dict[str, floa
     bt = rnd(rank, rank).T.contiguous()  # Bᵀ, the ∂x GEMM's core as stored for the folded kernel
     alpha = torch.full((), 0.5, device="cuda")
     package = lambda: lowrank_matmul(g, w0, F.linear(g, c), a, core=bt, scale=alpha, transpose_v=True)  # noqa: E731
-    ref, gc_ref = package().float(), F.linear(g, c).float()
     gc = F.linear(g, c)
+    ref, gc_ref = package().float(), gc.float()
     row: dict[str, float | None] = {
         "g W0": bench(lambda: torch.mm(g, w0)),
         "package": bench(package),

@@ -223,9 +223,9 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
     if HAS_SCALE:
         scale = tl.load(scale_ptr).to(tl.float32)
     # persistent: one program per multiprocessor; flatten=True pipelines loads across tiles. Not
-    # with DROPOUT: there (Triton 3.6 and 3.9, sm_90a, either mask) the flattened loop leaves the K
-    # loop's tensor-core products unpipelined (no wgmma.wait_group 1 in the PTX); unflattened it
-    # pipelines them
+    # with DROPOUT: there (Triton 3.6 and 3.9, sm_90a, either mask), with the rank-r term first, the
+    # flattened loop leaves the K loop's tensor-core products unpipelined (no wgmma.wait_group 1 in
+    # the PTX); unflattened it pipelines them
     for tile_id in tl.range(tl.program_id(0), num_pid_m * num_pid_n, NUM_SMS, flatten=not DROPOUT):
         pid_m, pid_n = tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         om = pid_m * BM
