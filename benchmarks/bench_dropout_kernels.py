@@ -15,25 +15,20 @@ ms per call (``triton.testing.do_bench``) of:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-from bench_layer_kernels import SHAPES
+from bench_layer_kernels import SHAPES, gpu_report, kernel_parser
 
 from tlora_analysis.adapters.fused.kernel_mask import KernelDropout, masked_projection
 from tlora_analysis.adapters.fused.lowrank_gemm import dropout_lowrank_matmul, lowrank_matmul
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--tokens", type=int, default=8192)
-    parser.add_argument("--rank", type=int, default=32)
+    parser = kernel_parser(__doc__)
     parser.add_argument("--p", type=float, default=0.5, help="dropout probability (default 0.5, the paper's)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -42,8 +37,7 @@ def main(argv: list[str] | None = None) -> None:
 
     bench = lambda fn: triton.testing.do_bench(fn, warmup=10, rep=50)  # noqa: E731  (median ms)
     dtype, dev, r = torch.bfloat16, "cuda", args.rank
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "tokens": args.tokens, "rank": r, "p": args.p, "ms_per_call": {}}
+    report = gpu_report(args, p=args.p, ms_per_call={})
     for label, (out, inp) in SHAPES.items():
         x = torch.randn(args.tokens, inp, device=dev, dtype=dtype)
         w0 = torch.randn(out, inp, device=dev, dtype=dtype) / inp**0.5

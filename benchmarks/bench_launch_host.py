@@ -18,16 +18,14 @@ to run x W0ᵀ + α (u B) C, this times ``--calls`` calls issued back to back wi
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from bench_layer_kernels import SHAPES
+from bench_layer_kernels import SHAPES, kernel_parser
 
 from tlora_analysis.adapters import fused
 from tlora_analysis.adapters.fused import lowrank_matmul
@@ -57,10 +55,7 @@ def per_call_us(fn, calls: int, repeats: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--tokens", type=int, default=8192)
-    parser.add_argument("--rank", type=int, default=32)
+    parser = kernel_parser(__doc__)
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)

@@ -84,6 +84,24 @@ def time_us(fn: Callable[[], object], device: str, repeats: int, inner: int = 20
     return 1000 * statistics.median(s.elapsed_time(e) for s, e in events) / inner
 
 
+def kernel_parser(doc: str, out_required: bool = True) -> argparse.ArgumentParser:
+    """An argument parser with the kernel benchmarks' common options, described by ``doc``'s first
+    paragraph: ``--out`` (the JSON report), ``--tokens`` and ``--rank`` (the benchmark model's)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=out_required)
+    parser.add_argument("--tokens", type=int, default=8192)
+    parser.add_argument("--rank", type=int, default=32)
+    return parser
+
+
+def gpu_report(args: argparse.Namespace, **fields: object) -> dict:
+    """A GPU kernel report's header: the GPU, torch's and Triton's versions, tokens and rank, then ``fields``."""
+    import triton
+
+    return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "tokens": args.tokens, "rank": args.rank, **fields}
+
+
 def print_ms_table(rows: dict[str, dict[str, float | None]], baseline: str, title: str) -> None:
     """A markdown table of ms per call, one row per arm and one column per shape, each cell also
     × that shape's ``baseline`` arm (None: "–"); entries named "…deviation" left out."""
@@ -221,10 +239,7 @@ def agree(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Ten
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--tokens", type=int, default=8192)
-    parser.add_argument("--rank", type=int, default=32)
+    parser = kernel_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)

@@ -26,14 +26,12 @@ mask, so the same numbers up to the float32 order of summation).
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-from bench_layer_kernels import SHAPES, print_ms_table
+from bench_layer_kernels import SHAPES, gpu_report, kernel_parser, print_ms_table
 
 from tlora_analysis.adapters.fused.kernel_mask import KernelDropout
 from tlora_analysis.adapters.fused.lowrank_gemm import dropout_lowrank_matmul, lowrank_matmul
@@ -183,10 +181,7 @@ def sweep_shape(out_f: int, in_f: int, tokens: int, rank: int, p: float, variant
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--tokens", type=int, default=8192)
-    parser.add_argument("--rank", type=int, default=32)
+    parser = kernel_parser(__doc__)
     parser.add_argument("--p", type=float, default=0.5)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                         help="the sweep kernel's variants to time (default: all)")
@@ -194,8 +189,7 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"only the first tile, {TILES[0][:3]}, and GROUP_M 8 (default: all tiles and GROUP_M)")
     args = parser.parse_args(argv)
     tiles = TILES[:1] if args.first_tile else TILES
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "tokens": args.tokens, "rank": args.rank, "p": args.p, "ms_per_call": {}}
+    report = gpu_report(args, p=args.p, ms_per_call={})
     for label, (out_f, in_f) in SHAPES.items():
         report["ms_per_call"][label] = sweep_shape(out_f, in_f, args.tokens, args.rank, args.p,
                                                       args.variants, tiles)

@@ -19,17 +19,15 @@ of the package's ``lowrank_matmul`` (backend "triton") and of the cuBLAS composi
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from bench_layer_kernels import SHAPES, time_us
+from bench_layer_kernels import SHAPES, kernel_parser, time_us
 from tlora_analysis.adapters import fused
 from tlora_analysis.adapters.fused import lowrank_matmul
 
@@ -174,10 +172,7 @@ def host_us_per_call() -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--tokens", type=int, default=8192)
-    parser.add_argument("--rank", type=int, default=32)
+    parser = kernel_parser(__doc__)
     args = parser.parse_args(argv)
     report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     for label, (out_f, in_f) in SHAPES.items():

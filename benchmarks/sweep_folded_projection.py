@@ -24,15 +24,13 @@ Each folded output is checked against the package's (and its gc against ``F.line
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
-from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-from bench_layer_kernels import SHAPES, print_ms_table
+from bench_layer_kernels import SHAPES, gpu_report, kernel_parser, print_ms_table
 
 from tlora_analysis.adapters.fused.lowrank_gemm import lowrank_matmul
 
@@ -171,13 +169,9 @@ def sweep_shape(out_f: int, in_f: int, tokens: int, rank: int) -> dict[str, floa
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--tokens", type=int, default=8192)
-    parser.add_argument("--rank", type=int, default=32)
+    parser = kernel_parser(__doc__)
     args = parser.parse_args(argv)
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "tokens": args.tokens, "rank": args.rank, "ms_per_call": {}}
+    report = gpu_report(args, ms_per_call={})
     for label, (out_f, in_f) in SHAPES.items():
         report["ms_per_call"][label] = sweep_shape(out_f, in_f, args.tokens, args.rank)
         args.out.write_text(json.dumps(report, indent=1))

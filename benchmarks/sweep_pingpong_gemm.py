@@ -22,7 +22,6 @@ kernel forms it per tile); its time here leaves that M × r product out.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -34,6 +33,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
+from bench_layer_kernels import gpu_report, kernel_parser
 from tlora_analysis.adapters.fused.kernels import fmix32, row_hash, tile_coords
 
 # TMA copies: async_load / async_store since Triton 3.7, the longer names before (the GPUs run 3.6)
@@ -345,11 +345,8 @@ def sweep(tokens: int, rank: int, p: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path)
+    parser = kernel_parser(__doc__, out_required=False)
     parser.add_argument("--compile-only", action="store_true", help="compile for sm_90a and report registers")
-    parser.add_argument("--tokens", type=int, default=8192)
-    parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--p", type=float, default=0.5)
     args = parser.parse_args(argv)
     if args.compile_only:
@@ -357,9 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not torch.cuda.is_available() or args.out is None:
         sys.exit("sweep_pingpong_gemm.py times kernels on a CUDA GPU and needs --out (or use --compile-only)")
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "tokens": args.tokens, "rank": args.rank, "p": args.p,
-              "ms_per_call": sweep(args.tokens, args.rank, args.p)}
+    report = gpu_report(args, p=args.p, ms_per_call=sweep(args.tokens, args.rank, args.p))
     args.out.write_text(json.dumps(report, indent=1))
 
 
