@@ -25,13 +25,11 @@ the dropout mask applies to the rank-r product alone, which this design sums int
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import torch
 
-from bench_layer_kernels import SHAPES, print_ms_table
+from bench_layer_kernels import SHAPES, gpu_report, kernel_parser, print_ms_table
 
 from tlora_analysis.adapters.fused.lowrank_gemm import lowrank_matmul
 
@@ -206,15 +204,10 @@ def sweep_shape(out_f: int, in_f: int, tokens: int, r: int) -> dict[str, dict[st
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--tokens", type=int, default=8192)
-    parser.add_argument("--rank", type=int, default=32)
-    args = parser.parse_args(argv)
+    args = kernel_parser(__doc__).parse_args(argv)
     if not 1 <= args.rank <= PAD:
         raise SystemExit(f"--rank must be 1 … {PAD} (the padded step is {PAD} wide), got {args.rank}")
-    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "tokens": args.tokens, "rank": args.rank, "ms_per_call": {}}
+    report = gpu_report(args, ms_per_call={})
     for label, (out_f, in_f) in SHAPES.items():
         report["ms_per_call"][label] = sweep_shape(out_f, in_f, args.tokens, args.rank)
         args.out.write_text(json.dumps(report, indent=1))
