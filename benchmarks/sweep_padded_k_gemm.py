@@ -11,14 +11,16 @@ term is instead the K loop's last step, loaded through the same pipeline as the 
   plane stride is the two buffers' address difference, and the last step reads the scratch.
 
 For the benchmark model's three layer shapes (8192 tokens, bf16, r = 32), median ms per call
-(``triton.testing.do_bench``, L2 flushed between calls) of cuBLAS's base GEMM, the package's GEMM
-(s and t computed in it from u or gc and the core), the padded kernel with the persistent loop
-flattened or not (s and t given in the scratch), cuBLAS on the padded operands as contiguous
-buffers (a bound for any kernel of this design); then each GEMM with the r-wide projection that
-precedes it in the layer (x A, or g Cᵀ): the package's with cuBLAS's projection, the padded one
-with a fill kernel that computes the projection and writes [α u B | 0] into the scratch in the
-same launch. Each padded output is checked against float32. Without dropout only:
-the dropout mask applies to the rank-r product alone, which this design sums into the base.
+(``time_us``: 20 calls captured in a CUDA graph, so that Triton's host-side launch, which a lone
+call between two events would include, is left out as in a training step's stream) of cuBLAS's
+base GEMM, the package's GEMM (s and t computed in it from u or gc and the core), the padded
+kernel with the persistent loop flattened or not (s and t given in the scratch), cuBLAS on the
+padded operands as contiguous buffers (a bound for any kernel of this design); then each GEMM
+with the r-wide projection that precedes it in the layer (x A, or g Cᵀ): the package's with
+cuBLAS's projection, the padded one with a fill kernel that computes the projection and writes
+[α u B | 0] into the scratch in the same launch (the fastest of FILL_CONFIGS, each timed). Each
+padded output is checked against float32. Without dropout only: the dropout mask applies to the
+rank-r product alone, which this design sums into the base.
 
     PYTHONPATH=. python benchmarks/sweep_padded_k_gemm.py --out padded_k_gemm_sweep.json
 """
@@ -29,7 +31,7 @@ import json
 
 import torch
 
-from bench_layer_kernels import SHAPES, gpu_report, kernel_parser, print_ms_table
+from bench_layer_kernels import LAYERS_PER_STEP, SHAPES, gpu_report, kernel_parser, print_ms_table, time_us
 
 from tlora_analysis.adapters.fused.lowrank_gemm import lowrank_matmul
 
@@ -42,6 +44,8 @@ from tlora_analysis.adapters.fused.kernels import tile_coords  # noqa: E402
 
 NUM_SMS = torch.cuda.get_device_properties(0).multi_processor_count
 BM, BN, PAD = 128, 256, 64  # the output tile; PAD, the rank-r step's width, is its BK (r, then zeros)
+FILL_CONFIGS = [(64, 128, 4, 8), (32, 128, 4, 4), (64, 64, 4, 4), (32, 256, 3, 4), (64, 256, 3, 8), (16, 256, 4, 4)]
+"""The fill kernel's (rows per program, K block, stages, warps) tried on each shape."""
 
 
 @triton.jit
@@ -111,13 +115,14 @@ def fill_kernel(x_ptr, a_ptr, core_ptr, scale_ptr, u_ptr, scratch_ptr, M, K, R, 
 
 
 def fill(x: torch.Tensor, a: torch.Tensor, core: torch.Tensor, scale: torch.Tensor, u: torch.Tensor,
-         scratch: torch.Tensor, a_t: bool) -> torch.Tensor:
-    """:func:`fill_kernel` on row-major x (M × K) and a (K × r, or r × K with ``a_t``); scratch M × K."""
+         scratch: torch.Tensor, a_t: bool, config: tuple[int, int, int, int]) -> torch.Tensor:
+    """:func:`fill_kernel` on row-major x (M × K) and a (K × r, or r × K with ``a_t``); scratch M × K;
+    ``config`` one of FILL_CONFIGS."""
     (m, k), r = x.shape, u.shape[1]
-    triton.set_allocator(lambda size, align, stream: torch.empty(size, device="cuda", dtype=torch.int8))
-    fill_kernel[(triton.cdiv(m, 64),)](x, a, core, scale, u, scratch, m, k, r, a.stride(0), core.stride(0),
-                                       core.stride(1), A_T=a_t, RP=max(16, triton.next_power_of_2(r)), BM=64,
-                                       BK=128, PAD=PAD, num_stages=4, num_warps=8)
+    bm, bk, stages, warps = config
+    fill_kernel[(triton.cdiv(m, bm),)](x, a, core, scale, u, scratch, m, k, r, a.stride(0), core.stride(0),
+                                       core.stride(1), A_T=a_t, RP=max(16, triton.next_power_of_2(r)), BM=bm,
+                                       BK=bk, PAD=PAD, num_stages=stages, num_warps=warps)
     return u
 
 
@@ -128,7 +133,6 @@ def padded_k(x: torch.Tensor, scratch: torch.Tensor, w_pad: torch.Tensor, out: t
     px, ps = x.data_ptr(), scratch.data_ptr()
     base, stride, x_plane = (x, (ps - px) // x.element_size(), 0) if ps > px else \
         (scratch, (px - ps) // x.element_size(), 1)
-    triton.set_allocator(lambda size, align, stream: torch.empty(size, device="cuda", dtype=torch.int8))
     grid = (min(NUM_SMS, triton.cdiv(m, BM) * triton.cdiv(n, BN)),)
     padded_k_kernel[grid](base, w_pad, out, m, n, k, stride, x_plane, W_T=w_t, NUM_SMS=NUM_SMS, BM=BM, BN=BN,
                           BK=PAD, GROUP_M=8, FLATTEN=flatten, num_stages=3, num_warps=8)
@@ -137,8 +141,8 @@ def padded_k(x: torch.Tensor, scratch: torch.Tensor, w_pad: torch.Tensor, out: t
 
 def sweep_shape(out_f: int, in_f: int, tokens: int, r: int) -> dict[str, dict[str, float | None]]:
     """ms per call of every arm, forward and backward, for one layer shape, and the padded kernel's
-    largest deviation from float32 (× the largest entry)."""
-    bench = lambda fn: triton.testing.do_bench(fn, warmup=10, rep=50)  # noqa: E731  (median ms)
+    largest deviation from float32 (× the largest entry); the fill kernel's time per config."""
+    bench = lambda fn: time_us(fn, "cuda", repeats=15) / 1000  # noqa: E731  (median ms)
     gen = torch.Generator(device="cuda").manual_seed(0)
     rnd = lambda *s: torch.randn(*s, device="cuda", dtype=torch.bfloat16, generator=gen)  # noqa: E731
     x, g, w0 = rnd(tokens, in_f), rnd(tokens, out_f), rnd(out_f, in_f) / in_f**0.5
@@ -185,21 +189,29 @@ def sweep_shape(out_f: int, in_f: int, tokens: int, r: int) -> dict[str, dict[st
         # with the r-wide projection that precedes each GEMM: cuBLAS's (x A or g Cᵀ), or the fill
         # kernel, which also writes [α u B | 0] into the scratch
         proj_out, fill_scratch = torch.empty_like(left), torch.empty_like(act)
-        fill(act, proj_op, core, alpha, proj_out, fill_scratch, a_t)
+        fill_ms = {}
+        for config in FILL_CONFIGS:
+            try:
+                fill_ms[config] = bench(lambda: fill(act, proj_op, core, alpha, proj_out, fill_scratch, a_t, config))
+            except Exception as err:  # e.g. out of shared memory: recorded, the sweep goes on
+                print(f"fill {config}: {type(err).__name__}: {str(err)[:200]}", flush=True)
+        best = min(fill_ms, key=fill_ms.get)
+        rows[f"{direction}: fill configs (ms)"] = {"×".join(map(str, c)): ms for c, ms in fill_ms.items()}
+        fill(act, proj_op, core, alpha, proj_out, fill_scratch, a_t, best)
         proj_ref, fill_ref = projection().float(), alpha * (proj_out.float() @ core.float())
         row["fill: deviation"] = max(((proj_out.float() - proj_ref).abs().max() / proj_ref.abs().max()).item(),
                                      ((fill_scratch[:, :r].float() - fill_ref).abs().max()
                                       / fill_ref.abs().max()).item(),
                                      fill_scratch[:, r:PAD].float().abs().max().item())
         row["cuBLAS projection"] = bench(projection)
-        row["fill kernel"] = bench(lambda: fill(act, proj_op, core, alpha, proj_out, fill_scratch, a_t))
+        row["fill kernel"] = fill_ms[best]
         row["package with cuBLAS's projection"] = bench(lambda: (projection(), package()))
         if row["padded K, loop flattened"] is not None:
             row["padded K (flattened) with the fill"] = bench(
-                lambda: (fill(act, proj_op, core, alpha, proj_out, fill_scratch, a_t),
+                lambda: (fill(act, proj_op, core, alpha, proj_out, fill_scratch, a_t, best),
                          padded_k(act, fill_scratch, w_pad, out, w_t, True)))
         rows[direction] = row
-        print(out_f, in_f, direction, json.dumps(row), flush=True)
+        print(out_f, in_f, direction, json.dumps(row), rows[f"{direction}: fill configs (ms)"], flush=True)
     return rows
 
 
@@ -207,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     args = kernel_parser(__doc__).parse_args(argv)
     if not 1 <= args.rank <= PAD:
         raise SystemExit(f"--rank must be 1 … {PAD} (the padded step is {PAD} wide), got {args.rank}")
+    triton.set_allocator(lambda size, align, stream: torch.empty(size, device="cuda", dtype=torch.int8))
     report = gpu_report(args, ms_per_call={})
     for label, (out_f, in_f) in SHAPES.items():
         report["ms_per_call"][label] = sweep_shape(out_f, in_f, args.tokens, args.rank)
@@ -215,6 +228,12 @@ def main(argv: list[str] | None = None) -> None:
         rows = {label: by_direction[direction] for label, by_direction in report["ms_per_call"].items()}
         print_ms_table(rows, "package", f"{direction} (ms, × the package's GEMM)")
         print({s: {k: f"{v:.2e}" for k, v in row.items() if "deviation" in k} for s, row in rows.items()})
+        summed = {arm: sum(LAYERS_PER_STEP[s] * rows[s][arm] for s in rows) for arm in rows[next(iter(rows))]
+                  if not arm.endswith("deviation") and all(rows[s].get(arm) is not None for s in rows)}
+        report[f"{direction}: ms per step, summed over the layers"] = summed
+        print(f"{direction}, ms per step summed over the model's layers:",
+              ", ".join(f"{arm} {ms:.2f}" for arm, ms in summed.items()))
+    args.out.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":
