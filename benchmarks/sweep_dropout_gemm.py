@@ -41,7 +41,8 @@ if not torch.cuda.is_available():
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from tlora_analysis.adapters.fused.kernels import fmix32, keep_tile, row_hash, scaled_rows, tile_coords  # noqa: E402
+from tlora_analysis.adapters.fused.kernels import (fmix32, keep_tile, load_core, row_hash, scaled_rows,  # noqa: E402
+                                                   tile_coords)
 
 NUM_SMS = torch.cuda.get_device_properties(0).multi_processor_count
 TILES = [(128, 256, 64, 3, 8), (128, 128, 64, 4, 8), (256, 128, 64, 3, 8)]  # BM, BN, BK, stages, warps
@@ -99,9 +100,7 @@ def sweep_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, out_ptr, M, N,
     else:
         v_desc = tl.make_tensor_descriptor(v_ptr, shape=[R, N], strides=[N, 1], block_shape=[RP, BN])
     out_desc = tl.make_tensor_descriptor(out_ptr, shape=[M, N], strides=[N, 1], block_shape=[BM, BN // 2])
-    offs_r = tl.arange(0, RP)
-    core = tl.load(core_ptr + offs_r[:, None] * R + offs_r[None, :],
-                   mask=(offs_r[:, None] < R) & (offs_r[None, :] < R), other=0.0)
+    core = load_core(core_ptr, R, 1, R, RP)
     scale = tl.load(scale_ptr).to(tl.float32)
     num_pid_m = tl.cdiv(M, BM)
     num_pid_n = tl.cdiv(N, BN)

@@ -39,7 +39,7 @@ if not torch.cuda.is_available():
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from tlora_analysis.adapters.fused.kernels import scaled_rows, tile_coords  # noqa: E402
+from tlora_analysis.adapters.fused.kernels import load_core, scaled_rows, tile_coords  # noqa: E402
 
 NUM_SMS = torch.cuda.get_device_properties(0).multi_processor_count
 ORDERS = {0: "gc by the first column's tiles", 1: "gc by the first column's tiles, run first",
@@ -62,8 +62,7 @@ def folded_kernel(g_ptr, w_ptr, c_ptr, a_ptr, core_ptr, scale_ptr, gc_ptr, flag_
     a_desc = tl.make_tensor_descriptor(a_ptr, shape=[N, R], strides=[R, 1], block_shape=[BN, RP])
     out_desc = tl.make_tensor_descriptor(out_ptr, shape=[M, N], strides=[N, 1], block_shape=[BM, BN // 2])
     offs_r = tl.arange(0, RP)
-    core = tl.load(core_ptr + offs_r[:, None] * R + offs_r[None, :],
-                   mask=(offs_r[:, None] < R) & (offs_r[None, :] < R), other=0.0)
+    core = load_core(core_ptr, R, 1, R, RP)
     scale = tl.load(scale_ptr).to(tl.float32)
     num_pid_m = tl.cdiv(M, BM)
     num_pid_n = tl.cdiv(N, BN)

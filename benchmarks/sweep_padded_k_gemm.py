@@ -40,7 +40,7 @@ if not torch.cuda.is_available():
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from tlora_analysis.adapters.fused.kernels import tile_coords  # noqa: E402
+from tlora_analysis.adapters.fused.kernels import load_core, tile_coords  # noqa: E402
 
 NUM_SMS = torch.cuda.get_device_properties(0).multi_processor_count
 BM, BN, PAD = 128, 256, 64  # the output tile; PAD, the rank-r step's width, is its BK (r, then zeros)
@@ -104,8 +104,7 @@ def fill_kernel(x_ptr, a_ptr, core_ptr, scale_ptr, u_ptr, scratch_ptr, M, K, R, 
     offs_r = tl.arange(0, RP)
     u = acc.to(u_ptr.dtype.element_ty)
     tl.store(u_ptr + rows[:, None] * R + offs_r[None, :], u, mask=(rows < M)[:, None] & (offs_r < R)[None, :])
-    core = tl.load(core_ptr + offs_r[:, None] * stride_core0 + offs_r[None, :] * stride_core1,
-                   mask=(offs_r[:, None] < R) & (offs_r[None, :] < R), other=0.0)
+    core = load_core(core_ptr, stride_core0, stride_core1, R, RP)
     s = (tl.dot(u, core) * tl.load(scale_ptr).to(tl.float32)).to(scratch_ptr.dtype.element_ty)  # zeros past R
     tl.store(scratch_ptr + rows[:, None] * K + offs_r[None, :], s, mask=(rows < M)[:, None])
     if RP < PAD:

@@ -173,6 +173,14 @@ def masked_projection_kernel(g_ptr, c_ptr, out_ptr, M, N, R, stride_g, stride_c,
 
 
 @triton.jit
+def load_core(core_ptr, stride0, stride1, R, RP: tl.constexpr):
+    """The r × r core as an RP × RP float tile, zeros past r: loaded once per program."""
+    offs_r = tl.arange(0, RP)
+    return tl.load(core_ptr + offs_r[:, None] * stride0 + offs_r[None, :] * stride1,
+                   mask=(offs_r[:, None] < R) & (offs_r[None, :] < R), other=0.0)
+
+
+@triton.jit
 def scaled_rows(ut, core, scale, HAS_CORE: tl.constexpr, HAS_SCALE: tl.constexpr):
     """scale · (u core) for a (BM × r) tile of u, taken in float32 and rounded to u's dtype (u itself
     without core and scale): the left factor of the GEMM's rank-r term."""
@@ -216,9 +224,7 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
     k_tiles = tl.cdiv(K, BK)
     core = 0.0  # the r × r core, once per program (zeros past r), where there is one
     if HAS_CORE:
-        offs_r = tl.arange(0, RP)
-        core = tl.load(core_ptr + offs_r[:, None] * stride_core0 + offs_r[None, :] * stride_core1,
-                       mask=(offs_r[:, None] < R) & (offs_r[None, :] < R), other=0.0)
+        core = load_core(core_ptr, stride_core0, stride_core1, R, RP)
     scale = 1.0
     if HAS_SCALE:
         scale = tl.load(scale_ptr).to(tl.float32)
