@@ -518,14 +518,17 @@ def test_mask_kernels_qualify_for_the_cached_launch():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
-@pytest.mark.parametrize("dropout, bits", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("dropout, bits, backward", [(False, False, False), (True, False, False), (True, True, False),
+                                                     (False, False, True)])
 @pytest.mark.parametrize("w_t, v_t, bias", [(True, False, False), (False, True, True)])
-def test_gemm_keeps_its_tensor_core_products_in_flight(dropout, bits, w_t, v_t, bias, monkeypatch, tmp_path):
+def test_gemm_keeps_its_tensor_core_products_in_flight(dropout, bits, backward, w_t, v_t, bias, monkeypatch,
+                                                       tmp_path):
     """Compiled for an H100 (sm_90a; no GPU needed), the GEMM's K loop issues each tensor-core
     product before the previous one has finished (``wgmma.wait_group 1`` in the PTX), with and
     without the mask, and its registers do not spill (Triton's ptxas). With the mask the tile
     loop is not flattened: flattened, every product is waited for, which doubles the kernel's
-    time (docs/benchmarks.md, "Designs measured and not kept"). Both masks: pairs and bits."""
+    time (docs/benchmarks.md, "Designs measured and not kept"). Both masks: pairs and bits; and
+    the backward's ∂x GEMM, with the core gradients and the sum onto a sibling's ∂x."""
     import subprocess
 
     import triton
@@ -538,8 +541,8 @@ def test_gemm_keeps_its_tensor_core_products_in_flight(dropout, bits, w_t, v_t, 
     fn = kernels.lowrank_matmul_kernel
     # the package's own configuration for GPU 0, an H100's 132 multiprocessors
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
-    constexprs, _, _, stages, warps = lowrank_gemm._config(0, w_t, v_t, 32, True, True, bias, False, dropout,
-                                                                   bits)
+    constexprs, _, _, stages, warps = lowrank_gemm._config(0, w_t, v_t, 32, True, True, bias, backward, dropout,
+                                                           bits, backward)
     names = [p.name for p in fn.params]
     signature = {p.name: "constexpr" if p.is_constexpr else
                  "*fp32" if p.name in ("scale_ptr", "grad_scale_ptr", "share_ptr") else

@@ -156,6 +156,25 @@ for case in CASES + GRAD_CASES:  # ∂x, ∂B and ∂α in one launch
                                  "dtypes": [str(t.dtype) for t in first]})
 report["with_grads_calls"] = len(calls) - report["core_calls"] - report["flags_calls"]
 report["with_grads_core_grads_calls"] = len(grads_calls)
+before = len(calls)
+report["add_to"] = []
+for case in CASES:  # the result added onto the output's contents in the epilogue
+    ops = operands(case, torch.float16)
+    core, scale = core_operands(case, torch.float16, transposed=case[4])
+    want = dense64(*ops, core, scale)
+    into = torch.randn(want.shape).half()
+    start = into.double()
+    got = lowrank_matmul(*ops, core=core, scale=scale, add_to=into)
+    report["add_to"].append({"in_place": got is into, "err": rel_err(got, want + start)})
+for case in CASES + GRAD_CASES:
+    ops = with_grads_operands(case, torch.float16)
+    plain = lowrank_matmul_with_core_grads(*ops[:4], core=ops[4], scale=ops[5], y=ops[6])
+    into = torch.randn(plain[0].shape).half()
+    start = into.double()
+    got = lowrank_matmul_with_core_grads(*ops[:4], core=ops[4], scale=ops[5], y=ops[6], add_to=into)
+    report["add_to"].append({"in_place": got[0] is into, "err": rel_err(got[0], plain[0].double() + start),
+                             "same_core_grads": torch.equal(got[1], plain[1]) and torch.equal(got[2], plain[2])})
+report["add_to_calls"] = len(calls) - before
 # by hand: x = I, w = (0, 1/8, ..., 63/8), u = 1, v = 2 I, bias = (0, 1, ..., 7): out = w + 2 + bias, exactly
 x, w = torch.eye(8, dtype=torch.float16), (torch.arange(64.0) / 8).reshape(8, 8).half()
 u, v, bias = torch.ones(8, 8, dtype=torch.float16), 2 * torch.eye(8, dtype=torch.float16), torch.arange(8.0).half()
@@ -262,6 +281,12 @@ class TestInterpreted:
         for case in interpreted["flags"]:
             assert case["supported"] and case["err"] < 2e-3
 
+    def test_add_to_adds_onto_the_output_in_the_epilogue(self, interpreted):
+        assert interpreted["add_to_calls"] == len(CASES) + 2 * len(CASES + GRAD_CASES)  # all through the kernel
+        for case in interpreted["add_to"]:
+            assert case["in_place"] and case["err"] < 4e-3, case  # one float16 rounding of the sum
+            assert case.get("same_core_grads", True), case
+
     def test_core_gradients_in_the_epilogue_need_no_launch_of_their_own(self, interpreted):
         assert interpreted["with_grads_calls"] == 2 * len(CASES + GRAD_CASES)
         assert interpreted["with_grads_core_grads_calls"] == 0
@@ -309,6 +334,28 @@ def test_a_bias_that_broadcasts_takes_cublas_and_is_exact():
     x, w, u, v, _ = operands(CASES[1], torch.float64)
     bias = torch.randn(x.shape[0], w.shape[1], dtype=torch.float64)  # (M × N): addmm broadcasts it, the kernel cannot
     torch.testing.assert_close(lowrank_matmul(x, w, u, v, bias), x @ w + u @ v + bias, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES + GRAD_CASES)
+def test_add_to_is_exact_in_float64_and_checked(case):
+    ops = with_grads_operands(case, torch.float64)
+    plain = lowrank_matmul_with_core_grads(*ops[:4], core=ops[4], scale=ops[5], y=ops[6])
+    start = torch.randn(plain[0].shape, dtype=torch.float64)
+    into = start.clone()
+    got = lowrank_matmul_with_core_grads(*ops[:4], core=ops[4], scale=ops[5], y=ops[6], add_to=into)
+    assert got[0] is into
+    torch.testing.assert_close(into, plain[0] + start, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got[1:], plain[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    x, w, u, v, bias = operands(case, torch.float64)
+    into = torch.randn(x.shape[0], w.shape[1], dtype=torch.float64)
+    want = dense64(x, w, u, v, bias) + into
+    torch.testing.assert_close(lowrank_matmul(x, w, u, v, bias, add_to=into), want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(into, want, rtol=1e-12, atol=1e-12)  # in place
+    with pytest.raises(ValueError, match=r"add_to must be the result's shape"):
+        lowrank_matmul_with_core_grads(*ops[:4], core=ops[4], scale=ops[5], y=ops[6], add_to=start[:, :-1])
+    with pytest.raises(ValueError, match=r"dtype torch.float64"):
+        lowrank_matmul_with_core_grads(*ops[:4], core=ops[4], scale=ops[5], y=ops[6], add_to=start.float())
 
 
 def test_core_and_scale_by_hand():

@@ -1,5 +1,6 @@
-"""Sibling layers that read one input share its projection x [A_1 | A_2 …]: same function, learned
-from the calls' order, dropped when that order changes, never stale (adapters/fused/shared_projection.py)."""
+"""Sibling layers that read one input share its projection x [A_1 | A_2 …] and sum its gradient in
+their products: same function, learned from the calls' order, dropped when that order changes,
+never stale (adapters/fused/shared_projection.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 from tlora_analysis.adapters import TLoRAConfig, TLoRALinear, apply_adapters
 from tlora_analysis.adapters.fused import backend, get_projection_sharing, lowrank_gemm, set_projection_sharing
 from tlora_analysis.adapters.fused import shared_projection as sp
+from tlora_analysis.adapters.fused.functions import TLoRALinearFunction
 
 from test_lowrank_gemm import HOPPER
 
@@ -69,6 +71,89 @@ def test_siblings_are_learned_then_share_one_product(monkeypatch):
     for got in (first, second):
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-13, atol=1e-13)
+
+
+def shared_calls(monkeypatch):
+    """The calls of the siblings' adds to x's shared gradient, recorded."""
+    calls = []
+    put = sp.InputGradShare.put
+    monkeypatch.setattr(sp.InputGradShare, "put", lambda self, ctx, g: calls.append(1) or put(self, ctx, g))
+    return calls
+
+
+def test_siblings_sum_the_input_gradient_in_their_products(monkeypatch):
+    """The siblings add their ∂x to one sum, the owner returns it: x gets one gradient from the group."""
+    mods = layers()
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    run(mods, x)  # learn
+    calls = shared_calls(monkeypatch)
+    xx = x.clone().requires_grad_(True)
+    ys = [m(xx) for m in mods]
+    edges = [y.grad_fn.next_functions for y in ys]
+    assert len({id(fn) for e in edges for fn, _ in e if fn is not None and "TLoRA" in type(fn).__name__}) == 1
+    sum(y.sum() for y in ys).backward()
+    assert len(calls) == 2  # layer1 and layer2 added theirs; the owner returned the sum
+    set_projection_sharing(False)
+    want = x.clone().requires_grad_(True)
+    sum(m(want).sum() for m in mods).backward()
+    torch.testing.assert_close(xx.grad, want.grad, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("used", [(0,), (1,), (2,), (1, 2), (0, 2)])
+def test_a_backward_through_some_of_the_siblings_sums_only_theirs(used):
+    mods = layers()
+    x = torch.randn(4, 16, dtype=torch.float64)
+    run(mods, x)  # learn
+
+    def grads():
+        xx = x.clone().requires_grad_(True)
+        ys = [m(xx) for m in mods]
+        loss = sum((ys[i] * (i + 1)).sum() for i in used)
+        return torch.autograd.grad(loss, [xx] + [mods[i].tlora_B for i in used])
+
+    got = grads()
+    set_projection_sharing(False)
+    for g, w in zip(got, grads()):
+        torch.testing.assert_close(g, w, rtol=1e-13, atol=1e-13)
+
+
+def test_backward_twice_through_a_retained_graph_and_after_a_failed_pass(monkeypatch):
+    """A second pass sums afresh; so does one after a pass that failed after a sibling's backward,
+    before the owner's (its partial sum is dropped)."""
+    mods = layers()
+    x = torch.randn(4, 16, dtype=torch.float64)
+    run(mods, x)  # learn
+    xx = x.clone().requires_grad_(True)
+    loss = sum(m(xx).sum() for m in mods)
+    (first,) = torch.autograd.grad(loss, xx, retain_graph=True)
+    gradients = TLoRALinearFunction._gradients
+    failed = []
+
+    def fail_at_second_sibling(ctx, grad_out, add_to):
+        if not ctx.owner and add_to is not None and not failed:
+            failed.append(1)
+            raise RuntimeError("stop")
+        return gradients(ctx, grad_out, add_to)
+
+    monkeypatch.setattr(TLoRALinearFunction, "_gradients", staticmethod(fail_at_second_sibling))
+    with pytest.raises(RuntimeError, match="stop"):
+        torch.autograd.grad(loss, xx, retain_graph=True)
+    (again,) = torch.autograd.grad(loss, xx)
+    set_projection_sharing(False)
+    want = x.clone().requires_grad_(True)
+    sum(m(want).sum() for m in mods).backward()
+    for got in (first, again):
+        torch.testing.assert_close(got, want.grad, rtol=1e-13, atol=1e-13)
+
+
+def test_an_input_that_needs_no_gradient_shares_the_projection_only(monkeypatch):
+    mods = layers()
+    x = torch.randn(4, 16, dtype=torch.float64)
+    run(mods, x)  # learn
+    calls = shared_calls(monkeypatch)
+    ys = [m(x) for m in mods]  # x needs no gradient; B and α do
+    sum(y.sum() for y in ys).backward()
+    assert not calls and all(m.tlora_B.grad is not None for m in mods)
 
 
 def test_a_new_input_each_call_gets_its_own_projections():
@@ -201,19 +286,21 @@ def test_torch_compile_traces_siblings_without_graph_breaks():
 @pytest.mark.parametrize("rank", [32, 8])
 def test_cuda_strided_slices_run_the_kernel_and_match(rank, monkeypatch):
     """The slices of x [A_0 | A_1 | A_2] are strided views; the Triton GEMM takes them (forward, and
-    as y in the ∂x GEMM's core gradients) and gives what each layer's own projection gives."""
-    calls = []
+    as y in the ∂x GEMM's core gradients) and gives what each layer's own projection gives; two
+    of the three ∂x GEMMs add onto the sum of x's gradient."""
+    calls, added = [], []
     kernel = lowrank_gemm._triton_lowrank_matmul
-    monkeypatch.setattr(lowrank_gemm, "_triton_lowrank_matmul", lambda *a: calls.append(a[2].stride(0)) or kernel(*a))
+    monkeypatch.setattr(lowrank_gemm, "_triton_lowrank_matmul", lambda *a: calls.append(a[2].stride(0))
+                        or added.append(len(a) > 17 and a[17] is not None) or kernel(*a))
     mods = layers(dtype=torch.bfloat16, rank=rank, device="cuda")
     x = torch.randn(300, 16, dtype=torch.bfloat16, device="cuda")
     set_projection_sharing(False)
     want = run(mods, x)
     set_projection_sharing(True)
     run(mods, x)
-    calls.clear()
+    calls.clear(), added.clear()
     got = run(mods, x)
     assert 3 * rank in calls  # the siblings' forward GEMMs read u with the stacked row stride
-    assert len(calls) == 6  # forward and ∂x of each layer, all through the kernel
+    assert len(calls) == 6 and sum(added) == 2  # forward and ∂x of each layer, all through the kernel
     for g, w in zip(got, want):
         torch.testing.assert_close(g.float(), w.float(), rtol=2e-2, atol=2e-2 * w.float().abs().max().item())

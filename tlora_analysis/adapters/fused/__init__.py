@@ -6,7 +6,8 @@ not apply; it then computes its plain formula. Modules, from the layer down:
 
 - ``route``: which Function applies to a layer and an input, read from the layer's registries.
 - ``functions``: the autograd Functions (fused, adapter, merged) and their dropout masks.
-- ``shared_projection``: sibling layers that read one input share one product x [A_1 | A_2 …].
+- ``shared_projection``: sibling layers that read one input share one product x [A_1 | A_2 …],
+  and sum their ∂x in their GEMMs rather than through autograd.
 - ``lowrank_gemm``: ``lowrank_matmul`` (x W + α (u B) C in one Triton GEMM, else cuBLAS), the
   ∂x product with ∂B and ∂α in its epilogue, and ``dropout_lowrank_matmul`` (output dropout in
   the accumulator); ``core_grads``: ∂B and ∂α in one launch.

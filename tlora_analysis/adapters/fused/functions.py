@@ -16,7 +16,8 @@ gradient (docs/benchmarks.md, "TLoRA's options on a GPU"). The layer's ``impl`` 
   hashed keep-mask of (seed, element) (kernel_mask.py), and the backward regenerates the mask
   in its one pass over g, gc = (g ∘ keep) Cᵀ / (1 − p̂); where it does not run (and with
   "redraw" or "store"), and with input dropout (∂x), that direction stays with the β = 1
-  accumulation. Without input dropout, u may come from a sibling layer's call
+  accumulation. Without input dropout, u may come from a sibling layer's call, and sibling
+  layers sum their ∂x in their GEMMs' epilogues rather than through autograd
   (shared_projection.py).
 - ``"merged"`` (opt-in): :class:`TLoRAMergedFunction`, one product with W0 + ΔW, rebuilt from
   the factors in the forward and again in the backward (weight-sized passes instead of
@@ -52,6 +53,7 @@ from ..dropout import apply_keep, draw_keep, dropout_with_mask
 from .core_grads import core_grads
 from .lowrank_gemm import dropout_lowrank_matmul, lowrank_matmul, lowrank_matmul_with_core_grads
 from .kernel_mask import KernelDropout, masked_projection
+from .shared_projection import InputGradShare
 
 __all__ = ["TLoRAAdapterFunction", "TLoRALinearFunction", "TLoRAMergedFunction"]
 
@@ -190,9 +192,13 @@ class TLoRALinearFunction(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, alpha: torch.Tensor,
                 p_in: float, p_out: float, store_mask: bool, u: torch.Tensor | None = None,
-                kernel_mask: bool = False) -> torch.Tensor:
+                kernel_mask: bool = False, grad_share: InputGradShare | None = None,
+                token: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``u``: x A when already computed (shared_projection.py; no input dropout), else computed
-        here. ``kernel_mask``: output dropout with the in-kernel mask in the Triton GEMM where it runs."""
+        here. ``kernel_mask``: output dropout with the in-kernel mask in the Triton GEMM where it
+        runs. ``grad_share``: x's gradient summed with sibling layers' (shared_projection.py): a
+        sibling passes the owner's ``token`` and adds its ∂x to the share; the owner (no token)
+        also returns a token, an empty tensor its siblings take as an input, and returns the sum."""
         x2 = x.reshape(-1, x.shape[-1])
         if u is None:
             u, ctx.in_mask = _forward_u(x2, a, p_in, store_mask)
@@ -200,11 +206,33 @@ class TLoRALinearFunction(torch.autograd.Function):
             ctx.in_mask = None
         out, ctx.out_mask = _output(x2, weight, bias, u, b, c, alpha, p_out, store_mask, kernel_mask)
         ctx.save_for_backward(weight, u, a, b, c, alpha)
-        ctx.x_shape = x.shape
-        return out.view(*x.shape[:-1], weight.shape[0])
+        ctx.x_shape, ctx.grad_share, ctx.owner = x.shape, grad_share, grad_share is not None and token is None
+        out = out.view(*x.shape[:-1], weight.shape[0])
+        if not ctx.owner:
+            return out
+        ctx.set_materialize_grads(False)  # the owner's own output may get no gradient, its token gets none
+        return out, x.new_empty(0)
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, grad_out: torch.Tensor | None, *_: Any) -> tuple[torch.Tensor | None, ...]:
+        share = ctx.grad_share
+        if grad_out is None:  # the owner's output unused: x's gradient is its siblings' sum
+            grad_x = share.drain()
+            return (None if grad_x is None else grad_x.view(ctx.x_shape)), *(None,) * 13
+        grad_x, grad_b, grad_alpha = TLoRALinearFunction._gradients(
+            ctx, grad_out, None if share is None else share.drain() if ctx.owner else share.take(ctx))
+        if share is not None and not ctx.owner:
+            if grad_x is not None:
+                share.put(ctx, grad_x)
+            grad_x = None  # in the owner's sum
+        grad_x = None if grad_x is None else grad_x.view(ctx.x_shape)
+        return grad_x, None, None, None, grad_b, None, grad_alpha, None, None, None, None, None, None, None
+
+    @staticmethod
+    def _gradients(ctx: Any, grad_out: torch.Tensor, add_to: torch.Tensor | None
+                   ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """(∂x (tokens × in; added onto ``add_to`` in place where given), ∂B, ∂α), each None where
+        not needed."""
         weight, u, a, b, c, alpha = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1])
         need_x, need_b, need_alpha = ctx.needs_input_grad[0], ctx.needs_input_grad[4], ctx.needs_input_grad[6]
@@ -217,16 +245,16 @@ class TLoRALinearFunction(torch.autograd.Function):
             # g W0 + α (gc Bᵀ) Aᵀ in one GEMM with ∂B and ∂α in its epilogue (Triton), else β = 1
             # accumulation (cuBLAS) and core_grads
             grad_x, grad_b, grad_alpha = lowrank_matmul_with_core_grads(
-                g, weight, gc, a, core=b, scale=alpha, y=u, transpose_v=True, transpose_core=True)
+                g, weight, gc, a, core=b, scale=alpha, y=u, transpose_v=True, transpose_core=True, add_to=add_to)
             grad_b, grad_alpha = (grad_b if need_b else None), (grad_alpha if need_alpha else None)
         else:
             grad_b, grad_alpha = core_grads(u, gc, b, alpha, need_b=need_b, need_alpha=need_alpha)
             if need_x and ctx.in_mask is None:
-                grad_x = lowrank_matmul(g, weight, gc, a, core=b, scale=alpha, transpose_v=True, transpose_core=True)
-            elif need_x:
+                grad_x = lowrank_matmul(g, weight, gc, a, core=b, scale=alpha, transpose_v=True, transpose_core=True,
+                                        add_to=add_to)
+            elif need_x:  # input dropout: never shared, so no add_to
                 grad_x = _input_grad_from_u(gc @ (alpha * b).T, a, ctx.in_mask).addmm_(g, weight)
-        grad_x = None if grad_x is None else grad_x.view(ctx.x_shape)
-        return grad_x, None, None, None, grad_b, None, grad_alpha, None, None, None, None, None
+        return grad_x if grad_x is not None else add_to, grad_b, grad_alpha
 
 
 def _merged_weight(weight: torch.Tensor, a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

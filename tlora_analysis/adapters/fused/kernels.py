@@ -2,8 +2,9 @@
 
 - :func:`lowrank_matmul_kernel`: out = x op(w) + scale · (u op(core)) op(v) (+ bias) in one
   persistent GEMM with TMA loads, the rank-r term added in the accumulator before the only
-  store; optionally ∂B and ∂α (:func:`core_grads_program`) by its programs that have one tile
-  fewer than the others. Host side: lowrank_gemm.py.
+  store (with ``ACCUMULATE``, added onto what out holds); optionally ∂B and ∂α
+  (:func:`core_grads_program`) by its programs that have one tile fewer than the others.
+  Host side: lowrank_gemm.py.
   With ``DROPOUT`` the rank-r term is computed first and dropped out in the accumulator
   (:func:`keep_tile`), then the base product accumulates onto it: the fused layer's output
   dropout at no extra pass over memory.
@@ -205,7 +206,7 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
                           HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, NUM_SMS: tl.constexpr,
                           BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
                           CORE_GRADS: tl.constexpr, GRAD_PROGRAMS: tl.constexpr, PB: tl.constexpr,
-                          DROPOUT: tl.constexpr, BITS: tl.constexpr):
+                          DROPOUT: tl.constexpr, BITS: tl.constexpr, ACCUMULATE: tl.constexpr):
     # TMA descriptors over the row-major storage; W and V may be stored transposed (W_T, V_T).
     x_desc = tl.make_tensor_descriptor(x_ptr, shape=[M, K], strides=[stride_x, 1], block_shape=[BM, BK])
     if W_T:
@@ -260,6 +261,9 @@ def lowrank_matmul_kernel(x_ptr, w_ptr, u_ptr, v_ptr, core_ptr, scale_ptr, bias_
             acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
         halves = tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1))
         left, right = tl.split(halves)
+        if ACCUMULATE:  # onto what out holds (a sibling layer's ∂x): one rounding of the sum
+            left += out_desc.load([om, on]).to(tl.float32)
+            right += out_desc.load([om, on + BN // 2]).to(tl.float32)
         out_desc.store([om, on], left.to(out_desc.dtype))
         out_desc.store([om, on + BN // 2], right.to(out_desc.dtype))
     if CORE_GRADS:

@@ -16,7 +16,8 @@ default wherever it applies on a GPU, eager mode included), launch.py how it is 
 cheaply, and :func:`lowrank_matmul` falls back to cuBLAS otherwise.
 :func:`lowrank_matmul_with_core_grads` is the layer's ∂x product: the persistent grid leaves some
 programs a tile short, and those compute ∂B and ∂α after their tiles (core_grads.py's algorithm)
-instead of a launch of their own. :func:`dropout_lowrank_matmul` is the layer's forward under
+instead of a launch of their own; with ``add_to`` it adds ∂x onto a sibling layer's in its epilogue
+(shared_projection.py). :func:`dropout_lowrank_matmul` is the layer's forward under
 output dropout: the rank-r term goes into the accumulator first, is dropped out there with the
 hashed keep-mask of (seed, element) (kernel_mask.py), and the base product accumulates onto it.
 """
@@ -112,10 +113,11 @@ _GRAD_PROGRAMS = 32  # the most programs that share the core gradients' work (as
 
 
 def _config(device: int, w_t: bool, v_t: bool, r: int, has_core: bool, has_scale: bool,
-            has_bias: bool, core_grads: bool, dropout: bool, bits: bool) -> tuple[dict, int, int, int, int]:
+            has_bias: bool, core_grads: bool, dropout: bool, bits: bool,
+            accumulate: bool) -> tuple[dict, int, int, int, int]:
     """(constexprs, BM, BN, stages, warps) for one operand layout on one device (its index, -1
-    for the CPU), whether the rank-r term is dropped out and by the bit mask: built once
-    (TritonLauncher.config)."""
+    for the CPU), whether the rank-r term is dropped out and by the bit mask, whether the result
+    is added onto the output's contents: built once (TritonLauncher.config)."""
     bm, bn, bk, stages, warps = _INTERPRETER_TILE if device < 0 else _TILE
     if device < 0 and dropout:
         bn = _INTERPRETER_MASKED_BN
@@ -125,22 +127,23 @@ def _config(device: int, w_t: bool, v_t: bool, r: int, has_core: bool, has_scale
                   "HAS_SCALE": has_scale, "HAS_BIAS": has_bias, "NUM_SMS": num_sms,
                   "BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8, "CORE_GRADS": core_grads,
                   "GRAD_PROGRAMS": _GRAD_PROGRAMS, "PB": _core_grads.shares_per_step(rp, _GRAD_PROGRAMS),
-                  "DROPOUT": dropout, "BITS": bits}
+                  "DROPOUT": dropout, "BITS": bits, "ACCUMULATE": accumulate}
     return constexprs, bm, bn, stages, warps
 
 
 def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                            bias: torch.Tensor | None, core: torch.Tensor | None, scale: torch.Tensor | None,
                            y: torch.Tensor | None, w_t: bool, v_t: bool, core_t: bool, m: int, n: int, k: int, r: int,
-                           compiled: bool, dropout: KernelDropout | None = None
+                           compiled: bool, dropout: KernelDropout | None = None, add_to: torch.Tensor | None = None
                            ) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """The kernel's output, w and v as stored; with ``y`` (core and scale then required) also
-    scale · yᵀ u and ⟨op(core), uᵀ y⟩; with ``dropout`` the rank-r term dropped out."""
-    out = x.new_empty((m, n))
+    scale · yᵀ u and ⟨op(core), uᵀ y⟩; with ``dropout`` the rank-r term dropped out; with
+    ``add_to`` (M × N, contiguous, x's dtype) the result added onto it in place."""
+    out = x.new_empty((m, n)) if add_to is None else add_to
     launcher = backend.launcher
     constexprs, bm, bn, stages, warps = launcher.config(
         ("lowrank_matmul", x.get_device(), w_t, v_t, r, core is not None, scale is not None, bias is not None,
-         y is not None, dropout is not None, dropout is not None and dropout.bits), _config)
+         y is not None, dropout is not None, dropout is not None and dropout.bits, add_to is not None), _config)
     if core is None:
         core_strides = (0, 0)
     else:
@@ -160,31 +163,44 @@ def _triton_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v:
 
 def _cublas_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                            bias: torch.Tensor | None, core: torch.Tensor | None = None,
-                           scale: torch.Tensor | None = None) -> torch.Tensor:
+                           scale: torch.Tensor | None = None, add_to: torch.Tensor | None = None) -> torch.Tensor:
     """scale · core folded into v first (r × N, the cheap side), the rank-r product, then the large
-    one accumulated onto it in cuBLAS's epilogue (β = 1)."""
+    one accumulated onto it in cuBLAS's epilogue (β = 1). Then added onto ``add_to`` where given,
+    as autograd adds gradients, so the sum has the bits autograd's would have."""
     if core is not None:
         v = (core if scale is None else scale * core) @ v
     elif scale is not None:
         v = scale * v
-    out = torch.mm(u, v) if bias is None else torch.addmm(bias, u, v)
-    return out.addmm_(x, w)
+    out = (torch.mm(u, v) if bias is None else torch.addmm(bias, u, v)).addmm_(x, w)
+    return out if add_to is None else add_to.add_(out)
 
 
 def _lowrank(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
              core: torch.Tensor | None, scale: torch.Tensor | None, y: torch.Tensor | None, w_t: bool, v_t: bool,
-             core_t: bool, allowed: bool, compiled: bool) -> torch.Tensor | tuple[torch.Tensor, ...]:
+             core_t: bool, allowed: bool, compiled: bool,
+             add_to: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Both public functions' work: the kernel where ``allowed`` and it applies, else cuBLAS (and
-    core_grads.py for the core gradients). w, v and core as the caller passed them, op() by flag."""
+    core_grads.py for the core gradients). w, v and core as the caller passed them, op() by flag;
+    the product added onto ``add_to`` in place where given."""
     (w, w_t), (v, v_t) = _stored(w, w_t), _stored(v, v_t)
     m, n, k, r = _chain(x, w, u, v, core, scale, y, w_t, v_t)
-    if allowed and _applies(x, w, u, v, bias, core, scale, y, n, r):
-        return _triton_lowrank_matmul(x, w, u, v, bias, core, scale, y, w_t, v_t, core_t, m, n, k, r, compiled)
+    if add_to is not None:
+        _check_add_to(add_to, x, m, n)
+    if allowed and _applies(x, w, u, v, bias, core, scale, y, n, r) and (add_to is None or add_to.is_contiguous()):
+        return _triton_lowrank_matmul(x, w, u, v, bias, core, scale, y, w_t, v_t, core_t, m, n, k, r, compiled,
+                                      None, add_to)
     op_core = None if core is None else (core.T if core_t else core)
-    out = _cublas_lowrank_matmul(x, w.T if w_t else w, u, v.T if v_t else v, bias, op_core, scale)
+    out = _cublas_lowrank_matmul(x, w.T if w_t else w, u, v.T if v_t else v, bias, op_core, scale, add_to)
     if y is None:
         return out
     return (out, *_core_grads.dispatch(y, u, core if core_t else core.T, scale, allowed, compiled))
+
+
+def _check_add_to(add_to: torch.Tensor, x: torch.Tensor, m: int, n: int) -> None:
+    """A ValueError unless ``add_to`` is the M × N result's shape, dtype and device."""
+    if add_to.shape != (m, n) or add_to.dtype != x.dtype or add_to.device != x.device:
+        raise ValueError(f"add_to must be the result's shape ({m}, {n}), dtype {x.dtype} and device {x.device}, got "
+                         f"{tuple(add_to.shape)}, {add_to.dtype} on {add_to.device}")
 
 
 @torch.library.custom_op("tlora_analysis::lowrank_matmul", mutates_args=())
@@ -205,7 +221,7 @@ def _(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, bias: 
 def lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
                    bias: torch.Tensor | None = None, *, core: torch.Tensor | None = None,
                    scale: torch.Tensor | None = None, transpose_w: bool = False, transpose_v: bool = False,
-                   transpose_core: bool = False) -> torch.Tensor:
+                   transpose_core: bool = False, add_to: torch.Tensor | None = None) -> torch.Tensor:
     """x op(w) + scale · (u op(core)) op(v) (+ bias) for x (M × K), op(w) (K × N), u (M × r),
     op(v) (r × N), op(core) (r × r), scale (one element), bias (N): M × N. Without core or
     scale, x op(w) + u op(v) (+ bias). op(t) is tᵀ where ``transpose_t`` says so (as BLAS's
@@ -217,13 +233,17 @@ def lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.T
     rounding of the output), else cuBLAS (scale · core v, the rank-r product, then the large one
     accumulated onto it). Under ``torch.compile`` a custom operator, which keeps it whole; in
     eager mode a plain call (the operator's dispatch would cost the host more than the launch).
-    No autograd: for use inside autograd Functions (functions.py).
+    ``add_to`` (M × N, x's dtype and device): the result is added onto it in place and it is
+    returned; the kernel adds it in its epilogue (one rounding of the sum, no pass of its own)
+    where it is contiguous, else the result is added as a tensor (autograd's bits). No autograd:
+    for use inside autograd Functions (functions.py).
     """
     if torch.compiler.is_compiling():
         _chain(x, w, u, v, core, scale, None, transpose_w, transpose_v)  # a clear error while tracing
-        return _lowrank_matmul_op(x, w, u, v, bias, core, scale, transpose_w, transpose_v, transpose_core)
+        out = _lowrank_matmul_op(x, w, u, v, bias, core, scale, transpose_w, transpose_v, transpose_core)
+        return out if add_to is None else add_to.add_(out)
     return _lowrank(x, w, u, v, bias, core, scale, None, transpose_w, transpose_v, transpose_core,
-                    backend.triton_allowed(compiling=False, device_type=x.device.type), False)
+                    backend.triton_allowed(compiling=False, device_type=x.device.type), False, add_to)
 
 
 @torch.library.custom_op("tlora_analysis::lowrank_matmul_with_core_grads", mutates_args=())
@@ -244,8 +264,9 @@ def _(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, core: 
 
 def lowrank_matmul_with_core_grads(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, *,
                                    core: torch.Tensor, scale: torch.Tensor, y: torch.Tensor,
-                                   transpose_w: bool = False, transpose_v: bool = False,
-                                   transpose_core: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                                   transpose_w: bool = False, transpose_v: bool = False, transpose_core: bool = False,
+                                   add_to: torch.Tensor | None = None
+                                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x op(w) + scale · (u op(core)) op(v), scale · yᵀ u, ⟨op(core), uᵀ y⟩) for y (M × r)
     besides :func:`lowrank_matmul`'s operands; the second result has core's dtype, the third scale's.
 
@@ -254,13 +275,16 @@ def lowrank_matmul_with_core_grads(x: torch.Tensor, w: torch.Tensor, u: torch.Te
     the last two come from its own launch: the programs that have one output tile fewer than the
     others compute them after their tiles (:func:`~.core_grads.core_grads`' algorithm: float32
     shares summed in a fixed order), instead of a launch of their own. Else :func:`lowrank_matmul`
-    and :func:`~.core_grads.core_grads`.
+    and :func:`~.core_grads.core_grads`. ``add_to``: the first result added onto it, as in
+    :func:`lowrank_matmul` (the fused layer's ∂x added to its sibling layers').
     """
     if torch.compiler.is_compiling():
         _chain(x, w, u, v, core, scale, y, transpose_w, transpose_v)
-        return _with_core_grads_op(x, w, u, v, core, scale, y, transpose_w, transpose_v, transpose_core)
+        out, grad_core, grad_scale = _with_core_grads_op(x, w, u, v, core, scale, y, transpose_w, transpose_v,
+                                                         transpose_core)
+        return (out if add_to is None else add_to.add_(out)), grad_core, grad_scale
     return _lowrank(x, w, u, v, None, core, scale, y, transpose_w, transpose_v, transpose_core,
-                    backend.triton_allowed(compiling=False, device_type=x.device.type), False)
+                    backend.triton_allowed(compiling=False, device_type=x.device.type), False, add_to)
 
 
 def dropout_lowrank_matmul(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,

@@ -67,8 +67,8 @@ def _store_mask(layer: nn.Module, x: torch.Tensor) -> bool:
 
 def forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     """W0 x + bias + the adapter in one fused Function: :class:`TLoRAMergedFunction` for
-    ``impl="merged"`` without dropout, else :class:`TLoRALinearFunction` (with x A shared among
-    sibling layers where there is no input dropout; with ``dropout_mask="auto"`` output dropout
+    ``impl="merged"`` without dropout, else :class:`TLoRALinearFunction` (with x A and x's
+    gradient shared among sibling layers where there is no input dropout; with ``dropout_mask="auto"`` output dropout
     by the in-kernel mask in its Triton GEMM where that runs); None where it does not apply."""
     factors = _factors(layer, x)
     base = None if factors is None else _fusable_base(layer, factors[0].dtype)
@@ -77,9 +77,15 @@ def forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     p_in, p_out = _dropout_probabilities(layer)
     if layer._impl == "merged" and p_in == p_out == 0:
         return TLoRAMergedFunction.apply(x, *base, *factors)
-    u = backend.projections.project(layer, x, factors[0]) if p_in == 0 else None
+    shared = backend.projections.project(layer, x, factors[0]) if p_in == 0 else None
+    u, grad_share, token = (None, None, None) if shared is None else shared
     store = _store_mask(layer, x) if p_in or p_out else False
-    return TLoRALinearFunction.apply(x, *base, *factors, p_in, p_out, store, u, layer._dropout_mask == "auto")
+    out = TLoRALinearFunction.apply(x, *base, *factors, p_in, p_out, store, u, layer._dropout_mask == "auto",
+                                    grad_share, token)
+    if grad_share is not None and token is None:  # the owner: its siblings take its token
+        out, token = out
+        backend.projections.set_token(token)
+    return out
 
 
 def adapter_output(layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:

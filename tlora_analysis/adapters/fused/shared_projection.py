@@ -17,17 +17,67 @@ treats it exactly as its own. Not under ``torch.compile`` (dynamo would have to 
 not with dropout on the input (each layer draws its own mask), and not in the "plain" and
 "adapter" paths. What is learned lives in a :class:`ProjectionSharing`, the backend's
 ``projections`` (state.py).
+
+The layers called with one input also share its gradient (:class:`InputGradShare`), where x
+needs one: autograd would add each layer's ∂x (tokens × in) onto the others' in a pass of its
+own (two reads and one write per sibling, 48 passes a step on the benchmark model). Instead each
+later layer's ∂x GEMM adds its product onto the running sum in its epilogue, and the owner's
+Function, whose backward runs after all of theirs (they take its token, an empty output, as an
+input, so autograd orders the owner's node after theirs), adds its own and returns the sum as
+the one gradient x gets from them; the others return none for x. Joining needs no learning
+(the first step shares as the later ones do, so a resumed run sums as the uninterrupted one
+did). A backward pass that reaches only some of the layers sums only theirs, as autograd would.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["ProjectionSharing"]
+__all__ = ["InputGradShare", "ProjectionSharing", "Shared"]
+
+
+class InputGradShare:
+    """The running sum of sibling layers' ∂x for one owner's call: taken and added to by each
+    sibling's backward, drained by the owner's (functions.py)."""
+
+    __slots__ = ("grad", "added")
+
+    def __init__(self) -> None:
+        self.grad: torch.Tensor | None = None
+        self.added: set[int] = set()  # the contexts (by id) of the siblings already summed
+
+    def take(self, ctx: object) -> torch.Tensor | None:
+        """The sum so far for a sibling to add onto in place (None: it writes the first term). A
+        sibling already in the sum means a backward pass that stopped before the owner's ran
+        (an error in between): its partial sum is dropped."""
+        if id(ctx) in self.added:
+            self.grad, self.added = None, set()
+        return self.grad
+
+    def put(self, ctx: object, grad: torch.Tensor) -> None:
+        """The sum with the sibling's ∂x in it."""
+        self.grad = grad
+        self.added.add(id(ctx))
+
+    def drain(self) -> torch.Tensor | None:
+        """The siblings' sum (None if none ran), emptied for the next backward pass: the owner's."""
+        grad, self.grad, self.added = self.grad, None, set()
+        return grad
+
+
+class Shared(NamedTuple):
+    """What a layer gets from :meth:`ProjectionSharing.project`: its u = x A (None: not computed
+    for it), the share of x's gradient (None where x needs none), and the owner's token (None for
+    the owner itself)."""
+
+    u: torch.Tensor | None
+    grad: InputGradShare | None
+    token: torch.Tensor | None
 
 
 class _Group:
@@ -48,14 +98,17 @@ class _Group:
 
 class _Slot(threading.local):
     """The last input an owner projected: weak reference to x, x's version, the owner's group,
-    and per sibling (by id) a weak reference to it, the factor A its slice was computed from
-    with A's version, and the slice u."""
+    per sibling (by id) a weak reference to it, the factor A its slice was computed from with
+    A's version, and the slice u; the share of x's gradient and the owner's token while
+    slices wait to be taken."""
 
     def __init__(self) -> None:
         self.x: weakref.ref | None = None
         self.version = -1
         self.group: _Group | None = None
         self.pending: dict[int, tuple[weakref.ref, torch.Tensor, int, torch.Tensor]] = {}
+        self.grad: InputGradShare | None = None
+        self.token: torch.Tensor | None = None
 
 
 def _stacked_factors(group: _Group, factors: list[torch.Tensor]) -> tuple[torch.Tensor | None, list[int]]:
@@ -100,26 +153,34 @@ class ProjectionSharing:
         self.enabled = enabled
         self.slot = _Slot()
 
-    def project(self, layer: nn.Module, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:
-        """u = x A (tokens × r, no autograd) for ``layer`` with frozen factor ``a`` (in × r), when a
-        sibling's call already computed it or this call computes it for its siblings too; None when
-        the layer should compute its own (no sibling known yet, sharing off, under compile)."""
+    def project(self, layer: nn.Module, x: torch.Tensor, a: torch.Tensor) -> Shared | None:
+        """For ``layer`` with frozen factor ``a`` (in × r) called with ``x``: u = x A (tokens × r, no
+        autograd) when a sibling's call already computed it or this call computes it for its
+        siblings too (else None: the layer computes its own), and the share of x's gradient where
+        x needs one (:class:`Shared`); None for neither (sharing off, under compile). The layer
+        that sees x first, the owner, passes the token its Function returns to :meth:`set_token`;
+        every later layer called with x joins the share, learned as a sibling or not yet."""
         if not self.enabled or torch.compiler.is_compiling():
             return None
         slot = self.slot
-        if slot.x is not None and slot.x() is x and slot.version == x._version:
+        if slot.x is not None and slot.x() is x and slot.version == x._version:  # a layer after the owner
             entry = slot.pending.pop(id(layer), None)
+            u = None
             if entry is not None and entry[0]() is layer and entry[1] is a and entry[2] == a._version:
-                return entry[3]
-            if entry is None and slot.group is not None:
+                u = entry[3]
+            elif entry is None and slot.group is not None:
                 _learn(slot.group, layer)
-            return None
+            token = slot.token
+            return None if u is None and token is None else Shared(u, None if token is None else slot.grad, token)
         if slot.pending:  # the previous owner's siblings that were not called with its input
             _forget(slot.group, set(slot.pending))
         group = self.groups.get(layer)
         if group is None:
             group = self.groups[layer] = _Group(layer)
         slot.x, slot.version, slot.group, slot.pending = weakref.ref(x), x._version, group, {}
+        slot.grad = InputGradShare() if x.requires_grad and torch.is_grad_enabled() else None
+        slot.token = None
+        own = None if slot.grad is None else Shared(None, slot.grad, None)
         refs, alive, factors = [], [], [a]
         for ref in group.siblings:  # the siblings alive, with their current factors (read from the buffers)
             if (s := ref()) is not None and (f := s._buffers.get("tlora_A")) is not None:
@@ -127,12 +188,16 @@ class ProjectionSharing:
                 alive.append(s)
                 factors.append(f)
         if not refs:
-            return None
+            return own
         stacked, members = _stacked_factors(group, factors)
         if stacked is None:
-            return None
+            return own
         projections = torch.mm(x.detach().reshape(-1, x.shape[-1]), stacked)  # no autograd
         slices = projections.split([a.shape[1]] + [factors[1 + i].shape[1] for i in members], dim=1)
         state = group.state
         slot.pending = {id(alive[i]): (refs[i], factors[1 + i], state[1 + i][2], u) for i, u in zip(members, slices[1:])}
-        return slices[0]
+        return Shared(slices[0], slot.grad, None)
+
+    def set_token(self, token: torch.Tensor) -> None:
+        """The owner's token, for the layers called with its input next (held until another owner's call)."""
+        self.slot.token = token
