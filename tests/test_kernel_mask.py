@@ -517,6 +517,44 @@ def test_mask_kernels_qualify_for_the_cached_launch():
     assert backend.launcher.ints_unspecialized(kernels.masked_projection_kernel, 3, 10)
 
 
+def compiled_for_sm90a(fn, constexprs: dict, stages: int, warps: int, tmp_path) -> tuple[str, str]:
+    """``fn`` compiled by Triton for an H100 (sm_90a; no GPU needed) with bf16 pointers (float32
+    for scales and shares, int32 for the counter) and int32 integers: its PTX and ptxas's report."""
+    import subprocess
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.compiler import ASTSource
+
+    names = [p.name for p in fn.params]
+    signature = {p.name: "constexpr" if p.is_constexpr else
+                 "*fp32" if p.name in ("scale_ptr", "grad_scale_ptr", "share_ptr") else
+                 "*i32" if p.name == "count_ptr" else "*bf16" if p.name.endswith("_ptr") else "i32"
+                 for p in fn.params}
+    source = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()})
+    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                         options={"num_warps": warps, "num_stages": stages}).asm["ptx"]
+    (tmp_path / "kernel.ptx").write_text(ptx)
+    report = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", str(tmp_path / "kernel.ptx"),
+                             "-o", str(tmp_path / "kernel.cubin")], capture_output=True, text=True, check=True)
+    return ptx, report.stdout + report.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+@pytest.mark.parametrize("bits", [True, False])
+@pytest.mark.parametrize("rank", [8, 32, 64])
+def test_masked_projection_compiles_without_spills(bits, rank, tmp_path):
+    """The masked projection with the package's tile for each mask, compiled for an H100: no
+    register spills (the bit mask's 256-column, four-warp tile would spill with the pair mask)."""
+    from tlora_analysis.adapters.fused import kernels
+
+    bm, bn, stages, warps = kernel_mask._tile(torch.device("cuda"), bits)
+    constexprs = {"RP": max(16, 1 << (rank - 1).bit_length()), "BM": bm, "BN": bn, "BITS": bits}
+    _, report = compiled_for_sm90a(kernels.masked_projection_kernel, constexprs, stages, warps, tmp_path)
+    assert "0 bytes spill stores, 0 bytes spill loads" in report
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
 @pytest.mark.parametrize("dropout, bits, backward", [(False, False, False), (True, False, False), (True, True, False),
                                                      (False, False, True)])
@@ -529,13 +567,6 @@ def test_gemm_keeps_its_tensor_core_products_in_flight(dropout, bits, backward, 
     loop is not flattened: flattened, every product is waited for, which doubles the kernel's
     time (docs/benchmarks.md, "Designs measured and not kept"). Both masks: pairs and bits; and
     the backward's ∂x GEMM, with the core gradients and the sum onto a sibling's ∂x."""
-    import subprocess
-
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
-    from triton.compiler import ASTSource
-
     from tlora_analysis.adapters.fused import kernels
 
     fn = kernels.lowrank_matmul_kernel
@@ -543,16 +574,6 @@ def test_gemm_keeps_its_tensor_core_products_in_flight(dropout, bits, backward, 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
     constexprs, _, _, stages, warps = lowrank_gemm._config(0, w_t, v_t, 32, True, True, bias, backward, dropout,
                                                            bits, backward)
-    names = [p.name for p in fn.params]
-    signature = {p.name: "constexpr" if p.is_constexpr else
-                 "*fp32" if p.name in ("scale_ptr", "grad_scale_ptr", "share_ptr") else
-                 "*i32" if p.name == "count_ptr" else "*bf16" if p.name.endswith("_ptr") else "i32"
-                 for p in fn.params}
-    source = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in constexprs.items()})
-    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                         options={"num_warps": warps, "num_stages": stages}).asm["ptx"]
+    ptx, report = compiled_for_sm90a(fn, constexprs, stages, warps, tmp_path)
     assert "wgmma.wait_group.sync.aligned 1;" in ptx
-    (tmp_path / "gemm.ptx").write_text(ptx)
-    report = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", str(tmp_path / "gemm.ptx"),
-                             "-o", str(tmp_path / "gemm.cubin")], capture_output=True, text=True, check=True)
-    assert "0 bytes spill stores, 0 bytes spill loads" in report.stdout + report.stderr
+    assert "0 bytes spill stores, 0 bytes spill loads" in report

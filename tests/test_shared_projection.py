@@ -146,6 +146,26 @@ def test_backward_twice_through_a_retained_graph_and_after_a_failed_pass(monkeyp
         torch.testing.assert_close(got, want.grad, rtol=1e-13, atol=1e-13)
 
 
+def test_nothing_of_a_finished_step_is_kept_alive():
+    """After the backward, the slot no longer holds the owner's token, whose node would keep every
+    node before it alive with what their contexts hold (here the stored dropout masks)."""
+    import gc
+    import weakref
+
+    mods = layers(dropout=0.5)  # output dropout; the CPU stores the mask in the node's context
+    x = torch.randn(4, 16, dtype=torch.float64)
+    run(mods, x)  # learn
+    xx = x.clone().requires_grad_(True)
+    ys = [m(xx) for m in mods]
+    masks = [weakref.ref(y.grad_fn.out_mask.mask) for y in ys]
+    assert backend.projections.slot.token.token is not None  # for layers still to come
+    sum(y.sum() for y in ys).backward()
+    assert backend.projections.slot.token.token is None
+    del ys, xx
+    gc.collect()
+    assert all(m() is None for m in masks)
+
+
 def test_an_input_that_needs_no_gradient_shares_the_projection_only(monkeypatch):
     mods = layers()
     x = torch.randn(4, 16, dtype=torch.float64)

@@ -57,12 +57,16 @@ SEED_BITS = 62  # two 31-bit halves: kernel arguments that fit int32, so the cac
 _HALF = (1 << 31) - 1
 # (BM, BN, pipeline stages, warps) of the two mask kernels. The masked projection is a skinny,
 # memory-bound GEMM (one read of g, M × N): BM = 64 gives a program per 64 rows (128 programs
-# for 8192 tokens, about one per multiprocessor of an H100), BN = 128 columns of g per step,
-# four TMA loads in flight, 32 elements of g per thread. It compiles for sm_90 without register
-# spills (Triton 3.6 and 3.9: at most 106 registers for r ≤ 64). On an H100 it takes 1.09–1.15×
-# the time of cuBLAS's unmasked g Cᵀ with the bit mask, 1.24–1.28× with the pair mask (benchmarks.md).
+# for 8192 tokens, about one per multiprocessor of an H100). With the bit mask (p = 1/2) 256
+# columns of g per step, three TMA loads in flight and four warps: the fastest of 34
+# configurations on an H100, 0.92× the time of the eight-warp 128-column tile summed over the
+# benchmark model's layers (benchmarks.md, "The masked projection's tile"). The pair mask keeps
+# that 128-column tile (four loads in flight, eight warps): with 256 columns and four warps its
+# per-element hashes spill registers. Compiled for sm_90a with Triton 3.6 and 3.9 neither spills
+# for r ≤ 64 (at most 141 registers with the bit mask, 124 with the pair mask).
 # The interpreter gets short tiles so that tests cover several; BN = 128, the bit mask's group.
-_TILE = (64, 128, 4, 8)
+_TILE = (64, 256, 3, 4)
+_PAIR_TILE = (64, 128, 4, 8)
 _INTERPRETER_TILE = (16, 128, 1, 4)
 BITS_BELOW = 1 << 15  # T of p = 1/2: the bit mask
 
@@ -122,8 +126,11 @@ class KernelDropout:
         return self.seed & _HALF, self.seed >> 31, self.keep_below, scale_bits
 
 
-def _tile(device: torch.device) -> tuple[int, int, int, int]:
-    return _INTERPRETER_TILE if device.type == "cpu" else _TILE
+def _tile(device: torch.device, bits: bool = True) -> tuple[int, int, int, int]:
+    """(BM, BN, stages, warps) of the mask kernels on ``device``, for the bit mask or the pair mask."""
+    if device.type == "cpu":
+        return _INTERPRETER_TILE
+    return _TILE if bits else _PAIR_TILE
 
 
 def _launch_ready(device: torch.device) -> None:
@@ -140,7 +147,7 @@ def keep_mask(dropout: KernelDropout, m: int, n: int, *, row_offset: int = 0,
         raise ValueError(f"need m ≥ 1, n ≥ 1 and 0 ≤ row_offset ≤ 2^63 − m, got {m}, {n}, {row_offset}")
     device = torch.device(device)
     _launch_ready(device)
-    bm, bn, _, warps = _tile(device)
+    bm, bn, _, warps = _tile(device, dropout.bits)
     out = torch.empty(m, n, dtype=torch.bool, device=device)
     launcher = backend.launcher
     constexprs = launcher.config(("keep_mask", bm, bn, dropout.bits),
@@ -166,7 +173,7 @@ def masked_projection(g: torch.Tensor, c: torch.Tensor, dropout: KernelDropout) 
     if not (tma_ok(g) and tma_ok(c)):
         keep = keep_mask(dropout, m, n, device=g.device)
         return ((torch.where(keep, g, 0).float() @ c.float().T) * dropout.scale).to(g.dtype)
-    bm, bn, stages, warps = _tile(g.device)
+    bm, bn, stages, warps = _tile(g.device, dropout.bits)
     out = g.new_empty(m, r)
     launcher = backend.launcher
     constexprs = launcher.config(("masked_projection", max(16, next_power_of_2(r)), bm, bn, dropout.bits),

@@ -41,15 +41,28 @@ from torch import nn
 __all__ = ["InputGradShare", "ProjectionSharing", "Shared"]
 
 
-class InputGradShare:
-    """The running sum of sibling layers' ∂x for one owner's call: taken and added to by each
-    sibling's backward, drained by the owner's (functions.py)."""
+class _TokenBox:
+    """The owner's token, held by the slot for the layers called after it (None: none yet, or let go)."""
 
-    __slots__ = ("grad", "added")
+    __slots__ = ("token", "__weakref__")
 
     def __init__(self) -> None:
+        self.token: torch.Tensor | None = None
+
+
+class InputGradShare:
+    """The running sum of sibling layers' ∂x for one owner's call: taken and added to by each
+    sibling's backward, drained by the owner's (functions.py). ``token_box``: a weak reference to
+    the box in which the slot holds the owner's token for later layers; the owner's backward
+    empties it, so the slot keeps no graph alive once the forward it belongs to is over (the
+    token's node reaches every node before it, with what their contexts hold)."""
+
+    __slots__ = ("grad", "added", "token_box")
+
+    def __init__(self, token_box: _TokenBox) -> None:
         self.grad: torch.Tensor | None = None
         self.added: set[int] = set()  # the contexts (by id) of the siblings already summed
+        self.token_box = weakref.ref(token_box)  # weak: the owner's context must not hold its own token
 
     def take(self, ctx: object) -> torch.Tensor | None:
         """The sum so far for a sibling to add onto in place (None: it writes the first term). A
@@ -65,7 +78,10 @@ class InputGradShare:
         self.added.add(id(ctx))
 
     def drain(self) -> torch.Tensor | None:
-        """The siblings' sum (None if none ran), emptied for the next backward pass: the owner's."""
+        """The siblings' sum (None if none ran), emptied for the next backward pass: the owner's,
+        which also lets go of the token."""
+        if (box := self.token_box()) is not None:
+            box.token = None
         grad, self.grad, self.added = self.grad, None, set()
         return grad
 
@@ -99,8 +115,8 @@ class _Group:
 class _Slot(threading.local):
     """The last input an owner projected: weak reference to x, x's version, the owner's group,
     per sibling (by id) a weak reference to it, the factor A its slice was computed from with
-    A's version, and the slice u; the share of x's gradient and the owner's token while
-    slices wait to be taken."""
+    A's version, and the slice u; the share of x's gradient, and the owner's token in a box
+    (empty until the owner's Function returns it, and again after the owner's backward)."""
 
     def __init__(self) -> None:
         self.x: weakref.ref | None = None
@@ -108,7 +124,7 @@ class _Slot(threading.local):
         self.group: _Group | None = None
         self.pending: dict[int, tuple[weakref.ref, torch.Tensor, int, torch.Tensor]] = {}
         self.grad: InputGradShare | None = None
-        self.token: torch.Tensor | None = None
+        self.token = _TokenBox()
 
 
 def _stacked_factors(group: _Group, factors: list[torch.Tensor]) -> tuple[torch.Tensor | None, list[int]]:
@@ -170,7 +186,7 @@ class ProjectionSharing:
                 u = entry[3]
             elif entry is None and slot.group is not None:
                 _learn(slot.group, layer)
-            token = slot.token
+            token = slot.token.token
             return None if u is None and token is None else Shared(u, None if token is None else slot.grad, token)
         if slot.pending:  # the previous owner's siblings that were not called with its input
             _forget(slot.group, set(slot.pending))
@@ -178,8 +194,8 @@ class ProjectionSharing:
         if group is None:
             group = self.groups[layer] = _Group(layer)
         slot.x, slot.version, slot.group, slot.pending = weakref.ref(x), x._version, group, {}
-        slot.grad = InputGradShare() if x.requires_grad and torch.is_grad_enabled() else None
-        slot.token = None
+        slot.token = _TokenBox()
+        slot.grad = InputGradShare(slot.token) if x.requires_grad and torch.is_grad_enabled() else None
         own = None if slot.grad is None else Shared(None, slot.grad, None)
         refs, alive, factors = [], [], [a]
         for ref in group.siblings:  # the siblings alive, with their current factors (read from the buffers)
@@ -199,5 +215,6 @@ class ProjectionSharing:
         return Shared(slices[0], slot.grad, None)
 
     def set_token(self, token: torch.Tensor) -> None:
-        """The owner's token, for the layers called with its input next (held until another owner's call)."""
-        self.slot.token = token
+        """The owner's token, for the layers called with its input next: held until another
+        owner's call or the owner's backward, whichever comes first."""
+        self.slot.token.token = token
