@@ -117,6 +117,24 @@ def test_a_backward_through_some_of_the_siblings_sums_only_theirs(used):
         torch.testing.assert_close(g, w, rtol=1e-13, atol=1e-13)
 
 
+def test_a_pass_that_skips_the_owner_leaves_the_sum_alone(monkeypatch):
+    """A pass asked for a sibling's B only runs no owner: the sibling's ∂x is not put in the sum,
+    which a later pass through all layers would otherwise add to x's gradient."""
+    mods = layers()
+    x = torch.randn(4, 16, dtype=torch.float64)
+    run(mods, x)  # learn
+    calls = shared_calls(monkeypatch)
+    xx = x.clone().requires_grad_(True)
+    ys = [m(xx) for m in mods]
+    torch.autograd.grad(ys[1].sum(), mods[1].tlora_B, retain_graph=True)
+    assert not calls
+    (got,) = torch.autograd.grad(ys[2].sum() + ys[0].sum(), xx)  # layer1's old term must not come back
+    set_projection_sharing(False)
+    want = x.clone().requires_grad_(True)
+    (mods[2](want).sum() + mods[0](want).sum()).backward()
+    torch.testing.assert_close(got, want.grad, rtol=1e-13, atol=1e-13)
+
+
 def test_backward_twice_through_a_retained_graph_and_after_a_failed_pass(monkeypatch):
     """A second pass sums afresh; so does one after a pass that failed after a sibling's backward,
     before the owner's (its partial sum is dropped)."""

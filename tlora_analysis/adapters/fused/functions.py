@@ -216,6 +216,8 @@ class TLoRALinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor | None, *_: Any) -> tuple[torch.Tensor | None, ...]:
         share = ctx.grad_share
+        if share is not None and not ctx.owner and not _runs_in_this_pass(ctx.next_functions[-1][0]):
+            share = None  # a pass that skips the owner (only B or α asked for): ∂x to autograd as usual
         if grad_out is None:  # the owner's output unused: x's gradient is its siblings' sum
             grad_x = share.drain()
             return (None if grad_x is None else grad_x.view(ctx.x_shape)), *(None,) * 13
@@ -255,6 +257,13 @@ class TLoRALinearFunction(torch.autograd.Function):
             elif need_x:  # input dropout: never shared, so no add_to
                 grad_x = _input_grad_from_u(gc @ (alpha * b).T, a, ctx.in_mask).addmm_(g, weight)
         return grad_x if grad_x is not None else add_to, grad_b, grad_alpha
+
+
+def _runs_in_this_pass(node: Any) -> bool:
+    """Whether the backward pass under way runs autograd ``node`` (a pass asked only for some
+    inputs skips the nodes it does not need); True where torch cannot say."""
+    will_run = getattr(torch._C, "_will_engine_execute_node", None)
+    return will_run is None or node is None or will_run(node)
 
 
 def _merged_weight(weight: torch.Tensor, a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,9 @@ Function, whose backward runs after all of theirs (they take its token, an empty
 input, so autograd orders the owner's node after theirs), adds its own and returns the sum as
 the one gradient x gets from them; the others return none for x. Joining needs no learning
 (the first step shares as the later ones do, so a resumed run sums as the uninterrupted one
-did). A backward pass that reaches only some of the layers sums only theirs, as autograd would.
+did). A backward pass that reaches only some of the layers sums only theirs, as autograd would;
+one that does not run the owner (asked for some layer's B or α only) leaves the sum alone, and
+those layers hand their ∂x to autograd.
 """
 
 from __future__ import annotations
