@@ -219,16 +219,16 @@ class TLoRALinearFunction(torch.autograd.Function):
         if share is not None and not ctx.owner and not _runs_in_this_pass(ctx.next_functions[-1][0]):
             share = None  # a pass that skips the owner (only B or α asked for): ∂x to autograd as usual
         if grad_out is None:  # the owner's output unused: x's gradient is its siblings' sum
-            grad_x = share.drain()
-            return (None if grad_x is None else grad_x.view(ctx.x_shape)), *(None,) * 13
-        grad_x, grad_b, grad_alpha = TLoRALinearFunction._gradients(
-            ctx, grad_out, None if share is None else share.drain() if ctx.owner else share.take(ctx))
-        if share is not None and not ctx.owner:
-            if grad_x is not None:
-                share.put(ctx, grad_x)
-            grad_x = None  # in the owner's sum
+            grad_x, grad_b, grad_alpha = share.drain(), None, None
+        else:
+            add_to = None if share is None else share.drain() if ctx.owner else share.take(ctx)
+            grad_x, grad_b, grad_alpha = TLoRALinearFunction._gradients(ctx, grad_out, add_to)
+            if share is not None and not ctx.owner:
+                if grad_x is not None:
+                    share.put(ctx, grad_x)
+                grad_x = None  # in the owner's sum
         grad_x = None if grad_x is None else grad_x.view(ctx.x_shape)
-        return grad_x, None, None, None, grad_b, None, grad_alpha, None, None, None, None, None, None, None
+        return grad_x, None, None, None, grad_b, None, grad_alpha, *(None,) * 7  # the 7 non-differentiable inputs
 
     @staticmethod
     def _gradients(ctx: Any, grad_out: torch.Tensor, add_to: torch.Tensor | None
@@ -256,7 +256,7 @@ class TLoRALinearFunction(torch.autograd.Function):
                                         add_to=add_to)
             elif need_x:  # input dropout: never shared, so no add_to
                 grad_x = _input_grad_from_u(gc @ (alpha * b).T, a, ctx.in_mask).addmm_(g, weight)
-        return grad_x if grad_x is not None else add_to, grad_b, grad_alpha
+        return grad_x, grad_b, grad_alpha
 
 
 def _runs_in_this_pass(node: Any) -> bool:
