@@ -94,7 +94,9 @@ def unsupported_cases(device):
             "no tokens": supported(u[:0], gc[:0], b, alpha),
             "u with a column stride": supported(u.T.contiguous().T, gc, b, alpha),
             "integer alpha": supported(u, gc, b, torch.tensor([1], device=device)),
-            "two-element alpha": supported(u, gc, b, torch.ones(2, dtype=torch.float16, device=device))}
+            "two-element alpha": supported(u, gc, b, torch.ones(2, dtype=torch.float16, device=device)),
+            **({"bfloat16 under the interpreter": supported(u.bfloat16(), gc.bfloat16(), b.bfloat16(), alpha)}
+               if device == "cpu" else {})}
 
 
 INTERPRETED = r"""

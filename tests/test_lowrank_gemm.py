@@ -179,6 +179,10 @@ report["add_to_calls"] = len(calls) - before
 x, w = torch.eye(8, dtype=torch.float16), (torch.arange(64.0) / 8).reshape(8, 8).half()
 u, v, bias = torch.ones(8, 8, dtype=torch.float16), 2 * torch.eye(8, dtype=torch.float16), torch.arange(8.0).half()
 report["unsupported"] = unsupported_cases("cpu")
+bf16 = operands(CASES[1], torch.bfloat16)
+before = len(calls)
+report["bf16_err"] = rel_err(lowrank_matmul(*bf16), dense64(*bf16))  # cuBLAS's, not the interpreter's
+report["bf16_calls"] = len(calls) - before
 report["hand_exact"] = bool(torch.equal(lowrank_matmul(x, w, u, v, bias), w + 2 + bias))
 calls.clear(); grads_calls.clear()
 report["layer"] = layer_errors(torch.float16, "cpu", dropout=0.0)
@@ -263,6 +267,7 @@ class TestInterpreted:
 
     def test_refuses_what_it_cannot_run(self, interpreted):
         assert not any(interpreted["unsupported"].values()), interpreted["unsupported"]
+        assert interpreted["bf16_calls"] == 0 and interpreted["bf16_err"] < 2e-2  # one bfloat16 rounding
 
     def test_hand_computed_case_is_exact(self, interpreted):
         assert interpreted["hand_exact"]
@@ -420,6 +425,8 @@ def unsupported_cases(device):
                                                                                    device=device)),
            "a bias not contiguous": supported(x, w, u, v, bias=torch.zeros(2 * w.shape[1], dtype=x.dtype,
                                                                              device=device)[::2])}
+    if device == "cpu":  # the interpreter's tl.dot multiplies bfloat16 bit patterns as integers
+        out["bfloat16 under the interpreter"] = supported(*operands(CASES[1], torch.bfloat16, device)[:4])
     return out
 
 

@@ -320,6 +320,50 @@ def test_torch_compile_traces_siblings_without_graph_breaks():
     torch._dynamo.reset()
 
 
+def compiled_autograd_run(mods, x, seed=0):
+    """``run`` with the backward traced and compiled by compiled autograd (the forward eager)."""
+    torch.manual_seed(seed)
+    with torch._dynamo.compiled_autograd._enable(torch.compile(backend="aot_eager")):
+        got = run(mods, x)
+    torch._dynamo.reset()
+    return got
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_compiled_autograd_gets_autograds_sum_and_lets_go_of_the_token(dropout, monkeypatch):
+    """Under compiled autograd the backward is traced, so every layer hands its ∂x to autograd
+    (no share): the same gradients as eager mode, nothing added to the share, and the owner's
+    backward still empties the slot's token."""
+    mods = layers(dropout=dropout)
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    run(mods, x)  # learn
+    torch.manual_seed(0)
+    want = run(mods, x)
+    calls = shared_calls(monkeypatch)
+    for _ in range(2):  # traced, then the compiled graph reused
+        got = compiled_autograd_run(mods, x)
+        assert backend.projections.slot.token.token is None
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-13)
+    assert not calls
+
+
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper (or newer) CUDA GPU and triton")
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_cuda_compiled_autograd_matches_eager(dropout):
+    """The Triton path in bf16 (the in-kernel dropout mask where p > 0, regenerated in the traced
+    backward) under compiled autograd: eager mode's gradients within bf16 rounding."""
+    mods = layers(dtype=torch.bfloat16, rank=8, dropout=dropout, device="cuda")
+    x = torch.randn(300, 16, dtype=torch.bfloat16, device="cuda")
+    run(mods, x)  # learn
+    torch.manual_seed(0)
+    want = run(mods, x)
+    got = compiled_autograd_run(mods, x)
+    assert backend.projections.slot.token.token is None
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.float(), w.float(), rtol=2e-2, atol=2e-2 * w.float().abs().max().item())
+
+
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper (or newer) CUDA GPU and triton")
 @pytest.mark.parametrize("rank", [32, 8])
 def test_cuda_strided_slices_run_the_kernel_and_match(rank, monkeypatch):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .launch import HALF_DTYPES, cdiv, next_power_of_2
+from .launch import cdiv, kernel_dtype, next_power_of_2
 from .state import backend
 
 __all__ = ["core_grads", "dispatch", "program_buffers", "shares_per_step", "supported"]
@@ -33,11 +33,11 @@ def supported(u: torch.Tensor, gc: torch.Tensor, b: torch.Tensor, alpha: torch.T
     """Whether :func:`core_grads` runs the Triton kernel for these operands (else torch).
 
     u and gc (M × r) with unit column stride, b (r × r) any strides, all of one half-precision
-    dtype on one device (in float32 Triton's tensor cores would round to TF32); alpha one
+    dtype on one device (:func:`~.launch.kernel_dtype`); alpha one
     element of any floating dtype; 1 ≤ r ≤ 64; M ≥ 1.
     """
     dtype = u.dtype
-    if dtype not in HALF_DTYPES or not backend.launcher.ready(u.device.type):
+    if not kernel_dtype(dtype, u.device.type) or not backend.launcher.ready(u.device.type):
         return False
     device = u.get_device()
     for t in (u, gc, b):

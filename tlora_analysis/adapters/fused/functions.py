@@ -215,11 +215,17 @@ class TLoRALinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor | None, *_: Any) -> tuple[torch.Tensor | None, ...]:
-        share = ctx.grad_share
-        if share is not None and not ctx.owner and not _runs_in_this_pass(ctx.next_functions[-1][0]):
+        share, token_grad = ctx.grad_share, None
+        if share is not None and torch.compiler.is_compiling():  # compiled autograd: the backward traced
+            if ctx.owner:
+                share.drain()  # lets go of the token; nothing was summed
+            elif ctx.needs_input_grad[-1]:  # its graph sums a gradient for every input that needs one
+                token_grad = grad_out.new_empty(0)
+            share = None  # each layer hands its ∂x to autograd as usual
+        elif share is not None and not ctx.owner and not _runs_in_this_pass(ctx.next_functions[-1][0]):
             share = None  # a pass that skips the owner (only B or α asked for): ∂x to autograd as usual
-        if grad_out is None:  # the owner's output unused: x's gradient is its siblings' sum
-            grad_x, grad_b, grad_alpha = share.drain(), None, None
+        if grad_out is None:  # the owner's output unused: x's gradient is its siblings' sum, if any
+            grad_x, grad_b, grad_alpha = None if share is None else share.drain(), None, None
         else:
             add_to = None if share is None else share.drain() if ctx.owner else share.take(ctx)
             grad_x, grad_b, grad_alpha = TLoRALinearFunction._gradients(ctx, grad_out, add_to)
@@ -228,7 +234,7 @@ class TLoRALinearFunction(torch.autograd.Function):
                     share.put(ctx, grad_x)
                 grad_x = None  # in the owner's sum
         grad_x = None if grad_x is None else grad_x.view(ctx.x_shape)
-        return grad_x, None, None, None, grad_b, None, grad_alpha, *(None,) * 7  # the 7 non-differentiable inputs
+        return grad_x, None, None, None, grad_b, None, grad_alpha, *(None,) * 6, token_grad  # 7 non-differentiable inputs
 
     @staticmethod
     def _gradients(ctx: Any, grad_out: torch.Tensor, add_to: torch.Tensor | None

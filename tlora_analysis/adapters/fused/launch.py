@@ -26,11 +26,17 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["HALF_DTYPES", "TritonLauncher", "cdiv", "next_power_of_2", "tma_ok"]
+__all__ = ["TritonLauncher", "cdiv", "kernel_dtype", "next_power_of_2", "tma_ok"]
 
-HALF_DTYPES = (torch.bfloat16, torch.float16)  # what the kernels take (in float32 tensor cores would round to TF32)
 _INT32_MAX = 2**31 - 1
 _data_ptr, _dtype = torch.Tensor.data_ptr, operator.attrgetter("dtype")  # run()'s per-tensor reads, without a generator
+
+
+def kernel_dtype(dtype: torch.dtype, device_type: str) -> bool:
+    """Whether the kernels take tensors of ``dtype`` on ``device_type``: a half-precision dtype (in
+    float32 Triton's tensor cores would round to TF32), and float16 only under Triton's
+    interpreter (CPU tensors), whose ``tl.dot`` multiplies bfloat16 bit patterns as integers."""
+    return dtype is torch.float16 or dtype is torch.bfloat16 and device_type != "cpu"
 
 
 def cdiv(a: int, b: int) -> int:

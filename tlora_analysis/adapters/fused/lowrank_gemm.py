@@ -28,7 +28,7 @@ import torch
 
 from . import core_grads as _core_grads
 from .kernel_mask import KernelDropout, draw_seed, keep_below
-from .launch import HALF_DTYPES, cdiv, next_power_of_2, tma_ok
+from .launch import cdiv, kernel_dtype, next_power_of_2, tma_ok
 from .state import backend
 
 __all__ = ["dropout_lowrank_matmul", "lowrank_matmul", "lowrank_matmul_with_core_grads", "supported"]
@@ -39,7 +39,7 @@ def _applies(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
     """:func:`supported`'s conditions on operands whose shapes chain (:func:`_chain`), w and v as
     stored. Straight-line: this runs on every eager call."""
     dtype = x.dtype
-    if dtype not in HALF_DTYPES or not backend.launcher.ready(x.device.type):
+    if not kernel_dtype(dtype, x.device.type) or not backend.launcher.ready(x.device.type):
         return False
     device = x.get_device()
     for t in (w, u, v) if core is None else (w, u, v, core):
@@ -91,7 +91,8 @@ def supported(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor
     Shapes that chain; x (M × K) and u (M × r) row-major; w and v row-major, or transposed views
     of row-major storage (or row-major with ``transpose_w`` / ``transpose_v``); core (r × r) any
     layout; all of one half-precision dtype (bfloat16 or float16: in float32 Triton's tensor
-    cores would round inputs to TF32, cuBLAS does not), scale any floating dtype, bias (N)
+    cores would round inputs to TF32, cuBLAS does not; float16 only under Triton's interpreter),
+    scale any floating dtype, bias (N)
     contiguous in x's dtype, all on one device; 1 ≤ rank ≤ 64 (the largest tested; its tiles
     must fit in shared memory next to the main loop's); output rows (N) a multiple of 16 bytes.
     """

@@ -28,7 +28,8 @@ the one gradient x gets from them; the others return none for x. Joining needs n
 (the first step shares as the later ones do, so a resumed run sums as the uninterrupted one
 did). A backward pass that reaches only some of the layers sums only theirs, as autograd would;
 one that does not run the owner (asked for some layer's B or α only) leaves the sum alone, and
-those layers hand their ∂x to autograd.
+those layers hand their ∂x to autograd, as every layer does under compiled autograd (which
+traces the backward, and sums a gradient for every input that needs one).
 """
 
 from __future__ import annotations
