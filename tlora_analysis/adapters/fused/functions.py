@@ -234,7 +234,8 @@ class TLoRALinearFunction(torch.autograd.Function):
                     share.put(ctx, grad_x)
                 grad_x = None  # in the owner's sum
         grad_x = None if grad_x is None else grad_x.view(ctx.x_shape)
-        return grad_x, None, None, None, grad_b, None, grad_alpha, *(None,) * 6, token_grad  # 7 non-differentiable inputs
+        # then the 7 non-differentiable inputs, the owner's token last
+        return grad_x, None, None, None, grad_b, None, grad_alpha, *(None,) * 6, token_grad
 
     @staticmethod
     def _gradients(ctx: Any, grad_out: torch.Tensor, add_to: torch.Tensor | None

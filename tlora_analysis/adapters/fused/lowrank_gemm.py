@@ -92,9 +92,9 @@ def supported(x: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor
     of row-major storage (or row-major with ``transpose_w`` / ``transpose_v``); core (r × r) any
     layout; all of one half-precision dtype (bfloat16 or float16: in float32 Triton's tensor
     cores would round inputs to TF32, cuBLAS does not; float16 only under Triton's interpreter),
-    scale any floating dtype, bias (N)
-    contiguous in x's dtype, all on one device; 1 ≤ rank ≤ 64 (the largest tested; its tiles
-    must fit in shared memory next to the main loop's); output rows (N) a multiple of 16 bytes.
+    scale any floating dtype, bias (N) contiguous in x's dtype, all on one device; 1 ≤ rank ≤ 64
+    (the largest tested; its tiles must fit in shared memory next to the main loop's); output
+    rows (N) a multiple of 16 bytes.
     """
     (w, w_t), (v, v_t) = _stored(w, transpose_w), _stored(v, transpose_v)
     try:

@@ -68,8 +68,9 @@ def _store_mask(layer: nn.Module, x: torch.Tensor) -> bool:
 def forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     """W0 x + bias + the adapter in one fused Function: :class:`TLoRAMergedFunction` for
     ``impl="merged"`` without dropout, else :class:`TLoRALinearFunction` (with x A and x's
-    gradient shared among sibling layers where there is no input dropout; with ``dropout_mask="auto"`` output dropout
-    by the in-kernel mask in its Triton GEMM where that runs); None where it does not apply."""
+    gradient shared among sibling layers where there is no input dropout; with
+    ``dropout_mask="auto"`` output dropout by the in-kernel mask in its Triton GEMM where that
+    runs); None where it does not apply."""
     factors = _factors(layer, x)
     base = None if factors is None else _fusable_base(layer, factors[0].dtype)
     if base is None:

@@ -214,7 +214,8 @@ class ProjectionSharing:
         projections = torch.mm(x.detach().reshape(-1, x.shape[-1]), stacked)  # no autograd
         slices = projections.split([a.shape[1]] + [factors[1 + i].shape[1] for i in members], dim=1)
         state = group.state
-        slot.pending = {id(alive[i]): (refs[i], factors[1 + i], state[1 + i][2], u) for i, u in zip(members, slices[1:])}
+        slot.pending = {id(alive[i]): (refs[i], factors[1 + i], state[1 + i][2], u)
+                        for i, u in zip(members, slices[1:])}
         return Shared(slices[0], slot.grad, None)
 
     def set_token(self, token: torch.Tensor) -> None:
