@@ -76,6 +76,25 @@ def test_alignment_claims_are_stouffer_combinations_of_the_analysis_tables(runs,
         stats.norm.sf(overlap.sum() / math.sqrt(overlap.size)), rel=1e-9)
 
 
+def test_subspace_overlap_calls_both_sides_as_one_holm_family():
+    """Four (matrix, side) tests, one at p = 0.02: Holm over all four gives 0.08, not significant at
+    0.05 (two families of two would give 0.04); the calls and the detail's count agree."""
+    from tlora_analysis.report.alignment import subspace_overlap
+    from tlora_analysis.stats import holm
+    p_out, p_in = np.array([0.02, 0.9]), np.array([0.9, 0.9])
+    reach = pd.DataFrame({"run_a": "t", "run_b": "l", "layer": ["q", "v"], "layer_index": [0, 0],
+                          "module": ["query", "value"], "step": 6, "overlap_out": 0.2, "overlap_in": 0.1,
+                          "null_mean_overlap_out": 0.1, "null_mean_overlap_in": 0.1, "p_overlap_out": p_out,
+                          "p_overlap_in": p_in, "z_overlap_out": stats.norm.isf(p_out),
+                          "z_overlap_in": stats.norm.isf(p_in)})
+    result = subspace_overlap(reach, 0.05, 100)
+    calls = pd.DataFrame(result.layers)
+    assert list(calls["side"]) == ["out", "out", "in", "in"]
+    assert calls["p_holm"].to_numpy() == pytest.approx(holm(np.r_[p_out, p_in]))
+    assert not calls["significant"].any()
+    assert "(Holm at α = 0.05): 0 of 4 above the null" in result.detail
+
+
 def _pair_seed(index: int, seed: int = 0) -> int:
     from tlora_analysis.report.claims import _pair_seed as pair_seed
     return pair_seed(seed, index)

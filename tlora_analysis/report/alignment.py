@@ -20,7 +20,7 @@ __all__ = ["update_cosine", "reachable_cosine", "reachable_fraction", "subspace_
 
 
 def _directional(result: ClaimResult, frame: pd.DataFrame, value: str, p_col: str, z_col: str, alpha: float,
-                 estimate: str | None = None, side: str = "") -> ClaimResult:
+                 estimate: str | None = None) -> ClaimResult:
     """Fill ``result`` from per-(pair, layer) rows: Stouffer p, decision, estimate and interval, calls."""
     ok = frame[np.isfinite(frame[z_col].to_numpy(float))]
     if ok.empty:
@@ -30,7 +30,7 @@ def _directional(result: ClaimResult, frame: pd.DataFrame, value: str, p_col: st
     result.p_value, result.n_units = combined.pvalue, combined.n
     result.decision = decide_effect(combined.pvalue, alpha)
     result.estimate, result.ci_lo, result.ci_hi, over = mean_with_interval(ok, estimate or value)
-    result.layers = layer_calls(ok, result.claim_id, value, p_col, alpha, side)
+    result.layers = layer_calls(ok, result.claim_id, value, p_col, alpha)
     result.test = (f"{result.test}; Stouffer Z = {fmt(combined.statistic)} over {combined.n} layer tests "
                    f"(one-sided); interval: {over}")
     result.detail = (f"Either direction: Σz² = {fmt(both_ways.statistic)} on {both_ways.n} df, p = "
@@ -101,14 +101,7 @@ def subspace_overlap(reach: pd.DataFrame, alpha: float, n_null: int) -> ClaimRes
                      "whatever B learns: φ between TLoRA and another method measures where that method's update "
                      "lies relative to TLoRA's frozen random projections, not what TLoRA learned. "
                      + "; ".join(parts) + ".")
-    calls = []
-    for part, _ in sides:
-        ok = part[np.isfinite(part["z_overlap"].to_numpy(float))]
-        calls += layer_calls(ok, "subspace_overlap", "overlap", "p_overlap", alpha, str(part["side"].iloc[0]))
-    result = _directional(result, frame, "overlap", "p_overlap", "z_overlap", alpha, estimate="enrichment")
-    if calls:
-        result.layers = calls
-    return result
+    return _directional(result, frame, "overlap", "p_overlap", "z_overlap", alpha, estimate="enrichment")
 
 
 def cosine_merged_faithful(sim: pd.DataFrame, alpha: float, n_null: int, has_base_weights: bool) -> ClaimResult:

@@ -32,16 +32,18 @@ def mean_with_interval(frame: pd.DataFrame, value: str, unit: str = "run_a") -> 
     return mean, lo, hi, f"t interval over {len(finite)} layers of one replicate"
 
 
-def layer_calls(frame: pd.DataFrame, claim_id: str, value: str, p_col: str, alpha: float,
-                side: str = "") -> list[dict[str, Any]]:
-    """Per-layer rows (:data:`~.verdict.LAYER_COLUMNS`) with Holm-adjusted p-values within this set."""
+def layer_calls(frame: pd.DataFrame, claim_id: str, value: str, p_col: str, alpha: float) -> list[dict[str, Any]]:
+    """Per-layer rows (:data:`~.verdict.LAYER_COLUMNS`) with Holm-adjusted p-values within this set: one
+    family for every row, so a claim tested on several sides of a layer (a ``side`` column) makes its
+    calls at the claim's one α."""
     p = frame[p_col].to_numpy(float)
     adjusted = holm(p)
     rows = []
     for (_, r), p_raw, p_adj in zip(frame.iterrows(), p, adjusted):
         rows.append({"claim_id": claim_id, "run_tlora": r.get("run_a", r.get("run")), "run_lora": r.get("run_b", ""),
-                     "layer": r["layer"], "layer_index": int(r["layer_index"]), "module": r["module"], "side": side,
-                     "step": int(r["step"]), "value": float(r[value]), "p_value": float(p_raw), "p_holm": float(p_adj),
+                     "layer": r["layer"], "layer_index": int(r["layer_index"]), "module": r["module"],
+                     "side": r.get("side", ""), "step": int(r["step"]), "value": float(r[value]),
+                     "p_value": float(p_raw), "p_holm": float(p_adj),
                      "significant": bool(np.isfinite(p_adj) and p_adj <= alpha)})
     return rows
 
