@@ -74,8 +74,9 @@ def test_gaussian_b(tails):
 
 @pytest.mark.parametrize("truth", ["stable", "drifting"])
 def test_stable_norms(truth):
-    """Norms that change less than runs differ: 'not supported' at rate ≤ α. Norms that double over the
-    second half, against a 30% run-to-run spread: detected. One run alone: inconclusive."""
+    """Norms without a change in expectation (1% noise, 30% run-to-run spread): 'not supported' at rate
+    ≤ α. Norms that grow by 10% over the second half in every run, against that spread: detected. One
+    run alone: inconclusive."""
     reps = 80 if truth == "stable" else 20
     decisions = [sc.norm_trajectories(rep, truth) for rep in range(reps)]
     assert set(decisions) <= {"supported", "not supported"}

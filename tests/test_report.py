@@ -134,6 +134,23 @@ def test_replicates_decide_the_run_to_run_claims(replicated, runs):
     assert "over 2 replicates" in _row(replicated, "update_cosine")["test"]
 
 
+def test_stable_norms_is_a_paired_t_test_over_runs(replicated, runs):
+    """Each run's mean over matrices of log(‖ΔW‖ end / ‖ΔW‖ mid), from the norms computed densely;
+    Student's t of those means against 0; the estimate and interval are exp − 1 of the t interval."""
+    row = _row(replicated, "stable_norms")
+    end, mid = runs["tlora0"].steps[-1], 3  # 6 steps recorded: 3 is the step nearest half-way
+    per_run = []
+    for run in (runs["tlora0"], runs["tlora1"]):
+        changes = [math.log(np.linalg.norm(run.update(n, end).dense(), "fro")
+                            / np.linalg.norm(run.update(n, mid).dense(), "fro")) for n in run.layers]
+        per_run.append(np.mean(changes))
+    assert row["p_value"] == pytest.approx(stats.ttest_1samp(per_run, 0.0).pvalue, rel=1e-9)
+    lo, hi = stats.t.interval(0.95, 1, loc=np.mean(per_run), scale=stats.sem(per_run))
+    assert (row["estimate"], row["ci_lo"], row["ci_hi"]) == pytest.approx(np.expm1([np.mean(per_run), lo, hi]))
+    assert row["decision"] == ("not supported" if row["p_value"] <= 0.05 else "supported")
+    assert f"step {mid})" in row["statistic"]
+
+
 def test_without_base_weights_the_merged_claims_are_inconclusive(runs):
     report = evaluate_claims(runs["no_w0"], runs["lora0"], n_null=N_NULL)
     for claim in ("eigen_merged_faithful", "cosine_merged_faithful"):

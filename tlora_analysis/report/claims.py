@@ -82,7 +82,7 @@ def evaluate_claims(tlora: Any | Sequence[Any], lora: Any | Sequence[Any], alpha
     has_w0 = all(r.has_base_weights for r in [*arms.tlora, *arms.lora])
     steps: list[tuple[str, Callable[[], ClaimResult]]] = [
         ("gaussian_B", lambda: gaussian_b(arms, alpha, seed)),
-        ("stable_norms", lambda: stable_norms(arms, alpha, n_null, rng)),
+        ("stable_norms", lambda: stable_norms(arms, alpha)),
         ("alpha_varies", lambda: alpha_varies(arms, alpha, n_null, rng)),
         ("eigen_merged_faithful", lambda: eigen_merged_faithful(arms, alpha, n_null, rng)),
         ("eigen_updates", lambda: eigen_updates(arms, alpha, n_null, rng)),
