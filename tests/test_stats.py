@@ -124,7 +124,10 @@ def test_holm_and_bh_by_hand():
 def test_mc_pvalue_counts_ties_and_the_observation():
     draws = np.array([0.1, 0.2, 0.3, 0.3, 0.9])
     res = mc_pvalue(draws, 0.3)
-    assert res.pvalue == pytest.approx(4 / 6) and res.mid == pytest.approx(3.5 / 6)
+    # one draw beyond 0.3, two tied with it: p counts the ties and the observation, the mid-rank
+    # takes the mean of the observation's three possible ranks among its ties, (1 + 3/2)/6
+    assert res.pvalue == pytest.approx(4 / 6) and res.mid == pytest.approx(2.5 / 6)
+    assert mc_pvalue(np.ones(200), 1.0).mid == 0.5 and mc_pvalue(np.ones(200), 1.0).pvalue == 1.0
     assert mc_pvalue(draws, 0.2, "less").pvalue == pytest.approx(3 / 6)
     assert mc_pvalue(-draws, 0.3, "two-sided").pvalue == pytest.approx(4 / 6)
     assert math.isnan(mc_pvalue(draws, math.nan).pvalue)
@@ -144,6 +147,15 @@ def test_mc_p_values_are_valid_for_small_n():
     for u in (0.05, 0.1, 0.5):
         assert np.mean(ps <= u) <= u + 3 * math.sqrt(u * (1 - u) / ps.size)
     assert abs(np.mean(z_from_p(np.array(mids)))) < 0.06
+
+
+def test_mc_mid_rank_is_centred_for_a_statistic_with_ties():
+    """A statistic with three values (binomial, 2 trials): the mid-rank's mean is ½ under the null, so
+    the z-scores that Stouffer sums are centred; counting ties as more extreme would push them down."""
+    rng = np.random.default_rng(8)
+    mids = np.array([mc_pvalue(x[1:], x[0]).mid for x in rng.binomial(2, 0.5, size=(4000, 201)).astype(float)])
+    assert abs(mids.mean() - 0.5) < 3 * mids.std() / math.sqrt(mids.size)
+    assert abs(np.mean(z_from_p(mids))) < 0.05
 
 
 # ---------------------------------------------------------------- permutation tests and distances

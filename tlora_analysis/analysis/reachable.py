@@ -158,7 +158,11 @@ def _layer_row(ut: FactoredUpdate, uo: FactoredUpdate, nulls: _LayerNulls) -> di
         observed = float(np.sum((gram @ basis) ** 2)) / min(dim, k)
         row[f"overlap_{side}"] = observed
         row[f"null_mean_overlap_{side}"] = subspace_overlap_mean(dim, k, full)
-        row.update(_test(f"overlap_{side}", np.sum((draws @ basis) ** 2, axis=(1, 2)) / min(dim, k), observed))
+        if max(dim, k) < full:
+            row.update(_test(f"overlap_{side}", np.sum((draws @ basis) ** 2, axis=(1, 2)) / min(dim, k), observed))
+        else:  # one of the subspaces is the whole space: φ = 1 for any pair, so no test
+            row.update({f"null_lo_overlap_{side}": 1.0, f"null_hi_overlap_{side}": 1.0,
+                        f"p_overlap_{side}": math.nan, f"z_overlap_{side}": math.nan})
     return row
 
 

@@ -2,8 +2,10 @@
 
 With N draws and k of them at least as extreme as the observation, p = (k + 1)/(N + 1) is a
 valid p-value (P(p ≤ u) ≤ u under the null, for any N): the observation is one more draw.
-For combining layers the discrete p is turned into a z-score through the mid-rank
-(k + ½)/(N + 1), which is symmetric about ½ under the null and never 0 or 1.
+For combining layers the discrete p is turned into a z-score through the mid-rank: with g draws
+more extreme than the observation and e equal to it, (g + (e + 1)/2)/(N + 1), the mean of the
+observation's possible ranks among its ties. Under the null it is symmetric about ½ (ties
+included, so a statistic that takes few values still gives centred z-scores) and never 0 or 1.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ __all__ = ["MonteCarloP", "mc_pvalue"]
 
 @dataclass(frozen=True)
 class MonteCarloP:
-    """``pvalue`` (valid, (k+1)/(N+1)), ``mid`` ((k+½)/(N+1), for z-scores) and ``n_draws``."""
+    """``pvalue`` (valid, (k+1)/(N+1)), ``mid`` ((g + (e+1)/2)/(N+1), for z-scores) and ``n_draws``."""
 
     pvalue: float
     mid: float
@@ -35,13 +37,14 @@ def mc_pvalue(draws: np.ndarray, observed: float, alternative: str = "greater") 
     x = x[np.isfinite(x)]
     if not np.isfinite(observed) or x.size == 0:
         return MonteCarloP(float("nan"), float("nan"), int(x.size))
-    # A relative tolerance keeps draws equal to the observation up to rounding on its side.
+    # Draws within a relative tolerance of the observation are ties (equal up to rounding).
     tol = 1e-12 * max(1.0, abs(observed))
     if alternative == "greater":
-        k = int(np.count_nonzero(x >= observed - tol))
+        beyond = x - observed
     elif alternative == "less":
-        k = int(np.count_nonzero(x <= observed + tol))
+        beyond = observed - x
     else:
-        k = int(np.count_nonzero(np.abs(x) >= abs(observed) - tol))
+        beyond = np.abs(x) - abs(observed)
+    more, ties = int(np.count_nonzero(beyond > tol)), int(np.count_nonzero(np.abs(beyond) <= tol))
     n = x.size
-    return MonteCarloP((k + 1) / (n + 1), (k + 0.5) / (n + 1), n)
+    return MonteCarloP((more + ties + 1) / (n + 1), (more + (ties + 1) / 2) / (n + 1), n)
