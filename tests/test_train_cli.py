@@ -18,7 +18,15 @@ def _config(*flags):
 
 def test_defaults_without_preset():
     c = _config()
-    assert (c.method, c.rank, c.head, c.lr, c.epochs, c.dropout) == ("tlora", 8, "fresh", 1e-3, 3.0, None)
+    assert (c.method, c.rank, c.head, c.lr, c.epochs, c.dropout) == ("tlora", 8, "fresh", None, 3.0, None)
+    assert c.learning_rate == 2e-2 and c.to_dict()["lr"] == 2e-2  # the method's, recorded as used
+
+
+def test_learning_rate_defaults_to_the_method_s_and_follows_a_changed_method():
+    rates = {m: _config("--method", m).learning_rate for m in ("tlora", "lora", "peft-lora", "lora-xs", "vera", "full")}
+    assert rates == {"tlora": 2e-2, "lora": 1e-3, "peft-lora": 1e-3, "lora-xs": 2e-2, "vera": 1e-2, "full": 1e-4}
+    assert _config().replace(method="lora").learning_rate == 1e-3  # None stays None until used
+    assert _config("--lr", "3e-4", "--method", "vera").learning_rate == 3e-4
 
 
 def test_paper_preset_matches_paper_section_2():

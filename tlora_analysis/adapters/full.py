@@ -54,5 +54,5 @@ def _runner_config(o: RunnerOptions) -> FullConfig:
 SPEC = MethodSpec(
     name=NAME, label="Full FT", config_class=FullConfig, layer_class=None,
     tensors=(StoredTensor("weight", None, False, lambda out, inn, r: (out, inn)),),
-    factors=full_factors, runner_config=_runner_config, weight_key="weight",
+    factors=full_factors, runner_config=_runner_config, default_lr=1e-4, weight_key="weight",
 )

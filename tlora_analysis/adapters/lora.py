@@ -92,5 +92,5 @@ SPEC = MethodSpec(
     name=NAME, label="LoRA", config_class=LoRAConfig, layer_class=LoRALinear,
     tensors=(StoredTensor("lora_A", "A", False, lambda out, inn, r: (r, inn)),
              StoredTensor("lora_B", "B", False, lambda out, inn, r: (out, r))),
-    factors=lora_factors, runner_config=_runner_config, fixed_scale=True,
+    factors=lora_factors, runner_config=_runner_config, default_lr=1e-3, fixed_scale=True,
 )

@@ -105,5 +105,5 @@ SPEC = MethodSpec(
     tensors=(StoredTensor("loraxs_A", "A", True, lambda out, inn, r: (out, r)),
              StoredTensor("loraxs_R", "R", False, lambda out, inn, r: (r, r)),
              StoredTensor("loraxs_B", "B", True, lambda out, inn, r: (r, inn))),
-    factors=loraxs_factors, runner_config=_runner_config, frozen_sides=("left", "right"),
+    factors=loraxs_factors, runner_config=_runner_config, default_lr=2e-2, frozen_sides=("left", "right"),
 )

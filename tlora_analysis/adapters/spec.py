@@ -90,7 +90,10 @@ class MethodSpec:
     projections may). ``fixed_scale``: the scale is a set hyperparameter (LoRA's lora_alpha / r), which the paper's
     merged-weight figures left out. ``weight_key``: the trained tensor that is the layer's weight itself
     (full fine-tuning's "weight"): ΔW = W_t − W0 needs W0, which is that tensor at step 0.
-    ``runner_config`` builds the method's config from the runner's options.
+    ``runner_config`` builds the method's config from the runner's options. ``default_lr``: the
+    runner's AdamW learning rate when none is given, the one held-out selection chose for the method
+    at rank 8 on the bundled MiniLM (docs/training.md): methods with few parameters behind fixed
+    projections need far larger steps than LoRA to learn in a few epochs.
     """
 
     name: str
@@ -100,6 +103,7 @@ class MethodSpec:
     tensors: tuple[StoredTensor, ...]
     factors: Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], Factors]
     runner_config: Callable[[RunnerOptions], "AdapterConfig"]
+    default_lr: float
     frozen_sides: tuple[str, ...] = ()
     rank_bounded: bool = True
     fixed_scale: bool = False

@@ -199,5 +199,5 @@ SPEC = MethodSpec(
              StoredTensor("tlora_B", "B", False, lambda out, inn, r: (r, r)),
              StoredTensor("tlora_C", "C", True, lambda out, inn, r: (r, out)),
              StoredTensor("tlora_alpha", "alpha", False, lambda out, inn, r: ())),
-    factors=tlora_factors, runner_config=_runner_config, frozen_sides=("left", "right"),
+    factors=tlora_factors, runner_config=_runner_config, default_lr=2e-2, frozen_sides=("left", "right"),
 )

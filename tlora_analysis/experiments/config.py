@@ -41,7 +41,9 @@ class TrainConfig:
     (bundled), a GLUE task name (with ``data_dir`` for a local TSV folder), or "local" with
     ``train_file``/``validation_file``. method: a registered adapter method (tlora, lora, full,
     vera, lora-xs) or "peft-lora" (PEFT's own LoRA). dropout None means the method's default
-    (TLoRA 0.5 on the adapter output as in the paper; the others 0.0). epochs is the budget
+    (TLoRA 0.5 on the adapter output as in the paper; the others 0.0), and lr None the method's
+    learning rate (``learning_rate``: tlora and lora-xs 2e-2, vera 1e-2, lora and peft-lora 1e-3,
+    full 1e-4; run.json records the value used). epochs is the budget
     unless max_steps is set. snapshots: "every:N", "log:K" (K log-spaced steps) or a comma list
     of steps. targets and text_columns take one name or a list. progress: the tqdm bars (training
     and evaluation); verbose: the data sizes before training, warnings (constant predictions) and
@@ -75,7 +77,7 @@ class TrainConfig:
     max_steps: int | None = None
     batch_size: int = 32
     eval_batch_size: int = 128
-    lr: float = 1e-3
+    lr: float | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     max_length: int = 128
@@ -119,6 +121,11 @@ class TrainConfig:
         """The spec of the method the run records (peft-lora records a LoRA run)."""
         return get_spec("lora" if self.method == PEFT_LORA else self.method)
 
+    @property
+    def learning_rate(self) -> float:
+        """``lr``, or the method's default learning rate when it is None."""
+        return self.method_spec.default_lr if self.lr is None else self.lr
+
     def adapter_config(self, modules_to_save: tuple[str, ...]) -> AdapterConfig:
         """The adapter config this run's method gets (peft-lora: the LoRA config its recording view carries)."""
         return self.method_spec.runner_config(RunnerOptions(
@@ -126,7 +133,8 @@ class TrainConfig:
             modules_to_save=tuple(modules_to_save), lora_alpha=self.lora_alpha, tlora_init=self.tlora_init))
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """The fields as JSON values, ``lr`` resolved to the learning rate used."""
+        d = {**asdict(self), "lr": self.learning_rate}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     def replace(self, **changes: Any) -> "TrainConfig":
@@ -171,10 +179,11 @@ def _check_ranges(c: TrainConfig) -> None:
         if (value is not None or name in _POSITIVE_INTS) and not (_is_int(value) and value > 0):
             optional = " or None" if name in _OPTIONAL_POSITIVE_INTS else ""
             raise ValueError(f"{name} must be a positive integer{optional}, got {value!r}")
-    for name, low, high, text in (("epochs", 0, math.inf, "positive"), ("lr", 0, math.inf, "positive"),
+    for name, low, high, text in (("epochs", 0, math.inf, "positive"),
+                                  ("lr", 0, math.inf, "positive, or None (the method's default)"),
                                   ("lora_alpha", 0, math.inf, "positive (LoRA's scaling is lora_alpha / rank)")):
         value = getattr(c, name)
-        if not (_is_number(value) and low < value < high):
+        if not (value is None and name == "lr") and not (_is_number(value) and low < value < high):
             raise ValueError(f"{name} must be {text}, got {value!r}")
     if not (_is_number(c.weight_decay) and c.weight_decay >= 0):
         raise ValueError(f"weight_decay must be ≥ 0, got {c.weight_decay!r}")

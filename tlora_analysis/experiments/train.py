@@ -160,7 +160,8 @@ class _Prepared:
                     if primary in self.baseline else "")
         return (f"data     {self.task.name} ({self.task.source}): train {len(self.train_set):,}, validation "
                 f"{len(self.eval_set):,}{majority}\nplan     {self.total_steps} steps of {c.batch_size} per process "
-                f"({self.total_steps / self.steps_per_epoch:.2f} epochs), {self.facts['loss']} loss, best by {primary}")
+                f"({self.total_steps / self.steps_per_epoch:.2f} epochs) at lr {c.learning_rate:g}"
+                f"{' (the method default)' if c.lr is None else ''}, {self.facts['loss']} loss, best by {primary}")
 
 
 def _load_data(config: TrainConfig) -> TaskData:
@@ -268,7 +269,7 @@ def _optimiser(config: TrainConfig, prepared: _Prepared, ctx: DistContext) -> _O
 
     model = prepared.model
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay)
     total = prepared.total_steps
     scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total), total)
     ddp_model = model
