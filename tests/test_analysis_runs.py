@@ -178,8 +178,13 @@ def test_distributions_match_numpy_and_scipy(runs):
     assert st.loc["W0", "n_entries"] == 1024 and st.loc["C", "n_entries"] == 4 * 32
     qq = rows(tables.qq, layer, step)
     qb = qq[qq.matrix == "B"]
-    assert len(qb) == 200 and qb.theoretical_quantile.is_monotonic_increasing and qb.sample_quantile.is_monotonic_increasing
-    assert qb.sample_quantile.iloc[-1] == pytest.approx(np.quantile(b, 199.5 / 200))
+    # 16 entries: one point each, the sorted entries against the normal at (i − ½)/16
+    np.testing.assert_allclose(qb.sample_quantile, np.sort(b), rtol=1e-12)
+    np.testing.assert_allclose(qb.theoretical_quantile, sps.norm.ppf((np.arange(16) + 0.5) / 16), rtol=1e-12)
+    qw = qq[qq.matrix == "W0"]  # 1,024 entries: 200 points, Hazen's quantiles at the same levels
+    w0 = f64(run.base_weight(layer)).ravel()
+    levels = (np.arange(200) + 0.5) / 200
+    np.testing.assert_allclose(qw.sample_quantile, np.quantile(w0, levels, method="hazen"), rtol=1e-12)
     auto = analysis.distributions(run, bins="auto", steps="all")
     assert set(auto.stats.step) == set(run.steps) and auto.qq is None
 

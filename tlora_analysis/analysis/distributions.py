@@ -134,9 +134,12 @@ def _summaries(x: np.ndarray, n_entries: int, bins: Bins, qq: bool, qq_points: i
     density = counts / (x.size * width) if x.size else np.full(counts.shape, math.nan)
     result = {"hist": {"bin_left": edges[:-1], "bin_right": edges[1:], "count": counts, "density": density},
               "stats": entry_statistics(x, n_entries, shapiro_max, rng)}
-    if qq:
-        levels = (np.arange(1, qq_points + 1) - 0.5) / qq_points
-        result["qq"] = {"theoretical_quantile": sps.norm.ppf(levels), "sample_quantile": np.quantile(x, levels)}
+    if qq:  # at most one point per entry; Hazen's plotting positions on both axes, so that a normal
+        # sample lies on the line to its ends (interpolating more points than entries bends the tails in)
+        m = min(qq_points, x.size)
+        levels = (np.arange(1, m + 1) - 0.5) / m
+        result["qq"] = {"theoretical_quantile": sps.norm.ppf(levels),
+                        "sample_quantile": np.quantile(x, levels, method="hazen")}
     return result
 
 
