@@ -167,6 +167,15 @@ def test_entry_histograms_layer_choice_and_nan_bins():
         distributions.entry_histograms(hist, matrices=("dW",))
 
 
+def test_stats_text_gives_the_shapiro_wilk_sample_size_when_it_is_a_subsample():
+    row = pd.Series({"skew": 0.1, "excess_kurtosis": 0.2, "ks_stat": 0.01, "shapiro_pvalue": 5.8e-16,
+                     "shapiro_n": 5000, "n_entries": 147456, "n_sampled": 147456})
+    assert "Shapiro p 5.8e-16 (on 5,000)" in distributions.stats_text(row)
+    whole = row.copy()
+    whole[["shapiro_n", "n_entries", "n_sampled"]] = 64
+    assert "(on" not in distributions.stats_text(whole)
+
+
 def test_qq_panels_reference_line_from_stats():
     _, stats, qq = distribution_tables()
     fig = distributions.qq_panels(qq, stats, matrix="B")

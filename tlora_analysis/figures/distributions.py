@@ -34,6 +34,9 @@ def stats_text(row: pd.Series | None) -> str:
     lines = [f"skew {row['skew']:+.2f}, ex. kurt {row['excess_kurtosis']:+.2f}", f"KS D {row['ks_stat']:.3f}"]
     if "shapiro_pvalue" in row and np.isfinite(row["shapiro_pvalue"]):
         lines[-1] += f", Shapiro p {row['shapiro_pvalue']:.2g}"
+        tested, drawn = row.get("shapiro_n"), row.get("n_sampled", row.get("n_entries"))
+        if tested is not None and drawn is not None and np.isfinite(tested) and int(tested) < int(drawn):
+            lines[-1] += f" (on {int(tested):,})"  # Shapiro–Wilk runs on a subsample: its p is for that n
     n, sampled = row.get("n_entries"), row.get("n_sampled")
     if n is not None and np.isfinite(n):
         lines.append(f"n {int(n):,}" + (f" ({int(sampled):,} sampled)" if sampled is not None and np.isfinite(sampled)
