@@ -251,6 +251,26 @@ def test_cosine_heatmap_without_base_weights_drops_merged_panel():
         similarity.cosine_heatmap(per)
 
 
+def test_layers_sharing_a_module_name_get_their_own_cells_and_lines():
+    """Three adapted "dense" layers per block (attention output, intermediate, output): each keeps a
+    heatmap cell and a panel of its own, named by the layer name after its index."""
+    from tlora_analysis.analysis.select import layer_index, module_name
+    names = [f"bert.encoder.layer.{i}.{m}" for i in range(2)
+             for m in ("attention.output.dense", "intermediate.dense", "output.dense")]
+    per = pd.DataFrame({"run_a": "t", "run_b": "l", "method_a": "tlora", "method_b": "lora", "layer": names,
+                        "layer_index": [layer_index(n) for n in names], "module": [module_name(n) for n in names],
+                        "step": 10, "cosine_dW": 0.1 * np.arange(1, 7), "cosine_merged_paper": np.nan,
+                        "null_lo_cosine_dW": -0.01, "null_hi_cosine_dW": 0.01})
+    cells = np.ma.filled(similarity.cosine_heatmap(per, values=("cosine_dW",)).axes[0].images[0].get_array(), np.nan)
+    assert sorted(np.round(cells[np.isfinite(cells)], 6)) == pytest.approx(0.1 * np.arange(1, 7))
+    fig = similarity.cosine_against_nulls(per)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert len(titles) == 3 and any(t.startswith("intermediate.dense") for t in titles)
+    for ax in fig.axes[:3]:
+        (observed,) = [line for line in ax.get_lines() if line.get_label() == "observed"]
+        assert list(observed.get_xdata()) == [0, 1]
+
+
 def test_null_band_draws_band_mean_and_observed():
     per, _ = similarity_frames()
     per.loc[per.index[1], "null_hi_cosine_dW"] = np.nan

@@ -70,6 +70,20 @@ def module_order(modules: Sequence[str]) -> list[str]:
     return known + sorted(m for m in unique if m not in known)
 
 
+def panel_modules(frame: pd.DataFrame) -> pd.Series:
+    """Each row's ``module``, or where layers of one index share it (BERT's three "dense" layers
+    per block) the layer name after its index ("attention.output.dense"), or failing that the
+    whole name: figures that put one layer per (index, module) cell never merge two layers."""
+    candidates = (frame["module"].astype(str),
+                  frame["layer"].astype(str).str.replace(r"^(?:.*?\.)?\d+\.", "", n=1, regex=True),
+                  frame["layer"].astype(str))
+    for names in candidates:
+        per_layer = pd.DataFrame({"layer": frame["layer"], "index": frame["layer_index"], "name": names})
+        if not per_layer.drop_duplicates("layer").duplicated(["index", "name"]).any():
+            return names
+    return candidates[-1]
+
+
 def short_module(module: str) -> str:
     """q, k, v for attention projections, else the module name."""
     return _SHORT.get(module, module)

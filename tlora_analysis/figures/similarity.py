@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ._frames import module_order, pick_layer, pick_step, require_columns, short_module
+from ._frames import module_order, panel_modules, pick_layer, pick_step, require_columns, short_module
 from ._heatmap import draw_heatmap
 from .style import (DIVERGING_CMAP, OKABE_ITO, SEQUENTIAL_CMAP, diverging_norm, method_label, new_figure,
                     sequential_norm, styled)
@@ -98,6 +98,7 @@ def cosine_heatmap(
     """
     require_columns(per_layer, (*_PER_LAYER, *values), "analysis.similarity(...).per_layer")
     at, chosen = pick_step(per_layer, step)
+    at = at.assign(module=panel_modules(at))
     drawn = [v for v in values if np.isfinite(at[v].to_numpy(float)).any()]
     if not drawn:
         raise ValueError(f"every value of {list(values)} is NaN at step {chosen}; cosine_merged_paper needs runs "
@@ -167,6 +168,7 @@ def null_band(
     cols = (f"null_lo_{value}", f"null_hi_{value}")
     require_columns(per_layer, (*_PER_LAYER, value, *cols), "analysis.similarity(...).per_layer or analysis.reachable")
     at, chosen = pick_step(per_layer, step)
+    at = at.assign(module=panel_modules(at))
     mods = module_order(at["module"].astype(str)) if modules is None else list(modules)
     fig, axes = new_figure("double" if len(mods) > 1 else "single", height=2.1, ncols=len(mods), sharey=True)
     for ax, module in zip(axes[0], mods):
@@ -197,9 +199,11 @@ def cosine_against_nulls(
     require_columns(per_layer, (*_PER_LAYER, "cosine_dW", "null_lo_cosine_dW", "null_hi_cosine_dW"),
                     "analysis.similarity(...).per_layer")
     at, chosen = pick_step(per_layer, step)
+    at = at.assign(module=panel_modules(at))
     mods = module_order(at["module"].astype(str)) if modules is None else list(modules)
     fig, axes = new_figure("double" if len(mods) > 1 else "single", height=2.3, ncols=len(mods), sharey=True)
     reach_at = pick_step(reach, chosen)[0] if reach is not None else None
+    reach_at = reach_at.assign(module=panel_modules(reach_at)) if reach_at is not None else None
     for ax, module in zip(axes[0], mods):
         part = at[at["module"] == module].sort_values("layer_index")
         _draw_band(ax, part, "cosine_dW", "0.8", f"{_HAAR_TEXT}{_draws(at)}", with_mean=False)
@@ -222,6 +226,7 @@ def _rows_by_module(reach: pd.DataFrame, values: Sequence[str], step: int | str 
     require_columns(reach, (*_PER_LAYER, *values, *(f"null_{k}_{v}" for v in values for k in ("lo", "hi"))),
                     "analysis.reachable(run_tlora, run_other)")
     at, chosen = pick_step(reach, step)
+    at = at.assign(module=panel_modules(at))
     mods = module_order(at["module"].astype(str))
     fig, axes = new_figure("double" if len(mods) > 1 else "single", height=1.2 + 1.6 * len(values), nrows=len(values),
                            ncols=len(mods), sharex="col", sharey="row")
@@ -273,6 +278,7 @@ def phi_heatmaps(
     """
     require_columns(phi, ("layer", "layer_index", "module", "step", "i", "j", "phi"), "analysis.similarity(...).phi")
     at, chosen = pick_step(phi, step)
+    at = at.assign(module=panel_modules(at))
     names = at.drop_duplicates("layer").sort_values(["layer_index", "layer"])["layer"].tolist()
     chosen_layers = [pick_layer(at, n)[1] for n in layers] if layers is not None else names[:max_layers]
     fig, axes = new_figure("double", height=2.2, ncols=len(chosen_layers))
