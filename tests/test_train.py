@@ -79,6 +79,16 @@ def test_logged_train_loss_is_the_mean_over_the_logging_window(tiny, tmp_path):
     assert [loss for _, loss in windowed] == pytest.approx([np.mean(per_step[i:i + 4]) for i in (0, 4, 8)], rel=1e-6)
 
 
+def test_logged_lr_is_the_rate_each_step_used(tiny, tmp_path):
+    """Linear warmup then decay to 0 over T steps: step k (1-based) runs at lr·λ(k − 1)."""
+    result = train(_config(tiny, tmp_path, warmup_ratio=0.25))
+    logged = result.run.metrics.query("event == 'train'")[["step", "lr"]]
+    total, warmup = int(logged["step"].max()), round(0.25 * int(logged["step"].max()))
+    ramp = [k / warmup if k < warmup else (total - k) / (total - warmup) for k in range(total)]
+    assert list(logged["step"]) == list(range(1, total + 1))
+    assert logged["lr"].to_numpy() == pytest.approx(1e-2 * np.array(ramp), abs=1e-12)
+
+
 def test_same_command_twice_gives_the_same_metrics(tiny, tmp_path):
     a = train(_config(tiny, tmp_path, run_dir=str(tmp_path / "a")))
     b = train(_config(tiny, tmp_path, run_dir=str(tmp_path / "b")))

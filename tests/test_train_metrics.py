@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tlora_analysis.experiments.evaluation import is_better
 from tlora_analysis.experiments.metrics import (
     classification_metrics,
     compute_metrics,
@@ -57,8 +58,38 @@ def test_compute_metrics_from_logits():
     assert reg["spearman"] == pytest.approx(1.0)
 
 
+def test_a_binary_task_scored_by_a_head_with_more_outputs_stays_binary():
+    """A kept 3-way (MNLI) head on a binary task: F1 of class 1 over the task's two classes, a
+    prediction of the third class an error; the same numbers as a 2-way head making those errors."""
+    labels = np.array([0, 1, 1, 0, 1, 1])
+    logits = np.array([[3, 0, 0], [0, 3, 0], [0, 0, 3], [0, 3, 0], [0, 3, 0], [0, 3, 0]], dtype=float)
+    m = compute_metrics(labels, logits, False, num_labels=2)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))  # TP 3, FP 1 (a 0 called 1), FN 1 (a 1 called 2)
+    as_binary = classification_metrics(labels, [0, 1, 0, 1, 1, 1], 2)  # the 2 read as "not 1" for the F1
+    assert m["f1"] == pytest.approx(as_binary["f1"])
+    assert compute_metrics(labels, logits, False)["f1"] != pytest.approx(m["f1"])  # 3 classes: a macro F1
+
+
+def test_macro_f1_averages_the_classes_that_occur():
+    """Labels {1, 2} of a three-class head (class 0 in neither labels nor predictions), all right: 1."""
+    assert classification_metrics([1, 2, 1, 2], [1, 2, 1, 2], 3)["f1"] == 1.0
+    m = classification_metrics([0, 1, 2, 0], [0, 2, 2, 0], 4)  # class 3 absent: mean of 1, 0, 2/3
+    assert m["f1"] == pytest.approx((1 + 0 + 2 / 3) / 3)
+
+
+def test_best_moves_past_a_nan_first_evaluation():
+    best: dict = {}
+    for pearson in (float("nan"), 0.42, 0.61, float("nan"), 0.5):
+        if is_better({"pearson": pearson}, best, "pearson"):
+            best = {"pearson": pearson}
+    assert best == {"pearson": 0.61}
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="differ in length"):
         classification_metrics([0, 1], [0], 2)
     with pytest.raises(ValueError, match="no examples"):
         classification_metrics([], [], 2)
+    with pytest.raises(ValueError, match="differ in length"):
+        classification_metrics([0, 1], [], 2)

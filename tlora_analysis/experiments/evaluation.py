@@ -17,8 +17,9 @@ __all__ = ["evaluate", "autocast_factory", "matmul_precision", "is_better"]
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, is_regression: bool, autocast, progress: bool = False,
-             desc: str = "evaluate") -> dict[str, Any]:
-    """eval_loss, the task's metrics and whether every prediction was the same, over a whole split."""
+             desc: str = "evaluate", num_labels: int | None = None) -> dict[str, Any]:
+    """eval_loss, the task's metrics and whether every prediction was the same, over a whole split
+    (``num_labels``: the task's classes, when the head has more outputs)."""
     from tqdm.auto import tqdm
 
     was_training = model.training
@@ -35,7 +36,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, is_regression: bool
         labels_all.append(batch["labels"].cpu().numpy())
     model.train(was_training)
     logits = np.concatenate(logits_all)
-    metrics = compute_metrics(np.concatenate(labels_all), logits, is_regression)
+    metrics = compute_metrics(np.concatenate(labels_all), logits, is_regression, num_labels)
     return {"eval_loss": losses / max(n, 1), **metrics, "constant_predictions": constant_predictions(logits, is_regression)}
 
 
@@ -65,6 +66,7 @@ def matmul_precision(precision: str, device: torch.device) -> Iterator[None]:
 
 
 def is_better(metrics: dict[str, Any], best: dict[str, Any], metric: str) -> bool:
-    """Whether an evaluation beats the best so far on ``metric`` (the first always does; NaN never)."""
+    """Whether an evaluation beats the best so far on ``metric`` (the first always does; NaN never,
+    and any number beats a NaN best)."""
     new, old = metrics.get(metric), best.get(metric)
-    return not best or (new is not None and not math.isnan(new) and (old is None or new > old))
+    return not best or (new is not None and not math.isnan(new) and (old is None or math.isnan(old) or new > old))

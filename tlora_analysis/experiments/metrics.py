@@ -56,13 +56,22 @@ def _mcc(cm: np.ndarray) -> float:
 
 
 def classification_metrics(labels: Sequence[int], predictions: Sequence[int], num_labels: int) -> dict[str, float]:
-    """accuracy, f1 (binary of class 1, or macro) and mcc."""
-    cm = confusion_matrix(labels, predictions, num_labels)
-    total = cm.sum()
-    if total == 0:
+    """accuracy, f1 and mcc for a task of ``num_labels`` classes.
+
+    f1: of class 1 when the task has two classes; otherwise the macro average over the classes
+    that occur in the labels or the predictions (a class absent from both has no F1, as in
+    scikit-learn). Predictions may name classes beyond the task's (a kept head with more outputs,
+    such as an MNLI head scoring a binary task): they count as errors.
+    """
+    labels, predictions = np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)
+    if labels.shape != predictions.shape:
+        raise ValueError(f"labels and predictions differ in length: {labels.shape} vs {predictions.shape}")
+    if labels.size == 0:
         raise ValueError("no examples to evaluate")
-    f1 = _f1(cm, 1) if num_labels == 2 else float(np.mean([_f1(cm, k) for k in range(num_labels)]))
-    return {"accuracy": float(np.trace(cm) / total), "f1": f1, "mcc": _mcc(cm)}
+    cm = confusion_matrix(labels, predictions, max(num_labels, int(labels.max()) + 1, int(predictions.max()) + 1))
+    present = np.flatnonzero(cm.sum(axis=0) + cm.sum(axis=1))
+    f1 = _f1(cm, 1) if num_labels == 2 else float(np.mean([_f1(cm, k) for k in present]))
+    return {"accuracy": float(np.trace(cm) / cm.sum()), "f1": f1, "mcc": _mcc(cm)}
 
 
 def regression_metrics(labels: Sequence[float], predictions: Sequence[float]) -> dict[str, float]:
@@ -77,12 +86,17 @@ def regression_metrics(labels: Sequence[float], predictions: Sequence[float]) ->
             "spearman": float(stats.spearmanr(labels, predictions).statistic)}
 
 
-def compute_metrics(labels: np.ndarray, logits: np.ndarray, is_regression: bool) -> dict[str, float]:
-    """Metrics from raw model outputs: argmax for classification, the single output for regression."""
+def compute_metrics(labels: np.ndarray, logits: np.ndarray, is_regression: bool,
+                    num_labels: int | None = None) -> dict[str, float]:
+    """Metrics from raw model outputs: argmax for classification, the single output for regression.
+
+    ``num_labels``: the task's classes (default: the model's outputs; give it when a kept head has
+    more outputs than the task has classes, so that a binary task is scored as binary).
+    """
     if is_regression:
         return regression_metrics(labels, np.asarray(logits).reshape(-1))
     logits = np.asarray(logits)
-    return classification_metrics(labels, logits.argmax(axis=-1), logits.shape[-1])
+    return classification_metrics(labels, logits.argmax(axis=-1), num_labels or logits.shape[-1])
 
 
 def majority_baseline(labels: Sequence[int], num_labels: int) -> dict[str, float]:

@@ -376,6 +376,7 @@ class _Training:
         else:
             loss.backward()
             opt.optimizer.step()
+        self._window["lr"] = opt.scheduler.get_last_lr()[0]  # the rate this step used, before the schedule moves
         opt.scheduler.step()
         opt.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -409,12 +410,11 @@ class _Training:
         seconds = max(time.time() - w["start"], 1e-9)
         rate = w["examples"] / seconds
         self.step_seconds.append(seconds / w["steps"])
-        lr = self.opt.scheduler.get_last_lr()[0]
-        self.recorder.log(self.step, event="train", epoch=self.step / p.steps_per_epoch, loss=mean_loss, lr=lr,
+        self.recorder.log(self.step, event="train", epoch=self.step / p.steps_per_epoch, loss=mean_loss, lr=w["lr"],
                           examples_per_s=rate)
         self.state["train_losses"].append((self.step, mean_loss))
         if self.progress is not None:
-            self.progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", ex_s=f"{rate:.0f}")
+            self.progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{w['lr']:.2e}", ex_s=f"{rate:.0f}")
         self._new_window()
 
     def _evaluate(self, at_step: int) -> None:
@@ -423,7 +423,7 @@ class _Training:
         if self.ctx.is_main:
             epoch = at_step / p.steps_per_epoch
             metrics = evaluate(p.model, p.eval_loader, self.ctx.device, p.task.is_regression, self.opt.autocast,
-                               progress=self.show_bars, desc=f"evaluate step {at_step}")
+                               progress=self.show_bars, desc=f"evaluate step {at_step}", num_labels=p.task.num_labels)
             event = {"step": at_step, "epoch": epoch, "split": "validation", **metrics}
             self.recorder.log(at_step, event="eval", epoch=epoch, split="validation", **metrics)
             self.state["evals"].append(event)
@@ -448,7 +448,7 @@ class _Training:
                                     p.loaded.tokenizer, p.max_length, p.task.is_regression)
             loader = make_loader(test_set, p.loaded.tokenizer, c.eval_batch_size, False, c.seed)
             metrics = evaluate(p.model, loader, self.ctx.device, p.task.is_regression, self.opt.autocast,
-                               progress=self.show_bars, desc="evaluate test")
+                               progress=self.show_bars, desc="evaluate test", num_labels=p.task.num_labels)
             self.recorder.log(self.step, event="eval", epoch=self.step / p.steps_per_epoch, split="test", **metrics)
             self.last = {**self.last, **{f"test_{k}": v for k, v in metrics.items()}}
         self.recorder.close(summary={"best": self.state["best"], "last": self.last, "steps": self.step,
