@@ -4,6 +4,7 @@ end on the bundled default (resumed and re-run without retraining)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -123,19 +124,32 @@ def test_environment_variables_expand(tmp_path, monkeypatch):
     assert study.tasks["mrpc"]["data_dir"] == str(tmp_path / "glue" / "MRPC")
 
 
-def test_hold_out_keeps_label_balance_and_leaves_validation_out():
+def test_hold_out_takes_whole_movies_and_leaves_validation_out():
+    """Rotten Tomatoes is split by movie: the held-out part is whole movies of train, as validation is."""
     task = load_rotten_tomatoes()
     held = hold_out(task, 0.1, seed=3)
-    train, val = task.splits["train"], held.splits["validation"]
-    assert set(held.splits) == {"train", "validation"}
-    assert len(held.splits["train"]) + len(val) == len(train)
-    assert abs(len(val) - 0.1 * len(train)) <= 2
-    assert abs(val["label"].mean() - train["label"].mean()) < 0.01
-    assert not set(val["text"]) & set(held.splits["train"]["text"]) - set(train["text"][train.duplicated("text")])
-    again = hold_out(task, 0.1, seed=3)
-    assert again.splits["validation"].equals(val)
+    train, val, rest = task.splits["train"], held.splits["validation"], held.splits["train"]
+    assert set(held.splits) == {"train", "validation"} and len(rest) + len(val) == len(train)
+    assert not set(val["movie_name"]) & set(rest["movie_name"])
+    per_movie = train["movie_name"].value_counts()
+    held_counts = val["movie_name"].value_counts()
+    assert (held_counts == per_movie[held_counts.index]).all()  # whole movies
+    assert abs(len(val) - 0.1 * len(train)) <= per_movie.max()  # cut at a movie's edge
+    assert held.info["holdout"]["grouped_by"] == "movie_name"
+    assert hold_out(task, 0.1, seed=3).splits["validation"].equals(val)
     with pytest.raises(ValueError, match="holdout must be a fraction"):
         TrainConfig(holdout=1.5)
+
+
+def test_hold_out_without_groups_keeps_each_class_s_share():
+    task = load_rotten_tomatoes()
+    plain = dataclasses.replace(task, info={k: v for k, v in task.info.items() if k != "grouped_by"})
+    held = hold_out(plain, 0.1, seed=3)
+    train, val = task.splits["train"], held.splits["validation"]
+    assert abs(len(val) - 0.1 * len(train)) <= 2
+    for label, count in train["label"].value_counts().items():  # each class rounded on its own
+        assert (val["label"] == label).sum() == round(0.1 * count)
+    assert held.info["holdout"]["grouped_by"] is None
 
 
 def test_learning_rate_choice_and_summary_intervals():

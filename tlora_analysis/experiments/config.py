@@ -50,9 +50,9 @@ class TrainConfig:
     the summary after it, printed with or without bars. save_weights=False writes neither the
     resume point (trainer_state/) nor the final adapter/: the run can be analysed but not resumed
     or reloaded (for full fine-tuning those are about four copies of the model). holdout, a
-    fraction in (0, 1), evaluates on that share of the training split (drawn per class with
-    ``split_seed``) and trains on the rest, so that choices such as the learning rate are made
-    without touching the validation split.
+    fraction in (0, 1), evaluates on that share of the training split (drawn with ``split_seed``:
+    whole movies for Rotten Tomatoes, else per class) and trains on the rest, so that choices such
+    as the learning rate are made without touching the validation split.
     """
 
     method: str = "tlora"

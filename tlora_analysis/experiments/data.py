@@ -534,19 +534,27 @@ def load_task(
 def hold_out(task: TaskData, fraction: float, seed: int) -> TaskData:
     """The task with a seeded ``fraction`` of its training split as the validation split.
 
-    Drawn per class (classification) so the held-out part keeps the label balance; the original
-    validation and test splits are left out, so a choice made on the held-out part never sees them.
+    A task split by groups (``info["grouped_by"]``: Rotten Tomatoes by movie) holds out whole
+    groups, so the held-out part shares no movie with training, as its validation split does not;
+    otherwise it is drawn per class (classification) so the held-out part keeps the label balance.
+    The original validation and test splits are left out, so a choice made on the held-out part
+    never sees them.
     """
     train = task.splits["train"]
-    rng = np.random.default_rng([seed, 7])
-    groups = [train.index] if task.is_regression else [g.index for _, g in train.groupby("label", sort=True)]
-    held = [idx[rng.permutation(len(idx))[: int(round(fraction * len(idx)))]] for idx in groups]
-    held_index = pd.Index(np.concatenate([h.to_numpy() for h in held])) if held else pd.Index([])
+    grouped_by = task.info.get("grouped_by")
+    if grouped_by in train.columns:
+        held_index = train.index[_grouped_split(train[grouped_by], (fraction, 1 - fraction), seed + 7) == 0]
+    else:
+        rng = np.random.default_rng([seed, 7])
+        groups = [train.index] if task.is_regression else [g.index for _, g in train.groupby("label", sort=True)]
+        held = [idx[rng.permutation(len(idx))[: int(round(fraction * len(idx)))]] for idx in groups]
+        held_index = pd.Index(np.concatenate([h.to_numpy() for h in held])) if held else pd.Index([])
     if len(held_index) == 0 or len(held_index) == len(train):
         raise ValueError(f"holdout {fraction} of {len(train)} training examples leaves an empty split; choose a "
                          "fraction that keeps examples on both sides")
     splits = {"train": train.drop(index=held_index).reset_index(drop=True),
               "validation": train.loc[held_index].sort_index().reset_index(drop=True)}
-    info = {**task.info, "holdout": {"fraction": fraction, "seed": seed, "from": "train"}}
+    info = {**task.info, "holdout": {"fraction": fraction, "seed": seed, "from": "train",
+                                     "grouped_by": grouped_by if grouped_by in train.columns else None}}
     return replace(task, splits=splits, info=info, source=f"{task.source} (validation: {fraction:g} of train held out)")
 
