@@ -140,5 +140,6 @@ SPEC = MethodSpec(
              StoredTensor("vera_B", "B", True, lambda out, inn, r: (out, r)),
              StoredTensor("vera_lambda_d", "d", False, lambda out, inn, r: (r,)),
              StoredTensor("vera_lambda_b", "b", False, lambda out, inn, r: (out,))),
-    factors=vera_factors, runner_config=_runner_config, default_lr=1e-2, frozen_sides=("right",), rank_bounded=False,
+    factors=vera_factors, runner_config=_runner_config, default_lr=1e-2, frozen_sides=("right",),
+    rank_bounded=False,
 )

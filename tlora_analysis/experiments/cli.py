@@ -89,8 +89,8 @@ def _optimisation(p: argparse.ArgumentParser) -> None:
     o.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps (overrides --epochs)")
     o.add_argument("--batch-size", type=positive_int, help="per process (default 32)")
     o.add_argument("--eval-batch-size", type=positive_int)
-    o.add_argument("--lr", type=positive_float, help="AdamW learning rate (default: the method's, tlora and lora-xs 2e-2, vera 1e-2, lora and "
-                   "peft-lora 1e-3, full 1e-4; paper preset 1e-3)")
+    o.add_argument("--lr", type=positive_float, help="AdamW learning rate (default: the method's, tlora and "
+                   "lora-xs 2e-2, vera 1e-2, lora and peft-lora 1e-3, full 1e-4; paper preset 1e-3)")
     o.add_argument("--weight-decay", type=float, help="default 0.01, applied to every trainable tensor as the paper")
     o.add_argument("--warmup-ratio", type=float, help="linear warmup fraction, then linear decay (default 0.06)")
     o.add_argument("--precision", choices=PRECISIONS, help="default fp32")

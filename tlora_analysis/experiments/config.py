@@ -180,11 +180,12 @@ def _check_ranges(c: TrainConfig) -> None:
             optional = " or None" if name in _OPTIONAL_POSITIVE_INTS else ""
             raise ValueError(f"{name} must be a positive integer{optional}, got {value!r}")
     for name, low, high, text in (("epochs", 0, math.inf, "positive"),
-                                  ("lr", 0, math.inf, "positive, or None (the method's default)"),
                                   ("lora_alpha", 0, math.inf, "positive (LoRA's scaling is lora_alpha / rank)")):
         value = getattr(c, name)
-        if not (value is None and name == "lr") and not (_is_number(value) and low < value < high):
+        if not (_is_number(value) and low < value < high):
             raise ValueError(f"{name} must be {text}, got {value!r}")
+    if c.lr is not None and not (_is_number(c.lr) and c.lr > 0):
+        raise ValueError(f"lr must be positive, or None (the method's default), got {c.lr!r}")
     if not (_is_number(c.weight_decay) and c.weight_decay >= 0):
         raise ValueError(f"weight_decay must be ≥ 0, got {c.weight_decay!r}")
     if not (_is_number(c.warmup_ratio) and 0 <= c.warmup_ratio < 1):

@@ -269,7 +269,8 @@ def _optimiser(config: TrainConfig, prepared: _Prepared, ctx: DistContext) -> _O
 
     model = prepared.model
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8,
+                                  weight_decay=config.weight_decay)
     total = prepared.total_steps
     scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_ratio * total), total)
     ddp_model = model
@@ -423,7 +424,8 @@ class _Training:
         if self.ctx.is_main:
             epoch = at_step / p.steps_per_epoch
             metrics = evaluate(p.model, p.eval_loader, self.ctx.device, p.task.is_regression, self.opt.autocast,
-                               progress=self.show_bars, desc=f"evaluate step {at_step}", num_labels=p.task.num_labels)
+                               progress=self.show_bars, desc=f"evaluate step {at_step}",
+                               num_labels=p.task.num_labels)
             event = {"step": at_step, "epoch": epoch, "split": "validation", **metrics}
             self.recorder.log(at_step, event="eval", epoch=epoch, split="validation", **metrics)
             self.state["evals"].append(event)
