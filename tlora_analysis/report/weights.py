@@ -98,15 +98,15 @@ def stable_norms(arms: Arms, alpha: float) -> ClaimResult:
     mean, lo, hi, over = mean_with_interval(frame, "log_change", unit="run")
     result.estimate, result.ci_lo, result.ci_hi = (math.expm1(v) if np.isfinite(v) else v for v in (mean, lo, hi))
     result.n_units = len(frame)
-    result.test += f"; interval: {over}"
     if len(runs) < 2:
+        result.test += f"; interval: {over}"
         return inconclusive(result, _NEED_SEEDS)
     per_run = frame.groupby("run", sort=False)["log_change"].mean()
     with np.errstate(divide="ignore", invalid="ignore"):  # identical changes in every run: t = ±∞ or undefined
         test = scipy_stats.ttest_1samp(per_run.to_numpy(float), 0.0)
     result.p_value = float(test.pvalue)
     result.decision = decide_sameness(result.p_value, alpha)
-    result.test += f" (t = {fmt(float(test.statistic))} on {len(per_run) - 1} df)"
+    result.test += f" (t = {fmt(float(test.statistic))} on {len(per_run) - 1} df); interval: {over}"
     result.detail = (f"Mean log change per run: {', '.join(fmt(float(v)) for v in per_run)} over "
                      f"{frame['layer'].nunique()} matrices; mean |log change| per matrix "
                      f"{fmt(float(frame['log_change'].abs().mean()))}. Each run is compared with itself: how much "
