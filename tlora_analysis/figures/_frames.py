@@ -89,6 +89,12 @@ def short_module(module: str) -> str:
     return _SHORT.get(module, module)
 
 
+def module_title(module: str) -> str:
+    """"query (q)" for a module with a short name, else the name once."""
+    short = short_module(module)
+    return module if short == module else f"{module} ({short})"
+
+
 def finite(values) -> np.ndarray:
     """The finite entries of an array-like, as float."""
     arr = np.asarray(values, dtype=float)

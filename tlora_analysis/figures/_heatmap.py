@@ -41,7 +41,9 @@ def draw_heatmap(
                      cmap=cm, norm=norm, origin="upper")
     xt = tick_positions(values.shape[1], max_xticks)
     yt = tick_positions(values.shape[0], max_yticks)
-    ax.set_xticks(xt, [str(matrix.columns[i]) for i in xt])
+    xlabels = [str(matrix.columns[i]) for i in xt]
+    long = max(map(len, xlabels), default=0) > 10  # long names (modules of a block) slant, so they don't overlap
+    ax.set_xticks(xt, xlabels, rotation=30 if long else 0, ha="right" if long else "center")
     ax.set_yticks(yt, [str(matrix.index[i]) for i in yt])
     ax.tick_params(length=2)
     for spine in ax.spines.values():

@@ -17,7 +17,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
-from ._frames import finite, module_order, pick_step, require_columns, short_module
+from ._frames import finite, module_order, module_title, pick_step, require_columns, short_module
 from ._heatmap import draw_heatmap
 from .style import DIVERGING_CMAP, SEQUENTIAL_CMAP, diverging_norm, method_label, new_figure, sequential_norm, styled
 
@@ -95,7 +95,7 @@ def layer_step_heatmaps(
     mappable = None
     for ax, module in zip(axes[0], mods):
         mappable = draw_heatmap(ax, _layer_by_step(sub[sub["module"] == module], value), norm, cmap)
-        ax.set_title(f"{module} ({short_module(module)})")
+        ax.set_title(module_title(module))
         ax.set_xlabel("recorded snapshot (labelled by step, not to scale)")
         ax.set_ylabel("layer")
     fig.colorbar(ScalarMappable(norm=mappable.norm, cmap=mappable.cmap), ax=list(axes[0]), label=label,
@@ -187,7 +187,7 @@ def layer_trajectories(
                 continue
             ax.plot(rows["step"], rows[value], color=cmap(norm(int(rows["layer_index"].iloc[0]))),
                     lw=0.9, marker="o" if len(rows) < 12 else None, ms=2)
-        ax.set_title(f"{module} ({short_module(module)})")
+        ax.set_title(module_title(module))
         ax.set_xlabel("training step")
         ax.grid(True)
         if logy:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ._frames import module_order, panel_modules, pick_layer, pick_step, require_columns, short_module
+from ._frames import module_order, module_title, panel_modules, pick_layer, pick_step, require_columns, short_module
 from ._heatmap import draw_heatmap
 from .style import (DIVERGING_CMAP, OKABE_ITO, SEQUENTIAL_CMAP, diverging_norm, method_label, new_figure,
                     sequential_norm, styled)
@@ -113,7 +113,7 @@ def cosine_heatmap(
         matrix = at[at["module"].isin(mods)].pivot_table(index="layer_index", columns="module", values=value,
                                                         aggfunc="first", dropna=False)
         matrix = matrix.reindex(columns=[m for m in mods if m in matrix.columns]).sort_index()
-        matrix.columns = [f"{m} ({short_module(m)})" for m in matrix.columns]
+        matrix.columns = [module_title(m) for m in matrix.columns]
         mesh = draw_heatmap(ax, matrix, norm, DIVERGING_CMAP, annotate=".2f" if n_layers <= 32 else None,
                             max_yticks=48)
         ax.set_title(SIMILARITY_LABELS.get(value, value), fontsize=6.5)
@@ -175,7 +175,7 @@ def null_band(
         part = at[at["module"] == module].sort_values("layer_index")
         _draw_band(ax, part, value, "0.8", f"null 2.5–97.5% band{_draws(at)}")
         _observed(ax, part, value)
-        ax.set_title(f"{module} ({short_module(module)})")
+        ax.set_title(module_title(module))
     axes[0, 0].set_ylabel(SIMILARITY_LABELS.get(value, value), fontsize=6.5)
     _legend(fig, axes[0, 0])
     fig.suptitle(f"{_pair_title(at)}: {SIMILARITY_LABELS.get(value, value)} per layer at step {chosen} against the null")
@@ -215,7 +215,7 @@ def cosine_against_nulls(
             ax.plot(x, -top, ls=":", lw=0.8, color=OKABE_ITO[4])
         _observed(ax, part, "cosine_dW")
         ax.axhline(0, color="0.6", lw=0.4)
-        ax.set_title(f"{module} ({short_module(module)})")
+        ax.set_title(module_title(module))
     axes[0, 0].set_ylabel(SIMILARITY_LABELS["cosine_dW"], fontsize=6.5)
     _legend(fig, axes[0, 0], ncols=2)
     fig.suptitle(f"{_pair_title(at)}: cosine of the updates per layer at step {chosen}, against both nulls")
@@ -236,7 +236,7 @@ def _rows_by_module(reach: pd.DataFrame, values: Sequence[str], step: int | str 
             _draw_band(ax, part, value, "0.8", f"null 2.5–97.5% band{_draws(at)}")
             _observed(ax, part, value)
             if row == 0:
-                ax.set_title(f"{module} ({short_module(module)})")
+                ax.set_title(module_title(module))
             if row < len(values) - 1:
                 ax.set_xlabel("")
         axes[row, 0].set_ylabel(SIMILARITY_LABELS.get(value, value), fontsize=6)
