@@ -155,9 +155,12 @@ def _text_boxes(fig: Figure):
 
 
 def assert_no_overlapping_labels(fig: Figure, tolerance: float = 1.0) -> None:
-    """Fail if any two tick labels, axis labels or titles of ``fig`` overlap by more than ``tolerance`` px."""
+    """Fail if any two tick labels, axis labels or titles of ``fig`` overlap by more than ``tolerance`` px,
+    or its title runs past the figure's edges."""
     boxes = _text_boxes(fig)
-    clashes = []
+    width = fig.bbox.width
+    clashes = [f"{name} spans x {box.x0:.0f}..{box.x1:.0f} of a {width:.0f} px figure" for name, box in boxes
+               if name == "suptitle" and (box.x0 < -tolerance or box.x1 > width + tolerance)]
     for (name_a, a), (name_b, b) in itertools.combinations(boxes, 2):
         w = min(a.x1, b.x1) - max(a.x0, b.x0)
         h = min(a.y1, b.y1) - max(a.y0, b.y0)

@@ -246,6 +246,7 @@ def test_cosine_heatmap_without_base_weights_drops_merged_panel():
     per["cosine_merged_paper"] = np.nan
     fig = similarity.cosine_heatmap(per)
     assert len(_images(fig)) == 1 and "no data" in fig._suptitle.get_text()
+    assert_no_overlapping_labels(fig)  # the long title wraps within the single-column figure
     per["cosine_dW"] = np.nan
     with pytest.raises(ValueError, match="store_base_weights"):
         similarity.cosine_heatmap(per)

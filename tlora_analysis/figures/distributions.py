@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ._frames import pick_layer, pick_step, require_columns, short_module
-from .style import MATRIX_COLORS, method_label, new_figure, styled
+from .style import MATRIX_COLORS, figure_title, method_label, new_figure, styled
 
 __all__ = ["MATRIX_ORDER", "entry_histograms", "qq_panels", "stats_text"]
 
@@ -113,7 +113,7 @@ def entry_histograms(
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
         _annotate(ax, stats_text(_stats_row(stats, chosen_layer, chosen_step, matrix)))
     axes[0, 0].set_ylabel("density")
-    fig.suptitle(_layer_title(chosen_layer, str(first["module"]), int(first["layer_index"]), chosen_step,
+    figure_title(fig, _layer_title(chosen_layer, str(first["module"]), int(first["layer_index"]), chosen_step,
                               _prefix(at)) + " (paper Fig. 4)")
     return fig
 
@@ -164,5 +164,5 @@ def qq_panels(
         ax.set_xlabel("normal quantile")
     for ax in axes[:, 0]:
         ax.set_ylabel(f"{matrix} entry quantile")
-    fig.suptitle(f"{_prefix(at)}normal Q-Q plots of {matrix} entries at step {chosen_step}")
+    figure_title(fig, f"{_prefix(at)}normal Q-Q plots of {matrix} entries at step {chosen_step}")
     return fig

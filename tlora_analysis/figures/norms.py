@@ -19,7 +19,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocato
 
 from ._frames import finite, module_order, module_title, pick_step, require_columns, short_module
 from ._heatmap import draw_heatmap
-from .style import DIVERGING_CMAP, SEQUENTIAL_CMAP, diverging_norm, method_label, new_figure, sequential_norm, styled
+from .style import (DIVERGING_CMAP, SEQUENTIAL_CMAP, diverging_norm, figure_title, method_label, new_figure,
+                    sequential_norm, styled)
 
 __all__ = ["VALUE_LABELS", "layer_step_heatmaps", "fro_norm_B_heatmaps", "alpha_heatmaps",
            "spectral_norm_heatmap", "layer_trajectories"]
@@ -100,7 +101,7 @@ def layer_step_heatmaps(
         ax.set_ylabel("layer")
     fig.colorbar(ScalarMappable(norm=mappable.norm, cmap=mappable.cmap), ax=list(axes[0]), label=label,
                  shrink=0.9, pad=0.02)
-    fig.suptitle(title or f"{_title_prefix(sub)}{label} per layer and step")
+    figure_title(fig, title or f"{_title_prefix(sub)}{label} per layer and step")
     return fig
 
 
@@ -197,5 +198,5 @@ def layer_trajectories(
     ticks = MaxNLocator(nbins=8, integer=True).tick_values(depth.min(), depth.max())
     cbar.set_ticks([t for t in ticks if depth.min() <= t <= depth.max()])
     cbar.minorticks_off()
-    fig.suptitle(f"{_title_prefix(sub)}{label} over training, one line per layer")
+    figure_title(fig, f"{_title_prefix(sub)}{label} over training, one line per layer")
     return fig

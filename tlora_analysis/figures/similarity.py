@@ -17,8 +17,8 @@ from matplotlib.figure import Figure
 
 from ._frames import module_order, module_title, panel_modules, pick_layer, pick_step, require_columns, short_module
 from ._heatmap import draw_heatmap
-from .style import (DIVERGING_CMAP, OKABE_ITO, SEQUENTIAL_CMAP, diverging_norm, method_label, new_figure,
-                    sequential_norm, styled)
+from .style import (DIVERGING_CMAP, OKABE_ITO, SEQUENTIAL_CMAP, diverging_norm, figure_title, method_label,
+                    new_figure, sequential_norm, styled)
 
 __all__ = ["SIMILARITY_LABELS", "difference_heatmap", "cosine_heatmap", "null_band", "cosine_against_nulls",
            "reachable_panels", "overlap_panels", "phi_heatmaps"]
@@ -79,7 +79,7 @@ def difference_heatmap(difference: pd.DataFrame, max_cells: int = 512) -> Figure
     where = ""
     if {"layer", "step"} <= set(difference.columns):
         where = f": {difference['layer'].iloc[0]}, step {int(difference['step'].iloc[0])}"
-    fig.suptitle(f"Entry-wise difference LoRA − TLoRA (paper Fig. 9){where}")
+    figure_title(fig, f"Entry-wise difference LoRA − TLoRA (paper Fig. 9){where}")
     return fig
 
 
@@ -122,7 +122,7 @@ def cosine_heatmap(
     fig.colorbar(mesh, ax=list(axes[0]), label="cosine similarity", pad=0.02, shrink=0.9)
     missing = [v for v in values if v not in drawn]
     note = f" ({', '.join(missing)}: no data)" if missing else ""
-    fig.suptitle(f"{_pair_title(at)}: cosine per layer at step {chosen} (paper Fig. 10){note}")
+    figure_title(fig, f"{_pair_title(at)}: cosine per layer at step {chosen} (paper Fig. 10){note}")
     return fig
 
 
@@ -178,7 +178,8 @@ def null_band(
         ax.set_title(module_title(module))
     axes[0, 0].set_ylabel(SIMILARITY_LABELS.get(value, value), fontsize=6.5)
     _legend(fig, axes[0, 0])
-    fig.suptitle(f"{_pair_title(at)}: {SIMILARITY_LABELS.get(value, value)} per layer at step {chosen} against the null")
+    figure_title(fig, f"{_pair_title(at)}: {SIMILARITY_LABELS.get(value, value)} per layer at step {chosen} "
+                      "against the null")
     return fig
 
 
@@ -218,7 +219,7 @@ def cosine_against_nulls(
         ax.set_title(module_title(module))
     axes[0, 0].set_ylabel(SIMILARITY_LABELS["cosine_dW"], fontsize=6.5)
     _legend(fig, axes[0, 0], ncols=2)
-    fig.suptitle(f"{_pair_title(at)}: cosine of the updates per layer at step {chosen}, against both nulls")
+    figure_title(fig, f"{_pair_title(at)}: cosine of the updates per layer at step {chosen}, against both nulls")
     return fig
 
 
@@ -243,7 +244,7 @@ def _rows_by_module(reach: pd.DataFrame, values: Sequence[str], step: int | str 
     _legend(fig, axes[0, 0])
     other = method_label(at["method_b"].iloc[0]) if "method_b" in at else "the other run"
     confined = method_label(at["method_a"].iloc[0]) if "method_a" in at else "the first run"
-    fig.suptitle(f"{_pair_title(at)}: {title.format(other=other, confined=confined)} at step {chosen}")
+    figure_title(fig, f"{_pair_title(at)}: {title.format(other=other, confined=confined)} at step {chosen}")
     return fig
 
 
@@ -298,5 +299,5 @@ def phi_heatmaps(
     fig.colorbar(mesh, ax=list(axes[0]), label=r"$\varphi(i, j)$", pad=0.02)
     side = str(at["phi_side"].iloc[0]) if "phi_side" in at else ""
     side_text = {"left": "left (output-side)", "right": "right (input-side)"}.get(side, side)
-    fig.suptitle(f"{_pair_title(at)}: overlap of the top {side_text} singular directions at step {chosen}")
+    figure_title(fig, f"{_pair_title(at)}: overlap of the top {side_text} singular directions at step {chosen}")
     return fig

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from ._frames import pick_layer, pick_step, require_columns, short_module
-from .style import SEQUENTIAL_CMAP, method_color, method_label, method_order, new_figure, styled
+from .style import SEQUENTIAL_CMAP, figure_title, method_color, method_label, method_order, new_figure, styled
 
 __all__ = ["eigenvalue_densities", "singular_value_spectra"]
 
@@ -98,7 +98,7 @@ def eigenvalue_densities(
     if merged is not None:
         handles.append(Patch(color="none", label="paper-faithful: LoRA added without its scale"))
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
-    fig.suptitle("Eigenvalues, TLoRA vs LoRA (paper Fig. 8 and corrected): " + "; ".join(dict.fromkeys(titles)))
+    figure_title(fig, "Eigenvalues, TLoRA vs LoRA (paper Fig. 8 and corrected): " + "; ".join(dict.fromkeys(titles)))
     return fig
 
 
@@ -187,5 +187,5 @@ def singular_value_spectra(
                 ax.set_xlabel("index k")
         axes[i, 0].set_ylabel(r"$\sigma_k(\Delta W)$")
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(), label="training step", pad=0.02)
-    fig.suptitle(r"Singular values of $\Delta W$ over training")
+    figure_title(fig, r"Singular values of $\Delta W$ over training")
     return fig

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ._frames import require_columns
-from .style import METHOD_COLORS, OKABE_ITO, method_color, new_figure, styled
+from .style import METHOD_COLORS, OKABE_ITO, figure_title, method_color, new_figure, styled
 
 __all__ = ["metric_vs_parameters", "band_curves"]
 
@@ -82,7 +82,7 @@ def metric_vs_parameters(summary: pd.DataFrame, value: str = "best_value") -> Fi
     metric = str(summary["metric"].iloc[0])
     axes[0, 0].set_ylabel(f"{'best' if value == 'best_value' else 'last'} validation {metric}")
     _legend(fig, axes)
-    fig.suptitle(f"Validation {metric} against trainable parameters: mean over seeds with 95% t intervals")
+    figure_title(fig, f"Validation {metric} against trainable parameters: mean over seeds with 95% t intervals")
     return fig
 
 
@@ -134,5 +134,5 @@ def band_curves(frame: pd.DataFrame, ylabel: str, title: str, logy: bool = False
         ax.grid(True, axis="y")
     axes[0, 0].set_ylabel(ylabel)
     _legend(fig, axes)
-    fig.suptitle(title)
+    figure_title(fig, title)
     return fig

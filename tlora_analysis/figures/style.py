@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import textwrap
 from pathlib import Path
 from typing import Callable, Iterable, Literal, TypeVar
 
@@ -25,7 +26,7 @@ from ..adapters.methods import METHODS
 
 __all__ = [
     "SINGLE_COLUMN", "DOUBLE_COLUMN", "OKABE_ITO", "METHOD_COLORS", "METHOD_LABELS", "MATRIX_COLORS",
-    "SEQUENTIAL_CMAP", "DIVERGING_CMAP", "RC", "styled", "new_figure", "method_color", "method_label", "METHOD_ORDER",
+    "SEQUENTIAL_CMAP", "DIVERGING_CMAP", "RC", "styled", "new_figure", "figure_title", "method_color", "method_label", "METHOD_ORDER",
     "method_order",
     "diverging_norm", "sequential_norm", "save",
 ]
@@ -111,6 +112,17 @@ def new_figure(
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
     return fig, axes
+
+
+def figure_title(fig: Figure, text: str) -> None:
+    """Set ``fig``'s title, wrapped onto more lines where one line would be wider than the figure."""
+    title = fig.suptitle(text)
+    renderer = fig.canvas.get_renderer()
+    width = title.get_window_extent(renderer).width
+    available = 0.96 * fig.get_figwidth() * fig.dpi
+    if width > available and "$" not in text:  # mathtext must stay on one line
+        chars = max(20, int(len(text) * available / width))
+        title.set_text(textwrap.fill(text, chars, break_long_words=False))
 
 
 def method_color(method: str) -> str:

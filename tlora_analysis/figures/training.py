@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ._frames import require_columns
-from .style import method_color, method_label, method_order, new_figure, styled
+from .style import figure_title, method_color, method_label, method_order, new_figure, styled
 
 __all__ = ["parameter_bars", "loss_curves", "method_curves", "params_vs_accuracy", "methods_title"]
 
@@ -161,7 +161,7 @@ def method_curves(metrics: pd.DataFrame, metric: str = "accuracy", split: str = 
         ax.set_xlabel("training step" if x == "step" else "epoch")
         ax.set_ylabel(label)
         ax.grid(True)
-    fig.suptitle(f"{methods_title(metrics['method'])}: loss and {split} {metric}")
+    figure_title(fig, f"{methods_title(metrics['method'])}: loss and {split} {metric}")
     return fig
 
 
