@@ -110,6 +110,52 @@ def test_hand_cases_inside_and_outside_the_set():
     assert far["overlap_out"].iloc[0] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_a_rank_deficient_frozen_factor_shrinks_the_set():
+    """A of rank 3 < r = 4: S is {Q_C M Q_Aᵀ} with Q_A of 3 columns, and every statistic follows it (densely)."""
+    design = Design(n_layers=1, dim=24, rank=4)
+
+    def frozen(rng):
+        a, c = rng.standard_normal((24, 4)), rng.standard_normal((4, 24))
+        a[:, 3] = a[:, 0] + a[:, 1]
+        return a, c
+
+    rng = np.random.default_rng(5)
+    tl = tlora_run("t", 0, design, lambda step, name: rng.standard_normal((4, 4)), frozen=frozen, w0={})
+    lo = lora_run("l", 1, design, lambda step, name: (rng.standard_normal((4, 24)), rng.standard_normal((24, 4))),
+                  w0={})
+    name, step = design.names[0], STEPS[-1]
+    row = analysis.reachable(tl, lo, steps=[step], n_null=50).iloc[0]
+    a, c = (tl.frozen(name)[k].numpy() for k in ("tlora_A", "tlora_C"))
+    u, s, _ = np.linalg.svd(a)
+    q_a = u[:, : int(np.sum(s > 1e-10 * s[0]))]  # rank 3
+    p_c, p_a = _projector(c.T), q_a @ q_a.T
+    dt, do = _dense(tl, name, step), _dense(lo, name, step)
+    inside = p_c @ do @ p_a
+    assert (row.reach_dim_out, row.reach_dim_in) == (4, 3)
+    assert row.reachable_fraction == pytest.approx(np.sum(inside**2) / np.sum(do**2), rel=1e-9)
+    assert row.null_mean_reachable_fraction == pytest.approx(4 * 3 / 24**2)
+    assert row.cosine_reachable == pytest.approx(np.sum(dt * inside) / np.linalg.norm(dt) / np.linalg.norm(inside),
+                                                 rel=1e-8)
+    assert row.null_sd_cosine_reachable == pytest.approx(1 / np.sqrt(12))
+
+
+def test_a_set_that_is_every_matrix_or_a_whole_side_has_no_test():
+    """r equal to the layer's size: f = 1 and φ(r, r) = 1 for any update, so p and z are NaN, not a number
+    that floating-point noise in the draws would make up."""
+    design = Design(n_layers=1, dim=6, rank=6)
+    rng = np.random.default_rng(2)
+    tl = tlora_run("t", 0, design, lambda step, name: rng.standard_normal((6, 6)), w0={})
+    lo = lora_run("l", 1, design, lambda step, name: (rng.standard_normal((6, 6)), rng.standard_normal((6, 6))),
+                  w0={})
+    row = analysis.reachable(tl, lo, steps=[STEPS[-1]], n_null=50).iloc[0]
+    assert row.reachable_fraction == pytest.approx(1.0)
+    assert np.isnan(row.p_reachable_fraction) and np.isnan(row.z_reachable_fraction)
+    assert np.isfinite(row.p_cosine_reachable)  # the cosine inside S still has its test
+    per = analysis.similarity(tl, lo, steps=[STEPS[-1]], n_null=50).per_layer.iloc[0]
+    assert per.phi_rr == pytest.approx(1.0) and np.isnan(per.p_phi_rr) and np.isnan(per.z_phi_rr)
+    assert np.isfinite(per.p_cosine_dW)
+
+
 def test_zero_updates_give_nan_not_errors(runs):
     first = analysis.reachable(runs["tlora"], runs["lora"], steps=[0], n_null=20)
     assert first[["reachable_fraction", "cosine_reachable", "p_reachable_fraction"]].isna().all().all()

@@ -64,6 +64,21 @@ def _basis(q: np.ndarray | None, dim: int) -> np.ndarray:
     return np.eye(dim) if q is None else q
 
 
+def _reach_basis(q: np.ndarray | None, factor: np.ndarray | None, dim: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """An orthonormal basis of the frozen factor's column space, of its exact rank, and the map from ``q``'s
+    coordinates to it (None when ``q`` already is one: the factor has full rank, as a random A or C has).
+
+    ``q`` comes from a thin QR, so it has as many columns as the factor even when the factor is
+    rank-deficient (a LoRA-XS factor from a W0 of rank below r); S must not count the extra ones."""
+    if q is None:
+        return np.eye(dim), None
+    u, sigma, _ = np.linalg.svd(q.T @ factor)
+    k = numerical_rank(sigma, factor.shape)
+    if k == q.shape[1]:
+        return q, None
+    return q @ u[:, :k], u[:, :k]
+
+
 def _test(name: str, draws: np.ndarray, observed: float) -> dict[str, float]:
     """The 95% band of the draws, the upper-tail Monte-Carlo p-value and the z-score of its mid-rank."""
     mc = mc_pvalue(draws, observed, "greater")
@@ -131,7 +146,13 @@ def _layer_row(ut: FactoredUpdate, uo: FactoredUpdate, nulls: _LayerNulls) -> di
     q_c, k_t, q_a = ut.compressed()
     q_lo, k_o, q_ro = uo.compressed()
     out, inn = ut.shape
-    q_c, q_a, q_lo, q_ro = _basis(q_c, out), _basis(q_a, inn), _basis(q_lo, out), _basis(q_ro, inn)
+    q_c, to_c = _reach_basis(q_c, ut.left, out)
+    q_a, to_a = _reach_basis(q_a, None if ut.right is None else ut.right.T, inn)
+    if to_c is not None:  # ΔW_T lies in the factor's range, so these maps lose none of it
+        k_t = to_c.T @ k_t
+    if to_a is not None:
+        k_t = k_t @ to_a
+    q_lo, q_ro = _basis(q_lo, out), _basis(q_ro, inn)
     g_left, g_right = q_c.T @ q_lo, q_a.T @ q_ro  # p × a, q × b
     projected = g_left @ k_o @ g_right.T  # Q_Cᵀ X Q_A: the reachable part of X, in S's coordinates
     p, q = projected.shape
@@ -151,8 +172,12 @@ def _layer_row(ut: FactoredUpdate, uo: FactoredUpdate, nulls: _LayerNulls) -> di
         return row
     row.update(_cosine_inside(k_t, projected, f, nulls, ut.shape))
     left, right = nulls.subspaces(p, q, *k_o.shape)
-    null_f = np.sum((left @ k_o @ np.swapaxes(right, 1, 2)) ** 2, axis=(1, 2)) / norm_o2
-    row.update(_test("reachable_fraction", null_f, f))
+    if p < out or q < inn:
+        null_f = np.sum((left @ k_o @ np.swapaxes(right, 1, 2)) ** 2, axis=(1, 2)) / norm_o2
+        row.update(_test("reachable_fraction", null_f, f))
+    else:  # S is every out × in matrix: f = 1 for any update, so no test
+        row.update(null_lo_reachable_fraction=1.0, null_hi_reachable_fraction=1.0, p_reachable_fraction=math.nan,
+                   z_reachable_fraction=math.nan)
     for side, gram, draws, basis, dim, full in (("out", g_left, left, u_k[:, :k], p, out),
                                                  ("in", g_right, right, vt_k[:k].T, q, inn)):
         observed = float(np.sum((gram @ basis) ** 2)) / min(dim, k)

@@ -217,14 +217,22 @@ def similarity(
             draws = _null_random(stats, layer, side, n_null, seed, random_null, merged_null)
             per_layer.add(**pair_id, step=step, **{s: stats[s] for s in STATISTICS}, phi_side=side, n_null=n_null,
                           null_sd_cosine_dW=math.sqrt(haar_cosine_variance(*run_a.layer_shapes[layer])),
-                          **summarize(draws), **_tests(stats, draws))
+                          **summarize(draws), **_tests(stats, draws, side))
     return SimilarityTables(per_layer.frame(), phi.frame(), common, only_a, only_b)
 
 
-def _tests(stats: dict[str, Any], draws: dict[str, np.ndarray]) -> dict[str, float]:
-    """Upper-tail Monte-Carlo p-values and z-scores (from the mid-rank) of the tested statistics."""
+def _tests(stats: dict[str, Any], draws: dict[str, np.ndarray], side: str) -> dict[str, float]:
+    """Upper-tail Monte-Carlo p-values and z-scores (from the mid-rank) of the tested statistics.
+
+    φ(r, r) is 1 for any pair when the smaller subspace is the whole space of its side (an update of full
+    rank there), so it gets no test: NaN p and z."""
     out: dict[str, float] = {}
+    dim = stats["ua"].shape[0 if side == "left" else 1]
+    whole_space = min(stats["sa"].size, stats["sb"].size) == dim
     for name in TESTED:
+        if name == "phi_rr" and whole_space:
+            out.update(p_phi_rr=math.nan, z_phi_rr=math.nan)
+            continue
         mc = mc_pvalue(draws[name], stats[name], "greater")
         out[f"p_{name}"] = mc.pvalue
         out[f"z_{name}"] = float(z_from_p(mc.mid)) if np.isfinite(mc.mid) else math.nan
