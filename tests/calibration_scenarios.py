@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -96,6 +97,25 @@ def related_updates(rep: int, noise: float) -> dict[str, str]:
     return alignment_decisions(*alignment_tables(tl, lo, seed=rep))
 
 
+def seed_dependent_alignment(rep: int, spread: float, common: float = 0.0, pairs: int = 3) -> dict[str, str]:
+    """``pairs`` seed pairs; in pair s LoRA's update is w_s times TLoRA's plus an independent one as large as TLoRA's,
+    w_s = ``common`` + N(0, ``spread``²). With ``common`` 0 the seeds' alignments average 0 (some pairs aligned,
+    others opposed): the null of the signed alignment claims, which a test pooling the pairs' layers rejects."""
+    design = Design()
+    rng = np.random.default_rng([rep, 17])
+    sims, reaches = [], []
+    for s in range(pairs):
+        tl = tlora_run(f"t{s}", 2 * (pairs * rep + s), design, gaussian_b_growth(rng, design), w0={})
+        lo = lora_copy_of(tl, f"l{s}", 2 * (pairs * rep + s) + 1, design, noise=1.0, rng=rng,
+                          weight=common + spread * rng.standard_normal())
+        sim, reach = alignment_tables(tl, lo, seed=pairs * rep + s)
+        sims.append(sim)
+        reaches.append(reach)
+    sim, reach = pd.concat(sims, ignore_index=True), pd.concat(reaches, ignore_index=True)
+    return {"update_cosine": update_cosine(sim, reach, ALPHA, N_NULL).decision,
+            "reachable_cosine": reachable_cosine(reach, ALPHA, N_NULL).decision}
+
+
 def tlora_arms(design: Design, b_for_seed, alpha_for_seed=None, seeds: int = 1) -> Arms:
     runs = [tlora_run(f"t{s}", s, design, b_for_seed(s), alpha_for_seed(s) if alpha_for_seed else None, w0={})
             for s in range(seeds)]
@@ -169,7 +189,7 @@ def update_spectra(rep: int, same_law: bool) -> str:
 
 
 # ---------------------------------------------------------------- the rates table
-SCENARIOS = ("alignment", "related", "gaussian_B", "stable_norms", "alpha_varies", "eigen_updates")
+SCENARIOS = ("alignment", "related", "seed_alignment", "gaussian_B", "stable_norms", "alpha_varies", "eigen_updates")
 
 
 def _rates(reps: int, only: tuple[str, ...] = SCENARIOS) -> None:
@@ -187,6 +207,11 @@ def _rates(reps: int, only: tuple[str, ...] = SCENARIOS) -> None:
             runs = [related_updates(rep, noise) for rep in range(max(reps // 10, 10))]
             for claim in ALIGNMENT:
                 rate(claim, f"LoRA = TLoRA + {noise:g}× independent: supported", [r[claim] == "supported" for r in runs])
+    if "seed_alignment" in only:
+        for spread, common, truth in ((0.03, 0.0, "mean 0, SD 0.03"), (0.0, 0.03, "0.03 in every pair")):
+            runs = [seed_dependent_alignment(rep, spread, common) for rep in range(reps)]
+            for claim in ("update_cosine", "reachable_cosine"):
+                rate(claim, f"3 pairs, alignment weight {truth}: supported", [r[claim] == "supported" for r in runs])
     if "gaussian_B" in only:
         for tails in ("normal", "t2"):
             rate("gaussian_B", f"{tails} entries: not supported",

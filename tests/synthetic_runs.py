@@ -183,9 +183,9 @@ def lora_run(name: str, seed: int, design: Design, factors_at: Callable[[int, st
 
 
 def lora_copy_of(tl: SyntheticRun, name: str, seed: int, design: Design, noise: float = 0.0,
-                 rng: np.random.Generator | None = None) -> SyntheticRun:
-    """A LoRA run whose update is TLoRA's (``noise`` = 0) or TLoRA's plus an independent rank-r update
-    with ``noise`` times its Frobenius norm (rank 2r then)."""
+                 rng: np.random.Generator | None = None, weight: float = 1.0) -> SyntheticRun:
+    """A LoRA run whose update is TLoRA's (``noise`` = 0) or ``weight`` times TLoRA's plus an independent rank-r
+    update with ``noise`` times TLoRA's Frobenius norm (rank 2r then)."""
     rng = rng or np.random.default_rng([seed, 4])
     extra = {(s, n): (rng.standard_normal((design.rank, design.dim)), rng.standard_normal((design.dim, design.rank)))
              for s in STEPS[1:] for n in design.names}
@@ -194,9 +194,9 @@ def lora_copy_of(tl: SyntheticRun, name: str, seed: int, design: Design, noise: 
         u = tl.update(layer, step)
         left, right = u.scale * u.left @ u.core, u.right  # ΔW = left @ right, left out × r, right r × in
         if noise == 0.0:
-            return right, left
+            return right, weight * left
         a2, b2 = extra[(step, layer)]
         b2 = b2 * (noise * np.linalg.norm(left @ right) / np.linalg.norm(b2 @ a2))
-        return np.vstack([right, a2]), np.hstack([left, b2])
+        return np.vstack([right, a2]), np.hstack([weight * left, b2])
 
     return lora_run(name, seed, design, factors_at, w0=tl.base, rank=design.rank * (2 if noise else 1))

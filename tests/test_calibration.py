@@ -64,6 +64,22 @@ def test_alignment_claims_detect_related_updates(noise):
         assert decisions == dict.fromkeys(decisions, "supported"), decisions
 
 
+def test_signed_alignment_claims_hold_alpha_when_seeds_disagree():
+    """Three seed pairs whose alignments average 0 (LoRA's update w_s times TLoRA's plus an independent one,
+    w_s ~ N(0, 0.03²): some pairs aligned, some opposed). The claim is about the method, so the pairs are the
+    units: 'supported' at rate ≤ α. Pooling all pairs' layers in one Stouffer Z rejects in about a third."""
+    reps = 100
+    runs = [sc.seed_dependent_alignment(rep, spread=0.03) for rep in range(reps)]
+    for claim in ("update_cosine", "reachable_cosine"):
+        rate = np.mean([r[claim] == "supported" for r in runs])
+        assert _within_alpha(rate, reps), f"{claim}: false-positive rate {rate:.3f} > α = {ALPHA}"
+
+
+def test_signed_alignment_claims_detect_alignment_shared_by_every_seed():
+    for rep in range(10):
+        assert sc.seed_dependent_alignment(rep, spread=0.0, common=0.03)["update_cosine"] == "supported"
+
+
 @pytest.mark.parametrize("tails", ["normal", "t2"])
 def test_gaussian_b(tails):
     """B with normal entries: 'not supported' at rate ≤ α; heavy-tailed (t, 2 df) entries: detected."""

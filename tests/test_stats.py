@@ -14,7 +14,8 @@ from scipy import stats
 from tlora_analysis.analysis.nulls import RandomNull, haar_frames
 from tlora_analysis.stats import (
     benjamini_hochberg, bootstrap_interval, chi2_sum, fisher, haar_cosine_variance, holm, icc_from_f, ks_by_labels,
-    mc_pvalue, permutation_test, reachable_fraction_mean, stouffer, subspace_overlap_mean, t_interval, z_from_p,
+    mc_pvalue, permutation_test, random_effects, reachable_fraction_mean, stouffer, subspace_overlap_mean, t_interval,
+    z_from_p,
 )
 
 
@@ -111,6 +112,33 @@ def test_combination_rules_match_scipy_and_hand_values():
     ch = chi2_sum([1.0, 2.0, -2.0])
     assert ch.statistic == 9.0 and ch.pvalue == pytest.approx(stats.chi2.sf(9.0, 3))
     assert math.isnan(stouffer([np.nan]).pvalue) and fisher([]).n == 0
+
+
+def test_random_effects_by_hand():
+    z = np.array([2.0, 5.0, 3.5, np.nan])  # sd 1.5 > 1: the replicates' own spread
+    t = 3.5 * math.sqrt(3) / 1.5
+    re = random_effects(z)
+    assert (re.n, re.statistic) == (3, pytest.approx(t)) and re.pvalue == pytest.approx(stats.t.sf(t, 2))
+    tight = random_effects([3.0, 3.1, 2.9])  # spread below the null's 1: the floor, never more liberal
+    assert tight.statistic == pytest.approx(3 * math.sqrt(3))
+    assert tight.pvalue == pytest.approx(stats.t.sf(3 * math.sqrt(3), 2))
+    assert math.isnan(random_effects([1.0]).pvalue)
+
+
+@pytest.mark.parametrize("tau", [0.0, 3.0], ids=["sharp-null", "replicates-differ"])
+def test_random_effects_holds_alpha_where_pooling_does_not(tau):
+    """Replicates' Z ~ N(0, 1 + τ²): the mean effect is 0 either way. At α = 0.05 over 20,000 sets of 3
+    replicates the random-effects test rejects at most 5% (3 standard errors); pooling the replicates as one
+    Stouffer Z rejects 5% under the sharp null but about 28% once replicates differ (τ = 3)."""
+    rng = np.random.default_rng(11)
+    z = rng.normal(0.0, math.sqrt(1 + tau ** 2), (20_000, 3))
+    rejected = stats.t.sf(z.mean(1) * math.sqrt(3) / np.maximum(1.0, z.std(1, ddof=1)), 2) < 0.05
+    assert all(random_effects(row).pvalue == pytest.approx(stats.t.sf(row.mean() * math.sqrt(3) / max(
+        1.0, row.std(ddof=1)), 2)) for row in z[:50])
+    assert rejected.mean() <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / z.shape[0])
+    pooled = stats.norm.sf(z.sum(1) / math.sqrt(3)) < 0.05
+    expected = stats.norm.sf(stats.norm.isf(0.05) / math.sqrt(1 + tau**2))  # 0.05 at τ = 0
+    assert pooled.mean() == pytest.approx(expected, abs=0.01)
 
 
 def test_holm_and_bh_by_hand():

@@ -1,8 +1,10 @@
 """Claims that compare TLoRA's and LoRA's updates directly: cosines, TLoRA's reachable set, φ.
 
-Each is a per-layer upper-tail test ("more alike than unrelated updates") whose z-scores are
-combined over every (pair, layer) by Stouffer's rule, one-sided; Σz² against χ² (departures
-in either direction) and Holm-corrected per-layer calls are reported beside it. The per-layer
+Each is a per-layer upper-tail test ("more alike than unrelated updates"). Within a replicate
+pair the layers' z-scores are combined by Stouffer's rule, one-sided; with two or more pairs the
+decision is the random-effects test over the pairs' Z (the claim is about the method, so a seed
+is the unit), with the pooled fixed-effect Stouffer test of these runs beside it. Σz² against χ²
+(departures in either direction) and Holm-corrected per-layer calls are reported too. The per-layer
 statistics and p-values come from :func:`~tlora_analysis.analysis.similarity` (the Haar null)
 and :func:`~tlora_analysis.analysis.reachable` (the method-aware null).
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..stats import chi2_sum, stouffer
+from ..stats import chi2_sum, random_effects, stouffer
 from .layerwise import holm_count, layer_calls, mean_with_interval, value_range
 from .verdict import ClaimResult, decide_effect, fmt, inconclusive
 
@@ -26,13 +28,23 @@ def _directional(result: ClaimResult, frame: pd.DataFrame, value: str, p_col: st
     if ok.empty:
         return inconclusive(result, "No layer has a defined statistic (an update is still zero at this step); "
                                     "compare runs after training.")
-    combined, both_ways = stouffer(ok[z_col]), chi2_sum(ok[z_col])
+    pooled, both_ways = stouffer(ok[z_col]), chi2_sum(ok[z_col])
+    pairs = ok.groupby("run_a", sort=False)[z_col].apply(lambda z: stouffer(z).statistic)
+    if len(pairs) >= 2:
+        combined = random_effects(pairs)
+        combined_text = (f"each pair's Stouffer Z over its layers ({', '.join(fmt(z) for z in pairs)}), random "
+                         f"effects over the {combined.n} pairs: Hartung–Knapp t = {fmt(combined.statistic)} on "
+                         f"{combined.n - 1} df (one-sided); these runs pooled (fixed effect): Stouffer Z = "
+                         f"{fmt(pooled.statistic)} over {pooled.n} layer tests, p = {fmt(pooled.pvalue)}")
+    else:
+        combined = pooled
+        combined_text = (f"Stouffer Z = {fmt(pooled.statistic)} over {pooled.n} layer tests (one-sided) of one pair "
+                         "of runs: a statement about these runs; replicate pairs (seeds) make it one about the method")
     result.p_value, result.n_units = combined.pvalue, combined.n
     result.decision = decide_effect(combined.pvalue, alpha)
     result.estimate, result.ci_lo, result.ci_hi, over = mean_with_interval(ok, estimate or value)
     result.layers = layer_calls(ok, result.claim_id, value, p_col, alpha)
-    result.test = (f"{result.test}; Stouffer Z = {fmt(combined.statistic)} over {combined.n} layer tests "
-                   f"(one-sided); interval: {over}")
+    result.test = f"{result.test}; {combined_text}; interval: {over}"
     result.detail = (f"Either direction: Σz² = {fmt(both_ways.statistic)} on {both_ways.n} df, p = "
                      f"{fmt(both_ways.pvalue)}. Per layer (Holm at α = {alpha:g}): {holm_count(result.layers)} "
                      f"above the null; values {value_range(ok, value)}. " + result.detail)

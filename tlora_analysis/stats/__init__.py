@@ -6,7 +6,7 @@ for its bands and p-value columns, :mod:`tlora_analysis.report` turns analysis t
 decisions with them. docs/statistics.md states every test, its null and its calibration.
 """
 
-from .combine import CombinedTest, benjamini_hochberg, chi2_sum, fisher, holm, stouffer, z_from_p
+from .combine import CombinedTest, benjamini_hochberg, chi2_sum, fisher, holm, random_effects, stouffer, z_from_p
 from .distances import ks_by_labels
 from .intervals import bootstrap_interval, icc_from_f, t_interval
 from .laws import haar_cosine_variance, reachable_fraction_mean, subspace_overlap_mean
@@ -16,5 +16,5 @@ from .permutation import PermutationResult, permutation_test
 __all__ = [
     "CombinedTest", "MonteCarloP", "PermutationResult", "benjamini_hochberg",
     "bootstrap_interval", "chi2_sum", "fisher", "haar_cosine_variance", "holm", "icc_from_f", "ks_by_labels", "mc_pvalue",
-    "permutation_test", "reachable_fraction_mean", "stouffer", "subspace_overlap_mean", "t_interval", "z_from_p",
+    "permutation_test", "random_effects", "reachable_fraction_mean", "stouffer", "subspace_overlap_mean", "t_interval", "z_from_p",
 ]

@@ -5,6 +5,9 @@
 - Fisher: −2 Σ log p_l against χ²_{2L}: any departure, from p-values (goodness of fit).
 All three need the per-layer statistics to be independent under the null (layers with their
 own frozen factors and their own null draws are); docs/statistics.md says where each is used.
+- Random effects over replicates: each replicate's Stouffer Z (N(0, 1) under the null) is one
+  unit, and their mean is tested with Hartung and Knapp's t, its variance never below the null's
+  1, so a conclusion holds for the method across seeds rather than for one lucky run.
 - Holm (family-wise error) and Benjamini–Hochberg (false discovery rate) adjust per-layer
   p-values so that per-layer calls can be made at the report's single level α.
 NaN entries (an undefined statistic, e.g. a zero update) are left out of every rule.
@@ -18,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-__all__ = ["CombinedTest", "z_from_p", "stouffer", "chi2_sum", "fisher", "holm", "benjamini_hochberg"]
+__all__ = ["CombinedTest", "z_from_p", "stouffer", "chi2_sum", "fisher", "random_effects", "holm",
+           "benjamini_hochberg"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,21 @@ def fisher(p: np.ndarray | list[float]) -> CombinedTest:
         return CombinedTest(math.nan, math.nan, "Fisher", 0)
     x = float(-2.0 * np.sum(np.log(np.clip(ps, 1e-300, 1.0))))
     return CombinedTest(x, float(sps.chi2.sf(x, 2 * ps.size)), "Fisher", int(ps.size))
+
+
+def random_effects(unit_z: np.ndarray | list[float]) -> CombinedTest:
+    """T = mean(Z_u) √U / max(1, sd(Z_u)) against Student's t on U − 1 df, upper tail.
+
+    ``unit_z``: one Stouffer Z per replicate (U ≥ 2), each N(0, 1) under the sharp null. The null tested
+    is that the replicates' mean effect is 0, however much replicates differ (their spread enters
+    through sd(Z_u)): the Hartung–Knapp test of a random-effects mean with equal within-replicate
+    variances, with the variance floored at the null's 1 (Knapp and Hartung's correction) so it is
+    never more liberal than the fixed-effect Stouffer test referred to the same t law."""
+    zs = _finite(unit_z)
+    if zs.size < 2:
+        return CombinedTest(math.nan, math.nan, "random effects (Hartung–Knapp)", int(zs.size))
+    t = float(zs.mean() * math.sqrt(zs.size) / max(1.0, float(np.std(zs, ddof=1))))
+    return CombinedTest(t, float(sps.t.sf(t, zs.size - 1)), "random effects (Hartung–Knapp)", int(zs.size))
 
 
 def holm(p: np.ndarray | list[float]) -> np.ndarray:
