@@ -19,8 +19,8 @@ from tlora_analysis.cli import main
 from tlora_analysis.experiments.config import TrainConfig
 from tlora_analysis.experiments.data import hold_out, load_rotten_tomatoes
 from tlora_analysis.study import StudyError, final_runs, load_study, selection_runs, shard
-from tlora_analysis.study.plan import lr_text
-from tlora_analysis.study.results import choose_learning_rates, summary_table
+from tlora_analysis.study.plan import PlannedRun, lr_text
+from tlora_analysis.study.results import check_recorded_lrs, choose_learning_rates, summary_table
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "studies" / "smoke" / "study.toml"
@@ -85,6 +85,9 @@ def test_plan_selects_on_held_out_train_then_replicates(tmp_path):
     (MINIMAL.replace("lrs = [1e-3]", "lrs = []"), "non-empty list"),
     (MINIMAL.replace("max_steps = 4", "batch_size = 0"), "would be invalid: batch_size must be a positive"),
     (MINIMAL + "[extra]\n", "unknown key"),
+    (MINIMAL + "[selection]\nholdot = 0.3\n", "unknown key.*holdot.*in \\[selection\\]"),
+    (MINIMAL.replace("seeds = [0, 1, 2]", "seeds = [0, 1, 2]\nsead = 5"), "unknown key.*sead.*in \\[replicates\\]"),
+    ("selection = 0.3\n" + MINIMAL, "`selection` must be a table"),
     (MINIMAL.replace("[tasks.rotten_tomatoes]", "[tasks.mrpc]\ndata_dir = '${NO_SUCH_VAR_FOR_TESTS}/MRPC'"),
      "NO_SUCH_VAR_FOR_TESTS.*not set"),
     ("name = [", "not valid TOML"),
@@ -152,12 +155,21 @@ def test_hold_out_without_groups_keeps_each_class_s_share():
     assert held.info["holdout"]["grouped_by"] is None
 
 
+def _planned(rank: int, lr: float, phase: str = "select", seed: int = 0) -> PlannedRun:
+    name = f"{phase}/t/a-r{rank}-lr{lr_text(lr)}" if phase == "select" else f"final/t/a-r{rank}-s{seed}"
+    return PlannedRun(phase, "t", "a", "tlora", rank, lr, seed, name, {})
+
+
 def test_learning_rate_choice_and_summary_intervals():
+    planned = [_planned(4, lr) for lr in (1e-2, 2e-2, 5e-2)] + [_planned(8, 1e-2)]
     selection = pd.DataFrame({"task": "t", "arm": "a", "rank": [4, 4, 4, 8], "lr": [1e-2, 2e-2, 5e-2, 1e-2],
-                              "best_value": [0.70, 0.75, 0.75, np.nan]})
-    chosen, table = choose_learning_rates(selection)
+                              "run": [p.name for p in planned], "best_value": [0.70, 0.75, 0.75, np.nan]})
+    chosen, table = choose_learning_rates(selection, planned)
     assert chosen == {("t", "a", 4): 2e-2}  # the tie goes to the smaller rate; rank 8 has no finite value
     assert table["chosen"].tolist() == [False, True, False, False]
+    # a group whose planned runs have not all finished is not chosen, even when the finished ones agree
+    waiting, _ = choose_learning_rates(selection.iloc[[0, 1, 3]], planned)
+    assert waiting == {}
     final = pd.DataFrame({"task": "t", "arm": "a", "method": "tlora", "rank": 4, "lr": 2e-2, "metric": "accuracy",
                           "trainable_params": 100, "majority_baseline": 0.5, "best_value": [0.7, 0.8, 0.75],
                           "last_value": [0.6, 0.7, 0.65], "step_seconds": [0.1, 0.2, 0.3],
@@ -167,6 +179,45 @@ def test_learning_rate_choice_and_summary_intervals():
     assert row["best_value_mean"] == pytest.approx(0.75) and (row["best_value_ci_lo"], row["best_value_ci_hi"]) == \
         pytest.approx((lo, hi))
     assert row["seeds"] == 3 and row["step_seconds_median"] == pytest.approx(0.2)
+
+
+def test_tables_phase_remakes_the_tables_from_results_csv_alone(tmp_path, capsys):
+    from tlora_analysis.study.results import RESULT_COLUMNS
+
+    toml = _write(tmp_path, MINIMAL)
+    study = load_study(toml)
+    assert main(["study", str(toml), "--phase", "tables"]) == 1  # nothing summarised yet: named, no traceback
+    assert "results.csv does not exist" in capsys.readouterr().err
+    rng = np.random.default_rng(0)
+    select = selection_runs(study)
+    rows = [{"phase": "select", "task": r.task, "arm": r.arm, "method": r.method, "rank": r.rank, "lr": r.lr,
+             "seed": r.seed, "run": r.name, "metric": "accuracy", "best_value": rng.uniform(0.6, 0.8)} for r in select]
+    final = final_runs(study, {(r.task, r.arm, r.rank): r.lr for r in select})  # names do not depend on the rate
+    rows += [{"phase": "final", "task": r.task, "arm": r.arm, "method": r.method, "rank": r.rank, "lr": r.lr,
+              "seed": r.seed, "run": r.name, "metric": "accuracy", "trainable_params": 100, "best_value": v + 0.01,
+              "last_value": v, "majority_baseline": 0.5, "step_seconds": 0.1}
+             for r, v in zip(final, rng.uniform(0.6, 0.8, len(final)))]
+    results_dir = study.runs_dir.parent / "results"
+    results_dir.mkdir()
+    pd.DataFrame(rows, columns=list(RESULT_COLUMNS)).to_csv(results_dir / "results.csv", index=False)
+    assert main(["study", str(toml), "--phase", "tables"]) == 0
+    contrasts = pd.read_csv(results_dir / "contrasts.csv")
+    assert set(contrasts["test"]) == {"paired t"} and len(contrasts) == 2 * 4  # tlora r4 vs lora r4; 3 vs full
+    summary = (results_dir / "summary.md").read_text()
+    assert "Incomplete" not in summary and "final, mean [95% CI]" in summary
+    assert (results_dir / "figures" / "metric_vs_parameters.png").is_file() and not study.runs_dir.exists()
+    pd.DataFrame(rows[:-1], columns=list(RESULT_COLUMNS)).to_csv(results_dir / "results.csv", index=False)
+    assert main(["study", str(toml), "--phase", "tables"]) == 0
+    assert "Incomplete" in (results_dir / "summary.md").read_text()
+
+
+def test_a_replicate_trained_at_another_rate_is_refused(tmp_path):
+    run = tmp_path / "final/t/a-r4-s0"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text('{"status": "complete", "hyperparameters": {"lr": 0.02}}')
+    check_recorded_lrs(tmp_path, [_planned(4, 2e-2, "final")])  # the same rate: nothing to say
+    with pytest.raises(StudyError, match=r"final/t/a-r4-s0 \(trained at 0.02, chosen now 0.05\).*delete"):
+        check_recorded_lrs(tmp_path, [_planned(4, 5e-2, "final")])
 
 
 @pytest.mark.slow
@@ -223,26 +274,37 @@ def test_no_run_starts_after_the_deadline(tmp_path):
     assert not (study.runs_dir / "select").exists()
 
 
-def test_contrasts_match_welch_by_hand():
+def test_contrasts_pair_shared_seeds_and_match_by_hand():
     from tlora_analysis.study.contrasts import contrast_table
 
     rows = []
     values = {("tlora", 8.0, "tlora"): [0.70, 0.72, 0.71], ("lora-xs", 8.0, "lora-xs"): [0.75, 0.79, 0.74],
               ("lora", 16.0, "lora"): [0.80, 0.82, 0.81, 0.83], ("full", math.nan, "full"): [0.80, 0.80, 0.86]}
+    seeds = {"full": [5, 6, 7]}  # full fine-tuning shares no seed with the others: Welch
     for (arm, rank, method), vals in values.items():
         rows += [{"task": "t", "arm": arm, "rank": rank, "method": method, "seed": s, "best_value": v,
-                  "last_value": v - 0.01} for s, v in enumerate(vals)]
+                  "last_value": v - 0.01} for s, v in zip(seeds.get(arm, range(len(vals))), vals)]
     table = contrast_table(pd.DataFrame(rows))
     best = table[table["value"] == "best"]
     # equal ranks (tlora r8 vs lora-xs r8) and every arm against full; lora r16 has no equal-rank partner
     assert {(r.first, r.second) for r in best.itertuples()} == {
         ("tlora r8", "lora-xs r8"), ("tlora r8", "full"), ("lora-xs r8", "full"), ("lora r16", "full")}
+    # seeds 0, 1, 2 in both arms: the paired t over seed-matched differences
     row = best[(best["first"] == "tlora r8") & (best["second"] == "lora-xs r8")].iloc[0]
-    a, b = np.array(values[("tlora", 8.0, "tlora")]), np.array(values[("lora-xs", 8.0, "lora-xs")])
-    va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 3
-    df = (va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2)  # Welch–Satterthwaite
+    d = np.array(values[("tlora", 8.0, "tlora")]) - np.array(values[("lora-xs", 8.0, "lora-xs")])
+    se = d.std(ddof=1) / math.sqrt(3)
+    assert row["test"] == "paired t" and row["difference"] == pytest.approx(d.mean(), abs=1e-12)
+    assert (row["ci_lo"], row["ci_hi"]) == pytest.approx((d.mean() - stats.t.ppf(0.975, 2) * se,
+                                                           d.mean() + stats.t.ppf(0.975, 2) * se))
+    assert row["p_value"] == pytest.approx(2 * stats.t.sf(abs(d.mean() / se), 2))
+    # no shared seed: Welch over all runs
+    row = best[(best["first"] == "lora r16") & (best["second"] == "full")].iloc[0]
+    a, b = np.array(values[("lora", 16.0, "lora")]), np.array(values[("full", math.nan, "full")])
+    va, vb = a.var(ddof=1) / 4, b.var(ddof=1) / 3
+    df = (va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 2)  # Welch–Satterthwaite
     half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
     t = (a.mean() - b.mean()) / math.sqrt(va + vb)
+    assert row["test"] == "Welch" and (row["first_seeds"], row["second_seeds"]) == (4, 3)
     assert row["difference"] == pytest.approx(a.mean() - b.mean(), abs=1e-12)
     assert (row["ci_lo"], row["ci_hi"]) == pytest.approx((a.mean() - b.mean() - half, a.mean() - b.mean() + half))
     assert row["p_value"] == pytest.approx(2 * stats.t.sf(abs(t), df))
@@ -251,6 +313,26 @@ def test_contrasts_match_welch_by_hand():
     holm_by_hand = np.minimum(np.maximum.accumulate((4 - np.arange(4)) * ps[order]), 1)
     assert best["p_holm"].to_numpy()[order] == pytest.approx(holm_by_hand)
     assert set(table["value"]) == {"best", "last"}
+
+
+def test_paired_contrasts_keep_their_false_positive_rate_when_a_seed_moves_both_arms():
+    """Both arms share each seed's effect (head, batch order) and differ by nothing else: at α = 0.05 the paired
+    test rejects in 5% of studies; Welch's, which takes the shared effect for noise, rejects far less often."""
+    from tlora_analysis.study.contrasts import contrast_table
+
+    rng = np.random.default_rng(0)
+    rows, welch = [], []
+    for study in range(400):  # one task per simulated study
+        seed_effect = rng.normal(0, 0.02, 3)
+        runs = {arm: 0.7 + seed_effect + rng.normal(0, 0.005, 3) for arm in ("tlora", "lora")}
+        rows += [{"task": study, "arm": arm, "rank": 8.0, "method": arm, "seed": s, "best_value": v[s]}
+                 for arm, v in runs.items() for s in range(3)]
+        welch.append(stats.ttest_ind(runs["tlora"], runs["lora"], equal_var=False).pvalue < 0.05)
+    table = contrast_table(pd.DataFrame(rows), values=("best_value",))
+    assert len(table) == 400 and set(table["test"]) == {"paired t"}
+    rejected = table["p_value"].to_numpy() < 0.05
+    assert abs(np.mean(rejected) - 0.05) < 3 * math.sqrt(0.05 * 0.95 / 400)
+    assert np.mean(welch) < 0.01
 
 
 def test_band_curves_colour_by_arm_dash_by_rank_and_legend_every_panel():
@@ -272,13 +354,14 @@ def test_metric_vs_parameters_labels_ranks_once():
     from tlora_analysis.figures.study import metric_vs_parameters
 
     rows = [{"task": t, "arm": arm, "method": method, "rank": rank, "metric": "accuracy", "trainable_params": n,
-             "best_value_mean": 0.7, "best_value_ci_lo": 0.6, "best_value_ci_hi": 0.8, "majority_baseline": 0.5}
+             "last_value_mean": 0.7, "last_value_ci_lo": 0.6, "last_value_ci_hi": 0.8, "majority_baseline": 0.5}
             for t in ("a", "b") for arm, method, rank, n in (("tlora", "tlora", 8, 1550), ("tlora", "tlora", 16, 3854),
                                                            ("vera", "vera", 256, 8450), ("full", "full", math.nan, 2e7))]
     fig = metric_vs_parameters(pd.DataFrame(rows))
     assert sorted(t.get_text() for t in fig.legends[0].get_texts()) == ["full", "majority class", "tlora", "vera r256"]
     assert sorted(t.get_text() for t in fig.axes[0].texts) == ["r16", "r8"]  # only the arm with several ranks
     assert sorted(t.xyann[1] for t in fig.axes[0].texts) == [-3, 3]  # neighbouring ranks: one above, one below
+    assert fig.axes[0].get_ylabel() == "final validation accuracy"  # the end of training, not a picked evaluation
 
 
 def test_identical_curves_are_drawn_once_under_both_names():

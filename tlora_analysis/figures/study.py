@@ -40,8 +40,11 @@ def _legend(fig: Figure, axes: np.ndarray) -> None:
 
 
 @styled
-def metric_vs_parameters(summary: pd.DataFrame, value: str = "best_value") -> Figure:
+def metric_vs_parameters(summary: pd.DataFrame, value: str = "last_value") -> Figure:
     """Per task: mean ``value`` over seeds (with its 95% t interval) against trainable parameters (log).
+
+    The default is the value at the end of training: ``best_value`` picks each run's best evaluation on the
+    same validation data it reports, so it is biased upwards (by how much differs between methods).
 
     ``summary``: rows of ``study.results.summary_table`` (task, arm, method, rank, metric,
     trainable_params, ``{value}_mean``, ``{value}_ci_lo``, ``{value}_ci_hi``, majority_baseline).
@@ -80,7 +83,7 @@ def metric_vs_parameters(summary: pd.DataFrame, value: str = "best_value") -> Fi
         ax.set_title(task)
         ax.grid(True, axis="y")
     metric = str(summary["metric"].iloc[0])
-    axes[0, 0].set_ylabel(f"{'best' if value == 'best_value' else 'last'} validation {metric}")
+    axes[0, 0].set_ylabel(f"{'best' if value == 'best_value' else 'final'} validation {metric}")
     _legend(fig, axes)
     figure_title(fig, f"Validation {metric} against trainable parameters: mean over seeds with 95% t intervals")
     return fig

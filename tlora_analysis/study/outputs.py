@@ -2,11 +2,11 @@
 
     results.csv      one row per run (selection and replicate runs)
     selection.csv    every learning-rate candidate with its held-out value and the choice
-    summary.csv/.md  per (task, arm, rank): mean, sd and 95% interval over seeds; summary.md also
-                     holds the differences between arms (contrasts.csv)
+    summary.csv/.md  per (task, arm, rank): mean, sd and 95% interval over seeds of the final and the
+                     best validation value; summary.md also holds the differences between arms
     contrasts.csv    arms of equal rank, and every arm against full fine-tuning: difference of means,
-                     Welch's 95% interval and p-value, Holm-adjusted within the task
-    figures/         metric vs trainable parameters; validation curves, TLoRA's α and ‖B‖_F, and
+                     95% interval and p-value (paired t over shared seeds), Holm-adjusted within the task
+    figures/         final metric vs trainable parameters; validation curves, TLoRA's α and ‖B‖_F, and
                      the reachable-set alignment over steps, each banded over seeds, with the tidy
                      table each curve figure draws (<name>.csv; band_curves redraws it)
     claims/<task>/<tlora arm>-vs-<lora arm>-r<rank>/   the claims report with the seeds as replicates
@@ -38,11 +38,12 @@ def _fmt(x, spec: str = ".3f") -> str:
 
 
 def _contrast_lines(contrasts: pd.DataFrame) -> list[str]:
-    lines = ["Differences of the best value between arms (first − second; Welch's 95% interval and p-value over "
-             "seeds, Holm-adjusted over this task's rows):", "",
-             "| first | second | difference [95% CI] | p | p (Holm) |", "|---|---|---|---|---|"]
-    for _, r in contrasts[contrasts["value"] == "best"].iterrows():
-        lines.append(f"| {r['first']} | {r['second']} | {_fmt(r['difference'])} [{_fmt(r['ci_lo'])}, "
+    lines = ["Differences of the final value between arms (first − second; 95% interval and two-sided p over "
+             "seeds, by the paired t over the seeds both arms ran, else Welch's; Holm-adjusted over this task's "
+             "rows):", "",
+             "| first | second | test | difference [95% CI] | p | p (Holm) |", "|---|---|---|---|---|---|"]
+    for _, r in contrasts[contrasts["value"] == "last"].iterrows():
+        lines.append(f"| {r['first']} | {r['second']} | {r['test']} | {_fmt(r['difference'])} [{_fmt(r['ci_lo'])}, "
                      f"{_fmt(r['ci_hi'])}] | {_fmt(r['p_value'], '.2g')} | {_fmt(r['p_holm'], '.2g')} |")
     return lines + [""]
 
@@ -53,19 +54,21 @@ def summary_markdown(summary: pd.DataFrame, study: Study, complete: bool,
     lines = [f"# {study.name}: summary over seeds", ""]
     if not complete:
         lines += ["**Incomplete**: some planned runs have not finished; the table covers the finished ones.", ""]
-    lines += ["Mean over seeds of the best and the last validation value of the task's metric, with a 95% Student-t "
-              "interval over seeds; learning rates chosen on a part of train held out (selection.csv).", ""]
+    lines += ["Mean over seeds of the task's metric on the validation split at the end of training, with a 95% "
+              "Student-t interval over seeds; learning rates chosen on a part of train held out (selection.csv). "
+              "The best value over evaluations is beside it: its evaluation is picked on the same validation data, "
+              "so it is optimistic.", ""]
     for task, part in summary.groupby("task", sort=False):
         metric = part["metric"].iloc[0]
         lines += [f"## {task} ({metric}; majority class {_fmt(part['majority_baseline'].iloc[0])})", "",
-                  "| arm | rank | lr | trainable | seeds | best, mean [95% CI] | last, mean [95% CI] | s / step | peak GiB |",
+                  "| arm | rank | lr | trainable | seeds | final, mean [95% CI] | best (optimistic) | s / step | peak GiB |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for _, r in part.iterrows():
             rank = "" if pd.isna(r["rank"]) else str(int(r["rank"]))
             lines.append(
                 f"| {r['arm']} | {rank} | {r['lr']:g} | {int(r['trainable_params']):,} | {int(r['seeds'])} | "
-                f"{_fmt(r['best_value_mean'])} [{_fmt(r['best_value_ci_lo'])}, {_fmt(r['best_value_ci_hi'])}] | "
                 f"{_fmt(r['last_value_mean'])} [{_fmt(r['last_value_ci_lo'])}, {_fmt(r['last_value_ci_hi'])}] | "
+                f"{_fmt(r['best_value_mean'])} [{_fmt(r['best_value_ci_lo'])}, {_fmt(r['best_value_ci_hi'])}] | "
                 f"{_fmt(r['step_seconds_median'], '.4f')} | {_fmt(r['peak_memory_gib_max'], '.2f')} |")
         lines.append("")
         if contrasts is not None and (contrasts["task"] == task).any():
@@ -118,7 +121,7 @@ def _write_index(study: Study, out: Path, command: list[str], figures: list[str]
     """results/index.md; ``reports`` None while the claims reports are still being written."""
     index = [f"# {study.name}: results", "", f"Made by: `{shlex.join(command)}`", "",
              "- [summary.md](summary.md), [summary.csv](summary.csv): mean and 95% interval over seeds",
-             "- [contrasts.csv](contrasts.csv): differences between arms (Welch interval, Holm-adjusted p)",
+             "- [contrasts.csv](contrasts.csv): differences between arms (paired t over shared seeds, Holm-adjusted p)",
              "- [results.csv](results.csv): every run; [selection.csv](selection.csv): the learning-rate choice", ""]
     index += [f"![{name}](figures/{name}.png)" for name in figures] + [""]
     index += ["Claims reports (TLoRA vs LoRA, seeds as replicates):", ""]
@@ -129,24 +132,38 @@ def _write_index(study: Study, out: Path, command: list[str], figures: list[str]
     atomic_write_bytes(out / "index.md", "\n".join(index).encode("utf-8"))
 
 
-def write_outputs(study: Study, results: pd.DataFrame, selection: pd.DataFrame, summary: pd.DataFrame,
-                  complete: bool, command: list[str], n_null: int = 2000,
-                  note: Callable[[str], None] = lambda _: None, jobs: int = 1) -> Path:
-    """Write the tables, figures and claims reports (``jobs`` reports at a time); return results/index.md."""
+def write_tables(study: Study, results: pd.DataFrame, selection: pd.DataFrame, complete: bool) -> pd.DataFrame:
+    """Write results.csv, selection.csv, summary.csv/.md, contrasts.csv and the metric figure; return the summary.
+
+    Everything here comes from the tables alone, so ``--phase tables`` redoes it from a committed results.csv.
+    """
     from ..figures import save
-    from ..figures.study import band_curves, metric_vs_parameters
+    from ..figures.study import metric_vs_parameters
+    from .results import summary_table
 
     out = study.runs_dir.parent / "results"
     (out / "figures").mkdir(parents=True, exist_ok=True)
     final = results[results["phase"] == "final"]
-    contrasts = contrast_table(final)
+    summary, contrasts = summary_table(final), contrast_table(final)
     for name, table in (("results.csv", results), ("selection.csv", selection), ("summary.csv", summary),
                         ("contrasts.csv", contrasts)):
         atomic_write_bytes(out / name, table.to_csv(index=False).encode("utf-8"))
     atomic_write_bytes(out / "summary.md", summary_markdown(summary, study, complete, contrasts).encode("utf-8"))
-    figures, data = {}, {}
     if len(summary):
-        figures["metric_vs_parameters"] = metric_vs_parameters(summary)
+        save(metric_vs_parameters(summary), out / "figures" / "metric_vs_parameters")
+    return summary
+
+
+def write_outputs(study: Study, results: pd.DataFrame, selection: pd.DataFrame, complete: bool, command: list[str],
+                  n_null: int = 2000, note: Callable[[str], None] = lambda _: None, jobs: int = 1) -> Path:
+    """Write the tables, figures and claims reports (``jobs`` reports at a time); return results/index.md."""
+    from ..figures import save
+    from ..figures.study import band_curves
+
+    out = study.runs_dir.parent / "results"
+    summary = write_tables(study, results, selection, complete)
+    final = results[results["phase"] == "final"]
+    figures, data = {}, {}
     metric = str(final["metric"].iloc[0]) if len(final) else "metric"
     curves = validation_curves(final, study.runs_dir)
     if len(curves):
@@ -165,9 +182,10 @@ def write_outputs(study: Study, results: pd.DataFrame, selection: pd.DataFrame, 
     for name, fig in figures.items():
         note(f"figure: {name}")
         save(fig, out / "figures" / name)
-        if name in data:  # the tidy table it draws, so it can be redrawn without the runs (summary.csv for the rest)
-            atomic_write_bytes(out / "figures" / f"{name}.csv", data[name].to_csv(index=False).encode("utf-8"))
-    _write_index(study, out, command, list(figures), None)  # current even if the claims step is cut short
+        # the tidy table it draws, so it can be redrawn without the runs (summary.csv for metric_vs_parameters)
+        atomic_write_bytes(out / "figures" / f"{name}.csv", data[name].to_csv(index=False).encode("utf-8"))
+    names = (["metric_vs_parameters"] if len(summary) else []) + list(figures)
+    _write_index(study, out, command, names, None)  # current even if the claims step is cut short
     reports = _claims(study, final, out / "claims", n_null, note, jobs)
-    _write_index(study, out, command, list(figures), reports)
+    _write_index(study, out, command, names, reports)
     return out / "index.md"

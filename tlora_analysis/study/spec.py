@@ -183,6 +183,17 @@ def _check_shared_names(arms: tuple[Arm, ...], tasks: dict[str, Any], path: Path
                 covered.add((task, arm.name, rank))
 
 
+def _table(raw: dict[str, Any], name: str, keys: set[str], path: Path) -> dict[str, Any]:
+    """The [name] table (empty when absent), refusing keys it does not have."""
+    table = raw.get(name, {})
+    if not isinstance(table, dict):
+        raise StudyError(f"{path}: `{name}` must be a table ([{name}]), got {table!r}")
+    unknown = set(table) - keys
+    if unknown:
+        raise StudyError(f"{path}: unknown key(s) {sorted(unknown)} in [{name}]; it has {sorted(keys)}")
+    return table
+
+
 def load_study(path: str | os.PathLike) -> Study:
     """Read and check a study file; every planned run's TrainConfig is built here, so a bad value fails now."""
     path = Path(path)
@@ -206,9 +217,9 @@ def load_study(path: str | os.PathLike) -> Study:
         raise StudyError(f"{path} has no [[arms]]; add one per method setting")
     arms = tuple(_arm(a, i, known, tasks) for i, a in enumerate(arms_raw))
     _check_shared_names(arms, tasks, path)
-    selection = raw.get("selection", {})
+    selection = _table(raw, "selection", {"holdout", "seed"}, path)
     holdout = selection.get("holdout", 0.1)
-    seeds = _numbers(raw.get("replicates", {}).get("seeds", [0, 1, 2]), "replicates.seeds", int)
+    seeds = _numbers(_table(raw, "replicates", {"seeds"}, path).get("seeds", [0, 1, 2]), "replicates.seeds", int)
     study = Study(path=path.resolve(), name=str(raw.get("name", path.parent.name)),
                   runs_dir=(path.parent / str(raw.get("runs", "runs"))).resolve(),
                   keep_weights=bool(raw.get("keep_weights", False)),
