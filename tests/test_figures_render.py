@@ -124,7 +124,7 @@ def test_index_leads_with_headline_numbers_and_links_report_and_results(runs, tm
     assert "<a href='report.html'>" in html and "<a href='results.md'>" in html
     assert md.index("[results table](results.md)") < md.index("[a study](../study/summary.md)")
     assert "<a href='../study/summary.md'>a study</a>" in html
-    assert "| tlora-r4-s0 | tlora | 68 | accuracy 0.5000 (step 4) |" in md  # the tiny runs log accuracy 0.5
+    assert "| tlora-r4-s0 | tlora | 68 | accuracy 0.5000 | 0.5000 (step 4) |" in md  # the tiny runs log accuracy 0.5
 
 
 def test_a_run_given_twice_or_without_snapshots_is_refused(runs, tmp_path, capsys):
@@ -157,3 +157,19 @@ def test_a_peft_folder_counts_its_parameters_from_the_adapter_tensors(tmp_path):
     assert table["trainable"].tolist() == [sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)]
     result = render([tmp_path / "adapter"], tmp_path / "figs", only=["fig02_trainable_parameters"], progress=False)
     assert "fig02_trainable_parameters" in result.written and not result.skipped
+
+
+def test_headline_leads_with_the_final_value_and_keeps_the_best_beside_it():
+    """On a committed study run whose best evaluation came before its last, the two stay apart and match
+    the study's results table (read from the same metrics.jsonl by another path)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from tlora_analysis.figures import headline_table
+
+    study = Path(__file__).resolve().parents[1] / "studies" / "minilm-glue"
+    row = headline_table([study / "runs" / "final" / "mrpc" / "tlora-r8-s0"]).iloc[0]
+    results = pd.read_csv(study / "results" / "results.csv").set_index("run").loc["final/mrpc/tlora-r8-s0"]
+    assert row["final"] == pytest.approx(results["last_value"]) and row["best"] == pytest.approx(results["best_value"])
+    assert row["best_step"] == results["best_step"] and row["final"] < row["best"]

@@ -1,7 +1,7 @@
 """``render_all``: every figure the runs support, written as PDF + PNG with an index.
 
 The index (``index.md`` and ``index.html``) leads with each run's headline numbers (trainable
-parameters, best validation value of the task's metric, the majority-class baseline) and links
+parameters, final and best validation value of the task's metric, the majority-class baseline) and links
 to the claims report and results table when they are in the folder, then lists each figure
 with its caption, the command that regenerates the whole set and the Python call behind the
 figure, and every skipped figure with the reason. A rerun replaces the files it owns and removes its own stale ones
@@ -116,14 +116,15 @@ _COMPANIONS = (("report.html", "claims report"), ("report.md", "claims report (M
 
 
 def _headline_rows(roles: RunRoles) -> list[list[str]]:
-    """Run, method, trainable parameters, best validation metric (step), majority baseline: as text cells."""
+    """Run, method, trainable parameters, final and best validation metric (step), majority baseline: text cells."""
     def num(v, fmt):
         return "–" if v is None or v != v else format(v, fmt)
 
     rows = []
     for _, r in headline_table(roles.runs).iterrows():
-        best = f"{r['metric']} {num(r['best'], '.4f')}" + (f" (step {r['best_step']})" if r["best"] == r["best"] else "")
-        rows.append([str(r["run"]), str(r["method"]), num(r["trainable"], ","), best, num(r["majority_baseline"], ".4f")])
+        best = num(r["best"], ".4f") + (f" (step {r['best_step']})" if r["best"] == r["best"] else "")
+        rows.append([str(r["run"]), str(r["method"]), num(r["trainable"], ","), f"{r['metric']} {num(r['final'], '.4f')}",
+                     best, num(r["majority_baseline"], ".4f")])
     return rows
 
 
@@ -131,7 +132,8 @@ def _write_index(result: RenderResult, specs: list[FigureSpec], roles: RunRoles,
                  see_also: Sequence[tuple[str, str]] = ()) -> list[Path]:
     made = [s for s in specs if s.name in result.written]
     runs_md = "\n".join(f"- `{r.method}` {r.name}: `{r.path}`" for r in roles.runs)
-    header = ["run", "method", "trainable parameters", "best validation", "majority class"]
+    header = ["run", "method", "trainable parameters", "final validation", "best (picked on validation)",
+              "majority class"]
     rows = _headline_rows(roles)
     links = [(name, what) for name, what in _COMPANIONS if (result.out_dir / name).is_file()] + list(see_also)
     md = ["# Figures", ""]

@@ -154,8 +154,10 @@ def majority_baseline(runs: Sequence[RunLike], metric: str = "accuracy") -> floa
 
 
 def headline_table(runs: Sequence[RunLike]) -> pd.DataFrame:
-    """One row per run: method, trainable parameters, the selection metric's best validation value and
-    step, and the majority baseline: the numbers an index page leads with."""
+    """One row per run: method, trainable parameters, the selection metric's last (``final``) and best
+    validation value with the best's step, and the majority baseline: the numbers an index page leads with.
+
+    The final value is the one to compare: the best is picked on the validation data it reports."""
     rows = []
     for run in map(as_run, runs):
         metric = run.config.get("selection_metric") or "accuracy"
@@ -165,7 +167,8 @@ def headline_table(runs: Sequence[RunLike]) -> pd.DataFrame:
         best = ev.loc[ev[metric].astype(float).idxmax()] if metric in ev and ev[metric].notna().any() else None
         base = (run.config.get("majority_baseline") or {}).get(metric)
         rows.append({"run": run.name, "method": run.method, "trainable": (run.config.get("parameters") or {}).get("trainable"),
-                     "metric": metric, "best": None if best is None else float(best[metric]),
+                     "metric": metric, "final": float(ev[metric].astype(float).iloc[-1]) if len(ev) else None,
+                     "best": None if best is None else float(best[metric]),
                      "best_step": None if best is None else int(best["step"]), "majority_baseline": base})
     return pd.DataFrame(rows)
 
