@@ -382,3 +382,19 @@ def test_identical_curves_are_drawn_once_under_both_names():
     assert lines == {"a": ["tlora r8 vs lora = tlora-drop0.5 r8 vs lora", "tlora r16 vs lora"],
                      "b": ["tlora-drop0.5 r8 vs lora"]}
     assert len(merged) == 9 and merged[merged["line"].str.contains("=")]["group"].unique().tolist() == ["tlora"]
+
+
+def test_the_committed_study_s_recomputed_claims_match_their_script():
+    """results/claims_recomputed.csv (the README's claims rows) is what recompute_claims.py gives from the
+    reports' own tables with the package's current tests; the script also checks it reproduces each
+    report's pooled p-value, so a reconstruction error fails here."""
+    import importlib.util
+
+    folder = Path(__file__).resolve().parents[1] / "studies" / "minilm-glue"
+    spec = importlib.util.spec_from_file_location("recompute_claims", folder / "recompute_claims.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    committed = pd.read_csv(folder / "results" / "claims_recomputed.csv")
+    pd.testing.assert_frame_equal(module.recompute(), committed, check_exact=False, rtol=1e-9)
+    cell = committed.set_index(["report", "claim_id"]).loc[("mrpc/tlora-vs-lora-r16", "reachable_fraction")]
+    assert cell["reported_decision"] == "supported" and cell["decision"] == "not supported"

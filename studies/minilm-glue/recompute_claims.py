@@ -13,7 +13,8 @@ recomputed exactly from what the reports kept:
 - `stable_norms` from claims.csv: the report's interval is the t interval of the mean log change
   over the 3 seeds (2 df), so it gives the mean and its standard error, hence the t test.
 
-Writes results/claims_recomputed.csv and prints it:
+Run as a script, it writes results/claims_recomputed.csv and prints it (tests/test_study.py checks
+the committed file against `recompute()`):
 
     .venv/bin/python studies/minilm-glue/recompute_claims.py
 """
@@ -59,7 +60,8 @@ def norms_row(reported: pd.Series, seeds: int = 3) -> dict:
             "pooled_p": math.nan, "decision": "not supported" if p <= ALPHA else "supported"}
 
 
-def main() -> pd.DataFrame:
+def recompute() -> pd.DataFrame:
+    """One row per (report, claim) of the alignment claims and stable_norms, beside what the report said."""
     rows = []
     for folder in sorted((HERE / "results" / "claims").glob("*/*")):
         claims = pd.read_csv(folder / "claims.csv").set_index("claim_id", drop=False)
@@ -71,11 +73,11 @@ def main() -> pd.DataFrame:
             rows.append({"report": folder.relative_to(HERE / "results" / "claims").as_posix(), "claim_id": claim,
                          "estimate": reported["estimate"], "ci_lo": reported["ci_lo"], "ci_hi": reported["ci_hi"],
                          **new, "reported_p": reported["p_value"], "reported_decision": reported["decision"]})
-    table = pd.DataFrame(rows)
-    table.to_csv(HERE / "results" / "claims_recomputed.csv", index=False)
-    return table
+    return pd.DataFrame(rows)
 
 
 if __name__ == "__main__":
+    table = recompute()
+    table.to_csv(HERE / "results" / "claims_recomputed.csv", index=False)
     with pd.option_context("display.width", 200, "display.max_colwidth", 30):
-        print(main().drop(columns=["rule"]).to_string(index=False))
+        print(table.drop(columns=["rule"]).to_string(index=False))
