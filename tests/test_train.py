@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from test_train_fixtures import make_local_task, make_tiny_model
+from tlora_analysis import analysis
 from tlora_analysis.experiments.config import TrainConfig
 from tlora_analysis.experiments.models import LabelRangeError, UnknownModelError, UnknownTargetError
 from tlora_analysis.experiments.train import DiskFullError, train
@@ -45,6 +46,9 @@ def test_every_method_writes_a_readable_run(tiny, tmp_path, method):
     assert {"step", "epoch", "event", "wall_time", "loss", "lr", "examples_per_s"} <= set(train_ev.columns)
     assert len(train_ev) == 12 and np.isfinite(train_ev["loss"]).all()
     assert list(eval_ev["step"]) == [6, 12] and set(eval_ev["split"]) == {"validation"}
+    snap_epochs = analysis.norms(run).groupby("step")["epoch"].first().drop(0)  # 6 steps an epoch
+    np.testing.assert_allclose(snap_epochs.to_numpy(float), snap_epochs.index.to_numpy() / 6)
+    np.testing.assert_allclose(train_ev["epoch"], train_ev["step"] / 6)
     assert eval_ev[["eval_loss", "accuracy", "f1", "mcc"]].notna().all().all()
     assert (result.run_dir / "adapter").is_dir()
     if method != "full":

@@ -366,7 +366,7 @@ class _Training:
     def _train_step(self, batch: dict[str, torch.Tensor]) -> None:
         """One optimizer step on one batch (the recorder snapshots on its hook)."""
         opt, p = self.opt, self.prepared
-        self.recorder.set_epoch(self.step / p.steps_per_epoch)
+        self.recorder.set_epoch((self.step + 1) / p.steps_per_epoch)  # the epoch after this step, as its snapshot is
         batch = {k: v.to(self.ctx.device) for k, v in batch.items()}
         with opt.autocast():
             loss = opt.ddp_model(**batch).loss
