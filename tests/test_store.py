@@ -91,6 +91,17 @@ def test_run_json_and_metrics_contract(tmp_path):
     assert info["step"] == 2 and info["epoch"] == pytest.approx(1 / 3) and info["wall_time"] >= 0
 
 
+def test_run_files_are_as_readable_as_any_new_file(tmp_path):
+    """Atomic writes go through a private temporary file; the renamed file gets the mode open() would give
+    (0666 less the umask), so a shared run or a served report opens for everyone the umask allows."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    run = make_tiny_run(tmp_path, "tlora", steps=2)
+    expected = 0o666 & ~mask
+    modes = {p.name: p.stat().st_mode & 0o777 for p in run.path.rglob("*") if p.is_file()}
+    assert modes and set(modes.values()) == {expected}, modes
+
+
 def test_no_base_weights_error_names_the_flag(tmp_path):
     run = make_tiny_run(tmp_path, "tlora", steps=1, store_base_weights=False)
     assert not run.has_base_weights

@@ -61,12 +61,24 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _process_umask() -> int:
+    """The process's umask (read once, at import: setting it to read it is not thread-safe later)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_process_umask()  # what open() would give a new file; mkstemp's own 0600 is private
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename), with a new file's usual mode."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
