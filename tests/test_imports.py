@@ -89,6 +89,15 @@ def test_the_command_listing_matches_what_each_command_registers():
     assert registered == {name: help_text for name, (_, help_text) in COMMANDS.items()}
 
 
+def test_every_command_s_help_reads_as_written():
+    """argparse %-formats ``help=`` strings but not a ``description``: a literal "%%" or "%(" left in either
+    shows up in ``--help``."""
+    action = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in action.choices.items():
+        text = parser.format_help()
+        assert "%%" not in text and "%(" not in text, name
+
+
 def _is_hidden_state(value: object) -> bool:
     """A module-level value that holds state between calls: a cache (functools), thread-local
     storage, a weak mapping, or a container that is empty at import (to be filled later)."""

@@ -91,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "study", help="run a grid of tasks × methods × ranks × learning rates × seeds and summarise it",
         description="Choose each (task, method, rank)'s learning rate on a part of train held out, train the "
-                    "chosen settings once per seed, then write results.csv, summary.md (mean and 95%% interval over "
+                    "chosen settings once per seed, then write results.csv, summary.md (mean and 95% interval over "
                     "seeds), figures and the claims reports under results/. Finished runs are skipped and "
                     "interrupted ones resumed, so the same command continues a study (docs/study.md).")
     p.add_argument("study", metavar="STUDY.toml", help="the study file (see studies/ for examples)")
