@@ -74,18 +74,21 @@ def make_tiny_run(
     name: str | None = None,
     schedule=1,
     lr: float = 1e-2,
+    model_seed: int = 0,
 ) -> Run:
     """Train a tiny model ``steps`` optimizer steps with ``method``, record it, and open it.
 
     The run lands in ``tmp_path / name`` (default ``f"{method}-r{rank}-s{seed}"``). It has a
     train event per step (loss, lr, examples_per_s) and a validation eval event at the end.
+    Runs of any ``seed`` share the base model ``tiny_model(model_seed)``, as replicates do.
     """
     with one_torch_thread():
-        return _train_and_record(Path(tmp_path), method, steps, seed, store_base_weights, rank, name, schedule, lr)
+        return _train_and_record(Path(tmp_path), method, steps, seed, store_base_weights, rank, name, schedule, lr,
+                                 model_seed)
 
 
-def _train_and_record(tmp_path, method, steps, seed, store_base_weights, rank, name, schedule, lr) -> Run:
-    model = apply_adapters(tiny_model(seed), tiny_config(method, rank, seed))
+def _train_and_record(tmp_path, method, steps, seed, store_base_weights, rank, name, schedule, lr, model_seed) -> Run:
+    model = apply_adapters(tiny_model(model_seed), tiny_config(method, rank, seed))
     model.train()
     run_dir = tmp_path / (name or f"{method}-r{rank}-s{seed}")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)

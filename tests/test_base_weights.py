@@ -105,7 +105,7 @@ def test_verify_checks_the_entry_and_the_base_model(runs, tmp_path):
 
 def test_stored_w0_of_another_base_model_is_caught(runs, tmp_path):
     stored, _, _, _ = runs
-    other = make_tiny_run(tmp_path, "lora", steps=1, seed=1, name="other")  # LoRA: no fingerprints, only W0
+    other = make_tiny_run(tmp_path, "lora", steps=1, model_seed=1, name="other")  # LoRA: no fingerprints, only W0
     lora = make_tiny_run(tmp_path, "lora", steps=1, seed=0, name="lora")
     os.replace(other.path / "frozen.safetensors", lora.path / "frozen.safetensors")
     with pytest.raises(ForeignFileError, match="W0 hashes to"):

@@ -209,3 +209,28 @@ def test_cli_report_sorts_runs_by_method_and_reads_folders(runs, tmp_path, capsy
     assert code == 0 and "α = 0.01" in (tmp_path / "flags" / "report.md").read_text()
     assert main(["report", str(runs["lora0"].path), "-o", str(tmp_path / "x")]) == 1
     assert "at least one TLoRA run" in capsys.readouterr().err
+
+
+def test_runs_of_different_base_models_or_tasks_are_not_compared(tmp_path, capsys):
+    """Same layer shapes but another base model (its W0 hash in run.json), or another task: the claims report
+    and the figure set refuse, naming both runs; the analyzers still compare any two runs."""
+    import json
+
+    from tlora_analysis import Run
+    from tlora_analysis.figures import RunRoles
+    from tlora_analysis.report.replicates import Arms
+
+    tlora = make_tiny_run(tmp_path, "tlora", steps=2)
+    other_model = make_tiny_run(tmp_path, "lora", steps=2, model_seed=1, name="lora-other-model")
+    with pytest.raises(ReplicateError, match="different base models"):
+        Arms.from_runs([tlora], [other_model])
+    with pytest.raises(ValueError, match="different base models"):
+        RunRoles([tlora, other_model])
+    assert main(["report", str(tlora.path), str(other_model.path), "-o", str(tmp_path / "r")]) == 1
+    assert "different base models" in capsys.readouterr().err
+    analysis.similarity(tlora, other_model, n_null=20)  # a question the analyzers may still ask
+    lora = make_tiny_run(tmp_path, "lora", steps=2)
+    header = json.loads((lora.path / "run.json").read_text())
+    (lora.path / "run.json").write_text(json.dumps({**header, "task": "another"}))
+    with pytest.raises(ReplicateError, match="different tasks"):
+        Arms.from_runs([tlora], [Run(lora.path)])

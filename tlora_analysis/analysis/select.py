@@ -22,7 +22,7 @@ from ..names import as_patterns, looks_like_regex, select_names, unmatched
 __all__ = [
     "SelectionError", "LayerSelection", "StepSelection", "select_layers", "select_steps",
     "pick_steps", "layer_index", "module_name", "Identity", "sweep", "TableBuilder", "IDENTITY_COLUMNS",
-    "NoCommonLayersError", "common_steps", "match_layers", "pair_identity", "PAIR_COLUMNS",
+    "NoCommonLayersError", "common_steps", "match_layers", "pair_identity", "PAIR_COLUMNS", "check_same_setting",
 ]
 
 LayerSelection = Union[None, str, Sequence[str]]
@@ -219,3 +219,25 @@ def match_layers(run_a: Any, run_b: Any, layers: LayerSelection) -> tuple[list[s
             raise ValueError(f"layer {name!r} is {run_a.layer_shapes[name]} in {run_a.name!r} but "
                              f"{run_b.layer_shapes[name]} in {run_b.name!r}: the runs use different models")
     return chosen, common, only_a, only_b
+
+
+def check_same_setting(runs: Sequence[Any]) -> None:
+    """Refuse runs that a method comparison must not mix: trained on different tasks, or (adapting the same
+    layers) from base models whose W0 hashes differ. What a run does not record is not checked.
+
+    The analyzers themselves compare any two runs with the same layer shapes; the claims report and the
+    figure set compare methods on one model and task, and a mix there gives numbers that mean nothing."""
+    runs = list(runs)
+    tasks = {r.config.get("task"): r for r in runs if r.config.get("task")}
+    if len(tasks) > 1:
+        (t1, r1), (t2, r2) = list(tasks.items())[:2]
+        raise ValueError(f"runs {r1.name!r} and {r2.name!r} were trained on different tasks ({t1!r} and {t2!r}); "
+                         "compare methods on one task")
+    for i, a in enumerate(runs):
+        for b in runs[i + 1:]:
+            ha = (a.config.get("base_weights") or {}).get("sha256")
+            hb = (b.config.get("base_weights") or {}).get("sha256")
+            if ha and hb and ha != hb and list(a.layers) == list(b.layers):
+                raise ValueError(f"runs {a.name!r} and {b.name!r} adapted the same layers of different base models "
+                                 f"(W0 hashes {ha[:12]}… and {hb[:12]}…, run.json's base_weights); compare runs "
+                                 "trained from one model")

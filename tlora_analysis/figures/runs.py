@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..analysis.merged import paper_faithful_update
+from ..analysis.select import check_same_setting
 from ..store import Run
 from ._frames import one_layer
 
@@ -60,6 +61,7 @@ class RunRoles:
             if not run.steps:
                 raise ValueError(f"{run.path} has no readable snapshot (snapshots/ is missing, empty or unreadable); "
                                  f"run `tlora-analysis verify {run.path}` to see what is wrong")
+        check_same_setting(self.runs)
         self.by_method: dict[str, Run] = {}
         self.extra: list[Run] = []
         for run in self.runs:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..analysis.select import SelectionError, common_steps
+from ..analysis.select import SelectionError, check_same_setting, common_steps
 
 __all__ = ["Arms", "ReplicateError", "find_runs"]
 
@@ -81,6 +81,10 @@ class Arms:
             if wrong:
                 raise ReplicateError(f"runs given as {method} are not {method} runs: {', '.join(wrong)}")
             _check_arm(runs, method)
+        try:
+            check_same_setting([*tlora, *lora])
+        except ValueError as exc:
+            raise ReplicateError(str(exc)) from None
         shared = [n for n in tlora[0].layers if n in set(lora[0].layers)]
         if not shared:
             raise ReplicateError(f"TLoRA run {tlora[0].name!r} and LoRA run {lora[0].name!r} have no layer in common; "
