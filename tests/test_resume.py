@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,3 +149,23 @@ def test_recorder_resume_after_a_kill_keeps_every_metrics_line(tmp_path):
     run = Run(run_dir)
     assert run.metrics.step.tolist() == list(range(1, 11))
     assert run.steps == list(range(11)) and run.verify().ok
+
+
+def test_verify_reads_the_resume_point_and_the_final_adapter(tiny, tmp_path):
+    """A truncated trainer state or adapter weights, or an adapter config that is not JSON, is a problem that
+    `verify` names; the intact run verifies with both files read."""
+    with one_torch_thread():
+        run_dir = train(_config(tiny, tmp_path / "run", epochs=1)).run_dir
+    report = Run(run_dir).verify()
+    checked = {Path(c.path).relative_to(run_dir).as_posix(): c for c in report.checks}
+    assert report.ok and {"trainer_state/state.safetensors", "adapter/adapter_model.safetensors",
+                          "adapter/adapter_config.json"} <= set(checked)
+    for name, damage in (("trainer_state/state.safetensors", b"\x00" * 40), ("adapter/adapter_model.safetensors",
+                                                                             b"\x00" * 40),
+                         ("adapter/adapter_config.json", b"{")):
+        path = run_dir / name
+        kept = path.read_bytes()
+        path.write_bytes(damage)
+        problems = {Path(c.path).relative_to(run_dir).as_posix() for c in Run(run_dir).verify().problems}
+        assert problems == {name}, (name, problems)
+        path.write_bytes(kept)

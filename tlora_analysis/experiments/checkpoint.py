@@ -19,11 +19,10 @@ import torch
 from torch import nn
 
 from ..fileio import CorruptFileError, load_tensors, save_tensors
+from ..store.format import STATE_DIR, STATE_FILE
 
 __all__ = ["save_trainer_state", "load_trainer_state", "STATE_DIR", "STATE_FILE"]
 
-STATE_DIR = "trainer_state"
-STATE_FILE = "state.safetensors"
 
 
 def save_trainer_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,

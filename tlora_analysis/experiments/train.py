@@ -32,6 +32,7 @@ from ..fileio import read_json
 from ..names import as_patterns, select_names
 from ..recording import EveryN, Explicit, LogSpaced, SnapshotRecorder
 from ..store import Run, RunExistsError
+from ..store.format import ADAPTER_DIR
 from .checkpoint import load_trainer_state, save_trainer_state
 from .config import PEFT_LORA, TrainConfig, check_snapshots
 from .data import TaskData, hold_out, load_local_files, load_task
@@ -457,9 +458,9 @@ class _Training:
                                      **self._speed()})
         if self.ctx.is_main and c.save_weights:
             if c.method == PEFT_LORA:
-                p.model.save_pretrained(str(self.run_dir / "adapter"))
+                p.model.save_pretrained(str(self.run_dir / ADAPTER_DIR))
             else:
-                save_adapter(p.model, self.run_dir / "adapter")
+                save_adapter(p.model, self.run_dir / ADAPTER_DIR)
 
     def _interrupted(self, exc: BaseException) -> None:
         """Mark the run interrupted (what was written stays readable); a full disk becomes DiskFullError."""

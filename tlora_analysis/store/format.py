@@ -16,7 +16,8 @@ from ..adapters.spec import BASE_WEIGHT
 
 __all__ = [
     "RUN_FORMAT", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "RUN_JSON", "FROZEN_FILE",
-    "SNAPSHOT_DIR", "METRICS_FILE", "MANIFEST_FILE", "BASE_WEIGHT_KEY", "snapshot_name", "snapshot_step",
+    "SNAPSHOT_DIR", "METRICS_FILE", "MANIFEST_FILE", "STATE_DIR", "STATE_FILE", "ADAPTER_DIR", "BASE_WEIGHT_KEY",
+    "snapshot_name", "snapshot_step",
     "tensor_key", "NotARunError", "SchemaVersionError", "UnknownLayerError", "UnknownStepError", "RunExistsError",
     "NonFiniteError", "ForeignFileError",
 ]
@@ -30,6 +31,9 @@ FROZEN_FILE = "frozen.safetensors"
 SNAPSHOT_DIR = "snapshots"
 METRICS_FILE = "metrics.jsonl"
 MANIFEST_FILE = "manifest.jsonl"
+STATE_DIR = "trainer_state"  # the runner's resume point: STATE_DIR/STATE_FILE
+STATE_FILE = "state.safetensors"
+ADAPTER_DIR = "adapter"  # the runner's final adapter (or PEFT's save_pretrained folder)
 SNAPSHOT_FORMAT = "tlora_analysis.snapshot"
 FROZEN_FORMAT = "tlora_analysis.frozen"
 

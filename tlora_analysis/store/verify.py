@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from safetensors import SafetensorError
 
-from ..fileio import CorruptFileError, open_tensors
+from ..adapters.io import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from ..fileio import CorruptFileError, open_tensors, read_json
 from .base_weights import BaseModelError, reference_problem
-from .format import MANIFEST_FILE, RUN_JSON, SNAPSHOT_DIR, ForeignFileError, NonFiniteError, snapshot_name
+from .format import (ADAPTER_DIR, MANIFEST_FILE, RUN_JSON, SNAPSHOT_DIR, STATE_DIR, STATE_FILE, ForeignFileError,
+                     NonFiniteError, snapshot_name)
 from .reader import read_metrics
 from .writer import read_manifest
 
@@ -240,6 +242,27 @@ def _check_metrics(run: "Run", report: VerifyReport, manifest: _Manifest | None)
         report.add(path, NOTE, "last line torn (a kill mid-append); readers skip it")
 
 
+def _check_saved_state(run: "Run", report: VerifyReport) -> None:
+    """The runner's resume point and final adapter, where the run has them: each tensor file reads in full and
+    the adapter's config is JSON. They carry no manifest checksum, so this finds damage, not substitution."""
+    for path in (run.path / STATE_DIR / STATE_FILE, run.path / ADAPTER_DIR / ADAPTER_WEIGHTS):
+        if path.exists():
+            try:
+                with open_tensors(path) as f:
+                    count = sum(1 for key in f.keys() if f.get_tensor(key) is not None)
+                report.add(path, OK, f"{count} tensors read")
+            except _READ_ERRORS as exc:
+                report.add(path, PROBLEM, f"unreadable ({exc}); a resume or load from it fails: train again from "
+                                          "the start, or delete it")
+    config = run.path / ADAPTER_DIR / ADAPTER_CONFIG
+    if config.exists():
+        try:
+            read_json(config)
+            report.add(config, OK, "valid JSON")
+        except _READ_ERRORS as exc:
+            report.add(config, PROBLEM, f"unreadable ({exc})")
+
+
 def _check_leftovers(run: "Run", report: VerifyReport) -> None:
     for folder in (run.path, run.path / SNAPSHOT_DIR):
         if folder.is_dir():
@@ -258,6 +281,7 @@ def verify_run(run: "Run", base_model: str | os.PathLike | None = None) -> Verif
     _check_snapshots(run, report, manifest)
     if run.kind == "run":
         _check_metrics(run, report, manifest)
+        _check_saved_state(run, report)
         _check_leftovers(run, report)
     if not run.steps and report.ok:
         report.add(run.path, NOTE, "no snapshot recorded yet")
