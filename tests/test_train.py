@@ -114,6 +114,12 @@ def test_paper_preset_and_head_modes(tiny, tmp_path):
 
 # ---------------------------------------------------------------- bad input
 
+def test_fp16_off_cuda_is_refused_before_anything_loads(tiny, tmp_path):
+    """The model path does not exist: the fp16 error comes first, so nothing was loaded before it."""
+    with pytest.raises(ValueError, match="fp16 training needs a CUDA device and this run is on cpu"):
+        train(_config(tiny, tmp_path, precision="fp16", device="cpu", model=str(tmp_path / "no-model")))
+    assert not (tmp_path / "run").exists()
+
 def test_existing_run_dir_needs_resume_or_overwrite(tiny, tmp_path):
     train(_config(tiny, tmp_path, epochs=1))
     with pytest.raises(RunExistsError, match="--resume.*--overwrite"):

@@ -12,7 +12,7 @@ from torch import nn
 
 from .metrics import compute_metrics, constant_predictions
 
-__all__ = ["evaluate", "autocast_factory", "matmul_precision", "is_better"]
+__all__ = ["evaluate", "autocast_factory", "check_precision", "matmul_precision", "is_better"]
 
 
 @torch.no_grad()
@@ -40,12 +40,18 @@ def evaluate(model: nn.Module, loader, device: torch.device, is_regression: bool
     return {"eval_loss": losses / max(n, 1), **metrics, "constant_predictions": constant_predictions(logits, is_regression)}
 
 
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse fp16 off CUDA (its gradient scaler needs CUDA): the runner checks this before loading anything."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"fp16 training needs a CUDA device and this run is on {device}; use --precision bf16 or "
+                         "fp32 on the CPU")
+
+
 def autocast_factory(precision: str, device: torch.device) -> Callable[[], Any]:
     """A factory of the autocast context for ``precision`` ("fp32", "tf32": autocast off)."""
     if precision in ("fp32", "tf32"):
         return lambda: torch.autocast(device.type, enabled=False)
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 training needs a CUDA device; use --precision bf16 or fp32 on the CPU")
+    check_precision(precision, device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return lambda: torch.autocast(device.type, dtype=dtype)
 

@@ -38,7 +38,7 @@ from .config import PEFT_LORA, TrainConfig, check_snapshots
 from .data import TaskData, hold_out, load_local_files, load_task
 from .distributed import DistContext, barrier, init_distributed, mean_across, shutdown_distributed
 from .encoding import EncodedSplit, effective_max_length, encode_split, make_loader, subsample
-from .evaluation import autocast_factory, evaluate, is_better, matmul_precision
+from .evaluation import autocast_factory, check_precision, evaluate, is_better, matmul_precision
 from .metrics import LOSS_NAMES, majority_baseline, selection_metric
 from .models import LoadedModel, check_label_range, check_targets, load_model
 from .peft_arm import apply_peft_lora, peft_recording_view
@@ -88,6 +88,7 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
     start = time.time()
     ctx = init_distributed(config.device)
     try:
+        check_precision(config.precision, ctx.device)  # before the model and data load
         with matmul_precision(config.precision, ctx.device):
             return _train(config, ctx, start)
     finally:
