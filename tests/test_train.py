@@ -112,6 +112,20 @@ def test_paper_preset_and_head_modes(tiny, tmp_path):
     assert fresh.parameters["trainable"] == 4 * 17 + (32 * 2 + 2)
 
 
+def test_loading_a_model_prints_nothing_and_leaves_transformers_logging_as_it_was(tiny, capfd):
+    """transformers' loading bar and its report of the new head stay quiet (--quiet means it); its verbosity
+    and progress-bar switch are the caller's again afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    from tlora_analysis.experiments.models import load_model
+
+    before = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    load_model(tiny["model"], 2)
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+    assert (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == before
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_fp16_off_cuda_is_refused_before_anything_loads(tiny, tmp_path):

@@ -13,6 +13,8 @@ Weights are read from safetensors only: a folder holding only pickled weights
 
 from __future__ import annotations
 
+import contextlib
+
 import difflib
 import os
 import re
@@ -94,6 +96,22 @@ def resolve_model_source(spec: str | os.PathLike | None) -> tuple[str, str]:
     return text, text
 
 
+@contextlib.contextmanager
+def _transformers_quiet():
+    """transformers' logging at errors only and its progress bars off, restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(
     spec: str | os.PathLike | None,
     num_labels: int,
@@ -126,8 +144,9 @@ def load_model(
         kwargs["ignore_mismatched_sizes"] = True
     torch.manual_seed(seed)
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            target, config=config, use_safetensors=True, output_loading_info=True, **kwargs)
+        with _transformers_quiet():  # its loading bar and report of the new head: the runner says what it did
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                target, config=config, use_safetensors=True, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as exc:
         raise UnknownModelError(f"could not load the weights of {target!r} ({exc}); give a Hugging Face model "
                                 f"folder with model.safetensors") from exc
