@@ -234,3 +234,20 @@ def test_runs_of_different_base_models_or_tasks_are_not_compared(tmp_path, capsy
     (lora.path / "run.json").write_text(json.dumps({**header, "task": "another"}))
     with pytest.raises(ReplicateError, match="different tasks"):
         Arms.from_runs([tlora], [Run(lora.path)])
+
+
+def test_the_report_says_which_runs_learned_nothing(tmp_path):
+    """A run whose last validation accuracy does not beat the majority class it recorded is named at the top
+    of the report (markdown and HTML); runs that beat it, or record no baseline, are not."""
+    import json
+
+    from tlora_analysis.report import write_report
+
+    tlora, lora = make_tiny_run(tmp_path, "tlora", steps=2), make_tiny_run(tmp_path, "lora", steps=2)
+    for run, base in ((tlora, 0.6), (lora, 0.4)):  # the tiny runs log accuracy 0.5
+        header = json.loads((run.path / "run.json").read_text())
+        (run.path / "run.json").write_text(json.dumps({**header, "majority_baseline": {"accuracy": base}}))
+    md = write_report(tlora.path, lora.path, tmp_path / "report", n_null=100)
+    text, html = md.read_text(), (md.parent / "report.html").read_text()
+    assert "learned nothing usable: tlora-r4-s0 (accuracy 0.5000 against 0.6000)" in text
+    assert "lora-r4-s0 (accuracy" not in text.replace("tlora-r4-s0 (accuracy", "") and "learned nothing usable" in html

@@ -38,7 +38,10 @@ def _intro(report: ClaimsReport) -> list[str]:
         "by its frozen random factors, whatever training does: its singular subspaces are col(Cᵀ) and col(A) from "
         "initialisation on, and the largest cosine any TLoRA update can have with another update X is √f(X), "
         "f(X) = ‖P_C X P_A‖²/‖X‖². The claims below test what is not fixed.",
-    ]
+    ] + ([f"Runs that learned nothing usable: {'; '.join(stale)} do not beat always answering the majority "
+          "class on validation. Their updates are what training did without learning the task, so the decisions "
+          "below say little about the methods; train longer or at another learning rate first."]
+         if (stale := report.arms.not_learned()) else [])
 
 
 def _estimate(row: pd.Series) -> str:

@@ -110,6 +110,21 @@ class Arms:
         shapes = self.tlora[0].layer_shapes
         return [n for n in self.layers if shapes[n][0] == shapes[n][1]]
 
+    def not_learned(self) -> list[str]:
+        """"name (metric value against the majority class's)" for each run whose last validation value of its
+        selection metric does not beat always answering the majority class (runs that record both)."""
+        out = []
+        for run in [*self.tlora, *self.lora]:
+            metric = run.config.get("selection_metric") or "accuracy"
+            base = (run.config.get("majority_baseline") or {}).get(metric)
+            events = run.metrics[run.metrics["event"] == "eval"] if "event" in run.metrics else run.metrics
+            if "split" in events:
+                events = events[events["split"] == "validation"]
+            values = events[metric].dropna() if metric in events else events.iloc[:0]
+            if base is not None and len(values) and float(values.iloc[-1]) <= float(base):
+                out.append(f"{run.name} ({metric} {float(values.iloc[-1]):.4f} against {float(base):.4f})")
+        return out
+
     def describe(self) -> str:
         def names(runs: list[Any]) -> str:
             return ", ".join(f"{r.name} (seed {_seed(r)})" for r in runs)
