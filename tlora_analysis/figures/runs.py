@@ -163,9 +163,7 @@ def headline_table(runs: Sequence[RunLike]) -> pd.DataFrame:
     rows = []
     for run in map(as_run, runs):
         metric = run.config.get("selection_metric") or "accuracy"
-        ev = run.metrics[run.metrics["event"] == "eval"]
-        if "split" in ev:
-            ev = ev[ev["split"] == "validation"]
+        ev = run.validation_evals()
         best = ev.loc[ev[metric].astype(float).idxmax()] if metric in ev and ev[metric].notna().any() else None
         base = (run.config.get("majority_baseline") or {}).get(metric)
         rows.append({"run": run.name, "method": run.method, "trainable": (run.config.get("parameters") or {}).get("trainable"),

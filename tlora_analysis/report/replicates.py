@@ -117,9 +117,7 @@ class Arms:
         for run in [*self.tlora, *self.lora]:
             metric = run.config.get("selection_metric") or "accuracy"
             base = (run.config.get("majority_baseline") or {}).get(metric)
-            events = run.metrics[run.metrics["event"] == "eval"] if "event" in run.metrics else run.metrics
-            if "split" in events:
-                events = events[events["split"] == "validation"]
+            events = run.validation_evals()
             values = events[metric].dropna() if metric in events else events.iloc[:0]
             if base is not None and len(values) and float(values.iloc[-1]) <= float(base):
                 out.append(f"{run.name} ({metric} {float(values.iloc[-1]):.4f} against {float(base):.4f})")

@@ -29,9 +29,7 @@ def summary(run: Run) -> dict[str, Any]:
     steps = run.steps
     metrics = run.metrics
     metric = run.config.get("selection_metric") or "accuracy"
-    evals = metrics[metrics["event"] == "eval"]
-    if "split" in evals:
-        evals = evals[evals["split"] == "validation"]
+    evals = run.validation_evals()
     shown = [c for c in ("step", *_METRICS) if c in evals]
     best = last = None
     if metric in evals and evals[metric].notna().any():

@@ -212,6 +212,11 @@ class Run:
         rest = [c for c in frame.columns if c not in METRIC_COLUMNS]
         return frame[list(METRIC_COLUMNS) + rest]
 
+    def validation_evals(self) -> pd.DataFrame:
+        """The evaluation events on the validation split, in order (every evaluation when none names a split)."""
+        ev = self.metrics[self.metrics["event"] == "eval"]
+        return ev[ev["split"] == "validation"] if "split" in ev else ev
+
     # ------------------------------------------------------------------ lookups
     def _check_layer(self, layer: str) -> None:
         if layer not in self.config["layers"]:

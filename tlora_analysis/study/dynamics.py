@@ -50,8 +50,7 @@ def validation_curves(final: pd.DataFrame, runs_dir) -> pd.DataFrame:
     rows = []
     for _, r in final.iterrows():
         run = Run(runs_dir / r["run"])
-        ev = run.metrics[run.metrics["event"] == "eval"]
-        ev = ev[ev["split"] == "validation"] if "split" in ev else ev
+        ev = run.validation_evals()
         for step, value in zip(ev["step"], ev[r["metric"]]):
             rows.append({"panel": r["task"], "line": line_label(r["arm"], r["rank"]), "group": r["arm"],
                          "method": r["method"], "step": int(step), "value": float(value)})

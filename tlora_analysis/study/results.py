@@ -35,11 +35,6 @@ RESULT_COLUMNS = ("phase", "task", "arm", "method", "rank", "lr", "seed", "run",
                   "step_seconds", "peak_memory_gib")
 
 
-def _validation_evals(run: Run) -> pd.DataFrame:
-    ev = run.metrics[run.metrics["event"] == "eval"]
-    return ev[ev["split"] == "validation"] if "split" in ev else ev
-
-
 def _recorded_lr(header: dict[str, Any]) -> float | None:
     """The learning rate a finished run trained at, from its run.json."""
     lr = (header.get("hyperparameters") or {}).get("lr")
@@ -63,7 +58,7 @@ def _row(planned: PlannedRun, run_dir: Path) -> dict[str, Any]:
     run = Run(run_dir)
     lr = _recorded_lr(run.config)
     metric = run.config.get("selection_metric") or "accuracy"
-    evals = _validation_evals(run)
+    evals = run.validation_evals()
     values = evals[metric].astype(float) if metric in evals else pd.Series(dtype=float)
     best = evals.loc[values.idxmax()] if values.notna().any() else None
     summary = run.config.get("summary") or {}
