@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -46,6 +47,12 @@ def test_every_method_writes_a_readable_run(tiny, tmp_path, method):
     assert {"step", "epoch", "event", "wall_time", "loss", "lr", "examples_per_s"} <= set(train_ev.columns)
     assert len(train_ev) == 12 and np.isfinite(train_ev["loss"]).all()
     assert list(eval_ev["step"]) == [6, 12] and set(eval_ev["split"]) == {"validation"}
+    tiny_labels = pd.read_csv(tiny["validation_file"])["label"]  # in the validation file's order
+    for step, accuracy in zip(eval_ev["step"], eval_ev["accuracy"]):  # every evaluation's per-example outputs
+        outputs = load_file(str(result.run_dir / "predictions" / f"{step:09d}.safetensors"))
+        logits, labels = outputs["logits"].numpy(), outputs["labels"].numpy()
+        assert logits.shape == (len(labels), 2) and labels.tolist() == list(tiny_labels)
+        assert np.mean(logits.argmax(1) == labels) == pytest.approx(accuracy)
     snap_epochs = analysis.norms(run).groupby("step")["epoch"].first().drop(0)  # 6 steps an epoch
     np.testing.assert_allclose(snap_epochs.to_numpy(float), snap_epochs.index.to_numpy() / 6)
     np.testing.assert_allclose(train_ev["epoch"], train_ev["step"] / 6)

@@ -17,9 +17,11 @@ __all__ = ["evaluate", "autocast_factory", "check_precision", "matmul_precision"
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, is_regression: bool, autocast, progress: bool = False,
-             desc: str = "evaluate", num_labels: int | None = None) -> dict[str, Any]:
+             desc: str = "evaluate", num_labels: int | None = None,
+             outputs: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """eval_loss, the task's metrics and whether every prediction was the same, over a whole split
-    (``num_labels``: the task's classes, when the head has more outputs)."""
+    (``num_labels``: the task's classes, when the head has more outputs). ``outputs``, when given, receives
+    the per-example ``logits`` and ``labels`` in the loader's order."""
     from tqdm.auto import tqdm
 
     was_training = model.training
@@ -35,8 +37,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, is_regression: bool
         logits_all.append(out.logits.float().cpu().numpy())
         labels_all.append(batch["labels"].cpu().numpy())
     model.train(was_training)
-    logits = np.concatenate(logits_all)
-    metrics = compute_metrics(np.concatenate(labels_all), logits, is_regression, num_labels)
+    logits, labels = np.concatenate(logits_all), np.concatenate(labels_all)
+    if outputs is not None:
+        outputs.update(logits=logits, labels=labels)
+    metrics = compute_metrics(labels, logits, is_regression, num_labels)
     return {"eval_loss": losses / max(n, 1), **metrics, "constant_predictions": constant_predictions(logits, is_regression)}
 
 

@@ -28,11 +28,11 @@ from torch import nn
 
 from ..adapters import apply_adapters, count_parameters, save_adapter
 from ..adapters.inject import ParameterCount
-from ..fileio import read_json
+from ..fileio import read_json, save_tensors
 from ..names import as_patterns, select_names
 from ..recording import EveryN, Explicit, LogSpaced, SnapshotRecorder
 from ..store import Run, RunExistsError
-from ..store.format import ADAPTER_DIR
+from ..store.format import ADAPTER_DIR, PREDICTIONS_DIR, snapshot_name
 from .checkpoint import load_trainer_state, save_trainer_state
 from .config import PEFT_LORA, TrainConfig, check_snapshots
 from .data import TaskData, hold_out, load_local_files, load_task
@@ -425,9 +425,15 @@ class _Training:
         p, c = self.prepared, self.config
         if self.ctx.is_main:
             epoch = at_step / p.steps_per_epoch
+            outputs: dict[str, np.ndarray] = {}
             metrics = evaluate(p.model, p.eval_loader, self.ctx.device, p.task.is_regression, self.opt.autocast,
                                progress=self.show_bars, desc=f"evaluate step {at_step}",
-                               num_labels=p.task.num_labels)
+                               num_labels=p.task.num_labels, outputs=outputs)
+            # per-example outputs, so values can be compared example by example (paired bootstraps over examples)
+            save_tensors(self.run_dir / PREDICTIONS_DIR / snapshot_name(at_step),
+                         {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in outputs.items()},
+                         {"format": "tlora_analysis.predictions", "step": at_step, "split": "validation",
+                          "run_id": self.recorder.run_id or ""})
             event = {"step": at_step, "epoch": epoch, "split": "validation", **metrics}
             self.recorder.log(at_step, event="eval", epoch=epoch, split="validation", **metrics)
             self.state["evals"].append(event)

@@ -16,7 +16,8 @@ from ..adapters.spec import BASE_WEIGHT
 
 __all__ = [
     "RUN_FORMAT", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "RUN_JSON", "FROZEN_FILE",
-    "SNAPSHOT_DIR", "METRICS_FILE", "MANIFEST_FILE", "STATE_DIR", "STATE_FILE", "ADAPTER_DIR", "BASE_WEIGHT_KEY",
+    "SNAPSHOT_DIR", "METRICS_FILE", "MANIFEST_FILE", "STATE_DIR", "STATE_FILE", "ADAPTER_DIR", "PREDICTIONS_DIR",
+    "BASE_WEIGHT_KEY",
     "snapshot_name", "snapshot_step",
     "tensor_key", "NotARunError", "SchemaVersionError", "UnknownLayerError", "UnknownStepError", "RunExistsError",
     "NonFiniteError", "ForeignFileError",
@@ -34,6 +35,7 @@ MANIFEST_FILE = "manifest.jsonl"
 STATE_DIR = "trainer_state"  # the runner's resume point: STATE_DIR/STATE_FILE
 STATE_FILE = "state.safetensors"
 ADAPTER_DIR = "adapter"  # the runner's final adapter (or PEFT's save_pretrained folder)
+PREDICTIONS_DIR = "predictions"  # the runner's validation outputs per evaluation: <step>.safetensors
 SNAPSHOT_FORMAT = "tlora_analysis.snapshot"
 FROZEN_FORMAT = "tlora_analysis.frozen"
 

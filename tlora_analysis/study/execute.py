@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..fileio import read_json
-from ..store.format import FROZEN_FILE, MANIFEST_FILE
+from ..store.format import ADAPTER_DIR, FROZEN_FILE, MANIFEST_FILE, STATE_DIR
 from ..store.writer import read_manifest
 from .plan import PlannedRun
 from .spec import Study
@@ -33,7 +33,7 @@ from .spec import Study
 __all__ = ["RunOutcome", "run_status", "execute", "train_planned", "FrozenFiles"]
 
 _LOGS = "logs"
-_WEIGHT_DIRS = ("trainer_state", "adapter")
+_WEIGHT_DIRS = (STATE_DIR, ADAPTER_DIR)  # the per-evaluation predictions stay: small, and example-level
 
 
 @dataclass
@@ -115,7 +115,7 @@ def _fields_for(run: PlannedRun, study: Study) -> dict:
     run_dir = study.runs_dir / run.name
     fields = {**run.fields, "run_dir": str(run_dir)}
     if run_dir.exists():
-        resumable = (run_dir / "trainer_state").is_dir() and (run_dir / "run.json").is_file()
+        resumable = (run_dir / STATE_DIR).is_dir() and (run_dir / "run.json").is_file()
         fields["resume" if resumable else "overwrite"] = True
     return fields
 
