@@ -24,7 +24,6 @@ from ..store.format import STATE_DIR, STATE_FILE
 __all__ = ["save_trainer_state", "load_trainer_state", "STATE_DIR", "STATE_FILE"]
 
 
-
 def save_trainer_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                        step: int, extra: dict[str, Any], run_id: str | None = None) -> None:
     """Write the resume point of ``step`` (``extra``: JSON values kept with it, e.g. best and evals)."""

@@ -14,7 +14,6 @@ Weights are read from safetensors only: a folder holding only pickled weights
 from __future__ import annotations
 
 import contextlib
-
 import difflib
 import os
 import re
