@@ -173,3 +173,17 @@ def test_headline_leads_with_the_final_value_and_keeps_the_best_beside_it():
     results = pd.read_csv(study / "results" / "results.csv").set_index("run").loc["final/mrpc/tlora-r8-s0"]
     assert row["final"] == pytest.approx(results["last_value"]) and row["best"] == pytest.approx(results["best_value"])
     assert row["best_step"] == results["best_step"] and row["final"] < row["best"]
+
+
+def test_headline_of_a_run_without_its_metric_is_empty_not_an_error(runs):
+    """A run that logged no value of its selection metric (here: asked for MCC, logged accuracy only)."""
+    from tlora_analysis.figures import headline_table
+
+    run = runs["tlora"]
+    assert "selection_metric" not in run.config  # the tiny runs name none: accuracy
+    run.config["selection_metric"] = "mcc_that_was_never_logged"
+    try:
+        row = headline_table([run]).iloc[0]
+    finally:
+        del run.config["selection_metric"]
+    assert row["final"] is None and row["best"] is None

@@ -123,8 +123,9 @@ def _headline_rows(roles: RunRoles) -> list[list[str]]:
     rows = []
     for _, r in headline_table(roles.runs).iterrows():
         best = num(r["best"], ".4f") + (f" (step {r['best_step']})" if r["best"] == r["best"] else "")
-        rows.append([str(r["run"]), str(r["method"]), num(r["trainable"], ","), f"{r['metric']} {num(r['final'], '.4f')}",
-                     best, num(r["majority_baseline"], ".4f")])
+        final = f"{r['metric']} {num(r['final'], '.4f')}"
+        rows.append([str(r["run"]), str(r["method"]), num(r["trainable"], ","), final, best,
+                     num(r["majority_baseline"], ".4f")])
     return rows
 
 

@@ -166,9 +166,9 @@ def headline_table(runs: Sequence[RunLike]) -> pd.DataFrame:
         ev = run.validation_evals()
         best = ev.loc[ev[metric].astype(float).idxmax()] if metric in ev and ev[metric].notna().any() else None
         base = (run.config.get("majority_baseline") or {}).get(metric)
+        final = float(ev[metric].astype(float).iloc[-1]) if metric in ev and len(ev) else None
         rows.append({"run": run.name, "method": run.method, "trainable": (run.config.get("parameters") or {}).get("trainable"),
-                     "metric": metric, "final": float(ev[metric].astype(float).iloc[-1]) if len(ev) else None,
-                     "best": None if best is None else float(best[metric]),
+                     "metric": metric, "final": final, "best": None if best is None else float(best[metric]),
                      "best_step": None if best is None else int(best["step"]), "majority_baseline": base})
     return pd.DataFrame(rows)
 

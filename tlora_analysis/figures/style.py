@@ -26,8 +26,8 @@ from ..adapters.methods import METHODS
 
 __all__ = [
     "SINGLE_COLUMN", "DOUBLE_COLUMN", "OKABE_ITO", "METHOD_COLORS", "METHOD_LABELS", "MATRIX_COLORS",
-    "SEQUENTIAL_CMAP", "DIVERGING_CMAP", "RC", "styled", "new_figure", "figure_title", "method_color", "method_label", "METHOD_ORDER",
-    "method_order",
+    "SEQUENTIAL_CMAP", "DIVERGING_CMAP", "RC", "styled", "new_figure", "figure_title", "method_color", "method_label",
+    "METHOD_ORDER", "method_order",
     "diverging_norm", "sequential_norm", "save",
 ]
 

@@ -16,5 +16,6 @@ from .permutation import PermutationResult, permutation_test
 __all__ = [
     "CombinedTest", "MonteCarloP", "PermutationResult", "benjamini_hochberg",
     "bootstrap_interval", "chi2_sum", "fisher", "haar_cosine_variance", "holm", "icc_from_f", "ks_by_labels", "mc_pvalue",
-    "permutation_test", "random_effects", "reachable_fraction_mean", "stouffer", "subspace_overlap_mean", "t_interval", "z_from_p",
+    "permutation_test", "random_effects", "reachable_fraction_mean", "stouffer", "subspace_overlap_mean", "t_interval",
+    "z_from_p",
 ]

@@ -61,7 +61,8 @@ def summary_markdown(summary: pd.DataFrame, study: Study, complete: bool,
     for task, part in summary.groupby("task", sort=False):
         metric = part["metric"].iloc[0]
         lines += [f"## {task} ({metric}; majority class {_fmt(part['majority_baseline'].iloc[0])})", "",
-                  "| arm | rank | lr | trainable | seeds | final, mean [95% CI] | best (optimistic) | s / step | peak GiB |",
+                  "| arm | rank | lr | trainable | seeds | final, mean [95% CI] | best (optimistic) | s / step "
+                  "| peak GiB |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for _, r in part.iterrows():
             rank = "" if pd.isna(r["rank"]) else str(int(r["rank"]))

@@ -65,7 +65,8 @@ def _row(planned: PlannedRun, run_dir: Path) -> dict[str, Any]:
     peak = summary.get("peak_memory_bytes")
     return {
         "phase": planned.phase, "task": planned.task, "arm": planned.arm, "method": planned.method,
-        "rank": planned.rank, "lr": planned.lr if lr is None else lr, "seed": planned.seed, "run": planned.name, "metric": metric,
+        "rank": planned.rank, "lr": planned.lr if lr is None else lr, "seed": planned.seed, "run": planned.name,
+        "metric": metric,
         "trainable_params": (run.config.get("parameters") or {}).get("trainable"),
         "best_value": None if best is None else float(best[metric]),
         "best_step": None if best is None else int(best["step"]),
