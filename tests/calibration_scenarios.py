@@ -1,7 +1,8 @@
 """Replicate experiments with known truth for each claim of the report, one call per replicate.
 
 Each ``scenario`` function builds synthetic TLoRA/LoRA runs (:mod:`synthetic_runs`) for replicate
-``rep`` and returns the decision(s) the report's claim code makes on them. tests/test_calibration.py
+``rep`` and returns the decision(s) the report's claim code makes on them; ``arm_contrast`` draws two
+arms' validation outputs and returns the p-values a study's contrasts give them. tests/test_calibration.py
 checks the rates over a modest number of replicates; ``python tests/calibration_scenarios.py --reps
 1000`` measures them more precisely (the table in docs/statistics.md).
 """
@@ -17,17 +18,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synthetic_runs import STEPS, Design, lora_copy_of, lora_run, orthonormal, tlora_run  # noqa: E402
 from tlora_analysis import analysis  # noqa: E402
+from tlora_analysis.experiments.metrics import compute_metrics, leave_one_out  # noqa: E402
 from tlora_analysis.report.alignment import (  # noqa: E402
     cosine_merged_faithful, reachable_cosine, reachable_fraction, subspace_overlap, update_cosine,
 )
 from tlora_analysis.report.replicates import Arms  # noqa: E402
 from tlora_analysis.report.spectra import eigen_updates  # noqa: E402
 from tlora_analysis.report.weights import alpha_varies, gaussian_b, stable_norms  # noqa: E402
+from tlora_analysis.stats import crossed_t, pseudo_values  # noqa: E402
 
 ALPHA = 0.05
 N_NULL = 200  # Monte-Carlo p-values (k + 1)/(N + 1) are valid for any N
@@ -188,8 +192,38 @@ def update_spectra(rep: int, same_law: bool) -> str:
     return eigen_updates(Arms.from_runs(tl_runs, lo_runs), ALPHA, N_NULL, np.random.default_rng(rep)).decision
 
 
+def arm_contrast(rep: int, example_sd: float, seed_sd: float, shift: float = 0.0, metric: str = "accuracy",
+                 seeds: int = 3, examples: int = 400) -> tuple[float, float]:
+    """Two arms scored on one validation split drawn afresh from a task's examples; (p over seeds × examples,
+    p of the paired t over seeds) for the difference of their final ``metric``.
+
+    Example i of a binary task is answered right by arm m, seed s iff 0.8 + z_i + u_mi + g_s + h_ms + e_msi > 0
+    (+ ``shift`` for the first arm): z the example's difficulty, u_mi ~ N(0, ``example_sd``) which examples suit
+    which arm, g_s ~ N(0, 0.3) a seed's effect on both arms (the head, the batch order), h_ms ~ N(0, ``seed_sd``)
+    on one arm, e ~ N(0, 1). With shift 0 the arms are exchangeable, so their expected difference on the task is 0.
+    """
+    rng = np.random.default_rng(rep)
+    difficulty, labels = rng.standard_normal(examples), rng.integers(0, 2, examples)
+    suits, both = rng.normal(0, example_sd, (2, examples)), rng.normal(0, 0.3, seeds)
+    own = rng.normal(0, seed_sd, (2, seeds))
+    finals, values = np.zeros((2, seeds)), np.zeros((2, seeds, examples))
+    for m in range(2):
+        for s in range(seeds):
+            right = 0.8 + (shift if m == 0 else 0) + difficulty + suits[m] + both[s] + own[m, s] \
+                + rng.standard_normal(examples) > 0
+            predicted = np.where(right, labels, 1 - labels)
+            logits = np.stack([1.0 - predicted, predicted.astype(float)], axis=1)
+            finals[m, s] = compute_metrics(labels, logits, False, 2)[metric]
+            values[m, s] = pseudo_values(finals[m, s], leave_one_out(labels, logits, False, metric, 2))
+    differences = finals[0] - finals[1]
+    paired = float(stats.ttest_1samp(differences, 0.0).pvalue) if np.ptp(differences) > 0 else math.nan  # as contrasts
+    return crossed_t(differences, values[0] - values[1]).p_value, paired
+
+
 # ---------------------------------------------------------------- the rates table
-SCENARIOS = ("alignment", "related", "seed_alignment", "gaussian_B", "stable_norms", "alpha_varies", "eigen_updates")
+SCENARIOS = ("alignment", "related", "seed_alignment", "gaussian_B", "stable_norms", "alpha_varies", "eigen_updates",
+             "arm_contrast")
+CONTRAST_SETTINGS = ((0.0, 0.3, "seeds only"), (0.5, 0.1, "seeds and examples"), (1.5, 0.0, "mostly examples"))
 
 
 def _rates(reps: int, only: tuple[str, ...] = SCENARIOS) -> None:
@@ -224,6 +258,16 @@ def _rates(reps: int, only: tuple[str, ...] = SCENARIOS) -> None:
         for effect in (0.0, 0.2):
             rate("alpha_varies", f"layer effect SD {effect:g}, noise SD 0.05: supported",
                  [alpha_layer_effect(rep, effect) == "supported" for rep in range(reps)])
+    if "arm_contrast" in only:
+        for metric in ("accuracy", "mcc"):
+            for example_sd, seed_sd, what in CONTRAST_SETTINGS:
+                runs = np.array([arm_contrast(rep, example_sd, seed_sd, metric=metric) for rep in range(reps)])
+                for label, column in (("contrast, seeds × ex.", 0), ("contrast, paired t", 1)):
+                    rate(label, f"{metric}, {what}, no difference: p < α", list(runs[:, column] < ALPHA))
+        for example_sd, seed_sd, what in CONTRAST_SETTINGS[1:]:
+            runs = np.array([arm_contrast(rep, example_sd, seed_sd, shift=0.3) for rep in range(reps)])
+            for label, column in (("contrast, seeds × ex.", 0), ("contrast, paired t", 1)):
+                rate(label, f"accuracy, {what}, first arm +0.3: p < α", list(runs[:, column] < ALPHA))
     if "eigen_updates" in only:
         for same in (True, False):
             rate("eigen_updates", f"{'same' if same else 'different'} spectral law: not supported",

@@ -9,13 +9,13 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import integrate, stats
 
 from tlora_analysis.analysis.nulls import RandomNull, haar_frames
 from tlora_analysis.stats import (
-    benjamini_hochberg, bootstrap_interval, chi2_sum, fisher, haar_cosine_variance, holm, icc_from_f, ks_by_labels,
-    mc_pvalue, permutation_test, random_effects, reachable_fraction_mean, stouffer, subspace_overlap_mean, t_interval,
-    z_from_p,
+    benjamini_hochberg, bootstrap_interval, chi2_sum, crossed_t, fisher, haar_cosine_variance, holm, icc_from_f,
+    ks_by_labels, mc_pvalue, permutation_test, pseudo_values, random_effects, reachable_fraction_mean, stouffer,
+    subspace_overlap_mean, t_interval, z_from_p,
 )
 
 
@@ -265,3 +265,66 @@ def test_bootstrap_interval_methods():
     assert (blo + bhi) / 2 == pytest.approx(2 * x.mean() - (lo + hi) / 2)
     with pytest.raises(ValueError, match="method"):
         bootstrap_interval(lambda idx: 0.0, 5, np.random.default_rng(0), method="bca")
+
+
+# ---------------------------------------------------------------- seeds × examples
+def _generalized_p(estimate: float, seed_variance: float, example_variance: float, seeds: int) -> float:
+    """E_W 2 Φ(−|estimate| / √(seed_variance (S − 1) / W + example_variance)), W ~ χ²(S − 1), by adaptive quadrature."""
+    law = stats.chi2(seeds - 1)
+    integrand = lambda w: 2 * stats.norm.sf(abs(estimate) / math.sqrt(seed_variance * (seeds - 1) / w
+                                                                      + example_variance)) * law.pdf(w)
+    return integrate.quad(integrand, 0, np.inf, limit=200, epsabs=1e-12)[0]
+
+
+def test_crossed_t_by_hand():
+    """Seeds × examples [[1, 0, 1], [0, 0, 1]]: MS_s = 1/6, MS_e = 1/2, MS_r = 1/6, so V = (1/6 + 1/2 − 1/6) / 6."""
+    result = crossed_t(np.array([2 / 3, 1 / 3]), np.array([[1.0, 0, 1], [0, 0, 1]]))
+    assert result.estimate == pytest.approx(0.5)
+    assert result.seed_variance == pytest.approx(1 / 36) and result.example_variance == pytest.approx(1 / 18)
+    assert result.se == pytest.approx(math.sqrt(1 / 12)) and result.example_share == pytest.approx(2 / 3)
+    assert result.p_value == pytest.approx(_generalized_p(0.5, 1 / 36, 1 / 18, 2), abs=2e-5)
+    # the interval is the set of means the test does not reject at 5%
+    for bound in (result.ci_lo, result.ci_hi):
+        assert _generalized_p(0.5 - bound, 1 / 36, 1 / 18, 2) == pytest.approx(0.05, abs=2e-5)
+
+
+def test_crossed_t_components_match_the_jackknife_decomposition_on_random_values():
+    """Independently: the seed term is the variance of the seeds' means over S; the examples' term is
+    (S v̄ − mean_s v_s) / (S − 1) from the jackknife variances of the mean over seeds (v̄) and of each seed (v_s)."""
+    rng = np.random.default_rng(3)
+    seeds, examples = 4, 50
+    values = rng.normal(size=(seeds, 1)) * 0.3 + rng.normal(size=(1, examples)) + rng.normal(size=(seeds, examples))
+    result = crossed_t(values.mean(axis=1), values)
+
+    def jackknife(column_values):
+        left = (column_values.sum() - column_values) / (examples - 1)
+        return (examples - 1) / examples * np.sum((left - left.mean()) ** 2)
+
+    seed_term = values.mean(axis=1).var(ddof=1) / seeds
+    example_term = (seeds * jackknife(values.mean(axis=0)) - np.mean([jackknife(v) for v in values])) / (seeds - 1)
+    assert result.seed_variance == pytest.approx(seed_term, rel=1e-12)
+    assert result.example_variance == pytest.approx(example_term, rel=1e-10) and example_term > 0
+    expected = _generalized_p(result.estimate, seed_term, example_term, seeds)
+    assert result.p_value == pytest.approx(expected, abs=2e-5)
+
+
+def test_crossed_t_is_the_t_over_seeds_where_examples_add_nothing():
+    """Every example's mean over seeds equal: MS_e = 0, the examples' term is 0 and the test is the one-sample t."""
+    rng = np.random.default_rng(5)
+    noise = rng.normal(size=(3, 30))
+    values = 0.4 + rng.normal(size=(3, 1)) + noise - noise.mean(axis=0)
+    result = crossed_t(values.mean(axis=1), values)
+    t = stats.ttest_1samp(values.mean(axis=1), 0.0)
+    ci = t.confidence_interval(0.95)
+    assert result.example_variance == 0 and result.example_share == 0
+    assert result.p_value == pytest.approx(t.pvalue, abs=2e-5)
+    assert (result.ci_lo, result.ci_hi) == pytest.approx((ci.low, ci.high), abs=1e-3)
+
+
+def test_crossed_t_degenerate_inputs():
+    assert math.isnan(crossed_t(np.array([0.5]), np.ones((1, 4))).p_value)  # one seed: no seed variance
+    assert math.isnan(crossed_t(np.array([0.5, 0.5]), np.full((2, 4), 0.5)).p_value)  # no spread at all
+    assert math.isnan(crossed_t(np.array([0.5, np.nan]), np.ones((2, 4))).p_value)
+    with pytest.raises(ValueError, match="seeds × examples with one estimate per seed"):
+        crossed_t(np.zeros(3), np.zeros((2, 4)))
+    np.testing.assert_allclose(pseudo_values(0.75, np.array([2 / 3, 1, 2 / 3, 2 / 3])), [1, 0, 1, 1])

@@ -237,6 +237,12 @@ def test_smoke_study_runs_end_to_end_and_continues(tmp_path):
     assert set(summary["arm"]) == {"tlora", "lora"} and (summary["seeds"] == 2).all()
     assert (results / "figures" / "metric_vs_parameters.png").exists()
     assert (results / "figures" / "reachable_cosine_reachable.png").exists()
+    # the runs kept their outputs: the contrast again over seeds × the validation examples, same point estimate
+    examples, by_seeds = pd.read_csv(results / "contrasts_examples.csv"), pd.read_csv(results / "contrasts.csv")
+    last = by_seeds[by_seeds["value"] == "last"].iloc[0]
+    assert len(examples) == 1 and (examples["seeds"].iloc[0], examples["examples"].iloc[0]) == (2, 64)
+    assert examples["difference"].iloc[0] == pytest.approx(last["difference"], abs=1e-12)
+    assert "seeds × examples" in (results / "summary.md").read_text()
     claims = pd.read_csv(results / "claims" / "rotten_tomatoes" / "tlora-vs-lora-r4" / "claims.csv")
     assert "Needs replicate" not in claims.set_index("claim_id").loc["stable_norms", "detail"]  # two seeds each
     for claim in ("eigen_merged_faithful", "cosine_merged_faithful"):  # W0 referenced, read from the bundled model
@@ -333,6 +339,46 @@ def test_paired_contrasts_keep_their_false_positive_rate_when_a_seed_moves_both_
     rejected = table["p_value"].to_numpy() < 0.05
     assert abs(np.mean(rejected) - 0.05) < 3 * math.sqrt(0.05 * 0.95 / 400)
     assert np.mean(welch) < 0.01
+
+
+def test_example_contrasts_pair_seeds_and_examples_and_need_one_split(monkeypatch, tmp_path):
+    """Runs' final outputs (value, pseudo-values, labels) stand in for run folders: pairs with two shared seeds whose
+    runs all kept outputs are tested by crossed_t on seed-matched differences, Holm within the task; a run scored on
+    other labels is refused by name."""
+    from tlora_analysis.stats import crossed_t
+    from tlora_analysis.study import contrasts
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 20)
+    kept = {}
+    rows = []
+    for arm, method, rank, seeds in (("tlora", "tlora", 8.0, [0, 1, 2]), ("lora", "lora", 8.0, [0, 1, 2]),
+                                     ("lora-xs", "lora-xs", 8.0, [0, 1]), ("full", "full", math.nan, [0, 1, 2])):
+        for seed in seeds:
+            name = f"final/t/{arm}-s{seed}"
+            right = (rng.uniform(size=20) < 0.7).astype(float)
+            kept[name] = None if (arm, seed) == ("lora-xs", 1) else (right.mean(), right, labels)
+            rows.append({"task": "t", "arm": arm, "rank": rank, "method": method, "seed": seed, "run": name,
+                         "metric": "accuracy", "last_value": right.mean()})
+    monkeypatch.setattr(contrasts, "_final_outputs", lambda run_dir, metric: kept[str(run_dir.relative_to(tmp_path))])
+    table = contrasts.example_contrast_table(pd.DataFrame(rows), tmp_path)
+    # lora-xs kept outputs for one seed only: its pairs are left out
+    assert [(r.first, r.second) for r in table.itertuples()] == [("tlora r8", "lora r8"), ("tlora r8", "full"),
+                                                                 ("lora r8", "full")]
+    row = table.iloc[0]
+    first = np.stack([kept[f"final/t/tlora-s{s}"][1] for s in range(3)])
+    second = np.stack([kept[f"final/t/lora-s{s}"][1] for s in range(3)])
+    expected = crossed_t((first - second).mean(axis=1), first - second)
+    assert (row["seeds"], row["examples"], row["metric"]) == (3, 20, "accuracy")
+    assert (row["difference"], row["se"], row["p_value"]) == pytest.approx((expected.estimate, expected.se,
+                                                                            expected.p_value))
+    ps = table["p_value"].to_numpy()
+    order = np.argsort(ps)
+    assert table["p_holm"].to_numpy()[order] == pytest.approx(np.minimum(np.maximum.accumulate((3 - np.arange(3))
+                                                                                               * ps[order]), 1))
+    kept["final/t/full-s2"] = (0.5, np.zeros(20), 1 - labels)
+    with pytest.raises(StudyError, match="final/t/full-s2 was scored on other validation labels"):
+        contrasts.example_contrast_table(pd.DataFrame(rows), tmp_path)
 
 
 def test_band_curves_colour_by_arm_dash_by_rank_and_legend_every_panel():

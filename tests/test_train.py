@@ -48,8 +48,9 @@ def test_every_method_writes_a_readable_run(tiny, tmp_path, method):
     assert len(train_ev) == 12 and np.isfinite(train_ev["loss"]).all()
     assert list(eval_ev["step"]) == [6, 12] and set(eval_ev["split"]) == {"validation"}
     tiny_labels = pd.read_csv(tiny["validation_file"])["label"]  # in the validation file's order
+    assert run.prediction_steps == [6, 12]
     for step, accuracy in zip(eval_ev["step"], eval_ev["accuracy"]):  # every evaluation's per-example outputs
-        outputs = load_file(str(result.run_dir / "predictions" / f"{step:09d}.safetensors"))
+        outputs = run.predictions(step)
         logits, labels = outputs["logits"].numpy(), outputs["labels"].numpy()
         assert logits.shape == (len(labels), 2) and labels.tolist() == list(tiny_labels)
         assert np.mean(logits.argmax(1) == labels) == pytest.approx(accuracy)
@@ -63,6 +64,23 @@ def test_every_method_writes_a_readable_run(tiny, tmp_path, method):
         assert run.has_base_weights
     update = run.update(run.layers[0], 12)
     assert np.linalg.norm(np.asarray(update.dense())) > 0
+
+
+def test_kept_validation_outputs_that_were_moved_or_copied_are_named(tiny, tmp_path):
+    from tlora_analysis.fileio import CorruptFileError
+    from tlora_analysis.store.format import ForeignFileError, UnknownStepError
+
+    first = train(_config(tiny, tmp_path, method="tlora", epochs=1))
+    other = train(_config(tiny, tmp_path, method="tlora", epochs=1, run_dir=str(tmp_path / "other")))
+    run, folder = Run(first.run_dir), first.run_dir / "predictions"
+    with pytest.raises(UnknownStepError, match="no validation outputs at step 5; steps with outputs: 6"):
+        run.predictions(5)
+    shutil.copy(folder / f"{6:09d}.safetensors", folder / f"{3:09d}.safetensors")
+    with pytest.raises(CorruptFileError, match="holds step 6, not 3"):
+        Run(first.run_dir).predictions(3)
+    shutil.copy(other.run_dir / "predictions" / f"{6:09d}.safetensors", folder / f"{6:09d}.safetensors")
+    with pytest.raises(ForeignFileError, match="written by another run"):
+        Run(first.run_dir).predictions(6)
 
 
 def test_peft_lora_snapshots_are_peft_parameters(tiny, tmp_path):

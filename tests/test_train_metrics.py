@@ -10,6 +10,7 @@ from tlora_analysis.experiments.metrics import (
     classification_metrics,
     compute_metrics,
     confusion_matrix,
+    leave_one_out,
     regression_metrics,
 )
 
@@ -93,3 +94,35 @@ def test_bad_input():
         classification_metrics([], [], 2)
     with pytest.raises(ValueError, match="differ in length"):
         classification_metrics([0, 1], [], 2)
+
+
+@pytest.mark.parametrize("metric,classes", [("accuracy", 2), ("f1", 2), ("mcc", 2), ("accuracy", 3), ("f1", 3),
+                                            ("mcc", 3), ("pearson", 0), ("spearman", 0)])
+def test_leave_one_out_is_the_metric_recomputed_without_each_example(metric, classes):
+    """Against recomputing the metric on the n − 1 examples left, for every example (random data, ties in
+    Spearman's ranks, a class that vanishes when its one example is left out)."""
+    rng = np.random.default_rng(classes + len(metric))
+    n = 40
+    if classes:
+        labels, logits = rng.integers(0, classes, n), rng.normal(size=(n, classes))
+        if classes == 3:  # class 2 only in example 0, labelled and predicted: leaving it out removes the class
+            labels = np.where(labels == 2, 1, labels)
+            labels[0], logits[0, 2], logits[1:, 2] = 2, 10.0, -10.0
+    else:
+        labels = rng.normal(size=n)
+        logits = np.round(labels + rng.normal(size=n), 1)[:, None]
+    fast = leave_one_out(labels, logits, classes == 0, metric, classes or None)
+    keep = ~np.eye(n, dtype=bool)
+    dense = [compute_metrics(labels[k], logits[k], classes == 0, classes or None)[metric] for k in keep]
+    np.testing.assert_allclose(fast, dense, rtol=1e-12, atol=1e-14)
+
+
+def test_leave_one_out_by_hand_and_bad_input():
+    # labels 1 1 0 0, predictions 1 0 0 0: accuracy 3/4; without a right example 2/3, without the wrong one 1
+    logits = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    np.testing.assert_allclose(leave_one_out(np.array([1, 1, 0, 0]), logits, False, "accuracy"),
+                               [2 / 3, 1.0, 2 / 3, 2 / 3])
+    with pytest.raises(ValueError, match="at least 3 examples"):
+        leave_one_out(np.array([1, 0]), logits[:2], False, "accuracy")
+    with pytest.raises(ValueError, match="unknown classification metric 'pearson'"):
+        leave_one_out(np.array([1, 1, 0, 0]), logits, False, "pearson")

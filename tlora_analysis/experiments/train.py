@@ -429,7 +429,7 @@ class _Training:
             metrics = evaluate(p.model, p.eval_loader, self.ctx.device, p.task.is_regression, self.opt.autocast,
                                progress=self.show_bars, desc=f"evaluate step {at_step}",
                                num_labels=p.task.num_labels, outputs=outputs)
-            # per-example outputs, so values can be compared example by example (paired bootstraps over examples)
+            # per-example outputs, so values can be compared example by example (a study's test over seeds × examples)
             save_tensors(self.run_dir / PREDICTIONS_DIR / snapshot_name(at_step),
                          {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in outputs.items()},
                          {"format": "tlora_analysis.predictions", "step": at_step, "split": "validation",

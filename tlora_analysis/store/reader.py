@@ -31,7 +31,8 @@ from ..adapters.spec import MethodSpec
 from ..fileio import CorruptFileError, fingerprint, load_tensors, open_tensors
 from ..lowrank import FactoredUpdate
 from .base_weights import base_weights_hash, loaded_and_verified, reference_problem, resolve_model_folder
-from .format import BASE_WEIGHT_KEY, ForeignFileError, NonFiniteError, UnknownLayerError, UnknownStepError
+from .format import (BASE_WEIGHT_KEY, PREDICTIONS_DIR, ForeignFileError, NonFiniteError, UnknownLayerError,
+                     UnknownStepError, snapshot_name, snapshot_step)
 from .sources import Source, open_source
 
 __all__ = ["Run", "open_run", "read_metrics", "METRIC_COLUMNS"]
@@ -216,6 +217,33 @@ class Run:
         """The evaluation events on the validation split, in order (every evaluation when none names a split)."""
         ev = self.metrics[self.metrics["event"] == "eval"]
         return ev[ev["split"] == "validation"] if "split" in ev else ev
+
+    @cached_property
+    def prediction_steps(self) -> list[int]:
+        """Steps whose validation outputs the runner kept (predictions/<step>.safetensors), ascending."""
+        folder = self.path / PREDICTIONS_DIR
+        steps = (snapshot_step(p) for p in folder.iterdir()) if folder.is_dir() else ()
+        return sorted(s for s in steps if s is not None)
+
+    def predictions(self, step: int) -> dict[str, torch.Tensor]:
+        """The validation outputs the runner kept at ``step``: ``logits`` (examples × outputs; one column for
+        regression) and ``labels``, in the validation split's order; checksum, step, run id and lengths checked."""
+        if step not in self.prediction_steps:
+            raise UnknownStepError(f"{self.name} kept no validation outputs at step {step!r}; steps with outputs: "
+                                   f"{_list_some(self.prediction_steps) if self.prediction_steps else 'none'} "
+                                   "(runs trained before the runner kept them have none)")
+        path = self.path / PREDICTIONS_DIR / snapshot_name(step)
+        tensors, meta = load_tensors(path)
+        if _decode(meta.get("step", "null")) != step:
+            raise CorruptFileError(f"{path} says it holds step {meta.get('step')}, not {step}: the file was renamed "
+                                   "or mixed up")
+        if self.run_id and meta.get("run_id") != self.run_id:
+            raise ForeignFileError(f"{path} was written by another run (run id {meta.get('run_id')}, this run's is "
+                                   f"{self.run_id!r}): it was copied in; restore this run's file")
+        if set(tensors) != {"logits", "labels"} or len(tensors["logits"]) != len(tensors["labels"]):
+            raise CorruptFileError(f"{path} must hold 'logits' and 'labels' of one length each; it holds "
+                                   f"{ {k: tuple(v.shape) for k, v in tensors.items()} }")
+        return tensors
 
     # ------------------------------------------------------------------ lookups
     def _check_layer(self, layer: str) -> None:

@@ -29,7 +29,8 @@ def _train(args: argparse.Namespace, study, runs: list, deadline: float | None) 
 
 
 def _tables(study, select: list, groups: set) -> int:
-    """``--phase tables``: the tables and the metric figure again from results/results.csv, no run folder read."""
+    """``--phase tables``: the tables and the metric figure again from results/results.csv (and
+    contrasts_examples.csv where summarize wrote it), no run folder read."""
     from .outputs import write_tables
     from .plan import final_runs
     from .results import choose_learning_rates
@@ -43,7 +44,8 @@ def _tables(study, select: list, groups: set) -> int:
     chosen, selection = choose_learning_rates(results[results["phase"] == "select"], select)
     final = final_runs(study, chosen)
     complete = len(chosen) == len(groups) and {r.name for r in final} <= set(results["run"])
-    write_tables(study, results, selection, complete)
+    examples = path.parent / "contrasts_examples.csv"  # made from the runs' outputs by summarize; kept
+    write_tables(study, results, selection, complete, pd.read_csv(examples) if examples.is_file() else None)
     _say(f"wrote the tables under {path.parent}" + ("" if complete else " (incomplete: some runs have not finished)"))
     return 0
 

@@ -8,24 +8,37 @@ of the minibatches (and, between two TLoRA arms, the frozen A and C), so the run
 two arms are a matched pair. The test is therefore the paired t over the seeds both arms ran
 (``test`` = "paired t"), with Welch's unequal-variance t only where fewer than two seeds are shared.
 With 3 seeds its power is low: the interval says how small a difference could have been seen.
+
+Those tests hold the validation examples fixed: they say how the arms differ on these examples. Where
+the runs kept their validation outputs (predictions/), ``example_contrast_table`` tests the same pairs
+over the seeds and the task's examples together, the split being one sample of them
+(:func:`tlora_analysis.stats.crossed_t` on the per-example jackknife pseudo-values of the final
+value's metric, paired by seed and by example).
 """
 
 from __future__ import annotations
 
 import math
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..experiments.metrics import compute_metrics, leave_one_out
+from ..stats import crossed_t, pseudo_values
 from ..stats.combine import holm
+from ..store import Run
 from .dynamics import line_label
+from .spec import StudyError
 
-__all__ = ["CONTRAST_COLUMNS", "contrast_table"]
+__all__ = ["CONTRAST_COLUMNS", "EXAMPLE_CONTRAST_COLUMNS", "contrast_table", "example_contrast_table"]
 
 CONTRAST_COLUMNS = ("task", "value", "first", "second", "test", "first_mean", "second_mean", "difference", "ci_lo",
                     "ci_hi", "p_value", "p_holm", "first_seeds", "second_seeds")
+EXAMPLE_CONTRAST_COLUMNS = ("task", "first", "second", "metric", "seeds", "examples", "difference", "se", "ci_lo",
+                            "ci_hi", "p_value", "p_holm", "example_share")
 
 
 def _pairs(configs: list[tuple[str, float, str]]) -> list[tuple[int, int]]:
@@ -83,3 +96,57 @@ def contrast_table(final: pd.DataFrame, values: tuple[str, ...] = ("best_value",
                 row["p_holm"] = float(adjusted)
             rows += task_rows
     return pd.DataFrame(rows, columns=list(CONTRAST_COLUMNS))
+
+
+def _final_outputs(run_dir: Path, metric: str) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """(the final validation value of ``metric``, its per-example pseudo-values, the labels) of one run, or None
+    where the run kept no outputs of its last validation evaluation."""
+    run = Run(run_dir)
+    evals = run.validation_evals()
+    if not len(evals) or int(evals["step"].iloc[-1]) not in run.prediction_steps:
+        return None
+    kept = run.predictions(int(evals["step"].iloc[-1]))
+    logits, labels = kept["logits"].numpy().astype(np.float64), kept["labels"].numpy()
+    regression, num_labels = bool(run.config.get("regression")), run.config.get("num_labels")
+    value = compute_metrics(labels, logits, regression, num_labels)[metric]
+    return value, pseudo_values(value, leave_one_out(labels, logits, regression, metric, num_labels)), labels
+
+
+def example_contrast_table(final: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
+    """Per (task, pair) whose runs of ≥ 2 shared seeds all kept their final validation outputs: the difference
+    of the final value over seeds and examples (first − second), its standard error, 95% interval, two-sided
+    p (Holm-adjusted within the task) and the examples' share of the variance. Empty without such pairs.
+
+    Raises StudyError where two runs of a task were scored on different validation labels (another split)."""
+    rows = []
+    for task, part in final.dropna(subset=["last_value"]).groupby("task", sort=True):
+        keys = part[["arm", "rank", "method"]].drop_duplicates()
+        configs = [(r.arm, r.rank, r.method) for r in keys.itertuples()]
+        outputs = {r.run: _final_outputs(runs_dir / r.run, r.metric) for r in part.itertuples()}
+        reference = next((o[2] for o in outputs.values() if o is not None), None)
+        for name, kept in outputs.items():
+            if kept is not None and not np.array_equal(kept[2], reference):
+                raise StudyError(f"{name} was scored on other validation labels than the task's other runs of "
+                                 f"{task}: they were evaluated on different splits; train them on one split")
+        task_rows = []
+        for i, j in _pairs(configs):
+            runs = []
+            for arm, rank, _ in (configs[i], configs[j]):
+                same = (part["arm"] == arm) & (part["rank"].isna() if pd.isna(rank) else part["rank"] == rank)
+                runs.append(part.loc[same].set_index("seed")["run"])
+            shared = [s for s in runs[0].index.intersection(runs[1].index)
+                      if outputs[runs[0][s]] is not None and outputs[runs[1][s]] is not None]
+            if len(shared) < 2:
+                continue
+            first, second = ([outputs[side[s]] for s in shared] for side in runs)
+            test = crossed_t(np.array([a[0] - b[0] for a, b in zip(first, second)]),
+                             np.stack([a[1] - b[1] for a, b in zip(first, second)]))
+            task_rows.append({"task": task, "first": line_label(*configs[i][:2]),
+                              "second": line_label(*configs[j][:2]), "metric": part["metric"].iloc[0],
+                              "seeds": len(shared), "examples": len(reference), "difference": test.estimate,
+                              "se": test.se, "ci_lo": test.ci_lo, "ci_hi": test.ci_hi, "p_value": test.p_value,
+                              "example_share": test.example_share})
+        for row, adjusted in zip(task_rows, holm([r["p_value"] for r in task_rows])):
+            row["p_holm"] = float(adjusted)
+        rows += task_rows
+    return pd.DataFrame(rows, columns=list(EXAMPLE_CONTRAST_COLUMNS))

@@ -6,6 +6,8 @@
                      best validation value; summary.md also holds the differences between arms
     contrasts.csv    arms of equal rank, and every arm against full fine-tuning: difference of means,
                      95% interval and p-value (paired t over shared seeds), Holm-adjusted within the task
+    contrasts_examples.csv   the same pairs tested over the seeds and the task's examples together, where
+                     the runs kept their validation outputs (summary.md shows both)
     figures/         final metric vs trainable parameters; validation curves, TLoRA's α and ‖B‖_F, and
                      the reachable-set alignment over steps, each banded over seeds, with the tidy
                      table each curve figure draws (<name>.csv; band_curves redraws it)
@@ -26,7 +28,7 @@ import pandas as pd
 
 from ..fileio import atomic_write_bytes
 from ..store import Run
-from .contrasts import contrast_table
+from .contrasts import contrast_table, example_contrast_table
 from .dynamics import reachable_dynamics, tlora_dynamics, validation_curves
 from .spec import Study
 
@@ -48,16 +50,30 @@ def _contrast_lines(contrasts: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
-def summary_markdown(summary: pd.DataFrame, study: Study, complete: bool,
-                     contrasts: pd.DataFrame | None = None) -> str:
-    """The summary table as markdown, one section per task, each followed by its contrasts when given."""
+def _example_contrast_lines(examples: pd.DataFrame) -> list[str]:
+    lines = ["The same differences over the seeds and the task's examples together, the validation split being "
+             "one sample of them (95% interval and two-sided p of the test over seeds × examples, Holm-adjusted "
+             "over this task's rows; share: the examples' part of the difference's variance):", "",
+             "| first | second | seeds × examples | difference [95% CI] | p | p (Holm) | examples' share |",
+             "|---|---|---|---|---|---|---|"]
+    for _, r in examples.iterrows():
+        lines.append(f"| {r['first']} | {r['second']} | {int(r['seeds'])} × {int(r['examples'])} | "
+                     f"{_fmt(r['difference'])} [{_fmt(r['ci_lo'])}, {_fmt(r['ci_hi'])}] | "
+                     f"{_fmt(r['p_value'], '.2g')} | {_fmt(r['p_holm'], '.2g')} | {_fmt(r['example_share'], '.2f')} |")
+    return lines + [""]
+
+
+def summary_markdown(summary: pd.DataFrame, study: Study, complete: bool, contrasts: pd.DataFrame | None = None,
+                     examples: pd.DataFrame | None = None) -> str:
+    """The summary table as markdown, one section per task, each followed by its contrasts (over seeds, and over
+    seeds and examples) when given."""
     lines = [f"# {study.name}: summary over seeds", ""]
     if not complete:
         lines += ["**Incomplete**: some planned runs have not finished; the table covers the finished ones.", ""]
     lines += ["Mean over seeds of the task's metric on the validation split at the end of training, with a 95% "
               "Student-t interval over seeds; learning rates chosen on a part of train held out (selection.csv). "
               "The best value over evaluations is beside it: its evaluation is picked on the same validation data, "
-              "so it is optimistic.", ""]
+              "so it is optimistic. Intervals over seeds hold the validation examples fixed.", ""]
     for task, part in summary.groupby("task", sort=False):
         metric = part["metric"].iloc[0]
         lines += [f"## {task} ({metric}; majority class {_fmt(part['majority_baseline'].iloc[0])})", "",
@@ -74,6 +90,8 @@ def summary_markdown(summary: pd.DataFrame, study: Study, complete: bool,
         lines.append("")
         if contrasts is not None and (contrasts["task"] == task).any():
             lines += _contrast_lines(contrasts[contrasts["task"] == task])
+        if examples is not None and (examples["task"] == task).any():
+            lines += _example_contrast_lines(examples[examples["task"] == task])
     return "\n".join(lines)
 
 
@@ -123,6 +141,8 @@ def _write_index(study: Study, out: Path, command: list[str], figures: list[str]
     index = [f"# {study.name}: results", "", f"Made by: `{shlex.join(command)}`", "",
              "- [summary.md](summary.md), [summary.csv](summary.csv): mean and 95% interval over seeds",
              "- [contrasts.csv](contrasts.csv): differences between arms (paired t over shared seeds, Holm-adjusted p)",
+             "- [contrasts_examples.csv](contrasts_examples.csv): the same over seeds and the task's examples, where "
+             "the runs kept their validation outputs",
              "- [results.csv](results.csv): every run; [selection.csv](selection.csv): the learning-rate choice", ""]
     index += [f"![{name}](figures/{name}.png)" for name in figures] + [""]
     index += ["Claims reports (TLoRA vs LoRA, seeds as replicates):", ""]
@@ -133,10 +153,13 @@ def _write_index(study: Study, out: Path, command: list[str], figures: list[str]
     atomic_write_bytes(out / "index.md", "\n".join(index).encode("utf-8"))
 
 
-def write_tables(study: Study, results: pd.DataFrame, selection: pd.DataFrame, complete: bool) -> pd.DataFrame:
-    """Write results.csv, selection.csv, summary.csv/.md, contrasts.csv and the metric figure; return the summary.
+def write_tables(study: Study, results: pd.DataFrame, selection: pd.DataFrame, complete: bool,
+                 examples: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Write results.csv, selection.csv, summary.csv/.md, contrasts.csv, contrasts_examples.csv (when
+    ``examples``, the example-level contrasts, is given) and the metric figure; return the summary.
 
-    Everything here comes from the tables alone, so ``--phase tables`` redoes it from a committed results.csv.
+    Everything here comes from the tables alone, so ``--phase tables`` redoes it from a committed results.csv
+    (and a committed contrasts_examples.csv).
     """
     from ..figures import save
     from ..figures.study import metric_vs_parameters
@@ -146,10 +169,13 @@ def write_tables(study: Study, results: pd.DataFrame, selection: pd.DataFrame, c
     (out / "figures").mkdir(parents=True, exist_ok=True)
     final = results[results["phase"] == "final"]
     summary, contrasts = summary_table(final), contrast_table(final)
-    for name, table in (("results.csv", results), ("selection.csv", selection), ("summary.csv", summary),
-                        ("contrasts.csv", contrasts)):
+    tables = {"results.csv": results, "selection.csv": selection, "summary.csv": summary, "contrasts.csv": contrasts}
+    if examples is not None:
+        tables["contrasts_examples.csv"] = examples
+    for name, table in tables.items():
         atomic_write_bytes(out / name, table.to_csv(index=False).encode("utf-8"))
-    atomic_write_bytes(out / "summary.md", summary_markdown(summary, study, complete, contrasts).encode("utf-8"))
+    atomic_write_bytes(out / "summary.md",
+                       summary_markdown(summary, study, complete, contrasts, examples).encode("utf-8"))
     if len(summary):
         save(metric_vs_parameters(summary), out / "figures" / "metric_vs_parameters")
     return summary
@@ -162,8 +188,8 @@ def write_outputs(study: Study, results: pd.DataFrame, selection: pd.DataFrame, 
     from ..figures.study import band_curves
 
     out = study.runs_dir.parent / "results"
-    summary = write_tables(study, results, selection, complete)
     final = results[results["phase"] == "final"]
+    summary = write_tables(study, results, selection, complete, example_contrast_table(final, study.runs_dir))
     figures, data = {}, {}
     metric = str(final["metric"].iloc[0]) if len(final) else "metric"
     curves = validation_curves(final, study.runs_dir)
