@@ -171,6 +171,16 @@ def test_local_csv_jsonl_parquet(tmp_path):
         assert list(data.splits[split]["text_pair"]) == ["x", "y", "z"]
 
 
+def test_local_text_that_looks_like_numbers_is_kept_as_written(tmp_path):
+    frame = pd.DataFrame({"q": ["how many", "when", "which"], "a": ["007", "1e3", "3.10"], "y": [0, 1, 0]})
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    frame.to_json(tmp_path / "val.jsonl", orient="records", lines=True)
+    data = load_local_files(tmp_path / "train.csv", tmp_path / "val.jsonl", ("q", "a"), "y")
+    for split in ("train", "validation"):
+        assert list(data.splits[split]["text_pair"]) == ["007", "1e3", "3.10"]
+        assert list(data.splits[split]["label"]) == [0, 1, 0]
+
+
 def test_local_int_labels_and_regression(tmp_path):
     pd.DataFrame({"text": ["a", "b", "c"], "label": [0, 2, 1]}).to_csv(tmp_path / "t.csv", index=False)
     data = load_local_files(tmp_path / "t.csv", tmp_path / "t.csv", ("text",))
@@ -252,6 +262,9 @@ def test_cola_release_layout_is_read(tmp_path):
         data = load_task("cola", data_dir=folder)
         assert len(data.splits["train"]) == 3 and list(data.splits["validation"]["text"]) == ["In domain.", "Out domain of."]
         assert "in_domain_train.tsv" in data.source
+    (raw / "out_of_domain_dev.tsv").unlink()  # half of GLUE's dev set is not its dev set
+    with pytest.raises(DataUnavailableError, match="has no out_of_domain_dev.tsv"):
+        load_task("cola", data_dir=raw)
 
 
 def test_header_only_and_empty_files_are_named(tmp_path):
@@ -290,3 +303,22 @@ def test_data_dir_needs_a_glue_task(tmp_path):
         load_task("rotten_tomatoes", data_dir=tmp_path)
     with pytest.raises(ValueError, match="--task local"):
         TrainConfig(task="rte", train_file="x.csv")
+
+
+def test_each_seed_and_epoch_has_its_own_training_order():
+    """seed + epoch gave seed 0's epoch 1 the order of seed 1's epoch 0; the Weyl step gives every (seed, epoch)
+    of a study its own generator seed, keeps epoch 0's order the seed's, and a start skips that many indices."""
+    from tlora_analysis.experiments.encoding import ResumableSampler, order_seed
+
+    def order(seed, epoch, start=0):
+        sampler = ResumableSampler(range(50), num_replicas=1, rank=0, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch, start=start)
+        return list(sampler)
+
+    orders = {(s, e): order(s, e) for s in range(3) for e in range(4)}
+    assert len({tuple(o) for o in orders.values()}) == 12
+    assert order(0, 1) != order(1, 0) and order(0, 2) != order(2, 0)
+    assert order(5, 0) == list(ResumableSampler(range(50), num_replicas=1, rank=0, shuffle=True, seed=5))
+    assert order(2, 3, start=20) == orders[(2, 3)][20:]
+    keys = {order_seed(s, e) for s in range(10_000) for e in range(100)}
+    assert len(keys) == 1_000_000 and order_seed(7, 0) == 7

@@ -31,8 +31,9 @@ def tiny(tmp_path_factory):
 
 
 def _config(tiny, run_dir, **kw):
-    # TLoRA dropout on: the resumed run must also continue the dropout stream exactly
-    base = dict(method="tlora", rank=4, epochs=3, batch_size=16, lr=1e-2, dropout=0.1, log_every=1, eval_every=4,
+    # TLoRA dropout on: the resumed run must also continue the dropout stream exactly; loss windows of 3 steps
+    # across evaluations every 4
+    base = dict(method="tlora", rank=4, epochs=3, batch_size=16, lr=1e-2, dropout=0.1, log_every=3, eval_every=4,
                 snapshots="every:2", max_length=16, progress=False, verbose=False, run_dir=str(run_dir), **tiny)
     return TrainConfig(**{**base, **kw})
 
@@ -49,8 +50,8 @@ def _child(config: TrainConfig, where: str, at: int) -> None:
     torch.set_num_threads(1)
     real_save = runner.save_trainer_state
     if where == "after_eval":  # the evaluation and its resume point are written, nothing after
-        def save(run_dir, model, optimizer, scheduler, step, extra, run_id=None):
-            real_save(run_dir, model, optimizer, scheduler, step, extra, run_id=run_id)
+        def save(run_dir, model, optimizer, scheduler, step, extra, **kw):
+            real_save(run_dir, model, optimizer, scheduler, step, extra, **kw)
             if step == at:
                 _die()
         runner.save_trainer_state = save
@@ -112,6 +113,17 @@ def test_resume_point_is_one_file_bound_to_its_run(tiny, tmp_path):
         train(_config(tiny, tmp_path / "a", epochs=1, resume=True))
 
 
+def test_a_resume_with_other_settings_is_refused_before_anything_changes(tiny, tmp_path):
+    with one_torch_thread():
+        run = train(_config(tiny, tmp_path / "a", epochs=1)).run_dir
+    before = (run / "run.json").read_bytes()
+    with pytest.raises(ValueError, match=r"batch_size \(recorded 16, now 4\); lr \(recorded 0.01, now 0.05\)\. .*--overwrite"):
+        train(_config(tiny, run, epochs=1, resume=True, lr=5e-2, batch_size=4, progress=True))
+    assert (run / "run.json").read_bytes() == before
+    with one_torch_thread():  # how the run is shown is free to change
+        train(_config(tiny, run, epochs=1, resume=True, verbose=True))
+
+
 def _record_until_killed(run_dir: str, kill_at: int) -> None:
     """A training loop that logs every step; killed inside ``log`` of step ``kill_at``, after its snapshot was taken."""
     torch.set_num_threads(1)
@@ -169,3 +181,34 @@ def test_verify_reads_the_resume_point_and_the_final_adapter(tiny, tmp_path):
         problems = {Path(c.path).relative_to(run_dir).as_posix() for c in Run(run_dir).verify().problems}
         assert problems == {name}, (name, problems)
         path.write_bytes(kept)
+
+
+def _small_training_state():
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def test_the_resume_point_keeps_the_fp16_loss_scale(tmp_path):
+    from tlora_analysis.experiments.checkpoint import load_trainer_state, save_trainer_state
+
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.load_state_dict({"scale": 256.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                            "_growth_tracker": 7})  # where a run's scale had got to
+    save_trainer_state(tmp_path, *_small_training_state(), step=4, extra={}, scaler=scaler)
+    fresh = torch.amp.GradScaler("cpu")
+    load_trainer_state(tmp_path, *_small_training_state(), scaler=fresh)
+    assert fresh.state_dict() == scaler.state_dict()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA generator needs a GPU")
+def test_the_resume_point_continues_the_cuda_generator(tmp_path):
+    from tlora_analysis.experiments.checkpoint import load_trainer_state, save_trainer_state
+
+    torch.cuda.manual_seed_all(3)
+    torch.rand(5, device="cuda")
+    save_trainer_state(tmp_path, *_small_training_state(), step=4, extra={})
+    expected = torch.rand(5, device="cuda")
+    torch.cuda.manual_seed_all(3)  # what a resumed run's seeding does
+    load_trainer_state(tmp_path, *_small_training_state())
+    assert torch.equal(torch.rand(5, device="cuda"), expected)

@@ -104,8 +104,9 @@ def test_logged_train_loss_is_the_mean_over_the_logging_window(tiny, tmp_path):
     every = train(_config(tiny, tmp_path, run_dir=str(tmp_path / "every"), log_every=1)).train_losses
     windowed = train(_config(tiny, tmp_path, run_dir=str(tmp_path / "win"), log_every=4)).train_losses
     per_step = [loss for _, loss in every]
-    assert [s for s, _ in windowed] == [4, 8, 12]
-    assert [loss for _, loss in windowed] == pytest.approx([np.mean(per_step[i:i + 4]) for i in (0, 4, 8)], rel=1e-6)
+    assert [s for s, _ in windowed] == [4, 6, 8, 12]  # a window also ends at each evaluation (epoch ends: 6, 12)
+    assert [loss for _, loss in windowed] == pytest.approx([np.mean(per_step[a:b]) for a, b in
+                                                            ((0, 4), (4, 6), (6, 8), (8, 12))], rel=1e-6)
 
 
 def test_logged_lr_is_the_rate_each_step_used(tiny, tmp_path):

@@ -338,13 +338,12 @@ def _cola_release(folder: Path, spec: GlueSpec) -> TaskData:
                                    f"release); give the CoLA folder")
     splits = {}
     for split, files in COLA_RELEASE_FILES.items():
-        present = [folder / n for n in files if (folder / n).is_file()]
-        if not present:
-            raise DataUnavailableError(f"{folder} has no {' or '.join(files)}: CoLA's release layout needs "
+        missing = [n for n in files if not (folder / n).is_file()]
+        if missing:  # GLUE's dev set is both dev files: one alone would be another validation set
+            raise DataUnavailableError(f"{folder} has no {' or '.join(missing)}: CoLA's release layout needs "
                                        f"{', '.join(names)}")
-        splits[split] = pd.concat([_tsv_frame(p, spec, "cola") for p in present], ignore_index=True)
-    used = ", ".join(n for n in names if (folder / n).is_file())
-    return _glue_data("cola", splits, source=f"CoLA release folder {folder} ({used})")
+        splits[split] = pd.concat([_tsv_frame(folder / n, spec, "cola") for n in files], ignore_index=True)
+    return _glue_data("cola", splits, source=f"CoLA release folder {folder} ({', '.join(names)})")
 
 
 def load_glue_hub(task: str) -> TaskData:
@@ -375,23 +374,25 @@ def load_glue_hub(task: str) -> TaskData:
 # ---------------------------------------------------------------------------
 # Local files
 
+# Text columns are read as written: type inference would turn "007" or "1e3" into 7.0 or 1000.0.
 _READERS = {
-    ".csv": lambda p: pd.read_csv(p, keep_default_na=False, na_values=[""]),
-    ".tsv": lambda p: pd.read_csv(p, sep="\t", quoting=csv.QUOTE_NONE, encoding="utf-8-sig", keep_default_na=False, na_values=[""]),
-    ".jsonl": lambda p: pd.read_json(p, lines=True),
-    ".json": lambda p: pd.read_json(p, lines=True),
-    ".parquet": pd.read_parquet,
+    ".csv": lambda p, text: pd.read_csv(p, dtype=text, keep_default_na=False, na_values=[""]),
+    ".tsv": lambda p, text: pd.read_csv(p, sep="\t", quoting=csv.QUOTE_NONE, encoding="utf-8-sig", dtype=text,
+                                        keep_default_na=False, na_values=[""]),
+    ".jsonl": lambda p, text: pd.read_json(p, lines=True, dtype=text),
+    ".json": lambda p, text: pd.read_json(p, lines=True, dtype=text),
+    ".parquet": lambda p, text: pd.read_parquet(p),
 }
 
 
-def _read_local(path: Path) -> pd.DataFrame:
+def _read_local(path: Path, text_columns: Sequence[str]) -> pd.DataFrame:
     if not path.is_file():
         raise DataUnavailableError(f"{path} does not exist")
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
         raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use one of {sorted(_READERS)}")
     try:
-        frame = reader(path)
+        frame = reader(path, {column: str for column in text_columns})
     except (pd.errors.EmptyDataError, ValueError) as exc:
         if path.stat().st_size == 0 or isinstance(exc, pd.errors.EmptyDataError):
             raise ValueError(f"{path} is empty: it holds no header and no rows; give the split's data file") from exc
@@ -432,7 +433,7 @@ def load_local_files(
     paths = {"train": Path(train), "validation": Path(validation)}
     if test is not None:
         paths["test"] = Path(test)
-    frames = {name: _read_local(p) for name, p in paths.items()}
+    frames = {name: _read_local(p, text_columns) for name, p in paths.items()}
     _check_local_columns(frames, paths, text_columns, label_column)
     encode, num_labels, label_names = _label_encoding(frames, paths, label_column, regression)
     splits = {}

@@ -9,7 +9,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-__all__ = ["EncodedSplit", "ResumableSampler", "encode_split", "subsample", "make_loader", "effective_max_length"]
+__all__ = ["EncodedSplit", "ResumableSampler", "order_seed", "encode_split", "subsample", "make_loader",
+           "effective_max_length"]
 
 
 class EncodedSplit(Dataset):
@@ -58,11 +59,21 @@ def encode_split(frame: pd.DataFrame, tokenizer, max_length: int, is_regression:
     return EncodedSplit(features, frame["label"].to_numpy(), is_regression)
 
 
+ORDER_STEP = 0x9E3779B9  # ⌊2³² / φ⌋, a Weyl step: seed + epoch · ORDER_STEP (mod 2³²) differ across seeds and epochs
+
+
+def order_seed(seed: int, epoch: int) -> int:
+    """The generator seed of one epoch's training order: seed + epoch · ORDER_STEP mod 2³² (torch keeps 32 bits
+    of a seed). Epoch 0 is ordered by the seed itself. DistributedSampler's own seed + epoch would give seed s's
+    epoch e + 1 the order of seed s + 1's epoch e, so replicate seeds would share all but one epoch order."""
+    return (seed + epoch * ORDER_STEP) % 2**32
+
+
 class ResumableSampler(DistributedSampler):
     """A DistributedSampler whose epoch can start part-way: ``set_epoch(e, start=k)`` skips its first k indices.
 
-    Each epoch's order is a function of (seed, epoch) alone, so a resumed run sees the batches
-    the uninterrupted run saw, without collating the skipped ones.
+    Each epoch's order is a function of (seed, epoch) alone (:func:`order_seed`), so a resumed run sees
+    the batches the uninterrupted run saw, without collating the skipped ones.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -70,7 +81,8 @@ class ResumableSampler(DistributedSampler):
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        super().set_epoch(epoch)
+        # DistributedSampler seeds its generator with self.seed + self.epoch; this makes that sum order_seed's
+        super().set_epoch(order_seed(self.seed, epoch) - self.seed)
         self.start = start
 
     def __iter__(self):
@@ -82,7 +94,8 @@ class ResumableSampler(DistributedSampler):
 
 def make_loader(dataset: EncodedSplit, tokenizer, batch_size: int, shuffle: bool, seed: int,
                 world_size: int = 1, rank: int = 0) -> DataLoader:
-    """A DataLoader with dynamic padding; training order shuffled per (seed, epoch), sharded per process."""
+    """A DataLoader with dynamic padding; training order shuffled per (seed, epoch) (:func:`order_seed`), sharded
+    per process."""
     from transformers import DataCollatorWithPadding
 
     collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")

@@ -118,6 +118,26 @@ def _check_run_dir(run_dir: Path, config: TrainConfig) -> None:
                              f"or choose another --run-dir")
     if config.resume and not (run_dir / "run.json").is_file():
         raise FileNotFoundError(f"--resume given but {run_dir} holds no run; drop --resume to start a new one")
+    if config.resume and not config.overwrite:
+        _check_resumed_settings(run_dir, config)
+
+
+# settings a resume may change: how the run is shown, where it runs, and batching of evaluation alone
+_FREE_ON_RESUME = frozenset({"resume", "overwrite", "progress", "verbose", "run_dir", "device", "eval_batch_size",
+                             "eval_test"})
+
+
+def _check_resumed_settings(run_dir: Path, config: TrainConfig) -> None:
+    """Refuse a resume whose settings differ from those run.json records (data, schedule, optimiser, …): the
+    run would continue as another experiment, and run.json would misstate how its first part was trained."""
+    recorded = read_json(run_dir / "run.json").get("hyperparameters") or {}
+    now = config.to_dict()
+    differ = [f"{k} (recorded {recorded[k]!r}, now {now[k]!r})" for k in now
+              if k in recorded and k not in _FREE_ON_RESUME and recorded[k] != now[k]]
+    if differ:
+        raise ValueError(f"--resume continues {run_dir} with the settings it was started with, but these differ: "
+                         f"{'; '.join(differ)}. Resume with the recorded settings (run.json's hyperparameters), "
+                         "or pass --overwrite to start the run again with the new ones")
 
 
 def _say(config: TrainConfig, ctx: DistContext, text: str) -> None:
@@ -320,7 +340,8 @@ class _Training:
 
     def _resume(self) -> None:
         run_id = read_json(self.run_dir / "run.json").get("run_id")
-        meta = load_trainer_state(self.run_dir, self.prepared.model, self.opt.optimizer, self.opt.scheduler, run_id)
+        meta = load_trainer_state(self.run_dir, self.prepared.model, self.opt.optimizer, self.opt.scheduler, run_id,
+                                  scaler=self.opt.scaler)
         self.step = int(meta["step"])
         self.state = {"best": meta["best"], "evals": meta["evals"],
                       "train_losses": [tuple(x) for x in meta["train_losses"]]}
@@ -388,13 +409,17 @@ class _Training:
         self._window["steps"] += 1
 
     def _after_step(self) -> None:
-        """Log the loss window, advance the bar, evaluate at epoch ends, the last step and every eval_every."""
+        """Log the loss window, advance the bar, evaluate at epoch ends, the last step and every eval_every.
+
+        A window also ends at each evaluation, where the resume point is written: a resumed run starts a window
+        where the uninterrupted run did, so their logged losses agree."""
         c, p, step = self.config, self.prepared, self.step
-        if step % c.log_every == 0 or step == p.total_steps:
+        evaluate = step % p.steps_per_epoch == 0 or step == p.total_steps or (c.eval_every and step % c.eval_every == 0)
+        if step % c.log_every == 0 or evaluate:
             self._log_window()
         if self.progress is not None:
             self.progress.update(1)
-        if step % p.steps_per_epoch == 0 or step == p.total_steps or (c.eval_every and step % c.eval_every == 0):
+        if evaluate:
             self._evaluate(step)
 
     def _speed(self) -> dict[str, Any]:
@@ -446,7 +471,7 @@ class _Training:
             self.recorder.flush()  # everything up to this step is on disk before the resume point names it
             if c.save_weights:
                 save_trainer_state(self.run_dir, p.model, self.opt.optimizer, self.opt.scheduler, at_step,
-                                   dict(self.state), run_id=self.recorder.run_id)
+                                   dict(self.state), run_id=self.recorder.run_id, scaler=self.opt.scaler)
         barrier(self.ctx)
 
     def _finish(self) -> None:
