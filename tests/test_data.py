@@ -179,6 +179,9 @@ def test_local_text_that_looks_like_numbers_is_kept_as_written(tmp_path):
     for split in ("train", "validation"):
         assert list(data.splits[split]["text_pair"]) == ["007", "1e3", "3.10"]
         assert list(data.splits[split]["label"]) == [0, 1, 0]
+    frame.to_json(tmp_path / "records.json", orient="records")  # a .json array of records, as well as JSON Lines
+    data = load_local_files(tmp_path / "records.json", tmp_path / "val.jsonl", ("q", "a"), "y")
+    assert list(data.splits["train"]["text_pair"]) == ["007", "1e3", "3.10"]
 
 
 def test_local_int_labels_and_regression(tmp_path):

@@ -78,8 +78,8 @@ def _data(p: argparse.ArgumentParser) -> None:
     d.add_argument("--max-eval-examples", type=positive_int,
                    help="a subset of the validation (and test) set, seeded by --split-seed: the same for every --seed")
     d.add_argument("--holdout", type=float,
-                   help="evaluate on this fraction of train (per class, seeded by --split-seed) and train on the rest, "
-                        "to choose settings without the validation split")
+                   help="evaluate on this fraction of train (whole movies for Rotten Tomatoes, else per class; seeded "
+                        "by --split-seed) and train on the rest, to choose settings without the validation split")
 
 
 def _optimisation(p: argparse.ArgumentParser) -> None:

@@ -380,9 +380,16 @@ _READERS = {
     ".tsv": lambda p, text: pd.read_csv(p, sep="\t", quoting=csv.QUOTE_NONE, encoding="utf-8-sig", dtype=text,
                                         keep_default_na=False, na_values=[""]),
     ".jsonl": lambda p, text: pd.read_json(p, lines=True, dtype=text),
-    ".json": lambda p, text: pd.read_json(p, lines=True, dtype=text),
+    ".json": lambda p, text: _read_json(p, text),
     ".parquet": lambda p, text: pd.read_parquet(p),
 }
+
+
+def _read_json(path: Path, text: dict[str, type]) -> pd.DataFrame:
+    """A .json file: one array of records, else JSON Lines."""
+    with open(path, encoding="utf-8") as fh:
+        first = fh.read(4096).lstrip()[:1]
+    return pd.read_json(path, lines=first != "[", dtype=text)
 
 
 def _read_local(path: Path, text_columns: Sequence[str]) -> pd.DataFrame:
