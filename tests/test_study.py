@@ -205,6 +205,7 @@ def test_tables_phase_remakes_the_tables_from_results_csv_alone(tmp_path, capsys
     assert set(contrasts["test"]) == {"paired t"} and len(contrasts) == 2 * 4  # tlora r4 vs lora r4; 3 vs full
     summary = (results_dir / "summary.md").read_text()
     assert "Incomplete" not in summary and "final, mean [95% CI]" in summary
+    assert "held out (selection.csv) where an arm lists several" in summary  # lora's one rate is the file's
     assert (results_dir / "figures" / "metric_vs_parameters.png").is_file() and not study.runs_dir.exists()
     pd.DataFrame(rows[:-1], columns=list(RESULT_COLUMNS)).to_csv(results_dir / "results.csv", index=False)
     assert main(["study", str(toml), "--phase", "tables"]) == 0
@@ -444,3 +445,15 @@ def test_the_committed_study_s_recomputed_claims_match_their_script():
     pd.testing.assert_frame_equal(module.recompute(), committed, check_exact=False, rtol=1e-9)
     cell = committed.set_index(["report", "claim_id"]).loc[("mrpc/tlora-vs-lora-r16", "reachable_fraction")]
     assert cell["reported_decision"] == "supported" and cell["decision"] == "not supported"
+
+
+def test_the_committed_seed_study_parses_and_its_two_tests_share_their_estimate():
+    folder = ROOT / "studies" / "minilm-rt-seeds"
+    study = load_study(folder / "study.toml")
+    assert [r.name for r in selection_runs(study)] == []  # one rate per arm: nothing to choose
+    assert len(final_runs(study, {})) == 6
+    by_seeds = pd.read_csv(folder / "results" / "contrasts.csv").query("value == 'last'").iloc[0]
+    examples = pd.read_csv(folder / "results" / "contrasts_examples.csv").iloc[0]
+    assert (examples["seeds"], examples["examples"]) == (3, 1278)
+    assert examples["difference"] == pytest.approx(by_seeds["difference"], abs=1e-12)
+    assert examples["ci_hi"] - examples["ci_lo"] > by_seeds["ci_hi"] - by_seeds["ci_lo"]

@@ -70,8 +70,12 @@ def summary_markdown(summary: pd.DataFrame, study: Study, complete: bool, contra
     lines = [f"# {study.name}: summary over seeds", ""]
     if not complete:
         lines += ["**Incomplete**: some planned runs have not finished; the table covers the finished ones.", ""]
+    chosen = sum(len(arm.lrs) > 1 for arm in study.arms)
+    rates = ("learning rates chosen on a part of train held out (selection.csv)" if chosen == len(study.arms) else
+             "learning rates as the study file sets them (one per arm)" if not chosen else
+             "learning rates chosen on a part of train held out (selection.csv) where an arm lists several")
     lines += ["Mean over seeds of the task's metric on the validation split at the end of training, with a 95% "
-              "Student-t interval over seeds; learning rates chosen on a part of train held out (selection.csv). "
+              f"Student-t interval over seeds; {rates}. "
               "The best value over evaluations is beside it: its evaluation is picked on the same validation data, "
               "so it is optimistic. Intervals over seeds hold the validation examples fixed.", ""]
     for task, part in summary.groupby("task", sort=False):
