@@ -191,6 +191,9 @@ def test_local_int_labels_and_regression(tmp_path):
     pd.DataFrame({"text": ["a", "b"], "label": [0.5, 2.25]}).to_csv(tmp_path / "r.csv", index=False)
     reg = load_local_files(tmp_path / "r.csv", tmp_path / "r.csv", ("text",), regression=True)
     assert reg.is_regression and list(reg.splits["train"]["label"]) == [0.5, 2.25]
+    pd.DataFrame({"text": ["a", "b", "c"], "label": [1, 2, 1]}).to_csv(tmp_path / "one.csv", index=False)
+    with pytest.raises(ValueError, match=r"class ids \[1, 2\].*missing: \[0\].*renumber them from 0"):
+        load_local_files(tmp_path / "one.csv", tmp_path / "one.csv", ("text",))
 
 
 def test_local_file_errors(tmp_path):

@@ -491,8 +491,13 @@ def _label_encoding(frames: dict[str, pd.DataFrame], paths: dict[str, Path], lab
             f"ids; pass --regression (regression=True) to train a regression head, or give integer class ids"
         )
     if kinds["train"] == "int":
-        num_labels = int(max(f[label_column].astype(np.int64).max() for f in frames.values())) + 1
-        return (lambda s: s.astype(np.int64)), num_labels, None
+        seen = sorted(set().union(*(set(f[label_column].astype(np.int64)) for f in frames.values())))
+        missing = sorted(set(range(max(seen[-1] + 1, 0))) - set(seen))
+        if seen[0] < 0 or missing:
+            raise ValueError(f"{label_column!r} holds class ids {seen[:8]}, but ids must run from 0 to K − 1 and each "
+                             f"occur (missing: {missing[:8] or 'none'}; a head would get an empty class); renumber them "
+                             "from 0, or write them as text so they are mapped to ids in sorted order")
+        return (lambda s: s.astype(np.int64)), seen[-1] + 1, None
     label_names = tuple(sorted(frames["train"][label_column].astype(str).unique()))
     ids = {n: i for i, n in enumerate(label_names)}
     for name, frame in frames.items():
