@@ -38,6 +38,8 @@ def test_demo_writes_runs_figures_report_table_and_clears_stale_outputs(tmp_path
     (study / "results").mkdir(parents=True)
     (study / "README.md").write_text("# study")
     (study / "results" / "summary.md").write_text("# summary")
+    (tmp_path / "studies" / "minilm-rt-seeds").mkdir()
+    (tmp_path / "studies" / "minilm-rt-seeds" / "README.md").write_text("# seeds")
     made = run_demo(tmp_path, quiet=True, config=SMALL)
 
     assert not (figures / "stale_figure.png").exists() and (figures / "notes.md").exists()
@@ -57,5 +59,6 @@ def test_demo_writes_runs_figures_report_table_and_clears_stale_outputs(tmp_path
     assert "href='../studies/minilm-glue/results/summary.md'" in index  # the committed study, from the checkout
     results_md = (figures / "results.md").read_text()
     assert "| tlora |" in results_md and "[the study's findings](../studies/minilm-glue/README.md)" in results_md
+    assert "[this pair over 3 seeds](../studies/minilm-rt-seeds/README.md)" in results_md
     listed = json.loads((figures / ".demo-outputs.json").read_text())
     assert "results.md" in listed and "stale_figure.png" not in listed

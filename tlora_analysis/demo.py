@@ -37,6 +37,7 @@ DEMO_CONFIG = TrainConfig(
 DEMO_METHOD_SETTINGS = {"tlora": {"lr": 2e-2, "dropout": 0.0}, "lora": {"lr": 1e-3}}
 _MANIFEST = ".demo-outputs.json"
 _STUDY = Path("studies") / "minilm-glue"  # the committed 3-seed study, in a checkout of the repository
+_SEEDS = Path("studies") / "minilm-rt-seeds"  # this job's pair over 3 seeds
 
 
 @dataclass
@@ -67,9 +68,10 @@ def results_table(results: dict[str, TrainResult], majority: float) -> pd.DataFr
 
 
 def _study_links(root: Path, figures_dir: Path) -> list[tuple[str, str]]:
-    """(link from figures_dir, text) to the committed study's README and summary, where the checkout has them."""
+    """(link from figures_dir, text) to the committed studies' READMEs and summary, where the checkout has them."""
     study = root / _STUDY
-    files = [(study / "README.md", "the study's findings"), (study / "results" / "summary.md", "its summary over seeds")]
+    files = [(study / "README.md", "the study's findings"), (study / "results" / "summary.md", "its summary over seeds"),
+             (root / _SEEDS / "README.md", "this pair over 3 seeds")]
     return [(Path(os.path.relpath(p, figures_dir)).as_posix(), text) for p, text in files if p.is_file()]
 
 
@@ -90,7 +92,8 @@ def _markdown(table: pd.DataFrame, study: list[tuple[str, str]]) -> str:
         *lines, "", f"Validation majority-class baseline: {majority:.4f}.", "",
         "One seed and half an epoch per method: a first look, not a comparison. The repository's study in "
         f"{_STUDY.as_posix()}/ compares TLoRA, LoRA, LoRA-XS, VeRA and full fine-tuning over 3 seeds with learning "
-        "rates chosen on held-out data (`tlora-analysis study`, docs/study.md)"
+        f"rates chosen on held-out data, and {_SEEDS.as_posix()}/ repeats this pair over 3 seeds, testing the "
+        "difference over the seeds and the validation examples (`tlora-analysis study`, docs/study.md)"
         + (": " + ", ".join(f"[{text}]({link})" for link, text in study) if study else "") + ".", "",
     ])
 
