@@ -53,6 +53,17 @@ def _pairs(configs: list[tuple[str, float, str]]) -> list[tuple[int, int]]:
     return out
 
 
+def _configs(part: pd.DataFrame) -> list[tuple[str, float, str]]:
+    """The task's (arm, rank, method) settings, in the order of their first run."""
+    return [(r.arm, r.rank, r.method) for r in part[["arm", "rank", "method"]].drop_duplicates().itertuples()]
+
+
+def _side(part: pd.DataFrame, arm: str, rank: float) -> pd.DataFrame:
+    """The task's runs of one (arm, rank), indexed by seed (no rank: a method without one)."""
+    same = (part["arm"] == arm) & (part["rank"].isna() if pd.isna(rank) else part["rank"] == rank)
+    return part.loc[same].set_index("seed")
+
+
 def _compare(first: pd.Series, second: pd.Series) -> dict[str, object]:
     """Mean difference first − second (values indexed by seed) with its test, 95% interval and two-sided p.
 
@@ -80,15 +91,12 @@ def contrast_table(final: pd.DataFrame, values: tuple[str, ...] = ("best_value",
     value columns, one run per arm and seed); ``first`` minus ``second`` is the difference."""
     rows = []
     for task, part in final.groupby("task", sort=True):
-        keys = part[["arm", "rank", "method"]].drop_duplicates()
-        configs = [(r.arm, r.rank, r.method) for r in keys.itertuples()]
+        configs = _configs(part)
         for value in values:
             task_rows = []
             for i, j in _pairs(configs):
-                sides = []
-                for arm, rank, _ in (configs[i], configs[j]):
-                    same = (part["arm"] == arm) & (part["rank"].isna() if pd.isna(rank) else part["rank"] == rank)
-                    sides.append(part.loc[same].set_index("seed")[value].astype(float).dropna())
+                sides = [_side(part, arm, rank)[value].astype(float).dropna()
+                         for arm, rank, _ in (configs[i], configs[j])]
                 task_rows.append({"task": task, "value": value.removesuffix("_value"),
                                   "first": line_label(*configs[i][:2]), "second": line_label(*configs[j][:2]),
                                   **_compare(*sides)})
@@ -120,8 +128,7 @@ def example_contrast_table(final: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
     Raises StudyError where two runs of a task were scored on different validation labels (another split)."""
     rows = []
     for task, part in final.dropna(subset=["last_value"]).groupby("task", sort=True):
-        keys = part[["arm", "rank", "method"]].drop_duplicates()
-        configs = [(r.arm, r.rank, r.method) for r in keys.itertuples()]
+        configs = _configs(part)
         outputs = {r.run: _final_outputs(runs_dir / r.run, r.metric) for r in part.itertuples()}
         reference = next((o[2] for o in outputs.values() if o is not None), None)
         for name, kept in outputs.items():
@@ -130,10 +137,7 @@ def example_contrast_table(final: pd.DataFrame, runs_dir: Path) -> pd.DataFrame:
                                  f"{task}: they were evaluated on different splits; train them on one split")
         task_rows = []
         for i, j in _pairs(configs):
-            runs = []
-            for arm, rank, _ in (configs[i], configs[j]):
-                same = (part["arm"] == arm) & (part["rank"].isna() if pd.isna(rank) else part["rank"] == rank)
-                runs.append(part.loc[same].set_index("seed")["run"])
+            runs = [_side(part, arm, rank)["run"] for arm, rank, _ in (configs[i], configs[j])]
             shared = [s for s in runs[0].index.intersection(runs[1].index)
                       if outputs[runs[0][s]] is not None and outputs[runs[1][s]] is not None]
             if len(shared) < 2:
